@@ -1,0 +1,88 @@
+package dev.sparktrainer.nn;
+
+import dev.sparktrainer.engine.Device;
+import dev.sparktrainer.engine.ParameterSet;
+import dev.sparktrainer.engine.Shape;
+import dev.sparktrainer.engine.Tensor;
+import java.util.HashMap;
+import java.util.Map;
+import java.util.SplittableRandom;
+
+/**
+ * A layer with an explicit forward and a backward that mirrors it. Layers know no backend: they call the op
+ * set of the {@link Device} they were bound to. Parameters are views into the model's flat buffers.
+ *
+ * <p>Lifecycle: {@link #outputShape} (shape inference) -> {@link #declare} (parameter shapes) -> {@link #bind}
+ * (views + device) -> {@link #initialize} (host-side initial values) -> forward/backward.
+ */
+public abstract class Layer {
+  protected Device device;
+  protected String name;
+  private final Map<String, Tensor> buffers = new HashMap<>();
+
+  /** Per-sample output shape for a per-sample input shape; throws with a clear message when invalid. */
+  public abstract int[] outputShape(int[] inputShape);
+
+  /** Registers this layer's parameters (name-prefixed) in the flat layout. Default: none. */
+  public void declare(String name, int[] inputShape, ParameterSet.Builder builder) {
+    this.name = name;
+  }
+
+  /** Takes views of its parameters and gradients. */
+  public void bind(Device device, ParameterSet params) {
+    this.device = device;
+  }
+
+  /** Writes initial parameter values into {@code host}, laid out like the flat buffer. Default: none. */
+  public void initialize(ParameterSet params, float[] host, SplittableRandom rng) {}
+
+  /** y = f(x). x is (N, ...); the returned tensor stays valid until the next forward with this batch size. */
+  public abstract Tensor forward(Tensor x, Context ctx);
+
+  /**
+   * Given dL/dy for the last forward, adds this layer's parameter gradients into the gradient buffer and
+   * returns dL/dx (or null when {@code needInputGrad} is false, for the first layer).
+   */
+  public abstract Tensor backward(Tensor dy, Context ctx, boolean needInputGrad);
+
+  /** The layer's name inside its model, e.g. "0.linear". */
+  public String name() {
+    return name;
+  }
+
+  /** A reusable device buffer for this layer, keyed by purpose and batch shape (no allocation per step). */
+  protected Tensor buffer(String key, int[] shape) {
+    String k = key + Shape.str(shape);
+    Tensor t = buffers.get(k);
+    if (t == null) {
+      t = device.allocate(dev.sparktrainer.engine.DType.FLOAT32, shape);
+      buffers.put(k, t);
+    }
+    return t;
+  }
+
+  /** What forward and backward need to know about the step. */
+  public static final class Context {
+    final boolean training;
+    final long seed;
+    final long step;
+
+    public Context(boolean training, long seed, long step) {
+      this.training = training;
+      this.seed = seed;
+      this.step = step;
+    }
+
+    public boolean training() {
+      return training;
+    }
+
+    public long seed() {
+      return seed;
+    }
+
+    public long step() {
+      return step;
+    }
+  }
+}

@@ -1,0 +1,103 @@
+package dev.sparktrainer.nn;
+
+import dev.sparktrainer.engine.Device;
+import dev.sparktrainer.engine.ParameterSet;
+import dev.sparktrainer.engine.Shape;
+import dev.sparktrainer.engine.Tensor;
+import java.util.SplittableRandom;
+
+/** y = x W^T + b, W (out, in) as in torch.nn.Linear; initialised U(-1/sqrt(in), 1/sqrt(in)) like PyTorch. */
+public final class Linear extends Layer {
+  private final int units;
+  private final boolean bias;
+  private int in;
+  private int wIndex = -1;
+  private int bIndex = -1;
+  private Tensor w; // (out, in)
+  private Tensor b; // (out)
+  private Tensor dw; // (out, in)
+  private Tensor db; // (out)
+  private Tensor x; // (N, in), saved by forward
+
+  public Linear(int units, boolean bias) {
+    if (units <= 0) {
+      throw new IllegalArgumentException("linear: units must be > 0, got " + units);
+    }
+    this.units = units;
+    this.bias = bias;
+  }
+
+  public int units() {
+    return units;
+  }
+
+  @Override
+  public int[] outputShape(int[] inputShape) {
+    if (inputShape.length != 1) {
+      throw new IllegalArgumentException("linear expects a flat input (features), got " + Shape.str(inputShape)
+          + "; put a flatten layer before it");
+    }
+    return new int[] {units};
+  }
+
+  @Override
+  public void declare(String name, int[] inputShape, ParameterSet.Builder builder) {
+    super.declare(name, inputShape, builder);
+    this.in = inputShape[0];
+    wIndex = builder.add(name + ".weight", units, in);
+    if (bias) {
+      bIndex = builder.add(name + ".bias", units);
+    }
+  }
+
+  @Override
+  public void bind(Device device, ParameterSet params) {
+    super.bind(device, params);
+    w = params.param(wIndex);
+    dw = params.grad(wIndex);
+    if (bias) {
+      b = params.param(bIndex);
+      db = params.grad(bIndex);
+    }
+  }
+
+  @Override
+  public void initialize(ParameterSet params, float[] host, SplittableRandom rng) {
+    double bound = 1.0 / Math.sqrt(in);
+    fillUniform(host, params.entries().get(wIndex), bound, rng);
+    if (bias) {
+      fillUniform(host, params.entries().get(bIndex), bound, rng);
+    }
+  }
+
+  private static void fillUniform(float[] host, ParameterSet.Entry e, double bound, SplittableRandom rng) {
+    for (long k = 0; k < e.numel(); k++) {
+      host[Math.toIntExact(e.offset() + k)] = (float) ((rng.nextDouble() * 2 - 1) * bound);
+    }
+  }
+
+  @Override
+  public Tensor forward(Tensor x, Context ctx) {
+    this.x = x;
+    Tensor y = buffer("y", new int[] {x.dim(0), units});
+    device.matmul(x, false, w, true, y, 1f, 0f);
+    if (bias) {
+      device.addBias(y, b);
+    }
+    return y;
+  }
+
+  @Override
+  public Tensor backward(Tensor dy, Context ctx, boolean needInputGrad) {
+    device.matmul(dy, true, x, false, dw, 1f, 1f); // dW += dy^T x
+    if (bias) {
+      device.biasGrad(dy, db);
+    }
+    if (!needInputGrad) {
+      return null;
+    }
+    Tensor dx = buffer("dx", new int[] {dy.dim(0), in});
+    device.matmul(dy, false, w, false, dx, 1f, 0f); // dx = dy W
+    return dx;
+  }
+}

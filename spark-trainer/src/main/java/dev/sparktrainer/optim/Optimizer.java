@@ -1,0 +1,71 @@
+package dev.sparktrainer.optim;
+
+import dev.sparktrainer.engine.DType;
+import dev.sparktrainer.engine.Device;
+import dev.sparktrainer.engine.ParameterSet;
+import dev.sparktrainer.engine.Tensor;
+import java.util.LinkedHashMap;
+import java.util.Map;
+
+/**
+ * A fused optimizer over the flat parameter buffer: one device call per step, whatever the number of
+ * tensors. Its state (momentum, or AdamW's m and v) lives in flat buffers with the parameters' layout.
+ */
+public final class Optimizer {
+  private final OptimizerConfig config;
+  private final Device device;
+  private final ParameterSet params;
+  private final Map<String, Tensor> state = new LinkedHashMap<>();
+  private long steps;
+
+  Optimizer(OptimizerConfig config, Device device, ParameterSet params) {
+    this.config = config;
+    this.device = device;
+    this.params = params;
+    int n = Math.toIntExact(params.params().numel());
+    if (config.type() == OptimizerConfig.Type.SGD) {
+      if (config.momentum() != 0) {
+        state.put("momentum", device.allocate(DType.FLOAT32, n));
+      }
+    } else {
+      state.put("m", device.allocate(DType.FLOAT32, n));
+      state.put("v", device.allocate(DType.FLOAT32, n));
+    }
+  }
+
+  public OptimizerConfig config() {
+    return config;
+  }
+
+  /** Steps taken so far (AdamW's bias-correction t is steps + 1 during the next step). */
+  public long steps() {
+    return steps;
+  }
+
+  /** Restores the step counter (from a checkpoint). */
+  public void setSteps(long steps) {
+    if (steps < 0) {
+      throw new IllegalArgumentException("optimizer steps must be >= 0, got " + steps);
+    }
+    this.steps = steps;
+  }
+
+  /** Named flat state buffers (for checkpoints). */
+  public Map<String, Tensor> state() {
+    return state;
+  }
+
+  /** Applies one update with learning rate {@code lr} using the current gradient buffer. */
+  public void step(double lr) {
+    Tensor p = params.params();
+    Tensor g = params.grads();
+    if (config.type() == OptimizerConfig.Type.SGD) {
+      device.sgdStep(p, g, state.get("momentum"), (float) lr, (float) config.momentum(), config.nesterov(),
+          (float) config.weightDecay(), steps == 0);
+    } else {
+      device.adamwStep(p, g, state.get("m"), state.get("v"), (float) lr, (float) config.beta1(),
+          (float) config.beta2(), (float) config.eps(), (float) config.weightDecay(), steps + 1);
+    }
+    steps++;
+  }
+}
