@@ -80,10 +80,11 @@ public final class CpuDevice implements Device {
 
   /** Rounds a float to the nearest bf16 value (ties to even), as the GPU cast does. */
   public static float roundBf16(float v) {
-    if (Float.isNaN(v)) {
-      return v;
-    }
     int bits = Float.floatToRawIntBits(v);
+    if (Float.isNaN(v)) {
+      // Keep it a NaN that bf16 can hold (quiet bit set), not one whose payload is only in the low 16 bits.
+      return Float.intBitsToFloat((bits & 0xffff0000) | 0x00400000);
+    }
     int lsb = (bits >>> 16) & 1;
     bits += 0x7fff + lsb;
     return Float.intBitsToFloat(bits & 0xffff0000);

@@ -15,6 +15,7 @@ import java.util.Arrays;
 import java.util.Iterator;
 import java.util.List;
 import java.util.Set;
+import java.util.TreeSet;
 
 /**
  * An immutable description of a model: the per-sample input shape and a sequence of layers. Built in Java
@@ -232,7 +233,7 @@ public final class ModelSpec implements Serializable {
     }
     int[] input = new int[in.size()];
     for (int k = 0; k < input.length; k++) {
-      input[k] = intField(in.get(k), "input[" + k + "]");
+      input[k] = intField(in.get(k), "model spec: input[" + k + "]");
     }
     JsonNode ls = root.get("layers");
     if (ls == null || !ls.isArray()) {
@@ -292,7 +293,8 @@ public final class ModelSpec implements Serializable {
     for (Iterator<String> it = obj.fieldNames(); it.hasNext(); ) {
       String k = it.next();
       if (!allowed.contains(k)) {
-        throw new IllegalArgumentException(where + ": unknown key '" + k + "' (allowed: " + allowed + ")");
+        throw new IllegalArgumentException(where + ": unknown key '" + k + "' (allowed: " + new TreeSet<>(allowed)
+            + ")");
       }
     }
   }

@@ -119,29 +119,26 @@ public final class LrSchedule implements Serializable {
       throw new IllegalArgumentException("schedule: expected an object with 'type' (constant, step or cosine)");
     }
     String t = n.get("type").asText();
-    Set<String> allowed;
-    LrSchedule s;
-    switch (t.toLowerCase(java.util.Locale.ROOT)) {
-      case "constant" -> {
-        s = constant();
-        allowed = Set.of("type");
-      }
-      case "step" -> {
-        s = step(integer(n, "stepSize", 0), number(n, "gamma", 0.1));
-        allowed = Set.of("type", "stepSize", "gamma");
-      }
-      case "cosine" -> {
-        s = warmupCosine(integer(n, "warmupSteps", 0), integer(n, "totalSteps", 0), number(n, "minLr", 0));
-        allowed = Set.of("type", "warmupSteps", "totalSteps", "minLr");
-      }
+    String lower = t.toLowerCase(java.util.Locale.ROOT);
+    Set<String> allowed = switch (lower) {
+      case "constant" -> Set.of("type");
+      case "step" -> Set.of("type", "stepSize", "gamma");
+      case "cosine" -> Set.of("type", "warmupSteps", "totalSteps", "minLr");
       default -> throw new IllegalArgumentException("schedule: unknown type '" + t + "' (use constant, step or cosine)");
-    }
+    };
+    // Keys first, so a misspelt key is reported as such rather than as its default failing validation.
     for (Iterator<String> it = n.fieldNames(); it.hasNext(); ) {
       String k = it.next();
       if (!allowed.contains(k)) {
-        throw new IllegalArgumentException("schedule: unknown key '" + k + "' for " + t + " (allowed: " + allowed + ")");
+        throw new IllegalArgumentException("schedule: unknown key '" + k + "' for " + t + " (allowed: "
+            + new java.util.TreeSet<>(allowed) + ")");
       }
     }
+    LrSchedule s = switch (lower) {
+      case "step" -> step(integer(n, "stepSize", 0), number(n, "gamma", 0.1));
+      case "cosine" -> warmupCosine(integer(n, "warmupSteps", 0), integer(n, "totalSteps", 0), number(n, "minLr", 0));
+      default -> constant();
+    };
     return s;
   }
 

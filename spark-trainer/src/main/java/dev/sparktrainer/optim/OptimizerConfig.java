@@ -167,37 +167,38 @@ public final class OptimizerConfig implements Serializable {
       throw new IllegalArgumentException("optimizer: expected an object with 'type' (sgd or adamw)");
     }
     String t = n.get("type").asText();
-    OptimizerConfig c;
-    Set<String> allowed;
-    switch (t.toLowerCase(java.util.Locale.ROOT)) {
-      case "sgd" -> {
-        c = sgd(num(n, "lr", 0.01));
-        c = c.withMomentum(num(n, "momentum", 0)).withWeightDecay(num(n, "weightDecay", 0));
-        if (n.has("nesterov")) {
-          if (!n.get("nesterov").isBoolean()) {
-            throw new IllegalArgumentException("optimizer.nesterov must be true or false");
-          }
-          c = c.withNesterov(n.get("nesterov").asBoolean());
-        }
-        allowed = Set.of("type", "lr", "momentum", "nesterov", "weightDecay");
-      }
-      case "adamw" -> {
-        c = adamw(num(n, "lr", 1e-3)).withWeightDecay(num(n, "weightDecay", 0.01)).withEps(num(n, "eps", 1e-8));
-        if (n.has("betas")) {
-          JsonNode b = n.get("betas");
-          if (!b.isArray() || b.size() != 2 || !b.get(0).isNumber() || !b.get(1).isNumber()) {
-            throw new IllegalArgumentException("optimizer.betas must be two numbers, e.g. [0.9, 0.999]");
-          }
-          c = c.withBetas(b.get(0).asDouble(), b.get(1).asDouble());
-        }
-        allowed = Set.of("type", "lr", "betas", "eps", "weightDecay");
-      }
+    String lower = t.toLowerCase(java.util.Locale.ROOT);
+    Set<String> allowed = switch (lower) {
+      case "sgd" -> Set.of("type", "lr", "momentum", "nesterov", "weightDecay");
+      case "adamw" -> Set.of("type", "lr", "betas", "eps", "weightDecay");
       default -> throw new IllegalArgumentException("optimizer: unknown type '" + t + "' (use sgd or adamw)");
-    }
+    };
+    // Keys first, so a misspelt key is reported as such rather than as a validation error it causes.
     for (Iterator<String> it = n.fieldNames(); it.hasNext(); ) {
       String k = it.next();
       if (!allowed.contains(k)) {
-        throw new IllegalArgumentException("optimizer: unknown key '" + k + "' for " + t + " (allowed: " + allowed + ")");
+        throw new IllegalArgumentException("optimizer: unknown key '" + k + "' for " + t + " (allowed: "
+            + new java.util.TreeSet<>(allowed) + ")");
+      }
+    }
+    OptimizerConfig c;
+    if (lower.equals("sgd")) {
+      c = sgd(num(n, "lr", 0.01));
+      c = c.withMomentum(num(n, "momentum", 0)).withWeightDecay(num(n, "weightDecay", 0));
+      if (n.has("nesterov")) {
+        if (!n.get("nesterov").isBoolean()) {
+          throw new IllegalArgumentException("optimizer.nesterov must be true or false");
+        }
+        c = c.withNesterov(n.get("nesterov").asBoolean());
+      }
+    } else {
+      c = adamw(num(n, "lr", 1e-3)).withWeightDecay(num(n, "weightDecay", 0.01)).withEps(num(n, "eps", 1e-8));
+      if (n.has("betas")) {
+        JsonNode b = n.get("betas");
+        if (!b.isArray() || b.size() != 2 || !b.get(0).isNumber() || !b.get(1).isNumber()) {
+          throw new IllegalArgumentException("optimizer.betas must be two numbers, e.g. [0.9, 0.999]");
+        }
+        c = c.withBetas(b.get(0).asDouble(), b.get(1).asDouble());
       }
     }
     return c;
