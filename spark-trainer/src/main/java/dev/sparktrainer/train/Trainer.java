@@ -1,5 +1,11 @@
 package dev.sparktrainer.train;
 
+import com.fasterxml.jackson.databind.node.JsonNodeFactory;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import dev.sparktrainer.checkpoint.CheckpointData;
+import dev.sparktrainer.checkpoint.CheckpointException;
+import dev.sparktrainer.checkpoint.CheckpointIO;
+import dev.sparktrainer.checkpoint.Checkpoints;
 import dev.sparktrainer.comm.Communicator;
 import dev.sparktrainer.data.BatchLoader;
 import dev.sparktrainer.data.HostBatch;
@@ -13,6 +19,8 @@ import dev.sparktrainer.nn.Loss;
 import dev.sparktrainer.nn.Model;
 import dev.sparktrainer.optim.LrSchedule;
 import dev.sparktrainer.optim.Optimizer;
+import java.io.IOException;
+import java.io.UncheckedIOException;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.SplittableRandom;
@@ -35,6 +43,8 @@ public final class Trainer {
   private final Optimizer optimizer;
   private Consumer<Long> stepListener = s -> { };
   private long optimizerStep;
+  private CheckpointPolicy checkpoints;
+  private org.apache.hadoop.conf.Configuration hadoopConf;
 
   public Trainer(Model model, TrainerConfig config, Communicator comm) {
     this.model = model;
@@ -48,6 +58,35 @@ public final class Trainer {
   public Trainer onStep(Consumer<Long> listener) {
     this.stepListener = listener;
     return this;
+  }
+
+  /** Rank 0 writes checkpoints under this policy (other ranks never write). */
+  public Trainer checkpointing(CheckpointPolicy policy, org.apache.hadoop.conf.Configuration conf) {
+    this.checkpoints = policy;
+    this.hadoopConf = conf;
+    return this;
+  }
+
+  /**
+   * Restores weights, optimizer state and the step counter from a checkpoint (all ranks restore the same
+   * one), so {@link #fit} continues where it was written: same data order, same dropout masks, same
+   * schedule position. Call instead of {@link #initializeWeights}.
+   */
+  public void resume(CheckpointData ckpt) throws CheckpointException {
+    ObjectNode extra = ckpt.extra();
+    long[][] checks = {{extra.path("seed").asLong(config.seed()), config.seed()},
+        {extra.path("worldSize").asLong(comm.worldSize()), comm.worldSize()},
+        {extra.path("batchSize").asLong(config.batchSize()), config.batchSize()}};
+    String[] names = {"seed", "number of workers", "batch size"};
+    for (int i = 0; i < checks.length; i++) {
+      if (checks[i][0] != checks[i][1]) {
+        throw new CheckpointException("checkpoint at step " + ckpt.step() + " was written with " + names[i] + " "
+            + checks[i][0] + " but this job has " + checks[i][1] + "; resuming would not continue the same run. "
+            + "Use the same settings or another checkpoint directory");
+      }
+    }
+    Checkpoints.restore(ckpt, model, optimizer);
+    optimizerStep = optimizer.steps();
   }
 
   public Optimizer optimizer() {
@@ -95,17 +134,22 @@ public final class Trainer {
     Tensor correct = device.allocate(DType.FLOAT32, 1);
     float gradScale = 1f / ((float) b * comm.worldSize() * accum);
 
+    long optStepsPerEpoch = (stepsPerEpoch + accum - 1) / accum;
+    int firstEpoch = (int) (optimizerStep / optStepsPerEpoch);
     List<EpochStats> stats = new ArrayList<>();
-    for (int epoch = 0; epoch < config.epochs(); epoch++) {
+    for (int epoch = firstEpoch; epoch < config.epochs(); epoch++) {
       int[] order = epochOrder(local, epoch);
+      // On resume, the first epoch skips the micro-batches whose optimizer steps are done.
+      int skip = (int) Math.min(stepsPerEpoch, (optimizerStep - epoch * optStepsPerEpoch) * accum);
       device.fill(lossSum, 0f);
       device.fill(correct, 0f);
       long t0 = System.nanoTime();
       long commNanos = 0;
       long waitNanos;
-      try (BatchLoader loader = new BatchLoader(store, order, b, stepsPerEpoch, 2)) {
+      int[] todo = skip == 0 ? order : java.util.Arrays.copyOfRange(order, skip * b, order.length);
+      try (BatchLoader loader = new BatchLoader(store, todo, b, stepsPerEpoch - skip, 2)) {
         int micro = 0;
-        for (int t = 0; t < stepsPerEpoch; t++) {
+        for (int t = skip; t < stepsPerEpoch; t++) {
           HostBatch batch = loader.next();
           if (micro == 0) {
             model.zeroGrad();
@@ -141,13 +185,17 @@ public final class Trainer {
             optimizerStep++;
             micro = 0;
             stepListener.accept(optimizerStep);
+            if (checkpoints != null && (last || (checkpoints.interval() > 0
+                && optimizerStep % checkpoints.interval() == 0))) {
+              writeCheckpoint(last ? epoch + 1 : epoch);
+            }
           }
         }
         waitNanos = loader.waitNanos();
       }
       device.synchronize();
       double seconds = (System.nanoTime() - t0) / 1e9;
-      long samples = (long) stepsPerEpoch * b;
+      long samples = (long) (stepsPerEpoch - skip) * b;
       float[] host = new float[1];
       device.download(lossSum, host, 0);
       double meanLoss = host[0] / samples;
@@ -157,6 +205,24 @@ public final class Trainer {
           seconds - waitNanos / 1e9 - commNanos / 1e9, commNanos / 1e9));
     }
     return stats;
+  }
+
+  private void writeCheckpoint(int epoch) {
+    if (comm.rank() != 0) {
+      return;
+    }
+    ObjectNode extra = JsonNodeFactory.instance.objectNode();
+    extra.put("seed", config.seed());
+    extra.put("worldSize", comm.worldSize());
+    extra.put("batchSize", config.batchSize());
+    CheckpointData data = Checkpoints.capture(model, optimizer, optimizerStep, epoch, extra);
+    try {
+      CheckpointIO.write(data, CheckpointIO.pathFor(checkpoints.dir(), optimizerStep), hadoopConf);
+      CheckpointIO.keepLast(checkpoints.dir(), checkpoints.keep(), hadoopConf);
+    } catch (IOException e) {
+      throw new UncheckedIOException("rank 0 could not write a checkpoint at step " + optimizerStep + " to "
+          + checkpoints.dir(), e);
+    }
   }
 
   private void clip() {
