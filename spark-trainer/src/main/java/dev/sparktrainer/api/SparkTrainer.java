@@ -1,0 +1,426 @@
+package dev.sparktrainer.api;
+
+import dev.sparktrainer.nn.Loss;
+import dev.sparktrainer.nn.ModelSpec;
+import dev.sparktrainer.optim.LrSchedule;
+import dev.sparktrainer.optim.OptimizerConfig;
+import dev.sparktrainer.spark.TrainingJob;
+import dev.sparktrainer.train.TrainerConfig;
+import org.apache.spark.ml.Estimator;
+import org.apache.spark.ml.param.BooleanParam;
+import org.apache.spark.ml.param.DoubleParam;
+import org.apache.spark.ml.param.IntParam;
+import org.apache.spark.ml.param.LongParam;
+import org.apache.spark.ml.param.Param;
+import org.apache.spark.ml.param.ParamMap;
+import org.apache.spark.ml.param.ParamValidators;
+import org.apache.spark.ml.param.StringArrayParam;
+import org.apache.spark.ml.util.DefaultParamsReader;
+import org.apache.spark.ml.util.DefaultParamsWritable;
+import org.apache.spark.ml.util.Identifiable$;
+import org.apache.spark.ml.util.MLReader;
+import org.apache.spark.sql.Dataset;
+import org.apache.spark.sql.types.StructType;
+
+/**
+ * A Spark ML Estimator that trains a neural network with data-parallel SGD: {@code fit(df)} runs one barrier
+ * task per worker (GPU or CPU), feeds each its shard as Arrow batches, averages gradients every step (NCCL on
+ * GPU, a TCP ring on CPU) and returns a {@link SparkTrainerModel}.
+ *
+ * <pre>{@code
+ * SparkTrainerModel m = new SparkTrainer()
+ *     .setModelSpec(ModelSpec.mlp(784, new int[] {256, 128}, 10, "relu", 0f))
+ *     .setNumWorkers(2).setBatchSize(128).setEpochs(3)
+ *     .fit(df);
+ * }</pre>
+ *
+ * Features come from one column (Spark ML vector, array of numbers, or a number) or several numeric columns
+ * ({@link #setFeatureCols}); labels are class indices in [0, classes) for cross-entropy, or numbers for MSE.
+ * Bad input fails on the driver before any task starts, with a message that says what to fix.
+ */
+public final class SparkTrainer extends Estimator<SparkTrainerModel> implements DefaultParamsWritable {
+  private static final long serialVersionUID = 1L;
+  private final String uid;
+
+  private final Param<String> featuresCol;
+  private final StringArrayParam featureCols;
+  private final Param<String> labelCol;
+  private final Param<String> predictionCol;
+  private final Param<String> probabilityCol;
+  private final Param<String> modelSpec;
+  private final Param<String> optimizer;
+  private final Param<String> schedule;
+  private final Param<String> loss;
+  private final IntParam epochs;
+  private final IntParam batchSize;
+  private final IntParam numWorkers;
+  private final Param<String> device;
+  private final LongParam seed;
+  private final BooleanParam dropLast;
+  private final DoubleParam clipNorm;
+  private final IntParam accumulation;
+  private final Param<String> checkpointPath;
+  private final IntParam checkpointInterval;
+  private final IntParam timeoutSeconds;
+
+  public SparkTrainer() {
+    this(Identifiable$.MODULE$.randomUID("sparkTrainer"));
+  }
+
+  public SparkTrainer(String uid) {
+    this.uid = uid;
+    featuresCol = new Param<>(this, "featuresCol", "features column: vector, array of numbers or a number");
+    featureCols = new StringArrayParam(this, "featureCols",
+        "several numeric feature columns (used instead of featuresCol when not empty)");
+    labelCol = new Param<>(this, "labelCol", "label column: class index (cross_entropy) or number (mse)");
+    predictionCol = new Param<>(this, "predictionCol", "output column of the fitted model's predictions");
+    probabilityCol = new Param<>(this, "probabilityCol", "output column of class probabilities (classifiers)");
+    modelSpec = new Param<>(this, "modelSpec", "the network as ModelSpec JSON (see ModelSpec)");
+    optimizer = new Param<>(this, "optimizer", "optimizer JSON, e.g. {\"type\":\"adamw\",\"lr\":0.001}");
+    schedule = new Param<>(this, "schedule", "learning-rate schedule JSON: constant, step or cosine");
+    loss = new Param<>(this, "loss", "loss: cross_entropy or mse",
+        ParamValidators.inArray(new String[] {"cross_entropy", "mse"}));
+    epochs = new IntParam(this, "epochs", "passes over the data (> 0)", ParamValidators.gt(0));
+    batchSize = new IntParam(this, "batchSize", "per-worker batch size B (> 0); global batch = numWorkers * B",
+        ParamValidators.gt(0));
+    numWorkers = new IntParam(this, "numWorkers", "barrier tasks W: one per GPU (or per CPU worker)",
+        ParamValidators.gt(0));
+    device = new Param<>(this, "device", "cpu, cuda or auto (cuda when the task has a GPU)",
+        ParamValidators.inArray(new String[] {"cpu", "cuda", "auto"}));
+    seed = new LongParam(this, "seed", "random seed (weights, sampler, dropout)");
+    dropLast = new BooleanParam(this, "dropLast",
+        "drop the last partial global batch instead of padding it by wrapping rows");
+    clipNorm = new DoubleParam(this, "clipNorm", "clip gradients to this global L2 norm (0 = off)",
+        ParamValidators.gtEq(0));
+    accumulation = new IntParam(this, "accumulation", "micro-batches per optimizer step (>= 1)",
+        ParamValidators.gt(0));
+    checkpointPath = new Param<>(this, "checkpointPath", "Hadoop path for checkpoints (empty = none)");
+    checkpointInterval = new IntParam(this, "checkpointInterval", "checkpoint every N optimizer steps (0 = epoch ends)",
+        ParamValidators.gtEq(0));
+    timeoutSeconds = new IntParam(this, "timeoutSeconds",
+        "a collective that waits longer than this fails the job instead of hanging", ParamValidators.gt(0));
+    setDefault(featuresCol, "features");
+    setDefault(featureCols, new String[0]);
+    setDefault(labelCol, "label");
+    setDefault(predictionCol, "prediction");
+    setDefault(probabilityCol, "probability");
+    setDefault(optimizer, OptimizerConfig.adamw(1e-3).toJson());
+    setDefault(schedule, LrSchedule.constant().toJson());
+    setDefault(loss, "cross_entropy");
+    setDefault(epochs, 1);
+    setDefault(batchSize, 64);
+    setDefault(numWorkers, 1);
+    setDefault(device, "auto");
+    setDefault(seed, 42L);
+    setDefault(dropLast, false);
+    setDefault(clipNorm, 0.0);
+    setDefault(accumulation, 1);
+    setDefault(checkpointPath, "");
+    setDefault(checkpointInterval, 0);
+    setDefault(timeoutSeconds, 300);
+  }
+
+  @Override
+  public String uid() {
+    return uid;
+  }
+
+  // ---- Param accessors (Spark finds params through these public no-arg methods) ----
+
+  public Param<String> featuresCol() {
+    return featuresCol;
+  }
+
+  public StringArrayParam featureCols() {
+    return featureCols;
+  }
+
+  public Param<String> labelCol() {
+    return labelCol;
+  }
+
+  public Param<String> predictionCol() {
+    return predictionCol;
+  }
+
+  public Param<String> probabilityCol() {
+    return probabilityCol;
+  }
+
+  public Param<String> modelSpec() {
+    return modelSpec;
+  }
+
+  public Param<String> optimizer() {
+    return optimizer;
+  }
+
+  public Param<String> schedule() {
+    return schedule;
+  }
+
+  public Param<String> loss() {
+    return loss;
+  }
+
+  public IntParam epochs() {
+    return epochs;
+  }
+
+  public IntParam batchSize() {
+    return batchSize;
+  }
+
+  public IntParam numWorkers() {
+    return numWorkers;
+  }
+
+  public Param<String> device() {
+    return device;
+  }
+
+  public LongParam seed() {
+    return seed;
+  }
+
+  public BooleanParam dropLast() {
+    return dropLast;
+  }
+
+  public DoubleParam clipNorm() {
+    return clipNorm;
+  }
+
+  public IntParam accumulation() {
+    return accumulation;
+  }
+
+  public Param<String> checkpointPath() {
+    return checkpointPath;
+  }
+
+  public IntParam checkpointInterval() {
+    return checkpointInterval;
+  }
+
+  public IntParam timeoutSeconds() {
+    return timeoutSeconds;
+  }
+
+  // ---- setters and getters ----
+
+  public SparkTrainer setFeaturesCol(String v) {
+    set(featuresCol, v);
+    return this;
+  }
+
+  public SparkTrainer setFeatureCols(String[] v) {
+    set(featureCols, v);
+    return this;
+  }
+
+  public SparkTrainer setLabelCol(String v) {
+    set(labelCol, v);
+    return this;
+  }
+
+  public SparkTrainer setPredictionCol(String v) {
+    set(predictionCol, v);
+    return this;
+  }
+
+  public SparkTrainer setProbabilityCol(String v) {
+    set(probabilityCol, v);
+    return this;
+  }
+
+  /** The network, as a ModelSpec. */
+  public SparkTrainer setModelSpec(ModelSpec v) {
+    set(modelSpec, v.toJson());
+    return this;
+  }
+
+  /** The network, as ModelSpec JSON (validated here, so a bad spec fails at once). */
+  public SparkTrainer setModelSpec(String json) {
+    set(modelSpec, ModelSpec.fromJson(json).toJson());
+    return this;
+  }
+
+  public SparkTrainer setOptimizer(OptimizerConfig v) {
+    set(optimizer, v.toJson());
+    return this;
+  }
+
+  public SparkTrainer setOptimizer(String json) {
+    set(optimizer, OptimizerConfig.fromJson(json).toJson());
+    return this;
+  }
+
+  public SparkTrainer setSchedule(LrSchedule v) {
+    set(schedule, v.toJson());
+    return this;
+  }
+
+  public SparkTrainer setSchedule(String json) {
+    set(schedule, LrSchedule.fromJson(json).toJson());
+    return this;
+  }
+
+  public SparkTrainer setLoss(String v) {
+    set(loss, v);
+    return this;
+  }
+
+  public SparkTrainer setEpochs(int v) {
+    set(epochs, v);
+    return this;
+  }
+
+  public SparkTrainer setBatchSize(int v) {
+    set(batchSize, v);
+    return this;
+  }
+
+  public SparkTrainer setNumWorkers(int v) {
+    set(numWorkers, v);
+    return this;
+  }
+
+  public SparkTrainer setDevice(String v) {
+    set(device, v);
+    return this;
+  }
+
+  public SparkTrainer setSeed(long v) {
+    set(seed, v);
+    return this;
+  }
+
+  public SparkTrainer setDropLast(boolean v) {
+    set(dropLast, v);
+    return this;
+  }
+
+  public SparkTrainer setClipNorm(double v) {
+    set(clipNorm, v);
+    return this;
+  }
+
+  public SparkTrainer setAccumulation(int v) {
+    set(accumulation, v);
+    return this;
+  }
+
+  public SparkTrainer setCheckpointPath(String v) {
+    set(checkpointPath, v);
+    return this;
+  }
+
+  public SparkTrainer setCheckpointInterval(int v) {
+    set(checkpointInterval, v);
+    return this;
+  }
+
+  public SparkTrainer setTimeoutSeconds(int v) {
+    set(timeoutSeconds, v);
+    return this;
+  }
+
+  /** The model spec; throws with the fix when it was never set. */
+  public ModelSpec getModelSpec() {
+    if (!isDefined(modelSpec)) {
+      throw new IllegalArgumentException("modelSpec is not set: call setModelSpec(ModelSpec.mlp(...)) or "
+          + "setModelSpec(json) before fit");
+    }
+    return ModelSpec.fromJson($(modelSpec));
+  }
+
+  public String getFeaturesCol() {
+    return $(featuresCol);
+  }
+
+  public String[] getFeatureCols() {
+    return $(featureCols);
+  }
+
+  public String getLabelCol() {
+    return $(labelCol);
+  }
+
+  public String getPredictionCol() {
+    return $(predictionCol);
+  }
+
+  public String getProbabilityCol() {
+    return $(probabilityCol);
+  }
+
+  public String getDevice() {
+    return $(device);
+  }
+
+  public int getNumWorkers() {
+    return (Integer) $(numWorkers);
+  }
+
+  public String getCheckpointPath() {
+    return $(checkpointPath);
+  }
+
+  public int getCheckpointInterval() {
+    return (Integer) $(checkpointInterval);
+  }
+
+  public int getTimeoutSeconds() {
+    return (Integer) $(timeoutSeconds);
+  }
+
+  public Loss getLoss() {
+    return Loss.parse($(loss));
+  }
+
+  /** The training configuration these params describe (validated). */
+  public TrainerConfig trainerConfig() {
+    return TrainerConfig.builder()
+        .epochs((Integer) $(epochs))
+        .batchSize((Integer) $(batchSize))
+        .seed((Long) $(seed))
+        .optimizer(OptimizerConfig.fromJson($(optimizer)))
+        .schedule(LrSchedule.fromJson($(schedule)))
+        .loss(getLoss())
+        .clipNorm((Double) $(clipNorm))
+        .accumulation((Integer) $(accumulation))
+        .dropLast((Boolean) $(dropLast))
+        .build();
+  }
+
+  @Override
+  public SparkTrainerModel fit(Dataset<?> dataset) {
+    transformSchema(dataset.schema());
+    TrainingJob.Result r = TrainingJob.run(dataset, this);
+    SparkTrainerModel m = new SparkTrainerModel(uid, getModelSpec(), getLoss(), r.parameters(), r.summary());
+    m.setFeaturesCol(getFeaturesCol()).setFeatureCols(getFeatureCols())
+        .setPredictionCol(getPredictionCol()).setProbabilityCol(getProbabilityCol());
+    return m.setParent(this);
+  }
+
+  @Override
+  public StructType transformSchema(StructType schema) {
+    return SparkTrainerModel.outputSchema(schema, getPredictionCol(), getProbabilityCol(), getLoss(),
+        isDefined(modelSpec) ? getModelSpec().outputSize() : 1);
+  }
+
+  @Override
+  public SparkTrainer copy(ParamMap extra) {
+    return defaultCopy(extra);
+  }
+
+  /** Reads an estimator saved with {@code write().save(path)}. */
+  public static MLReader<SparkTrainer> read() {
+    return new DefaultParamsReader<>();
+  }
+
+  public static SparkTrainer load(String path) {
+    return read().load(path);
+  }
+}

@@ -1,0 +1,169 @@
+package dev.sparktrainer.cli;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import dev.sparktrainer.api.SparkTrainer;
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Iterator;
+import java.util.Set;
+
+/**
+ * The job file of the spark-submit app (JSON): where the data is, the model, and how to train.
+ *
+ * <pre>{
+ *   "data":     {"format": "fashion-mnist" | "parquet" | "csv", "path": "...", "testPath": "...",
+ *                "featuresCol": "features", "featureCols": ["a", "b"], "labelCol": "label"},
+ *   "model":    { ModelSpec JSON },
+ *   "training": {"epochs": 3, "batchSize": 128, "numWorkers": 2, "device": "auto", "seed": 42,
+ *                "optimizer": {...}, "schedule": {...}, "loss": "cross_entropy", "clipNorm": 0,
+ *                "accumulation": 1, "dropLast": false, "checkpointPath": "", "checkpointInterval": 0,
+ *                "timeoutSeconds": 300},
+ *   "output":   {"modelPath": "..."}
+ * }</pre>
+ *
+ * Unknown keys and wrong types are errors that name the key.
+ */
+public final class JobConfig {
+  private static final ObjectMapper JSON = new ObjectMapper();
+
+  public final String format;
+  public final String path;
+  public final String testPath;
+  public final String modelPath;
+  public final JsonNode data;
+  public final SparkTrainer trainer;
+
+  private JobConfig(JsonNode root) {
+    keys(root, "job file", Set.of("data", "model", "training", "output"));
+    data = object(root, "data");
+    keys(data, "data", Set.of("format", "path", "testPath", "featuresCol", "featureCols", "labelCol"));
+    format = text(data, "data", "format", "parquet");
+    if (!Set.of("fashion-mnist", "parquet", "csv").contains(format)) {
+      throw new IllegalArgumentException("data.format must be fashion-mnist, parquet or csv, got '" + format + "'");
+    }
+    path = text(data, "data", "path", format.equals("fashion-mnist") ? "/usr/share/datasets/fashion-mnist" : null);
+    if (path == null) {
+      throw new IllegalArgumentException("data.path is required for format " + format);
+    }
+    testPath = text(data, "data", "testPath", null);
+    JsonNode model = object(root, "model");
+    JsonNode out = root.has("output") ? object(root, "output") : JSON.createObjectNode();
+    keys(out, "output", Set.of("modelPath"));
+    modelPath = text(out, "output", "modelPath", null);
+
+    SparkTrainer t = new SparkTrainer().setModelSpec(model.toString());
+    t.setFeaturesCol(text(data, "data", "featuresCol", "features"));
+    t.setLabelCol(text(data, "data", "labelCol", "label"));
+    if (data.has("featureCols")) {
+      JsonNode fc = data.get("featureCols");
+      if (!fc.isArray()) {
+        throw new IllegalArgumentException("data.featureCols must be an array of column names");
+      }
+      String[] cols = new String[fc.size()];
+      for (int i = 0; i < cols.length; i++) {
+        cols[i] = fc.get(i).asText();
+      }
+      t.setFeatureCols(cols);
+    }
+    JsonNode tr = root.has("training") ? object(root, "training") : JSON.createObjectNode();
+    keys(tr, "training", Set.of("epochs", "batchSize", "numWorkers", "device", "seed", "optimizer", "schedule",
+        "loss", "clipNorm", "accumulation", "dropLast", "checkpointPath", "checkpointInterval", "timeoutSeconds"));
+    if (tr.has("epochs")) {
+      t.setEpochs(integer(tr, "epochs"));
+    }
+    if (tr.has("batchSize")) {
+      t.setBatchSize(integer(tr, "batchSize"));
+    }
+    if (tr.has("numWorkers")) {
+      t.setNumWorkers(integer(tr, "numWorkers"));
+    }
+    if (tr.has("device")) {
+      t.setDevice(text(tr, "training", "device", "auto"));
+    }
+    if (tr.has("seed")) {
+      t.setSeed(tr.get("seed").asLong());
+    }
+    if (tr.has("optimizer")) {
+      t.setOptimizer(object(tr, "optimizer").toString());
+    }
+    if (tr.has("schedule")) {
+      t.setSchedule(object(tr, "schedule").toString());
+    }
+    if (tr.has("loss")) {
+      t.setLoss(text(tr, "training", "loss", "cross_entropy"));
+    }
+    if (tr.has("clipNorm")) {
+      t.setClipNorm(tr.get("clipNorm").asDouble());
+    }
+    if (tr.has("accumulation")) {
+      t.setAccumulation(integer(tr, "accumulation"));
+    }
+    if (tr.has("dropLast")) {
+      t.setDropLast(tr.get("dropLast").asBoolean());
+    }
+    if (tr.has("checkpointPath")) {
+      t.setCheckpointPath(text(tr, "training", "checkpointPath", ""));
+    }
+    if (tr.has("checkpointInterval")) {
+      t.setCheckpointInterval(integer(tr, "checkpointInterval"));
+    }
+    if (tr.has("timeoutSeconds")) {
+      t.setTimeoutSeconds(integer(tr, "timeoutSeconds"));
+    }
+    t.trainerConfig(); // validates the combination now, before Spark starts
+    trainer = t;
+  }
+
+  public static JobConfig parse(String json) {
+    try {
+      return new JobConfig(JSON.readTree(json));
+    } catch (IOException e) {
+      throw new IllegalArgumentException("job file: not valid JSON: " + e.getMessage(), e);
+    }
+  }
+
+  public static JobConfig load(Path file) throws IOException {
+    return parse(Files.readString(file));
+  }
+
+  private static JsonNode object(JsonNode n, String key) {
+    JsonNode v = n.get(key);
+    if (v == null || !v.isObject()) {
+      throw new IllegalArgumentException("job file: '" + key + "' must be a JSON object");
+    }
+    return v;
+  }
+
+  private static String text(JsonNode n, String where, String key, String dflt) {
+    JsonNode v = n.get(key);
+    if (v == null) {
+      return dflt;
+    }
+    if (!v.isTextual()) {
+      throw new IllegalArgumentException(where + "." + key + " must be a string, got " + v);
+    }
+    return v.asText();
+  }
+
+  private static int integer(JsonNode n, String key) {
+    JsonNode v = n.get(key);
+    if (!v.isIntegralNumber() || !v.canConvertToInt()) {
+      throw new IllegalArgumentException("training." + key + " must be an integer, got " + v);
+    }
+    return v.asInt();
+  }
+
+  private static void keys(JsonNode n, String where, Set<String> allowed) {
+    if (n == null || !n.isObject()) {
+      throw new IllegalArgumentException(where + " must be a JSON object");
+    }
+    for (Iterator<String> it = n.fieldNames(); it.hasNext(); ) {
+      String k = it.next();
+      if (!allowed.contains(k)) {
+        throw new IllegalArgumentException(where + ": unknown key '" + k + "' (allowed: " + new java.util.TreeSet<>(allowed) + ")");
+      }
+    }
+  }
+}

@@ -1,0 +1,162 @@
+package dev.sparktrainer.spark;
+
+import dev.sparktrainer.checkpoint.CheckpointData;
+import dev.sparktrainer.checkpoint.CheckpointIO;
+import dev.sparktrainer.checkpoint.CheckpointInfo;
+import dev.sparktrainer.comm.Communicator;
+import dev.sparktrainer.data.RowStore;
+import dev.sparktrainer.engine.Device;
+import dev.sparktrainer.nn.Model;
+import dev.sparktrainer.nn.ModelSpec;
+import dev.sparktrainer.train.CheckpointPolicy;
+import dev.sparktrainer.train.EpochStats;
+import dev.sparktrainer.train.Trainer;
+import dev.sparktrainer.train.TrainerConfig;
+import java.io.IOException;
+import java.io.Serializable;
+import java.io.UncheckedIOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.time.Duration;
+import java.util.List;
+import java.util.zip.CRC32;
+import org.apache.spark.BarrierTaskContext;
+import org.apache.spark.sql.catalyst.InternalRow;
+import org.apache.spark.util.SerializableConfiguration;
+import scala.Tuple2;
+import scala.collection.Iterator;
+import scala.jdk.javaapi.CollectionConverters;
+import scala.runtime.AbstractFunction1;
+
+/**
+ * The body of one barrier task: data first (the partition's rows become the rank's row store, checked
+ * before any collective), then the device and communicator, then the training loop. Any error aborts the
+ * communicator so the other ranks fail fast instead of waiting, and is rethrown for Spark to report.
+ */
+final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long, InternalRow>>, Iterator<TaskResult>>
+    implements Serializable {
+  private static final long serialVersionUID = 1L;
+  private static final java.util.logging.Logger LOG =
+      java.util.logging.Logger.getLogger(BarrierTrainFunction.class.getName());
+  private final String specJson;
+  private final TrainerConfig cfg;
+  private final String device;
+  private final String token;
+  private final int timeoutSeconds;
+  private final int dim;
+  private final int targetDim;
+  private final int steps;
+  private final long rowsPerRank;
+  private final CheckpointPolicy checkpoints; // null: no checkpoints
+  private final SerializableConfiguration hadoopConf;
+
+  BarrierTrainFunction(String specJson, TrainerConfig cfg, String device, String token, int timeoutSeconds,
+      int dim, int targetDim, int steps, long rowsPerRank, CheckpointPolicy checkpoints,
+      SerializableConfiguration hadoopConf) {
+    this.specJson = specJson;
+    this.cfg = cfg;
+    this.device = device;
+    this.token = token;
+    this.timeoutSeconds = timeoutSeconds;
+    this.dim = dim;
+    this.targetDim = targetDim;
+    this.steps = steps;
+    this.rowsPerRank = rowsPerRank;
+    this.checkpoints = checkpoints;
+    this.hadoopConf = hadoopConf;
+  }
+
+  @Override
+  public Iterator<TaskResult> apply(Iterator<Tuple2<Long, InternalRow>> it) {
+    long start = System.currentTimeMillis();
+    BarrierTaskContext ctx = BarrierTaskContext.get();
+    SparkWorkerContext wc = new SparkWorkerContext(ctx, token);
+    int rank = wc.rank();
+    java.util.Iterator<InternalRow> rows = new java.util.Iterator<>() {
+      @Override
+      public boolean hasNext() {
+        return it.hasNext();
+      }
+
+      @Override
+      public InternalRow next() {
+        return it.next()._2();
+      }
+    };
+    TaskResult result;
+    // Data first: a short or empty partition fails here, before any collective.
+    try (RowStore store = TaskRows.load(rows, dim, targetDim, cfg.batchSize())) {
+      if (store.rows() != rowsPerRank) {
+        throw new IllegalStateException("rank " + rank + " received " + store.rows() + " rows, the plan gives "
+            + rowsPerRank + " to every rank; the input DataFrame changed between planning and training "
+            + "(make it deterministic, e.g. cache it, before fit)");
+      }
+      String resolved = Backends.resolve(device, wc);
+      try (Device dev = Backends.openDevice(resolved, wc)) {
+        Communicator comm = Backends.openCommunicator(resolved, wc, wc.host(), Duration.ofSeconds(timeoutSeconds));
+        try {
+          ModelSpec spec = ModelSpec.fromJson(specJson);
+          Model model = new Model(spec, dev);
+          Trainer trainer = new Trainer(model, cfg, comm);
+          CheckpointData resumeFrom = null;
+          if (checkpoints != null) {
+            trainer.checkpointing(checkpoints, hadoopConf.value());
+            resumeFrom = findCheckpoint(wc);
+          }
+          if (resumeFrom != null) {
+            trainer.resume(resumeFrom);
+          } else {
+            trainer.initializeWeights();
+          }
+          int[] local = new int[Math.toIntExact(rowsPerRank)];
+          for (int i = 0; i < local.length; i++) {
+            local[i] = i;
+          }
+          long firstStep = System.currentTimeMillis();
+          List<EpochStats> stats = trainer.fit(store, local, steps);
+          float[] params = model.parametersToHost();
+          result = new TaskResult(rank, stats, rank == 0 ? params : null, digest(params), start, firstStep,
+              System.currentTimeMillis(), dev.name());
+          comm.close();
+        } catch (IOException e) {
+          comm.abort();
+          throw new UncheckedIOException("rank " + rank + ": reading the checkpoint failed", e);
+        } catch (RuntimeException | Error e) {
+          try {
+            comm.abort();
+          } catch (RuntimeException suppressed) {
+            e.addSuppressed(suppressed);
+          }
+          throw e;
+        }
+      }
+    }
+    return CollectionConverters.asScala(List.of(result).iterator());
+  }
+
+  /**
+   * On a (re)started stage, rank 0 picks the newest valid checkpoint of this fit and tells the others which
+   * one, so every rank restores the same file. Returns null when there is none.
+   */
+  private CheckpointData findCheckpoint(SparkWorkerContext wc) throws IOException {
+    String chosen = "";
+    if (wc.rank() == 0) {
+      List<CheckpointInfo> valid = CheckpointIO.listValid(checkpoints.dir(), hadoopConf.value());
+      chosen = valid.isEmpty() ? "" : valid.get(valid.size() - 1).path();
+    }
+    String path = wc.allGather(chosen).get(0);
+    if (path.isEmpty()) {
+      return null;
+    }
+    LOG.info("rank " + wc.rank() + " resumes from " + path);
+    return CheckpointIO.read(path, hadoopConf.value());
+  }
+
+  static long digest(float[] params) {
+    ByteBuffer b = ByteBuffer.allocate(params.length * 4).order(ByteOrder.LITTLE_ENDIAN);
+    b.asFloatBuffer().put(params);
+    CRC32 crc = new CRC32();
+    crc.update(b);
+    return crc.getValue() ^ ((long) params.length << 32);
+  }
+}
