@@ -13,7 +13,8 @@ import org.apache.spark.sql.SparkSession;
  * The spark-submit application: {@code spark-submit --class dev.sparktrainer.cli.SparkTrainApp
  * spark-trainer.jar --config conf/fashion-mnist.json}. Trains on the DataFrame the job file names, prints the
  * per-epoch summary, saves the model when asked, evaluates on the test data when given, and prints
- * {@code test accuracy: 0.xxxx} last. {@code --master URL} sets the master when not run by spark-submit.
+ * {@code test accuracy: 0.xxxx} last. {@code --master URL} sets the master when not run by spark-submit;
+ * {@code --cache} caches (and materialises) the training DataFrame before fit, as an ETL job would.
  */
 public final class SparkTrainApp {
   private SparkTrainApp() {}
@@ -21,12 +22,14 @@ public final class SparkTrainApp {
   public static void main(String[] args) throws Exception {
     String config = null;
     String master = null;
+    boolean cache = false;
     for (int i = 0; i < args.length; i++) {
       switch (args[i]) {
         case "--config" -> config = value(args, ++i, "--config");
         case "--master" -> master = value(args, ++i, "--master");
+        case "--cache" -> cache = true;
         default -> throw new IllegalArgumentException("unknown option " + args[i] + " (known: --config FILE, "
-            + "--master URL)");
+            + "--master URL, --cache)");
       }
     }
     if (config == null) {
@@ -50,6 +53,11 @@ public final class SparkTrainApp {
         if (job.testPath != null) {
           test = read(spark, job.format, job.testPath);
         }
+      }
+      if (cache) {
+        long t0 = System.nanoTime();
+        long n = train.cache().count();
+        System.out.printf(Locale.ROOT, "cached %d training rows in %.2f s%n", n, (System.nanoTime() - t0) / 1e9);
       }
       SparkTrainerModel model = job.trainer.fit(train);
       TrainingSummary s = model.summary();

@@ -36,8 +36,7 @@ import scala.runtime.AbstractFunction1;
 final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long, InternalRow>>, Iterator<TaskResult>>
     implements Serializable {
   private static final long serialVersionUID = 1L;
-  private static final java.util.logging.Logger LOG =
-      java.util.logging.Logger.getLogger(BarrierTrainFunction.class.getName());
+  private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(BarrierTrainFunction.class);
   private final String specJson;
   private final TrainerConfig cfg;
   private final String device;
@@ -91,6 +90,7 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long,
             + rowsPerRank + " to every rank; the input DataFrame changed between planning and training "
             + "(make it deterministic, e.g. cache it, before fit)");
       }
+      long dataReady = System.currentTimeMillis();
       String resolved = Backends.resolve(device, wc);
       try (Device dev = Backends.openDevice(resolved, wc)) {
         Communicator comm = Backends.openCommunicator(resolved, wc, wc.host(), Duration.ofSeconds(timeoutSeconds));
@@ -115,7 +115,7 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long,
           long firstStep = System.currentTimeMillis();
           List<EpochStats> stats = trainer.fit(store, local, steps);
           float[] params = model.parametersToHost();
-          result = new TaskResult(rank, stats, rank == 0 ? params : null, digest(params), start, firstStep,
+          result = new TaskResult(rank, stats, rank == 0 ? params : null, digest(params), start, dataReady, firstStep,
               System.currentTimeMillis(), dev.name());
           comm.close();
         } catch (IOException e) {

@@ -9,4 +9,4 @@ import java.util.List;
  * agree), rank 0's parameters, and timestamps for the time-to-first-step figure.
  */
 public record TaskResult(int rank, List<EpochStats> epochs, float[] parameters, long parameterDigest,
-    long taskStartMillis, long firstStepMillis, long endMillis, String device) implements Serializable {}
+    long taskStartMillis, long dataReadyMillis, long firstStepMillis, long endMillis, String device) implements Serializable {}

@@ -15,6 +15,8 @@ public final class TrainerKryoRegistrator implements KryoRegistrator {
     // Records keep their final fields: Java serialization is the one that constructs them properly.
     kryo.register(TaskResult.class, new JavaSerializer());
     kryo.register(TaskResult[].class);
+    kryo.register(DataStats.class);
+    kryo.register(DataStats[].class);
     kryo.register(float[].class);
     kryo.register(int[].class);
     kryo.register(long[].class);

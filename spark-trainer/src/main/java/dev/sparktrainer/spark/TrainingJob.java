@@ -1,13 +1,5 @@
 package dev.sparktrainer.spark;
 
-import static org.apache.spark.sql.functions.col;
-import static org.apache.spark.sql.functions.count;
-import static org.apache.spark.sql.functions.expr;
-import static org.apache.spark.sql.functions.lit;
-import static org.apache.spark.sql.functions.max;
-import static org.apache.spark.sql.functions.min;
-import static org.apache.spark.sql.functions.sum;
-import static org.apache.spark.sql.functions.when;
 
 import dev.sparktrainer.api.SparkTrainer;
 import dev.sparktrainer.api.TrainingSummary;
@@ -22,7 +14,6 @@ import java.util.ArrayList;
 import java.util.Base64;
 import java.util.Comparator;
 import java.util.List;
-import java.util.logging.Logger;
 import org.apache.spark.SparkContext;
 import org.apache.spark.api.java.JavaPairRDD;
 import org.apache.spark.api.java.JavaRDD;
@@ -47,7 +38,7 @@ import scala.reflect.ClassTag$;
  * shuffle map stage, which Spark resubmits as a whole when a task fails.
  */
 public final class TrainingJob {
-  private static final Logger LOG = Logger.getLogger(TrainingJob.class.getName());
+  private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(TrainingJob.class);
 
   private TrainingJob() {}
 
@@ -55,7 +46,7 @@ public final class TrainingJob {
   public record Result(float[] parameters, TrainingSummary summary, List<TaskResult> tasks) {}
 
   /** What validation found out about the data. */
-  record DataFacts(long rows, int dim, int classesOrTargetDim) {}
+  record DataFacts(long rows, int dim, int classesOrTargetDim, long[] rowsPerPartition) {}
 
   public static Result run(Dataset<?> dataset, SparkTrainer params) {
     long fitStart = System.currentTimeMillis();
@@ -73,21 +64,50 @@ public final class TrainingJob {
     SparkContext sc = dataset.sparkSession().sparkContext();
     checkSlots(sc, world);
 
-    // 2. Data: one aggregation pass finds nulls, sizes, non-finite values and label ranges.
+    // 2. Data: the prepared rows (features array<float>, label double or target array<float>) as Spark's
+    // binary rows, kept for the shuffle unless the input is cached already; one pass finds nulls, sizes,
+    // non-finite values, label ranges, and each partition's row count (which numbers the rows).
     Dataset<Row> prepared = dataset.select(features.as(FeatureColumns.FEATURES), label.as("__label"));
-    prepared = prepared.persist(StorageLevel.MEMORY_AND_DISK());
-    try {
-      DataFacts facts = validate(prepared, spec, loss, featuresName, params.getLabelCol());
-      SamplerPlan plan = new SamplerPlan(facts.rows(), world, cfg.batchSize(), cfg.seed(), cfg.dropLast());
-      Column labelOut = loss == Loss.CROSS_ENTROPY
-          ? col("__label").cast(DataTypes.IntegerType).as(FeatureColumns.LABEL)
-          : col("__label").as(FeatureColumns.TARGET);
-      Dataset<Row> rows = prepared.select(col(FeatureColumns.FEATURES), labelOut);
-      int targetDim = loss == Loss.CROSS_ENTROPY ? 0 : facts.classesOrTargetDim();
-      return train(sc, rows, plan, spec, cfg, params, facts.dim(), targetDim, fitStart);
-    } finally {
-      prepared.unpersist(false);
+    boolean inputCached = !dataset.storageLevel().equals(StorageLevel.NONE());
+    JavaRDD<InternalRow> internal = prepared.queryExecution().toRdd().toJavaRDD().map(InternalRow::copy);
+    if (!inputCached) {
+      internal = internal.persist(StorageLevel.MEMORY_AND_DISK());
     }
+    try {
+      boolean classification = loss == Loss.CROSS_ENTROPY;
+      List<DataStats> perPartition = internal.mapPartitions(it -> {
+        DataStats st = new DataStats();
+        while (it.hasNext()) {
+          st.add(it.next(), classification);
+        }
+        return List.of(st).iterator();
+      }).collect();
+      DataFacts facts = validate(perPartition, spec, loss, featuresName, params.getLabelCol());
+      LOG.info(String.format(java.util.Locale.ROOT, "validated %d rows of %d features in %.2f s", facts.rows(),
+          facts.dim(), (System.currentTimeMillis() - fitStart) / 1000.0));
+      SamplerPlan plan = new SamplerPlan(facts.rows(), world, cfg.batchSize(), cfg.seed(), cfg.dropLast());
+      int targetDim = classification ? 0 : facts.classesOrTargetDim();
+      return train(sc, internal, plan, spec, cfg, params, facts.dim(), targetDim, facts.rowsPerPartition(),
+          fitStart);
+    } finally {
+      if (!inputCached) {
+        internal.unpersist(false);
+      }
+    }
+  }
+
+  /** (features array<float>, label double) -> UnsafeRow (features array<float>, label int). */
+  static java.util.function.Function<InternalRow, InternalRow> taskRowConverter() {
+    org.apache.spark.sql.catalyst.expressions.UnsafeProjection proj =
+        org.apache.spark.sql.catalyst.expressions.UnsafeProjection.create(new org.apache.spark.sql.types.DataType[] {
+            DataTypes.createArrayType(DataTypes.FloatType), DataTypes.IntegerType});
+    org.apache.spark.sql.catalyst.expressions.GenericInternalRow tmp =
+        new org.apache.spark.sql.catalyst.expressions.GenericInternalRow(2);
+    return r -> {
+      tmp.update(0, r.getArray(0));
+      tmp.setInt(1, (int) r.getDouble(1));
+      return proj.apply(tmp).copy();
+    };
   }
 
   /** Fails at once when the barrier stage cannot get W slots (Spark's own check takes ~10 minutes). */
@@ -96,7 +116,7 @@ public final class TrainingJob {
     try {
       slots = sc.maxNumConcurrentTasks(sc.resourceProfileManager().defaultResourceProfile());
     } catch (RuntimeException e) {
-      LOG.warning("could not count task slots (" + e + "); skipping the up-front slot check");
+      LOG.warn("could not count task slots (" + e + "); skipping the up-front slot check");
       return;
     }
     if (world > slots) {
@@ -107,40 +127,25 @@ public final class TrainingJob {
     }
   }
 
-  static DataFacts validate(Dataset<Row> prepared, ModelSpec spec, Loss loss, String featuresName,
+  static DataFacts validate(List<DataStats> parts, ModelSpec spec, Loss loss, String featuresName,
       String labelName) {
-    String f = FeatureColumns.FEATURES;
-    List<Column> aggs = new ArrayList<>(List.of(
-        count(lit(1)),
-        sum(when(col(f).isNull(), 1).otherwise(0)),
-        min(when(col(f).isNotNull(), expr("size(" + f + ")"))),
-        max(when(col(f).isNotNull(), expr("size(" + f + ")"))),
-        sum(when(expr("exists(" + f + ", x -> x IS NULL)"), 1).otherwise(0)),
-        sum(when(expr("exists(" + f + ", x -> isnan(x) OR x = double('inf') OR x = double('-inf'))"), 1)
-            .otherwise(0)),
-        sum(when(col("__label").isNull(), 1).otherwise(0))));
-    if (loss == Loss.CROSS_ENTROPY) {
-      aggs.add(min(col("__label")));
-      aggs.add(max(col("__label")));
-      aggs.add(sum(when(expr("__label != floor(__label) OR isnan(__label)"), 1).otherwise(0)));
-    } else {
-      aggs.add(min(when(col("__label").isNotNull(), expr("size(__label)"))));
-      aggs.add(max(when(col("__label").isNotNull(), expr("size(__label)"))));
-      aggs.add(sum(when(expr("exists(__label, x -> x IS NULL OR isnan(x) OR x = double('inf') OR "
-          + "x = double('-inf'))"), 1).otherwise(0)));
+    DataStats r = new DataStats();
+    long[] perPartition = new long[parts.size()];
+    for (int i = 0; i < parts.size(); i++) {
+      r.merge(parts.get(i));
+      perPartition[i] = parts.get(i).rows;
     }
-    Row r = prepared.agg(aggs.get(0), aggs.subList(1, aggs.size()).toArray(new Column[0])).first();
-    long rows = r.getLong(0);
+    long rows = r.rows;
     if (rows == 0) {
       throw new IllegalArgumentException("the training DataFrame is empty; fit needs at least one row");
     }
-    long nullFeatures = r.getLong(1);
+    long nullFeatures = r.nullFeatures;
     if (nullFeatures > 0) {
       throw new IllegalArgumentException("features column '" + featuresName + "' has " + nullFeatures
           + " null row(s); drop them (df.na().drop()) or fill them before fit");
     }
-    int minSize = r.getInt(2);
-    int maxSize = r.getInt(3);
+    int minSize = r.minSize;
+    int maxSize = r.maxSize;
     int dim = spec.inputSize();
     if (minSize != maxSize) {
       throw new IllegalArgumentException("features column '" + featuresName + "' has vectors of different sizes ("
@@ -150,26 +155,26 @@ public final class TrainingJob {
       throw new IllegalArgumentException("features column '" + featuresName + "' has " + minSize
           + " values per row but the model spec's input needs " + dim + "; fix the spec's 'input' or the features");
     }
-    long nullElements = r.getLong(4);
+    long nullElements = r.nullElements;
     if (nullElements > 0) {
       throw new IllegalArgumentException("features column '" + featuresName + "' has " + nullElements
           + " row(s) with null elements; fill them before fit");
     }
-    long nonFinite = r.getLong(5);
+    long nonFinite = r.nonFinite;
     if (nonFinite > 0) {
       throw new IllegalArgumentException("features column '" + featuresName + "' has " + nonFinite
           + " row(s) with NaN or infinite values; remove or replace them before fit");
     }
-    long nullLabels = r.getLong(6);
+    long nullLabels = r.nullLabels;
     if (nullLabels > 0) {
       throw new IllegalArgumentException("label column '" + labelName + "' has " + nullLabels
           + " null row(s); drop them or fill them before fit");
     }
     int out = spec.outputSize();
     if (loss == Loss.CROSS_ENTROPY) {
-      double lo = r.getDouble(7);
-      double hi = r.getDouble(8);
-      long nonInteger = r.getLong(9);
+      double lo = r.labelMin;
+      double hi = r.labelMax;
+      long nonInteger = r.nonInteger;
       if (nonInteger > 0) {
         throw new IllegalArgumentException("label column '" + labelName + "' has " + nonInteger
             + " value(s) that are not whole numbers; cross_entropy needs class indices 0.." + (out - 1));
@@ -179,39 +184,82 @@ public final class TrainingJob {
             + (long) hi + "] but the model has " + out + " outputs, so labels must be in [0, " + out
             + "); re-index the labels or change the last layer's units");
       }
-      return new DataFacts(rows, dim, out);
+      return new DataFacts(rows, dim, out, perPartition);
     }
-    int tMin = r.getInt(7);
-    int tMax = r.getInt(8);
+    int tMin = r.targetMinSize;
+    int tMax = r.targetMaxSize;
     if (tMin != out || tMax != out) {
       throw new IllegalArgumentException("label column '" + labelName + "' has " + tMin + " to " + tMax
           + " values per row but the model has " + out + " outputs; mse needs one target per output");
     }
-    if (r.getLong(9) > 0) {
-      throw new IllegalArgumentException("label column '" + labelName + "' has " + r.getLong(9)
+    if (r.badTargets > 0) {
+      throw new IllegalArgumentException("label column '" + labelName + "' has " + r.badTargets
           + " row(s) with null, NaN or infinite targets; clean them before fit");
     }
-    return new DataFacts(rows, dim, out);
+    return new DataFacts(rows, dim, out, perPartition);
   }
 
-  private static Result train(SparkContext sc, Dataset<Row> rows, SamplerPlan plan, ModelSpec spec,
-      TrainerConfig cfg, SparkTrainer params, int dim, int targetDim, long fitStart) {
+  private static Result train(SparkContext sc, JavaRDD<InternalRow> internal, SamplerPlan plan, ModelSpec spec,
+      TrainerConfig cfg, SparkTrainer params, int dim, int targetDim, long[] perPartition, long fitStart) {
     int world = plan.world();
     long rowsPerRank = plan.rowsPerRank();
     // Sampler-aware partitioning: every row goes to (rank, local position) from the seeded permutation.
-    JavaRDD<InternalRow> internal = rows.queryExecution().toRdd().toJavaRDD();
     SamplerPlan p = plan;
-    JavaPairRDD<Long, InternalRow> keyed = internal.zipWithIndex().flatMapToPair(t -> {
+    // Global row index = rows of the partitions before + position inside the partition (counted during
+    // validation, on the same cached data).
+    int numParts = internal.getNumPartitions();
+    long[] offsets = new long[numParts + 1];
+    for (int i = 0; i < numParts; i++) {
+      offsets[i + 1] = offsets[i] + perPartition[i];
+    }
+    if (offsets[numParts] != plan.rows()) {
+      throw new IllegalStateException("partition row counts add up to " + offsets[numParts] + ", validation counted "
+          + plan.rows() + "; the input DataFrame is not deterministic (cache or checkpoint it before fit)");
+    }
+    JavaRDD<Tuple2<Long, InternalRow>> keyed = internal.mapPartitionsWithIndex((part, it) -> {
+      // Classification rows become (features, label int), the layout the tasks read.
+      java.util.function.Function<InternalRow, InternalRow> toTaskRow = targetDim > 0 ? r -> r : taskRowConverter();
+      long first = offsets[part];
+      long end = offsets[part + 1];
       long[] pos = new long[2];
-      int k = p.positionsOf(t._2(), pos);
-      List<Tuple2<Long, InternalRow>> out = new ArrayList<>(k);
-      for (int j = 0; j < k; j++) {
-        out.add(new Tuple2<>(p.rankOf(pos[j]) * rowsPerRank + p.localOf(pos[j]), t._1().copy()));
-      }
-      return out.iterator();
-    });
-    RDD<Tuple2<Long, InternalRow>> sorted =
-        keyed.repartitionAndSortWithinPartitions(new RankPartitioner(world, rowsPerRank)).rdd();
+      return new java.util.Iterator<Tuple2<Long, InternalRow>>() {
+        private long index = first;
+        private InternalRow row;
+        private int k;
+        private int emitted;
+
+        @Override
+        public boolean hasNext() {
+          if (emitted < k) {
+            return true;
+          }
+          while (it.hasNext()) {
+            row = toTaskRow.apply(it.next());
+            if (index >= end) {
+              throw new IllegalStateException("input partition " + part + " has more rows than validation counted; "
+                  + "the input DataFrame is not deterministic (cache or checkpoint it before fit)");
+            }
+            k = p.positionsOf(index++, pos);
+            emitted = 0;
+            if (k > 0) {
+              return true;
+            }
+          }
+          return false;
+        }
+
+        @Override
+        public Tuple2<Long, InternalRow> next() {
+          if (!hasNext()) {
+            throw new java.util.NoSuchElementException();
+          }
+          long q = pos[emitted++];
+          return new Tuple2<>(p.rankOf(q) * rowsPerRank + p.localOf(q), row);
+        }
+      };
+    }, true);
+    RDD<Tuple2<Long, InternalRow>> sorted = JavaPairRDD.fromJavaRDD(keyed)
+        .repartitionAndSortWithinPartitions(new RankPartitioner(world, rowsPerRank)).rdd();
 
     byte[] secret = new byte[32];
     new SecureRandom().nextBytes(secret);
@@ -251,6 +299,11 @@ public final class TrainingJob {
       }
     }
     long firstStep = results.stream().mapToLong(TaskResult::firstStepMillis).max().orElse(fitStart);
+    long taskStart = results.stream().mapToLong(TaskResult::taskStartMillis).max().orElse(fitStart);
+    long dataReady = results.stream().mapToLong(TaskResult::dataReadyMillis).max().orElse(fitStart);
+    LOG.info(String.format(java.util.Locale.ROOT, "fit -> barrier tasks started %.2f s, data loaded %.2f s, "
+        + "first step %.2f s (slowest rank)", (taskStart - fitStart) / 1000.0, (dataReady - fitStart) / 1000.0,
+        (firstStep - fitStart) / 1000.0));
     long end = System.currentTimeMillis();
     List<List<EpochStats>> perRank = new ArrayList<>();
     for (TaskResult r : results) {
