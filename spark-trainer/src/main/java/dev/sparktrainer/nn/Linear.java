@@ -1,9 +1,12 @@
 package dev.sparktrainer.nn;
 
+import dev.sparktrainer.engine.DType;
 import dev.sparktrainer.engine.Device;
 import dev.sparktrainer.engine.ParameterSet;
 import dev.sparktrainer.engine.Shape;
 import dev.sparktrainer.engine.Tensor;
+import java.util.HashMap;
+import java.util.Map;
 import java.util.SplittableRandom;
 
 /** y = x W^T + b, W (out, in) as in torch.nn.Linear; initialised U(-1/sqrt(in), 1/sqrt(in)) like PyTorch. */
@@ -18,6 +21,12 @@ public final class Linear extends Layer {
   private Tensor dw; // (out, in)
   private Tensor db; // (out)
   private Tensor x; // (N, in), saved by forward
+  // Mixed precision (GPU engine, issue 4): with compute dtype BFLOAT16 the matmuls take bf16 copies of x, W
+  // and dy with fp32 accumulation and fp32 outputs/gradients; W itself stays fp32 (the master copy).
+  private DType compute = DType.FLOAT32;
+  private final Map<String, Tensor> lowp = new HashMap<>(); // bf16 copies by purpose and shape
+  private Tensor xLow; // (N, in) bf16, saved by forward
+  private Tensor wLow; // (out, in) bf16, refreshed by every forward
 
   public Linear(int units, boolean bias) {
     if (units <= 0) {
@@ -29,6 +38,32 @@ public final class Linear extends Layer {
 
   public int units() {
     return units;
+  }
+
+  /**
+   * The dtype the matmuls read: FLOAT32 (default) or BFLOAT16 (mixed precision: bf16 inputs, fp32
+   * accumulation, fp32 master weights and gradients).
+   */
+  public void setComputeDType(DType dtype) {
+    if (dtype != DType.FLOAT32 && dtype != DType.BFLOAT16) {
+      throw new IllegalArgumentException("linear: compute dtype must be float32 or bfloat16, got " + dtype);
+    }
+    this.compute = dtype;
+  }
+
+  public DType computeDType() {
+    return compute;
+  }
+
+  private Tensor low(String key, Tensor src) {
+    String k = key + Shape.str(src.shape());
+    Tensor t = lowp.get(k);
+    if (t == null) {
+      t = device.allocate(DType.BFLOAT16, src.shape());
+      lowp.put(k, t);
+    }
+    device.copy(src, t);
+    return t;
   }
 
   @Override
@@ -80,7 +115,13 @@ public final class Linear extends Layer {
   public Tensor forward(Tensor x, Context ctx) {
     this.x = x;
     Tensor y = buffer("y", new int[] {x.dim(0), units});
-    device.matmul(x, false, w, true, y, 1f, 0f);
+    if (compute == DType.BFLOAT16) {
+      xLow = low("x", x);
+      wLow = low("w", w);
+      device.matmul(xLow, false, wLow, true, y, 1f, 0f);
+    } else {
+      device.matmul(x, false, w, true, y, 1f, 0f);
+    }
     if (bias) {
       device.addBias(y, b);
     }
@@ -89,7 +130,8 @@ public final class Linear extends Layer {
 
   @Override
   public Tensor backward(Tensor dy, Context ctx, boolean needInputGrad) {
-    device.matmul(dy, true, x, false, dw, 1f, 1f); // dW += dy^T x
+    Tensor dyIn = compute == DType.BFLOAT16 ? low("dy", dy) : dy;
+    device.matmul(dyIn, true, compute == DType.BFLOAT16 ? xLow : x, false, dw, 1f, 1f); // dW += dy^T x
     if (bias) {
       device.biasGrad(dy, db);
     }
@@ -97,7 +139,7 @@ public final class Linear extends Layer {
       return null;
     }
     Tensor dx = buffer("dx", new int[] {dy.dim(0), in});
-    device.matmul(dy, false, w, false, dx, 1f, 0f); // dx = dy W
+    device.matmul(dyIn, false, compute == DType.BFLOAT16 ? wLow : w, false, dx, 1f, 0f); // dx = dy W
     return dx;
   }
 }

@@ -18,6 +18,14 @@ public final class Model {
   private final ParameterSet params;
 
   public Model(ModelSpec spec, Device device) {
+    this(spec, device, dev.sparktrainer.engine.DType.FLOAT32);
+  }
+
+  /**
+   * A model whose linear layers compute in {@code computeDType}: FLOAT32, or BFLOAT16 for mixed precision
+   * (bf16 matmul inputs, fp32 accumulation; parameters, gradients and optimizer state stay fp32).
+   */
+  public Model(ModelSpec spec, Device device, dev.sparktrainer.engine.DType computeDType) {
     this.spec = spec;
     this.device = device;
     this.net = new Sequential(spec.newLayers());
@@ -25,6 +33,11 @@ public final class Model {
     net.declare("", spec.input(), b);
     this.params = b.build(device);
     net.bind(device, params);
+    for (Layer l : net.layers()) {
+      if (l instanceof Linear lin) {
+        lin.setComputeDType(computeDType);
+      }
+    }
   }
 
   /** Draws initial weights from {@code seed} (host side, deterministic) and uploads them. */

@@ -1,0 +1,1068 @@
+package dev.sparktrainer.cuda;
+
+import static jcuda.driver.JCudaDriver.cuDeviceGet;
+import static jcuda.driver.JCudaDriver.cuDeviceGetAttribute;
+import static jcuda.driver.JCudaDriver.cuDevicePrimaryCtxRelease;
+import static jcuda.driver.JCudaDriver.cuDevicePrimaryCtxRetain;
+import static jcuda.driver.JCudaDriver.cuMemAlloc;
+import static jcuda.driver.JCudaDriver.cuMemFree;
+import static jcuda.driver.JCudaDriver.cuMemGetInfo;
+import static jcuda.driver.JCudaDriver.cuMemcpyDtoDAsync;
+import static jcuda.driver.JCudaDriver.cuMemcpyDtoHAsync;
+import static jcuda.driver.JCudaDriver.cuMemcpyHtoDAsync;
+import static jcuda.driver.JCudaDriver.cuMemsetD8Async;
+
+import dev.sparktrainer.cpu.CpuDevice;
+import dev.sparktrainer.engine.DType;
+import dev.sparktrainer.engine.Device;
+import dev.sparktrainer.engine.Shape;
+import dev.sparktrainer.engine.Tensor;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.util.ArrayList;
+import java.util.LinkedHashSet;
+import java.util.List;
+import java.util.Set;
+import jcuda.driver.CUcontext;
+import jcuda.driver.CUdevice;
+import jcuda.driver.CUdevice_attribute;
+
+/**
+ * The engine's op set on one NVIDIA GPU.
+ *
+ * <p>What it holds: the device's primary context (JCuda driver API), three non-blocking streams
+ * ({@link #computeStream()} for every op, {@link #copyStream()} for prefetching host data, {@link
+ * #commStream()} for collectives), the kernel module loaded from the fatbin, a cuBLASLt handle and
+ * workspace (through the JNI library), two pinned staging buffers for host transfers, and a root
+ * {@link CudaArena} that owns every tensor's memory. {@link #close()} releases all of it; it is idempotent,
+ * and any op after it throws {@link IllegalStateException}.
+ *
+ * <p>Semantics follow {@link Device} and the CPU engine, op by op (see Note [parity with the CPU engine] in
+ * native/kernels/common.cuh): elementwise ops, optimizers and bias gradients give the CPU's bits;
+ * reductions accumulate in double; matmul runs on cuBLASLt in fp32 (TF32 off unless {@link Options#tf32()})
+ * or with bf16 inputs and fp32 accumulation. Float tensors may be FLOAT32 or BFLOAT16 in every op (bf16 is
+ * stored as real 16-bit values, rounded to nearest even on every store); labels are INT32.
+ *
+ * <p>Threads: a device is used by one thread at a time; each op makes the context current on the calling
+ * thread, so a device may move between threads (one worker thread per rank in the local launcher).
+ */
+public final class CudaDevice implements Device {
+  private static final System.Logger LOG = System.getLogger(CudaDevice.class.getName());
+  private static final int BLOCK = 256;
+  private static final int ROW_WARPS = 8; // must match ROW_WARPS in native/kernels/loss.cuh
+  private static final int MAX_PARTIALS = 1024;
+  private static final long STAGING_BYTES = 8L << 20;
+
+  /** Which GEMM implementation {@link #matmul} uses. */
+  public enum MatmulBackend {
+    /** cuBLASLt when the JNI library loads, else the reference kernel (with a warning). */
+    AUTO,
+    /** cuBLASLt; fails when the JNI library cannot load. */
+    CUBLASLT,
+    /** The plain reference kernel (slow; for checks and machines without the JNI library). */
+    REFERENCE
+  }
+
+  /**
+   * Device options. {@code tf32}: let fp32 matmuls use TF32 tensor cores (faster, ~1e-3 relative error;
+   * default false so results match the CPU engine to 1e-5).
+   */
+  public record Options(MatmulBackend matmul, boolean tf32) {
+    /** cuBLASLt if available, fp32 without TF32. */
+    public static Options defaults() {
+      return new Options(MatmulBackend.AUTO, false);
+    }
+
+    /** These options with another matmul backend. */
+    public Options withMatmul(MatmulBackend m) {
+      return new Options(m, tf32);
+    }
+
+    /** These options with TF32 on or off. */
+    public Options withTf32(boolean on) {
+      return new Options(matmul, on);
+    }
+  }
+
+  private final int ordinal;
+  private final String name;
+  private final Options options;
+  private final CUdevice cuDevice = new CUdevice();
+  private final CUcontext context = new CUcontext();
+  private final int smCount;
+  private final CudaArena arena;
+  private final List<AutoCloseable> owned = new ArrayList<>(); // closed in reverse order
+  private final Set<CudaEvent> events = new LinkedHashSet<>();
+  private CudaStream compute;
+  private CudaStream copy;
+  private CudaStream comm;
+  private Kernels kernels;
+  private BlasLt blasLt;
+  private boolean blasLtTried;
+  private CudnnHandle cudnn;
+  private PinnedBuffer[] staging;
+  private CudaEvent[] stagingFree;
+  private CudaBuffer scratch; // MAX_PARTIALS doubles + result double + int flag
+  private PinnedBuffer hostScratch;
+  private volatile boolean closed;
+
+  /** Opens device {@code ordinal} with {@link Options#defaults()}. */
+  public CudaDevice(int ordinal) {
+    this(ordinal, Options.defaults());
+  }
+
+  /**
+   * Opens device {@code ordinal}: retains its primary context, creates the streams, loads the kernels.
+   *
+   * @throws CudaException when CUDA is unavailable, the ordinal does not exist or the kernels cannot load
+   */
+  public CudaDevice(int ordinal, Options options) {
+    Cuda.requireAvailable();
+    int count = Cuda.deviceCount();
+    if (ordinal < 0 || ordinal >= count) {
+      throw new IllegalArgumentException("CUDA device " + ordinal + " does not exist: " + count
+          + " device(s) visible (ordinals 0.." + (count - 1) + "; check CUDA_VISIBLE_DEVICES)");
+    }
+    this.ordinal = ordinal;
+    this.name = "cuda:" + ordinal;
+    this.options = options;
+    Cuda.check(cuDeviceGet(cuDevice, ordinal), "cuDeviceGet(" + ordinal + ")");
+    Cuda.check(cuDevicePrimaryCtxRetain(context, cuDevice), "cuDevicePrimaryCtxRetain(" + ordinal + ")");
+    int[] sm = new int[1];
+    this.arena = new CudaArena(name, new Allocator(), false);
+    boolean ok = false;
+    try {
+      makeCurrent();
+      Cuda.check(cuDeviceGetAttribute(sm, CUdevice_attribute.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, cuDevice),
+          "cuDeviceGetAttribute(MULTIPROCESSOR_COUNT)");
+      compute = own(new CudaStream(this, "compute"));
+      copy = own(new CudaStream(this, "copy"));
+      comm = own(new CudaStream(this, "comm"));
+      kernels = own(new Kernels(NativeLoader.kernelImage(Cuda.driverVersion() / 1000)));
+      staging = new PinnedBuffer[] {own(new PinnedBuffer(this, STAGING_BYTES)),
+          own(new PinnedBuffer(this, STAGING_BYTES))};
+      stagingFree = new CudaEvent[] {newEvent(), newEvent()};
+      hostScratch = own(new PinnedBuffer(this, 64));
+      scratch = arena.allocate((MAX_PARTIALS + 2) * 8L, "reduction scratch");
+      if (options.matmul() == MatmulBackend.CUBLASLT) {
+        blasLt();
+      }
+      ok = true;
+    } finally {
+      if (!ok) {
+        close();
+      }
+    }
+    this.smCount = sm[0];
+  }
+
+  private <T extends AutoCloseable> T own(T r) {
+    owned.add(r);
+    return r;
+  }
+
+  /** The CUDA device ordinal. */
+  public int ordinal() {
+    return ordinal;
+  }
+
+  /** The options this device was opened with. */
+  public Options options() {
+    return options;
+  }
+
+  @Override
+  public String name() {
+    return name;
+  }
+
+  /** The stream every op of this device is queued on. */
+  public CudaStream computeStream() {
+    ensureOpen();
+    return compute;
+  }
+
+  /** A second stream for host-to-device prefetch (see {@link #uploadAsync}). */
+  public CudaStream copyStream() {
+    ensureOpen();
+    return copy;
+  }
+
+  /** The stream collectives run on ({@link NcclCommunicator}). */
+  public CudaStream commStream() {
+    ensureOpen();
+    return comm;
+  }
+
+  /** The root arena owning this device's tensors (make strict scratch arenas with newChild). */
+  public CudaArena arena() {
+    ensureOpen();
+    return arena;
+  }
+
+  /** A new event of this device (closed by the caller, or by the device when it closes). */
+  public CudaEvent newEvent() {
+    ensureOpen();
+    CudaEvent e = new CudaEvent(this);
+    synchronized (events) {
+      events.add(e);
+    }
+    return e;
+  }
+
+  void forgetEvent(CudaEvent e) {
+    synchronized (events) {
+      events.remove(e);
+    }
+  }
+
+  /** The device's cuDNN handle (created on first use, bound to the compute stream). */
+  public synchronized CudnnHandle cudnn() {
+    ensureOpen();
+    if (cudnn == null) {
+      cudnn = own(new CudnnHandle(this, compute));
+    }
+    return cudnn;
+  }
+
+  /** Which matmul implementation this device ended up with ("cuBLASLt" or "reference"). */
+  public String matmulBackend() {
+    return blasLt() != null ? "cuBLASLt" : "reference";
+  }
+
+  /** Free and total device memory in bytes (cuMemGetInfo). */
+  public long[] memoryInfo() {
+    makeCurrent();
+    long[] free = new long[1];
+    long[] total = new long[1];
+    Cuda.check(cuMemGetInfo(free, total), "cuMemGetInfo");
+    return new long[] {free[0], total[0]};
+  }
+
+  private synchronized BlasLt blasLt() {
+    if (options.matmul() == MatmulBackend.REFERENCE) {
+      return null;
+    }
+    if (!blasLtTried) {
+      blasLtTried = true;
+      try {
+        blasLt = own(new BlasLt(this, arena));
+      } catch (CudaException e) {
+        if (options.matmul() == MatmulBackend.CUBLASLT) {
+          throw e;
+        }
+        LOG.log(System.Logger.Level.WARNING, "{0}: cuBLASLt unavailable, matmul uses the slow reference kernel: {1}",
+            name, e.getMessage());
+      }
+    }
+    return blasLt;
+  }
+
+  void makeCurrent() {
+    Cuda.makeCurrent(context);
+  }
+
+  private void ensureOpen() {
+    if (closed) {
+      throw new IllegalStateException("CudaDevice " + name + " is closed");
+    }
+  }
+
+  /** Open + current: every op starts here. */
+  private void enter() {
+    ensureOpen();
+    makeCurrent();
+  }
+
+  private CudaTensor t(Tensor x) {
+    if (!(x instanceof CudaTensor) || x.device() != this) {
+      throw new IllegalArgumentException(x + " does not belong to " + name);
+    }
+    return (CudaTensor) x;
+  }
+
+  /** A FLOAT32 or BFLOAT16 tensor of this device. */
+  private CudaTensor fl(Tensor x) {
+    CudaTensor c = t(x);
+    if (c.dtype() == DType.INT32) {
+      throw new IllegalArgumentException("expected a float tensor, got " + x);
+    }
+    return c;
+  }
+
+  private CudaTensor in(Tensor x) {
+    CudaTensor c = t(x);
+    if (c.dtype() != DType.INT32) {
+      throw new IllegalArgumentException("expected an int32 tensor, got " + x);
+    }
+    return c;
+  }
+
+  private static CudaTensor f32(CudaTensor c, String op) {
+    if (c.dtype() != DType.FLOAT32) {
+      throw new IllegalArgumentException(op + " needs a FLOAT32 tensor (fp32 master copy), got " + c);
+    }
+    return c;
+  }
+
+  private static int code(Tensor x) {
+    return x.dtype().ordinal();
+  }
+
+  private static void sameSize(Tensor a, Tensor b, String op) {
+    if (a.numel() != b.numel()) {
+      throw new IllegalArgumentException(op + ": sizes differ: " + a + " vs " + b);
+    }
+  }
+
+  private int grid(long n) {
+    long g = (n + BLOCK - 1) / BLOCK;
+    return (int) Math.max(1, Math.min(g, (long) smCount * 32));
+  }
+
+  private int rowGrid(long rows) {
+    long g = (rows + ROW_WARPS - 1) / ROW_WARPS;
+    return (int) Math.max(1, Math.min(g, (long) smCount * 32));
+  }
+
+  // ---------------------------------------------------------------- memory
+
+  @Override
+  public CudaTensor allocate(DType dtype, int... shape) {
+    enter();
+    long numel = Shape.numel(shape);
+    CudaBuffer b = arena.allocate(numel * dtype.bytes(), dtype.wireName() + Shape.str(shape));
+    Cuda.check(cuMemsetD8Async(Cuda.ptr(b.address()), (byte) 0, b.bytes(), compute.cu()), "cuMemsetD8Async");
+    return new CudaTensor(this, b, 0, dtype, shape);
+  }
+
+  /** cuMemAlloc/cuMemFree in this device's context. */
+  private final class Allocator implements DeviceAllocator {
+    @Override
+    public long allocate(long bytes) {
+      makeCurrent();
+      Cuda.AllocatedPtr p = new Cuda.AllocatedPtr();
+      Cuda.check(cuMemAlloc(p, bytes), "cuMemAlloc(" + bytes + " bytes) on " + name);
+      return p.address();
+    }
+
+    @Override
+    public void free(long address) {
+      makeCurrent();
+      // cuMemFree synchronises with the device, so no queued kernel still uses the memory.
+      Cuda.check(cuMemFree(Cuda.ptr(address)), "cuMemFree on " + name);
+    }
+  }
+
+  // ---------------------------------------------------------------- host transfers
+
+  /**
+   * Copies {@code bytes} bytes from the host into device memory at {@code dstAddress} through the pinned
+   * staging buffers; {@code fill} writes one chunk (given its byte offset and length) into the staging
+   * buffer. Two buffers alternate, so filling one overlaps the DMA of the other; the copy is queued on
+   * {@code stream} and the call returns once the last chunk is queued (the caller's data is already staged).
+   */
+  private void stagedUpload(long dstAddress, long bytes, CudaStream stream, ChunkWriter fill) {
+    long done = 0;
+    int k = 0;
+    while (done < bytes) {
+      int len = (int) Math.min(STAGING_BYTES, bytes - done);
+      PinnedBuffer pb = staging[k];
+      stagingFree[k].synchronize(); // the previous DMA out of this buffer has finished
+      ByteBuffer buf = pb.buffer();
+      buf.clear();
+      fill.write(buf, done, len);
+      Cuda.check(cuMemcpyHtoDAsync(Cuda.ptr(dstAddress + done), pb.pointer(), len, stream.cu()),
+          "cuMemcpyHtoDAsync(" + len + " bytes)");
+      stagingFree[k].record(stream);
+      done += len;
+      k ^= 1;
+    }
+  }
+
+  /** Device to host through the staging buffers; {@code read} consumes one chunk. Waits for the data. */
+  private void stagedDownload(long srcAddress, long bytes, ChunkReader read) {
+    long done = 0;
+    int k = 0;
+    while (done < bytes) {
+      int len = (int) Math.min(STAGING_BYTES, bytes - done);
+      PinnedBuffer pb = staging[k];
+      stagingFree[k].synchronize();
+      Cuda.check(cuMemcpyDtoHAsync(pb.pointer(), Cuda.ptr(srcAddress + done), len, compute.cu()),
+          "cuMemcpyDtoHAsync(" + len + " bytes)");
+      stagingFree[k].record(compute);
+      stagingFree[k].synchronize();
+      ByteBuffer buf = pb.buffer();
+      buf.clear();
+      buf.limit(len);
+      read.read(buf, done, len);
+      done += len;
+      k ^= 1;
+    }
+  }
+
+  @FunctionalInterface
+  private interface ChunkWriter {
+    void write(ByteBuffer staging, long byteOffset, int length);
+  }
+
+  @FunctionalInterface
+  private interface ChunkReader {
+    void read(ByteBuffer staging, long byteOffset, int length);
+  }
+
+  private static short bf16Bits(float v) {
+    return (short) (Float.floatToRawIntBits(CpuDevice.roundBf16(v)) >>> 16);
+  }
+
+  @Override
+  public void upload(float[] src, int srcOffset, Tensor dst) {
+    uploadOn(src, srcOffset, dst, null);
+  }
+
+  /**
+   * Like {@link #upload(float[], int, Tensor)} but queued on the copy stream and returning an event that
+   * completes when the data is on the device; make the compute stream wait for it ({@code
+   * computeStream().waitFor(e)}) before using {@code dst}, then close the event. The staging buffers are
+   * shared with the synchronous transfers, which wait for it.
+   */
+  public CudaEvent uploadAsync(float[] src, int srcOffset, Tensor dst) {
+    CudaEvent e = newEvent();
+    try {
+      uploadOn(src, srcOffset, dst, copy);
+      e.record(copy);
+      return e;
+    } catch (RuntimeException ex) {
+      e.close();
+      throw ex;
+    }
+  }
+
+  private void uploadOn(float[] src, int srcOffset, Tensor dst, CudaStream stream) {
+    enter();
+    CudaTensor d = fl(dst);
+    int n = d.size();
+    if (srcOffset < 0 || srcOffset + (long) n > src.length) {
+      throw new IndexOutOfBoundsException("upload of " + n + " floats from offset " + srcOffset + " of an array of "
+          + src.length);
+    }
+    CudaStream s = stream == null ? compute : stream;
+    boolean bf = d.dtype() == DType.BFLOAT16;
+    int eb = d.dtype().bytes();
+    stagedUpload(d.address(), (long) n * eb, s, (buf, off, len) -> {
+      int first = srcOffset + (int) (off / eb);
+      int count = len / eb;
+      if (bf) {
+        for (int i = 0; i < count; i++) {
+          buf.putShort(i * 2, bf16Bits(src[first + i]));
+        }
+      } else {
+        buf.asFloatBuffer().put(src, first, count);
+      }
+    });
+  }
+
+  @Override
+  public void upload(int[] src, int srcOffset, Tensor dst) {
+    enter();
+    CudaTensor d = in(dst);
+    int n = d.size();
+    if (srcOffset < 0 || srcOffset + (long) n > src.length) {
+      throw new IndexOutOfBoundsException("upload of " + n + " ints from offset " + srcOffset + " of an array of "
+          + src.length);
+    }
+    stagedUpload(d.address(), 4L * n, compute,
+        (buf, off, len) -> buf.asIntBuffer().put(src, srcOffset + (int) (off / 4), len / 4));
+  }
+
+  @Override
+  public void upload(ByteBuffer src, Tensor dst) {
+    enter();
+    CudaTensor d = t(dst);
+    long bytes = d.bytes();
+    if (src.remaining() < bytes) {
+      throw new IllegalArgumentException("upload: the buffer has " + src.remaining() + " bytes left, " + dst
+          + " needs " + bytes);
+    }
+    ByteBuffer s = src.duplicate();
+    int base = s.position();
+    stagedUpload(d.address(), bytes, compute, (buf, off, len) -> {
+      ByteBuffer chunk = s.duplicate();
+      chunk.position(base + (int) off).limit(base + (int) off + len);
+      buf.put(chunk);
+    });
+  }
+
+  @Override
+  public void download(Tensor src, float[] dst, int dstOffset) {
+    enter();
+    CudaTensor s = fl(src);
+    int n = s.size();
+    if (dstOffset < 0 || dstOffset + (long) n > dst.length) {
+      throw new IndexOutOfBoundsException("download of " + n + " floats to offset " + dstOffset
+          + " of an array of " + dst.length);
+    }
+    boolean bf = s.dtype() == DType.BFLOAT16;
+    int eb = s.dtype().bytes();
+    stagedDownload(s.address(), (long) n * eb, (buf, off, len) -> {
+      int first = dstOffset + (int) (off / eb);
+      int count = len / eb;
+      if (bf) {
+        ByteBuffer b = buf.order(ByteOrder.LITTLE_ENDIAN);
+        for (int i = 0; i < count; i++) {
+          dst[first + i] = Float.intBitsToFloat((b.getShort(i * 2) & 0xffff) << 16);
+        }
+      } else {
+        buf.asFloatBuffer().get(dst, first, count);
+      }
+    });
+  }
+
+  @Override
+  public void download(Tensor src, int[] dst, int dstOffset) {
+    enter();
+    CudaTensor s = in(src);
+    int n = s.size();
+    if (dstOffset < 0 || dstOffset + (long) n > dst.length) {
+      throw new IndexOutOfBoundsException("download of " + n + " ints to offset " + dstOffset
+          + " of an array of " + dst.length);
+    }
+    stagedDownload(s.address(), 4L * n, (buf, off, len) -> buf.asIntBuffer().get(dst, dstOffset + (int) (off / 4),
+        len / 4));
+  }
+
+  /** Copies the raw bytes of {@code src} (any dtype) to the host, e.g. for checkpoints. Waits. */
+  public void download(Tensor src, ByteBuffer dst) {
+    enter();
+    CudaTensor s = t(src);
+    if (dst.remaining() < s.bytes()) {
+      throw new IllegalArgumentException("download: " + dst.remaining() + " bytes left, " + src + " has "
+          + s.bytes());
+    }
+    ByteBuffer d = dst.duplicate();
+    int base = d.position();
+    stagedDownload(s.address(), s.bytes(), (buf, off, len) -> {
+      d.position(base + (int) off);
+      d.put(buf);
+    });
+  }
+
+  // ---------------------------------------------------------------- elementwise and BLAS-1
+
+  @Override
+  public void fill(Tensor x, float value) {
+    enter();
+    CudaTensor c = t(x);
+    long n = c.numel();
+    if (n == 0) {
+      return;
+    }
+    if (c.dtype() == DType.INT32) {
+      kernels.launch("st_fill_i32").l(c.address()).l(n).i((int) value).run(grid(n), BLOCK, compute);
+    } else if (value == 0f && Float.floatToRawIntBits(value) == 0) {
+      Cuda.check(cuMemsetD8Async(Cuda.ptr(c.address()), (byte) 0, c.bytes(), compute.cu()), "cuMemsetD8Async");
+    } else {
+      kernels.launch("st_fill").l(c.address()).i(code(c)).l(n).f(value).run(grid(n), BLOCK, compute);
+    }
+  }
+
+  @Override
+  public void copy(Tensor src, Tensor dst) {
+    enter();
+    sameSize(src, dst, "copy");
+    CudaTensor s = t(src);
+    CudaTensor d = t(dst);
+    long n = s.numel();
+    if (n == 0) {
+      return;
+    }
+    if ((s.dtype() == DType.INT32) != (d.dtype() == DType.INT32)) {
+      throw new IllegalArgumentException("copy: cannot convert between int32 and float: " + src + " -> " + dst);
+    }
+    if (s.dtype() == d.dtype()) {
+      Cuda.check(cuMemcpyDtoDAsync(Cuda.ptr(d.address()), Cuda.ptr(s.address()), s.bytes(), compute.cu()),
+          "cuMemcpyDtoDAsync");
+    } else {
+      kernels.launch("st_copy").l(s.address()).i(code(s)).l(d.address()).i(code(d)).l(n).run(grid(n), BLOCK, compute);
+    }
+  }
+
+  @Override
+  public void axpy(float alpha, Tensor x, Tensor y) {
+    enter();
+    sameSize(x, y, "axpy");
+    CudaTensor a = fl(x);
+    CudaTensor b = fl(y);
+    long n = a.numel();
+    if (n > 0) {
+      kernels.launch("st_axpy").f(alpha).l(a.address()).i(code(a)).l(b.address()).i(code(b)).l(n)
+          .run(grid(n), BLOCK, compute);
+    }
+  }
+
+  @Override
+  public void scale(Tensor x, float alpha) {
+    enter();
+    CudaTensor a = fl(x);
+    long n = a.numel();
+    if (n > 0) {
+      kernels.launch("st_scale").l(a.address()).i(code(a)).l(n).f(alpha).run(grid(n), BLOCK, compute);
+    }
+  }
+
+  /**
+   * Gradient (un)scaling for mixed precision: x *= alpha, and returns whether every result is finite
+   * (waits for the device). One pass over the flat gradient buffer.
+   */
+  public boolean scaleAndCheckFinite(Tensor x, float alpha) {
+    enter();
+    CudaTensor a = fl(x);
+    long n = a.numel();
+    long flag = scratch.address() + (MAX_PARTIALS + 1) * 8L;
+    Cuda.check(cuMemsetD8Async(Cuda.ptr(flag), (byte) 0, 4, compute.cu()), "cuMemsetD8Async");
+    if (n > 0) {
+      kernels.launch("st_scale_check").l(a.address()).i(code(a)).l(n).f(alpha).l(flag).run(grid(n), BLOCK, compute);
+    }
+    Cuda.check(cuMemcpyDtoHAsync(hostScratch.pointer(), Cuda.ptr(flag), 4, compute.cu()), "cuMemcpyDtoHAsync");
+    compute.synchronize();
+    return hostScratch.buffer().getInt(0) == 0;
+  }
+
+  /** Queues sum (or sum of squares) of x into scratch[MAX_PARTIALS] and, when accum != 0, accum[0] += it. */
+  private void reduce(CudaTensor x, boolean squares, long accum) {
+    long n = x.numel();
+    long partials = scratch.address();
+    int g = (int) Math.max(1, Math.min((n + BLOCK - 1) / BLOCK, Math.min(MAX_PARTIALS, smCount * 4L)));
+    kernels.launch("st_sum_partial").l(x.address()).i(code(x)).l(n).i(squares ? 1 : 0).l(partials)
+        .run(g, BLOCK, compute);
+    kernels.launch("st_sum_final").l(partials).i(g).l(partials + MAX_PARTIALS * 8L).l(accum).run(1, BLOCK, compute);
+  }
+
+  private double reduceToHost(CudaTensor x, boolean squares) {
+    reduce(x, squares, 0);
+    Cuda.check(cuMemcpyDtoHAsync(hostScratch.pointer(), Cuda.ptr(scratch.address() + MAX_PARTIALS * 8L), 8,
+        compute.cu()), "cuMemcpyDtoHAsync");
+    compute.synchronize();
+    return hostScratch.buffer().getDouble(0);
+  }
+
+  @Override
+  public double sum(Tensor x) {
+    enter();
+    return reduceToHost(t(x), false);
+  }
+
+  @Override
+  public double sumSquares(Tensor x) {
+    enter();
+    return reduceToHost(fl(x), true);
+  }
+
+  @Override
+  public void sumInto(Tensor x, Tensor accum) {
+    enter();
+    CudaTensor acc = f32(fl(accum), "sumInto (accumulator)");
+    reduce(t(x), false, acc.address());
+  }
+
+  // ---------------------------------------------------------------- matmul
+
+  @Override
+  public void matmul(Tensor a, boolean transA, Tensor b, boolean transB, Tensor c, float alpha, float beta) {
+    enter();
+    if (a.rank() != 2 || b.rank() != 2 || c.rank() != 2) {
+      throw new IllegalArgumentException("matmul needs 2-D tensors, got " + a + ", " + b + ", " + c);
+    }
+    int m = transA ? a.dim(1) : a.dim(0);
+    int k = transA ? a.dim(0) : a.dim(1);
+    int kb = transB ? b.dim(1) : b.dim(0);
+    int n = transB ? b.dim(0) : b.dim(1);
+    if (k != kb || c.dim(0) != m || c.dim(1) != n) {
+      throw new IllegalArgumentException("matmul shapes do not agree: op(A)=(" + m + ", " + k + "), op(B)=("
+          + kb + ", " + n + "), C=" + Shape.str(c.shape()));
+    }
+    CudaTensor ca = fl(a);
+    CudaTensor cb = fl(b);
+    CudaTensor cc = fl(c);
+    if (m == 0 || n == 0) {
+      return;
+    }
+    if (k == 0) {
+      scale(cc, beta); // C = beta * C, as BLAS does for k = 0
+      return;
+    }
+    BlasLt lt = ca.dtype() == cb.dtype() ? blasLt() : null;
+    if (lt != null) {
+      lt.matmulRowMajor(transA, transB, m, n, k, alpha, ca.address(), Math.max(1, a.dim(1)), code(ca),
+          cb.address(), Math.max(1, b.dim(1)), code(cb), beta, cc.address(), n, code(cc), options.tf32(), 0, 0,
+          compute);
+    } else {
+      matmulReference(ca, transA, cb, transB, cc, alpha, beta);
+    }
+  }
+
+  /**
+   * The plain reference GEMM kernel (one thread per output, k summed in order in fp32), whatever the
+   * device's matmul backend: the tests compare cuBLASLt against it.
+   */
+  public void matmulReference(Tensor a, boolean transA, Tensor b, boolean transB, Tensor c, float alpha,
+      float beta) {
+    enter();
+    CudaTensor ca = fl(a);
+    CudaTensor cb = fl(b);
+    CudaTensor cc = fl(c);
+    long m = cc.dim(0);
+    long n = cc.dim(1);
+    long k = transA ? a.dim(0) : a.dim(1);
+    if ((transB ? b.dim(1) : b.dim(0)) != k || (transA ? a.dim(1) : a.dim(0)) != m
+        || (transB ? b.dim(0) : b.dim(1)) != n) {
+      throw new IllegalArgumentException("matmul shapes do not agree: " + a + ", " + b + ", " + c);
+    }
+    if (m * n == 0) {
+      return;
+    }
+    kernels.launch("st_gemm_ref").l(ca.address()).i(code(ca)).i(transA ? 1 : 0).l(Math.max(1, a.dim(1)))
+        .l(cb.address()).i(code(cb)).i(transB ? 1 : 0).l(Math.max(1, b.dim(1))).l(cc.address()).i(code(cc)).l(n)
+        .l(m).l(n).l(k).f(alpha).f(beta).run(grid(m * n), BLOCK, compute);
+  }
+
+  /**
+   * y = x W^T + bias, optionally followed by ReLU, in one cuBLASLt call with a bias(/relu) epilogue:
+   * x (N, in), w (out, in), bias FLOAT32 (out) or null, y (N, out). Falls back to matmul + addBias (+ relu)
+   * when cuBLASLt is not in use.
+   */
+  public void linearForward(Tensor x, Tensor w, Tensor bias, boolean relu, Tensor y) {
+    enter();
+    CudaTensor cx = fl(x);
+    CudaTensor cw = fl(w);
+    CudaTensor cy = fl(y);
+    if (x.rank() != 2 || w.rank() != 2 || y.rank() != 2 || x.dim(1) != w.dim(1) || y.dim(0) != x.dim(0)
+        || y.dim(1) != w.dim(0)) {
+      throw new IllegalArgumentException("linearForward shapes do not agree: x=" + x + ", w=" + w + ", y=" + y);
+    }
+    if (bias != null && (bias.numel() != w.dim(0) || bias.dtype() != DType.FLOAT32)) {
+      throw new IllegalArgumentException("linearForward: bias must be FLOAT32 (" + w.dim(0) + "), got " + bias);
+    }
+    BlasLt lt = cx.dtype() == cw.dtype() ? blasLt() : null;
+    if (lt == null || x.dim(0) == 0 || x.dim(1) == 0) {
+      matmul(x, false, w, true, y, 1f, 0f);
+      if (bias != null) {
+        addBias(y, bias);
+      }
+      if (relu) {
+        relu(y, y);
+      }
+      return;
+    }
+    int epilogue = (relu ? 2 : 0) + (bias != null ? 1 : 0);
+    lt.matmulRowMajor(false, true, x.dim(0), w.dim(0), x.dim(1), 1f, cx.address(), x.dim(1), code(cx),
+        cw.address(), w.dim(1), code(cw), 0f, cy.address(), w.dim(0), code(cy), options.tf32(), epilogue,
+        bias == null ? 0 : t(bias).address(), compute);
+  }
+
+  @Override
+  public void addBias(Tensor y, Tensor bias) {
+    enter();
+    CudaTensor cy = fl(y);
+    CudaTensor cb = fl(bias);
+    int cols = bias.size();
+    if (y.rank() < 2 || Shape.rowSize(y.shape()) != cols) {
+      throw new IllegalArgumentException("addBias: " + y + " rows do not match bias " + bias);
+    }
+    long rows = y.dim(0);
+    if (rows * cols > 0) {
+      kernels.launch("st_add_bias").l(cy.address()).i(code(cy)).l(cb.address()).i(code(cb)).l(rows).l(cols)
+          .run(grid(rows * cols), BLOCK, compute);
+    }
+  }
+
+  @Override
+  public void biasGrad(Tensor dy, Tensor dbias) {
+    enter();
+    CudaTensor cdy = fl(dy);
+    CudaTensor cdb = fl(dbias);
+    int cols = dbias.size();
+    if (dy.rank() < 2 || Shape.rowSize(dy.shape()) != cols) {
+      throw new IllegalArgumentException("biasGrad: " + dy + " rows do not match " + dbias);
+    }
+    long rows = dy.dim(0);
+    if (cols > 0) {
+      kernels.launch("st_bias_grad").l(cdy.address()).i(code(cdy)).l(cdb.address()).i(code(cdb)).l(rows).l(cols)
+          .run(grid(cols), BLOCK, compute);
+    }
+  }
+
+  // ---------------------------------------------------------------- activations
+
+  private void unary(String kernel, Tensor x, Tensor y) {
+    enter();
+    sameSize(x, y, kernel);
+    CudaTensor a = fl(x);
+    CudaTensor b = fl(y);
+    long n = a.numel();
+    if (n > 0) {
+      kernels.launch(kernel).l(a.address()).i(code(a)).l(b.address()).i(code(b)).l(n).run(grid(n), BLOCK, compute);
+    }
+  }
+
+  private void backward(String kernel, Tensor x, Tensor dy, Tensor dx) {
+    enter();
+    sameSize(x, dy, kernel);
+    sameSize(x, dx, kernel);
+    CudaTensor a = fl(x);
+    CudaTensor g = fl(dy);
+    CudaTensor o = fl(dx);
+    long n = a.numel();
+    if (n > 0) {
+      kernels.launch(kernel).l(a.address()).i(code(a)).l(g.address()).i(code(g)).l(o.address()).i(code(o)).l(n)
+          .run(grid(n), BLOCK, compute);
+    }
+  }
+
+  @Override
+  public void relu(Tensor x, Tensor y) {
+    unary("st_relu", x, y);
+  }
+
+  @Override
+  public void reluBackward(Tensor x, Tensor dy, Tensor dx) {
+    backward("st_relu_bwd", x, dy, dx);
+  }
+
+  @Override
+  public void gelu(Tensor x, Tensor y) {
+    unary("st_gelu", x, y);
+  }
+
+  @Override
+  public void geluBackward(Tensor x, Tensor dy, Tensor dx) {
+    backward("st_gelu_bwd", x, dy, dx);
+  }
+
+  @Override
+  public void dropout(Tensor x, Tensor y, float p, long seed, long offset) {
+    enter();
+    sameSize(x, y, "dropout");
+    CudaTensor a = fl(x);
+    CudaTensor b = fl(y);
+    long n = a.numel();
+    float s = 1f / (1f - p); // computed here in float, as CpuDevice does
+    if (n > 0) {
+      kernels.launch("st_dropout").l(a.address()).i(code(a)).l(b.address()).i(code(b)).l(n).f(p).f(s).l(seed)
+          .l(offset).run(grid(n), BLOCK, compute);
+    }
+  }
+
+  @Override
+  public void dropoutBackward(Tensor dy, Tensor dx, float p, long seed, long offset) {
+    dropout(dy, dx, p, seed, offset);
+  }
+
+  // ---------------------------------------------------------------- losses
+
+  private static void checkLogits(Tensor logits, Tensor labels, String op) {
+    if (logits.rank() != 2 || labels.numel() != logits.dim(0)) {
+      throw new IllegalArgumentException(op + ": logits must be (N, C) and labels (N); got " + logits
+          + " and " + labels);
+    }
+  }
+
+  @Override
+  public void softmaxCrossEntropy(Tensor logits, Tensor labels, Tensor losses, Tensor dlogits,
+      float gradScale) {
+    enter();
+    checkLogits(logits, labels, "softmaxCrossEntropy");
+    CudaTensor z = fl(logits);
+    CudaTensor y = in(labels);
+    CudaTensor l = fl(losses);
+    sameSize(labels, losses, "softmaxCrossEntropy (losses)");
+    CudaTensor dz = dlogits == null ? null : fl(dlogits);
+    if (dz != null) {
+      sameSize(logits, dlogits, "softmaxCrossEntropy (dlogits)");
+    }
+    long rows = logits.dim(0);
+    long cols = logits.dim(1);
+    if (rows > 0) {
+      kernels.launch("st_softmax_xent").l(z.address()).i(code(z)).l(y.address()).l(l.address()).i(code(l))
+          .l(dz == null ? 0 : dz.address()).i(dz == null ? 0 : code(dz)).l(rows).l(cols).f(gradScale)
+          .run(rowGrid(rows), ROW_WARPS * 32, compute);
+    }
+  }
+
+  @Override
+  public void mse(Tensor pred, Tensor target, Tensor losses, Tensor dpred, float gradScale) {
+    enter();
+    sameSize(pred, target, "mse");
+    CudaTensor p = fl(pred);
+    CudaTensor tt = fl(target);
+    CudaTensor l = fl(losses);
+    CudaTensor dp = dpred == null ? null : fl(dpred);
+    long rows = pred.dim(0);
+    long cols = Shape.rowSize(pred.shape());
+    if (l.numel() != rows) {
+      throw new IllegalArgumentException("mse: losses must have one element per row, got " + losses);
+    }
+    if (dp != null) {
+      sameSize(pred, dpred, "mse (dpred)");
+    }
+    if (rows > 0) {
+      kernels.launch("st_mse").l(p.address()).i(code(p)).l(tt.address()).i(code(tt)).l(l.address()).i(code(l))
+          .l(dp == null ? 0 : dp.address()).i(dp == null ? 0 : code(dp)).l(rows).l(cols).f(gradScale)
+          .run(grid(rows), BLOCK, compute);
+    }
+  }
+
+  @Override
+  public void countCorrect(Tensor logits, Tensor labels, Tensor correct) {
+    enter();
+    checkLogits(logits, labels, "countCorrect");
+    CudaTensor z = fl(logits);
+    CudaTensor y = in(labels);
+    CudaTensor c = f32(fl(correct), "countCorrect (counter)");
+    long rows = logits.dim(0);
+    if (rows > 0 && logits.dim(1) > 0) {
+      kernels.launch("st_count_correct").l(z.address()).i(code(z)).l(y.address()).l(c.address()).l(rows)
+          .l(logits.dim(1)).run(grid(rows), BLOCK, compute);
+    }
+  }
+
+  @Override
+  public void argmax(Tensor logits, Tensor out) {
+    enter();
+    checkLogits(logits, out, "argmax");
+    CudaTensor z = fl(logits);
+    CudaTensor o = in(out);
+    long rows = logits.dim(0);
+    if (rows > 0 && logits.dim(1) > 0) {
+      kernels.launch("st_argmax").l(z.address()).i(code(z)).l(o.address()).l(rows).l(logits.dim(1))
+          .run(grid(rows), BLOCK, compute);
+    }
+  }
+
+  @Override
+  public void softmax(Tensor logits, Tensor probs) {
+    enter();
+    sameSize(logits, probs, "softmax");
+    CudaTensor z = fl(logits);
+    CudaTensor p = fl(probs);
+    long rows = logits.dim(0);
+    long cols = Shape.rowSize(logits.shape());
+    if (rows > 0) {
+      kernels.launch("st_softmax").l(z.address()).i(code(z)).l(p.address()).i(code(p)).l(rows).l(cols)
+          .run(rowGrid(rows), ROW_WARPS * 32, compute);
+    }
+  }
+
+  // ---------------------------------------------------------------- optimizers
+
+  @Override
+  public void sgdStep(Tensor params, Tensor grads, Tensor momentumBuf, float lr, float momentum,
+      boolean nesterov, float weightDecay, boolean firstStep) {
+    enter();
+    sameSize(params, grads, "sgdStep");
+    CudaTensor p = f32(fl(params), "sgdStep (params)");
+    CudaTensor g = fl(grads);
+    CudaTensor b = null;
+    if (momentum != 0f) {
+      b = f32(fl(momentumBuf), "sgdStep (momentum)");
+      sameSize(params, momentumBuf, "sgdStep");
+    }
+    long n = p.numel();
+    if (n > 0) {
+      kernels.launch("st_sgd").l(p.address()).l(g.address()).i(code(g)).l(b == null ? 0 : b.address()).l(n).f(lr)
+          .f(momentum).i(nesterov ? 1 : 0).f(weightDecay).i(firstStep ? 1 : 0).run(grid(n), BLOCK, compute);
+    }
+  }
+
+  @Override
+  public void adamwStep(Tensor params, Tensor grads, Tensor m, Tensor v, float lr, float beta1, float beta2,
+      float eps, float weightDecay, long step) {
+    enter();
+    sameSize(params, grads, "adamwStep");
+    sameSize(params, m, "adamwStep");
+    sameSize(params, v, "adamwStep");
+    CudaTensor p = f32(fl(params), "adamwStep (params)");
+    CudaTensor g = fl(grads);
+    CudaTensor cm = f32(fl(m), "adamwStep (m)");
+    CudaTensor cv = f32(fl(v), "adamwStep (v)");
+    // Bias corrections in double, rounded to float, exactly as CpuDevice.
+    float bc1 = 1f - (float) Math.pow(beta1, step);
+    float bc2 = 1f - (float) Math.pow(beta2, step);
+    long n = p.numel();
+    if (n > 0) {
+      kernels.launch("st_adamw").l(p.address()).l(g.address()).i(code(g)).l(cm.address()).l(cv.address()).l(n)
+          .f(lr).f(beta1).f(beta2).f(eps).f(weightDecay).f(bc1).f(bc2).run(grid(n), BLOCK, compute);
+    }
+  }
+
+  @Override
+  public void synchronize() {
+    enter();
+    compute.synchronize();
+  }
+
+  /**
+   * Waits for all streams, then frees everything: tensors (root arena), library handles, pinned buffers,
+   * events, streams, the kernel module, and releases the primary context. Idempotent; the first failure is
+   * thrown after everything else was released.
+   */
+  @Override
+  public void close() {
+    synchronized (this) {
+      if (closed) {
+        return;
+      }
+      closed = true;
+    }
+    RuntimeException first = null;
+    try {
+      makeCurrent();
+      for (CudaStream s : new CudaStream[] {compute, copy, comm}) {
+        if (s != null) {
+          s.synchronize();
+        }
+      }
+    } catch (RuntimeException e) {
+      first = e;
+    }
+    List<CudaEvent> open;
+    synchronized (events) {
+      open = new ArrayList<>(events);
+    }
+    List<AutoCloseable> order = new ArrayList<>();
+    order.add(arena); // tensors first: their memory, the scratch and the cuBLASLt workspace
+    order.addAll(open);
+    for (int i = owned.size() - 1; i >= 0; i--) {
+      order.add(owned.get(i));
+    }
+    for (AutoCloseable r : order) {
+      try {
+        r.close();
+      } catch (Exception e) {
+        if (first == null) {
+          first = e instanceof RuntimeException re ? re : new CudaException("closing " + r, e);
+        } else {
+          first.addSuppressed(e);
+        }
+      }
+    }
+    try {
+      Cuda.check(cuDevicePrimaryCtxRelease(cuDevice), "cuDevicePrimaryCtxRelease(" + ordinal + ")");
+    } catch (RuntimeException e) {
+      if (first == null) {
+        first = e;
+      } else {
+        first.addSuppressed(e);
+      }
+    }
+    Cuda.forgetCurrent(context);
+    if (first != null) {
+      throw first;
+    }
+  }
+
+  @Override
+  public String toString() {
+    return "CudaDevice[" + name + (closed ? ", closed" : "") + "]";
+  }
+}

@@ -1,0 +1,112 @@
+package dev.sparktrainer.cuda;
+
+/**
+ * The Java side of {@code libsparktrainer_jni.so} (native/jni/sparktrainer_jni.cpp): one flat class of
+ * static natives, each returning a status (0 = success, else {@code (library << 24) | code}). Device
+ * pointers, streams and library handles are raw addresses in longs; outputs come back in the arrays passed
+ * in. Callers use {@link #check} to turn a status into an exception with the library's error text.
+ *
+ * <p>Only this package calls it, and only after {@link NativeLoader#loadJni()} succeeded.
+ */
+final class Native {
+  private Native() {}
+
+  static final int LIB_NCCL = 1;
+  static final int LIB_CUBLAS = 2;
+  static final int LIB_CUDNN = 3;
+  static final int LIB_CUDART = 4;
+  static final int LIB_JNI = 5;
+
+  /** ncclInProgress: a non-blocking NCCL call is still running (poll ncclCommGetAsyncError). */
+  static final int NCCL_IN_PROGRESS = 7;
+
+  /** NCCL reduction codes of the binding. */
+  static final int OP_SUM = 0;
+  static final int OP_AVG = 4;
+
+  static int library(int status) {
+    return (status >>> 24) & 0xff;
+  }
+
+  static int code(int status) {
+    return status & 0xffffff;
+  }
+
+  static boolean ncclInProgress(int status) {
+    return library(status) == LIB_NCCL && code(status) == NCCL_IN_PROGRESS;
+  }
+
+  static String libraryName(int status) {
+    return switch (library(status)) {
+      case LIB_NCCL -> "NCCL";
+      case LIB_CUBLAS -> "cuBLASLt";
+      case LIB_CUDNN -> "cuDNN";
+      case LIB_CUDART -> "CUDA runtime";
+      case LIB_JNI -> "JNI";
+      default -> "unknown";
+    };
+  }
+
+  /** Throws a {@link CudaException} naming {@code what} and the library's error text unless status is 0. */
+  static void check(int status, String what) {
+    if (status != 0) {
+      throw new CudaException(libraryName(status), code(status), what + " failed: " + errorString(status));
+    }
+  }
+
+  // ---- errors and versions ----
+  static native String errorString(int status);
+
+  /** out[0] NCCL version code, out[1] cuBLASLt version, out[2] CUDA runtime version, out[3] cuDNN or -1. */
+  static native int versions(long[] out);
+
+  // ---- NCCL ----
+  static native int ncclUniqueIdBytes();
+
+  static native int ncclGetUniqueId(byte[] out);
+
+  static native int ncclCommInitRank(long[] commOut, int nranks, byte[] id, int rank, int device);
+
+  static native int ncclCommGetAsyncError(long comm, int[] out);
+
+  static native String ncclGetLastError(long comm);
+
+  static native int ncclAllReduce(long send, long recv, long count, int dtype, int op, long comm, long stream);
+
+  static native int ncclBroadcast(long send, long recv, long count, int dtype, int root, long comm, long stream);
+
+  static native int ncclReduceScatter(long send, long recv, long recvCount, int dtype, int op, long comm,
+      long stream);
+
+  static native int ncclAllGather(long send, long recv, long sendCount, int dtype, long comm, long stream);
+
+  static native int ncclGroupStart();
+
+  static native int ncclGroupEnd();
+
+  static native int ncclCommFinalize(long comm);
+
+  static native int ncclCommDestroy(long comm);
+
+  static native int ncclCommAbort(long comm);
+
+  // ---- cuBLASLt ----
+  static native int cublasLtCreate(long[] out);
+
+  static native int cublasLtDestroy(long handle);
+
+  /**
+   * Column-major, in place (D = C): C = alpha op(A) op(B) + beta C. Types are DType ordinals; computeMode 0
+   * = fp32, 1 = TF32 allowed; epilogue 0 none, 1 bias, 2 relu, 3 relu+bias.
+   */
+  static native int cublasLtMatmul(long handle, boolean transA, boolean transB, long m, long n, long k,
+      float alpha, long a, long lda, int aType, long b, long ldb, int bType, float beta, long c, long ldc,
+      int cType, int computeMode, int epilogue, long bias, long workspace, long workspaceBytes, long stream);
+
+  // ---- cuDNN (opened on first use) ----
+  static native int cudnnCreate(long[] out);
+
+  static native int cudnnDestroy(long handle);
+
+  static native int cudnnSetStream(long handle, long stream);
+}

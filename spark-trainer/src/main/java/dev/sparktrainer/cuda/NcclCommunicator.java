@@ -1,0 +1,412 @@
+package dev.sparktrainer.cuda;
+
+import dev.sparktrainer.comm.Communicator;
+import dev.sparktrainer.comm.CommunicatorException;
+import dev.sparktrainer.comm.WorkerContext;
+import dev.sparktrainer.engine.DType;
+import dev.sparktrainer.engine.Tensor;
+import java.time.Duration;
+import java.util.Base64;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.locks.LockSupport;
+
+/**
+ * {@link Communicator} over NCCL, one rank per GPU, bootstrapped from a {@link WorkerContext}: rank 0 makes
+ * the NCCL unique id, {@link WorkerContext#allGather} shares it (base64; BarrierTaskContext.allGather in
+ * Spark, the in-process rendezvous in the local launcher), and every rank calls ncclCommInitRank on its GPU.
+ *
+ * <p>Note [no hangs]: the communicator is created non-blocking (ncclConfig_t.blocking = 0). Every NCCL call
+ * and every collective is followed by a watchdog wait that polls, in a loop, the CUDA event recorded after
+ * the collective and ncclCommGetAsyncError. If NCCL reports an error, {@link #abort()} is called (from any
+ * thread), or the collective outlives the timeout, the communicator is aborted (ncclCommAbort, which also
+ * stops the collective's kernels) and a {@link CommunicatorException} names the rank, the operation and the
+ * cause. So a peer that dies, stalls or aborts makes this rank fail within the timeout instead of hanging.
+ * After a failure every call throws.
+ *
+ * <p>Ordering: collectives run on the device's comm stream after the work queued so far on its compute
+ * stream (an event joins them), and later compute work waits for the collective. Every rank must issue the
+ * same collectives in the same order (DESIGN.md).
+ */
+public final class NcclCommunicator implements Communicator {
+  private static final System.Logger LOG = System.getLogger(NcclCommunicator.class.getName());
+  /** Default collective timeout. */
+  public static final Duration DEFAULT_TIMEOUT = Duration.ofMinutes(5);
+
+  private final int rank;
+  private final int worldSize;
+  private final CudaDevice device;
+  private final long timeoutNanos;
+  private final Object lock = new Object();
+  private final CudaEvent computeDone;
+  private final CudaEvent commDone;
+  private long comm; // ncclComm_t; 0 once aborted or destroyed
+  private volatile boolean abortRequested;
+  private volatile String failure; // why the communicator is no longer usable
+
+  private NcclCommunicator(int rank, int worldSize, CudaDevice device, Duration timeout) {
+    this.rank = rank;
+    this.worldSize = worldSize;
+    this.device = device;
+    this.timeoutNanos = timeout.toNanos();
+    this.computeDone = device.newEvent();
+    this.commDone = device.newEvent();
+  }
+
+  /** {@link #create(WorkerContext, CudaDevice, Duration)} with {@link #DEFAULT_TIMEOUT}. */
+  public static NcclCommunicator create(WorkerContext ctx, CudaDevice device) {
+    return create(ctx, device, DEFAULT_TIMEOUT);
+  }
+
+  /**
+   * Creates the communicator of {@code ctx}'s rank on {@code device}. A collective call: every rank of the
+   * job must call it. Fails (never hangs) within {@code timeout} when a rank does not join.
+   *
+   * @throws CommunicatorException when the rendezvous or ncclCommInitRank fails or times out
+   */
+  public static NcclCommunicator create(WorkerContext ctx, CudaDevice device, Duration timeout) {
+    if (timeout.isNegative() || timeout.isZero()) {
+      throw new IllegalArgumentException("timeout must be > 0, got " + timeout);
+    }
+    NativeLoader.loadJni();
+    int rank = ctx.rank();
+    int world = ctx.worldSize();
+    String mine = "";
+    if (rank == 0) {
+      byte[] id = new byte[Native.ncclUniqueIdBytes()];
+      Native.check(Native.ncclGetUniqueId(id), "ncclGetUniqueId");
+      mine = Base64.getEncoder().encodeToString(id);
+    }
+    List<String> all = ctx.allGather(mine);
+    if (all.size() != world || all.get(0) == null || all.get(0).isEmpty()) {
+      throw new CommunicatorException("rank " + rank + ": the rendezvous did not deliver rank 0's NCCL id ("
+          + all.size() + " messages for a world of " + world + ")");
+    }
+    byte[] id = Base64.getDecoder().decode(all.get(0));
+    NcclCommunicator c = new NcclCommunicator(rank, world, device, timeout);
+    boolean ok = false;
+    try {
+      c.init(id);
+      ok = true;
+      return c;
+    } finally {
+      if (!ok) {
+        c.abort();
+        c.closeEvents();
+      }
+    }
+  }
+
+  private void init(byte[] id) {
+    device.makeCurrent();
+    long[] out = new long[1];
+    int st = Native.ncclCommInitRank(out, worldSize, id, rank, device.ordinal());
+    synchronized (lock) {
+      comm = out[0];
+    }
+    long deadline = System.nanoTime() + timeoutNanos;
+    afterCall(st, "ncclCommInitRank(world " + worldSize + ", " + device.name() + ")", deadline);
+    LOG.log(System.Logger.Level.DEBUG, "rank {0}: NCCL communicator of {1} ranks on {2}", rank, worldSize,
+        device.name());
+  }
+
+  @Override
+  public int rank() {
+    return rank;
+  }
+
+  @Override
+  public int worldSize() {
+    return worldSize;
+  }
+
+  /** The device this rank's collectives run on. */
+  public CudaDevice device() {
+    return device;
+  }
+
+  private CudaTensor tensor(Tensor t, String op) {
+    if (!(t instanceof CudaTensor c) || t.device() != device) {
+      throw new IllegalArgumentException(op + ": " + t + " is not on " + device.name());
+    }
+    return c;
+  }
+
+  @Override
+  public void allReduceSum(Tensor buf) {
+    CudaTensor b = tensor(buf, "allReduceSum");
+    collective("allReduceSum of " + buf, () -> Native.ncclAllReduce(b.address(), b.address(), b.numel(),
+        b.dtype().ordinal(), Native.OP_SUM, comm, device.commStream().handle()));
+  }
+
+  /** In place: buf = mean over ranks of buf (ncclAvg). */
+  public void allReduceMean(Tensor buf) {
+    CudaTensor b = tensor(buf, "allReduceMean");
+    collective("allReduceMean of " + buf, () -> Native.ncclAllReduce(b.address(), b.address(), b.numel(),
+        b.dtype().ordinal(), Native.OP_AVG, comm, device.commStream().handle()));
+  }
+
+  @Override
+  public void broadcast(Tensor buf, int root) {
+    if (root < 0 || root >= worldSize) {
+      throw new IllegalArgumentException("broadcast root " + root + " does not exist in a world of " + worldSize);
+    }
+    CudaTensor b = tensor(buf, "broadcast");
+    collective("broadcast of " + buf + " from rank " + root, () -> Native.ncclBroadcast(b.address(), b.address(),
+        b.numel(), b.dtype().ordinal(), root, comm, device.commStream().handle()));
+  }
+
+  /** recv (n) = rank's n-element slice of the sum over ranks of send (n * worldSize). */
+  public void reduceScatterSum(Tensor send, Tensor recv) {
+    CudaTensor s = tensor(send, "reduceScatterSum");
+    CudaTensor r = tensor(recv, "reduceScatterSum");
+    if (s.numel() != r.numel() * worldSize || s.dtype() != r.dtype()) {
+      throw new IllegalArgumentException("reduceScatterSum: send must have worldSize * recv elements of recv's"
+          + " dtype, got " + send + " and " + recv);
+    }
+    collective("reduceScatterSum of " + send, () -> Native.ncclReduceScatter(s.address(), r.address(), r.numel(),
+        r.dtype().ordinal(), Native.OP_SUM, comm, device.commStream().handle()));
+  }
+
+  /** recv (n * worldSize) = every rank's send (n), in rank order. */
+  public void allGather(Tensor send, Tensor recv) {
+    CudaTensor s = tensor(send, "allGather");
+    CudaTensor r = tensor(recv, "allGather");
+    if (r.numel() != s.numel() * worldSize || s.dtype() != r.dtype()) {
+      throw new IllegalArgumentException("allGather: recv must have worldSize * send elements of send's dtype,"
+          + " got " + send + " and " + recv);
+    }
+    collective("allGather of " + send, () -> Native.ncclAllGather(s.address(), r.address(), s.numel(),
+        s.dtype().ordinal(), comm, device.commStream().handle()));
+  }
+
+  /**
+   * In place, for each buffer: buf = sum over ranks of buf, issued as one NCCL group (ncclGroupStart/End),
+   * e.g. the all-reduces of several gradient buckets; waits for the whole group under the watchdog.
+   */
+  public void allReduceSumGrouped(List<? extends Tensor> bufs) {
+    for (Tensor t : bufs) {
+      CudaTensor b = tensor(t, "allReduceSumGrouped");
+      if (b.dtype() == DType.INT32) {
+        throw new IllegalArgumentException("allReduceSumGrouped: int32 buffers are not gradients: " + t);
+      }
+    }
+    collective("grouped allReduceSum of " + bufs.size() + " buffers", () -> {
+      int st = Native.ncclGroupStart();
+      if (st != 0) {
+        return st;
+      }
+      int err = 0;
+      for (Tensor t : bufs) {
+        CudaTensor b = (CudaTensor) t;
+        int s = Native.ncclAllReduce(b.address(), b.address(), b.numel(), b.dtype().ordinal(), Native.OP_SUM,
+            comm, device.commStream().handle());
+        if (s != 0 && !Native.ncclInProgress(s)) {
+          err = s;
+          break;
+        }
+      }
+      int end = Native.ncclGroupEnd();
+      return err != 0 ? err : end;
+    });
+  }
+
+  @FunctionalInterface
+  private interface NcclCall {
+    int call();
+  }
+
+  /**
+   * Orders the collective after the compute stream's work, issues it on the comm stream, makes later compute
+   * work wait for it, and waits for it under the watchdog (Note [no hangs]).
+   */
+  private void collective(String what, NcclCall call) {
+    long deadline = System.nanoTime() + timeoutNanos;
+    device.makeCurrent();
+    synchronized (lock) {
+      ensureUsable(what);
+      computeDone.record(device.computeStream());
+      device.commStream().waitFor(computeDone);
+      int st = call.call();
+      if (st != 0 && !Native.ncclInProgress(st)) {
+        throw fail(what, "NCCL call failed: " + Native.errorString(st) + lastError());
+      }
+    }
+    afterCall(0, what, deadline); // wait until the enqueue itself finished (non-blocking mode)
+    synchronized (lock) {
+      ensureUsable(what);
+      commDone.record(device.commStream());
+      device.computeStream().waitFor(commDone);
+    }
+    waitFor(commDone, what, deadline);
+  }
+
+  /** Handles a status of a non-blocking call: success, in progress (poll until done), or failure. */
+  private void afterCall(int st, String what, long deadline) {
+    if (st != 0 && !Native.ncclInProgress(st)) {
+      throw fail(what, Native.errorString(st) + lastError());
+    }
+    int[] async = new int[1];
+    long spins = 0;
+    while (true) {
+      synchronized (lock) {
+        ensureUsable(what);
+        int r = Native.ncclCommGetAsyncError(comm, async);
+        if (r != 0) {
+          throw fail(what, "ncclCommGetAsyncError failed: " + Native.errorString(r));
+        }
+        if (async[0] == 0) {
+          return;
+        }
+        if (async[0] != Native.NCCL_IN_PROGRESS) {
+          throw fail(what, Native.errorString((Native.LIB_NCCL << 24) | async[0]) + lastError());
+        }
+      }
+      checkDeadline(what, deadline);
+      pause(spins++);
+    }
+  }
+
+  /** Waits for {@code done} while watching NCCL's async error, abort requests and the deadline. */
+  private void waitFor(CudaEvent done, String what, long deadline) {
+    int[] async = new int[1];
+    long spins = 0;
+    while (true) {
+      synchronized (lock) {
+        ensureUsable(what);
+        boolean finished;
+        try {
+          finished = done.isDone();
+        } catch (CudaException e) {
+          throw fail(what, "CUDA error while waiting: " + e.getMessage());
+        }
+        if (finished) {
+          return;
+        }
+        int r = Native.ncclCommGetAsyncError(comm, async);
+        if (r != 0) {
+          throw fail(what, "ncclCommGetAsyncError failed: " + Native.errorString(r));
+        }
+        if (async[0] != 0 && async[0] != Native.NCCL_IN_PROGRESS) {
+          throw fail(what, "NCCL reported " + Native.errorString((Native.LIB_NCCL << 24) | async[0]) + lastError());
+        }
+      }
+      checkDeadline(what, deadline);
+      pause(spins++);
+    }
+  }
+
+  private void checkDeadline(String what, long deadline) {
+    if (System.nanoTime() - deadline > 0) {
+      throw fail(what, "timed out after " + TimeUnit.NANOSECONDS.toMillis(timeoutNanos) + " ms (a peer rank"
+          + " died, stalled or issued a different collective; the communicator was aborted)");
+    }
+  }
+
+  /** Spin briefly, then sleep in growing steps up to 1 ms (a collective usually takes micro- to milliseconds). */
+  private static void pause(long spins) {
+    if (spins < 100) {
+      Thread.onSpinWait();
+    } else {
+      LockSupport.parkNanos(Math.min(1_000_000L, 10_000L * (spins - 99)));
+    }
+  }
+
+  private void ensureUsable(String what) {
+    if (abortRequested && comm != 0) {
+      abortLocked("abort() was called");
+    }
+    if (comm == 0) {
+      throw new CommunicatorException("rank " + rank + ": " + what + ": the NCCL communicator is no longer usable ("
+          + (failure != null ? failure : "closed") + ")");
+    }
+  }
+
+  private String lastError() {
+    String s = comm != 0 ? Native.ncclGetLastError(comm) : "";
+    return s == null || s.isEmpty() ? "" : " [" + s + "]";
+  }
+
+  /** Aborts (lock held or not) and returns the exception to throw. */
+  private CommunicatorException fail(String what, String cause) {
+    String msg = "rank " + rank + " of " + worldSize + " (" + device.name() + "): " + what + ": " + cause;
+    synchronized (lock) {
+      if (failure == null) {
+        failure = msg;
+      }
+      abortLocked(msg);
+    }
+    return new CommunicatorException(msg);
+  }
+
+  private void abortLocked(String why) {
+    if (failure == null) {
+      failure = why;
+    }
+    if (comm != 0) {
+      long c = comm;
+      comm = 0;
+      device.makeCurrent();
+      int st = Native.ncclCommAbort(c);
+      if (st != 0 && !Native.ncclInProgress(st)) {
+        LOG.log(System.Logger.Level.WARNING, "rank {0}: ncclCommAbort: {1}", rank, Native.errorString(st));
+      }
+    }
+  }
+
+  /**
+   * Aborts the communicator now: a collective in flight on another thread fails at its next poll (within
+   * about a millisecond) with a {@link CommunicatorException}, and every later call throws. Idempotent.
+   */
+  @Override
+  public void abort() {
+    abortRequested = true;
+    synchronized (lock) {
+      abortLocked("abort() was called");
+    }
+  }
+
+  /**
+   * Orderly shutdown: ncclCommFinalize (waiting, under the timeout, for outstanding work), then
+   * ncclCommDestroy; falls back to abort on any error. Idempotent.
+   */
+  @Override
+  public void close() {
+    try {
+      long c;
+      synchronized (lock) {
+        c = comm;
+      }
+      if (c == 0) {
+        return;
+      }
+      device.makeCurrent();
+      long deadline = System.nanoTime() + timeoutNanos;
+      try {
+        int st = Native.ncclCommFinalize(c);
+        afterCall(st, "ncclCommFinalize", deadline);
+        synchronized (lock) {
+          if (comm != 0) {
+            comm = 0;
+            failure = "closed";
+            Native.check(Native.ncclCommDestroy(c), "ncclCommDestroy");
+          }
+        }
+      } catch (RuntimeException e) {
+        abort();
+        throw e instanceof CommunicatorException ce ? ce
+            : new CommunicatorException("rank " + rank + ": closing the NCCL communicator failed: " + e.getMessage(), e);
+      }
+    } finally {
+      closeEvents();
+    }
+  }
+
+  private void closeEvents() {
+    try {
+      computeDone.close();
+    } finally {
+      commDone.close();
+    }
+  }
+}
