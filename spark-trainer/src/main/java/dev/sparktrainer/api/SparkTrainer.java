@@ -62,6 +62,7 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
   private final Param<String> checkpointPath;
   private final IntParam checkpointInterval;
   private final IntParam timeoutSeconds;
+  private final Param<String> nonFinite;
 
   public SparkTrainer() {
     this(Identifiable$.MODULE$.randomUID("sparkTrainer"));
@@ -99,6 +100,10 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
         ParamValidators.gtEq(0));
     timeoutSeconds = new IntParam(this, "timeoutSeconds",
         "a collective that waits longer than this fails the job instead of hanging", ParamValidators.gt(0));
+    nonFinite = new Param<>(this, "nonFinite",
+        "a step with NaN/Inf gradients: fail (the job fails naming the step) or skip (the update is skipped)",
+        ParamValidators.inArray(new String[] {"fail", "skip"}));
+    setDefault(nonFinite, "fail");
     setDefault(featuresCol, "features");
     setDefault(featureCols, new String[0]);
     setDefault(labelCol, "label");
@@ -207,7 +212,16 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
     return timeoutSeconds;
   }
 
+  public Param<String> nonFinite() {
+    return nonFinite;
+  }
+
   // ---- setters and getters ----
+
+  public SparkTrainer setNonFinite(String v) {
+    set(nonFinite, v);
+    return this;
+  }
 
   public SparkTrainer setFeaturesCol(String v) {
     set(featuresCol, v);
@@ -391,6 +405,7 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
         .clipNorm((Double) $(clipNorm))
         .accumulation((Integer) $(accumulation))
         .dropLast((Boolean) $(dropLast))
+        .nonFinite(TrainerConfig.NonFinitePolicy.parse($(nonFinite)))
         .build();
   }
 

@@ -19,7 +19,7 @@ import java.util.Set;
  *   "training": {"epochs": 3, "batchSize": 128, "numWorkers": 2, "device": "auto", "seed": 42,
  *                "optimizer": {...}, "schedule": {...}, "loss": "cross_entropy", "clipNorm": 0,
  *                "accumulation": 1, "dropLast": false, "checkpointPath": "", "checkpointInterval": 0,
- *                "timeoutSeconds": 300},
+ *                "timeoutSeconds": 300, "nonFinite": "fail"},
  *   "output":   {"modelPath": "..."}
  * }</pre>
  *
@@ -69,7 +69,8 @@ public final class JobConfig {
     }
     JsonNode tr = root.has("training") ? object(root, "training") : JSON.createObjectNode();
     keys(tr, "training", Set.of("epochs", "batchSize", "numWorkers", "device", "seed", "optimizer", "schedule",
-        "loss", "clipNorm", "accumulation", "dropLast", "checkpointPath", "checkpointInterval", "timeoutSeconds"));
+        "loss", "clipNorm", "accumulation", "dropLast", "checkpointPath", "checkpointInterval", "timeoutSeconds",
+        "nonFinite"));
     if (tr.has("epochs")) {
       t.setEpochs(integer(tr, "epochs"));
     }
@@ -108,6 +109,9 @@ public final class JobConfig {
     }
     if (tr.has("checkpointInterval")) {
       t.setCheckpointInterval(integer(tr, "checkpointInterval"));
+    }
+    if (tr.has("nonFinite")) {
+      t.setNonFinite(text(tr, "training", "nonFinite", "fail"));
     }
     if (tr.has("timeoutSeconds")) {
       t.setTimeoutSeconds(integer(tr, "timeoutSeconds"));

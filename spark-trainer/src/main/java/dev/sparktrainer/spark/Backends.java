@@ -5,32 +5,57 @@ import dev.sparktrainer.comm.LocalCommunicator;
 import dev.sparktrainer.comm.RingCommunicator;
 import dev.sparktrainer.comm.WorkerContext;
 import dev.sparktrainer.cpu.CpuDevice;
+import dev.sparktrainer.cuda.Cuda;
+import dev.sparktrainer.cuda.CudaDevice;
+import dev.sparktrainer.cuda.GpuSelector;
+import dev.sparktrainer.cuda.NcclCommunicator;
+import dev.sparktrainer.cuda.NativeLoader;
 import dev.sparktrainer.engine.Device;
 import java.time.Duration;
 
-/** Opens the device and communicator a worker trains with, from the device name ("cpu", "cuda", "auto"). */
+/**
+ * Opens the device and communicator a worker trains with: "cpu" (CpuDevice + TCP ring) or "cuda" (CudaDevice
+ * + NCCL). "auto" picks cuda when the task got a GPU from Spark, or, without GPU resources (local mode),
+ * when this host has a usable CUDA device and the native library loads; otherwise cpu.
+ */
 public final class Backends {
+  private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(Backends.class);
+
   private Backends() {}
 
-  /** "auto" means cuda when the task got a GPU from Spark, else cpu. */
+  /** The concrete device name for a requested one ("cpu", "cuda" or "auto"). */
   public static String resolve(String device, WorkerContext ctx) {
-    if ("auto".equals(device)) {
-      return ctx.gpu() >= 0 ? "cuda" : "cpu";
+    if (!"auto".equals(device)) {
+      return device;
     }
-    return device;
+    if (ctx.gpu() >= 0) {
+      return "cuda";
+    }
+    Cuda.Availability a = Cuda.availability();
+    if (a.available() && NativeLoader.jniAvailable()) {
+      return "cuda";
+    }
+    if (ctx.rank() == 0) {
+      LOG.info("device auto -> cpu: " + (a.available() ? NativeLoader.jniProblem() : a.reason()));
+    }
+    return "cpu";
   }
 
   public static Device openDevice(String resolved, WorkerContext ctx) {
-    if ("cpu".equals(resolved)) {
-      return new CpuDevice();
-    }
-    throw new UnsupportedOperationException("device '" + resolved + "' is not available in this build; use "
-        + "device=cpu");
+    return switch (resolved) {
+      case "cpu" -> new CpuDevice();
+      case "cuda" -> new CudaDevice(GpuSelector.select(ctx));
+      default -> throw new IllegalArgumentException("unknown device '" + resolved + "' (use cpu, cuda or auto)");
+    };
   }
 
-  public static Communicator openCommunicator(String resolved, WorkerContext ctx, String host, Duration timeout) {
+  /** The communicator for the device: NCCL between CudaDevices, the TCP ring between CPU devices. */
+  public static Communicator openCommunicator(Device device, WorkerContext ctx, String host, Duration timeout) {
     if (ctx.worldSize() == 1) {
       return new LocalCommunicator();
+    }
+    if (device instanceof CudaDevice cuda) {
+      return NcclCommunicator.create(ctx, cuda, timeout);
     }
     return RingCommunicator.create(ctx, host, timeout);
   }

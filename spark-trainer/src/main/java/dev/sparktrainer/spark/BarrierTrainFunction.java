@@ -93,7 +93,7 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long,
       long dataReady = System.currentTimeMillis();
       String resolved = Backends.resolve(device, wc);
       try (Device dev = Backends.openDevice(resolved, wc)) {
-        Communicator comm = Backends.openCommunicator(resolved, wc, wc.host(), Duration.ofSeconds(timeoutSeconds));
+        Communicator comm = Backends.openCommunicator(dev, wc, wc.host(), Duration.ofSeconds(timeoutSeconds));
         try {
           ModelSpec spec = ModelSpec.fromJson(specJson);
           Model model = new Model(spec, dev);

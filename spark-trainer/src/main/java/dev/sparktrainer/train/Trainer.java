@@ -44,6 +44,9 @@ public final class Trainer {
   private Consumer<Long> stepListener = s -> { };
   private long optimizerStep;
   private CheckpointPolicy checkpoints;
+  // Note [non-finite check]: with nonFinite=fail and no clipping, the check costs a reduction (and on GPU
+  // a wait) per step; it runs every step by default. Turning it off leaves NaNs to show in the loss.
+  private boolean checkEveryStep = true;
   private org.apache.hadoop.conf.Configuration hadoopConf;
 
   public Trainer(Model model, TrainerConfig config, Communicator comm) {
@@ -57,6 +60,12 @@ public final class Trainer {
   /** Called after every optimizer step with the step number (tests check invariants here). */
   public Trainer onStep(Consumer<Long> listener) {
     this.stepListener = listener;
+    return this;
+  }
+
+  /** Whether steps check their gradients for NaN/Inf when nothing else needs the norm (default true). */
+  public Trainer checkNonFinite(boolean everyStep) {
+    this.checkEveryStep = everyStep;
     return this;
   }
 
@@ -145,6 +154,7 @@ public final class Trainer {
       device.fill(correct, 0f);
       long t0 = System.nanoTime();
       long commNanos = 0;
+      long skipped = 0;
       long waitNanos;
       int[] todo = skip == 0 ? order : java.util.Arrays.copyOfRange(order, skip * b, order.length);
       try (BatchLoader loader = new BatchLoader(store, todo, b, stepsPerEpoch - skip, 2)) {
@@ -180,8 +190,12 @@ public final class Trainer {
             comm.allReduceSum(model.parameters().grads());
             device.synchronize();
             commNanos += System.nanoTime() - c0;
-            clip();
-            optimizer.step(schedule.lr(config.optimizer().lr(), optimizerStep));
+            if (checkFinite(epoch)) {
+              optimizer.step(schedule.lr(config.optimizer().lr(), optimizerStep));
+            } else {
+              skipped++;
+              optimizer.setSteps(optimizer.steps() + 1);
+            }
             optimizerStep++;
             micro = 0;
             stepListener.accept(optimizerStep);
@@ -202,7 +216,7 @@ public final class Trainer {
       device.download(correct, host, 0);
       double acc = loss == Loss.CROSS_ENTROPY ? host[0] / samples : Double.NaN;
       stats.add(new EpochStats(epoch, comm.rank(), samples, meanLoss, acc, seconds, waitNanos / 1e9,
-          seconds - waitNanos / 1e9 - commNanos / 1e9, commNanos / 1e9));
+          seconds - waitNanos / 1e9 - commNanos / 1e9, commNanos / 1e9, skipped));
     }
     return stats;
   }
@@ -225,14 +239,29 @@ public final class Trainer {
     }
   }
 
-  private void clip() {
-    if (config.clipNorm() <= 0) {
-      return;
+  /**
+   * Checks the all-reduced gradients (identical on every rank, so every rank decides the same) and clips
+   * them by global norm; one reduction serves both. Returns false when the step must be skipped.
+   */
+  private boolean checkFinite(int epoch) {
+    boolean clip = config.clipNorm() > 0;
+    if (!clip && !checkEveryStep && config.nonFinite() == TrainerConfig.NonFinitePolicy.FAIL) {
+      return true;
     }
-    double norm = Math.sqrt(device.sumSquares(model.parameters().grads()));
-    if (norm > config.clipNorm()) {
+    double sq = device.sumSquares(model.parameters().grads());
+    if (!Double.isFinite(sq)) {
+      if (config.nonFinite() == TrainerConfig.NonFinitePolicy.FAIL) {
+        throw new NonFiniteException("rank " + comm.rank() + ": gradients are NaN or infinite at optimizer step "
+            + optimizerStep + " (epoch " + (epoch + 1) + "); lower the learning rate, clip gradients "
+            + "(clipNorm), check the input for extreme values, or set nonFinite=skip to skip such steps");
+      }
+      return false;
+    }
+    double norm = Math.sqrt(sq);
+    if (clip && norm > config.clipNorm()) {
       device.scale(model.parameters().grads(), (float) (config.clipNorm() / (norm + 1e-6)));
     }
+    return true;
   }
 
   /** Epoch 0 trains in the sampler's order; later epochs reshuffle within the rank (seed, epoch, rank). */

@@ -22,6 +22,24 @@ public final class TrainerConfig implements Serializable {
   private final double clipNorm;
   private final int accumulation;
   private final boolean dropLast;
+  private final NonFinitePolicy nonFinite;
+
+  /** What a step with NaN or infinite gradients does. */
+  public enum NonFinitePolicy {
+    /** Fail the job, naming the step (default). */
+    FAIL,
+    /** Skip the optimizer update of that step and count it in the epoch statistics. */
+    SKIP;
+
+    /** Parses "fail" or "skip". */
+    public static NonFinitePolicy parse(String s) {
+      return switch (s.toLowerCase(java.util.Locale.ROOT)) {
+        case "fail" -> FAIL;
+        case "skip" -> SKIP;
+        default -> throw new IllegalArgumentException("nonFinite must be fail or skip, got '" + s + "'");
+      };
+    }
+  }
 
   private TrainerConfig(Builder b) {
     this.epochs = b.epochs;
@@ -33,6 +51,7 @@ public final class TrainerConfig implements Serializable {
     this.clipNorm = b.clipNorm;
     this.accumulation = b.accumulation;
     this.dropLast = b.dropLast;
+    this.nonFinite = b.nonFinite;
     if (epochs <= 0) {
       throw new IllegalArgumentException("epochs must be > 0, got " + epochs);
     }
@@ -45,8 +64,8 @@ public final class TrainerConfig implements Serializable {
     if (!(clipNorm >= 0) || Double.isInfinite(clipNorm)) {
       throw new IllegalArgumentException("clipNorm must be >= 0 (0 turns clipping off), got " + clipNorm);
     }
-    if (optimizer == null || schedule == null || loss == null) {
-      throw new IllegalArgumentException("optimizer, schedule and loss must be set");
+    if (optimizer == null || schedule == null || loss == null || nonFinite == null) {
+      throw new IllegalArgumentException("optimizer, schedule, loss and nonFinite must be set");
     }
   }
 
@@ -65,6 +84,13 @@ public final class TrainerConfig implements Serializable {
     private double clipNorm;
     private int accumulation = 1;
     private boolean dropLast;
+    private NonFinitePolicy nonFinite = NonFinitePolicy.FAIL;
+
+    /** What to do with a step whose gradients hold NaN or Inf (default: fail). */
+    public Builder nonFinite(NonFinitePolicy v) {
+      nonFinite = v;
+      return this;
+    }
 
     public Builder epochs(int v) {
       epochs = v;
@@ -154,5 +180,9 @@ public final class TrainerConfig implements Serializable {
 
   public boolean dropLast() {
     return dropLast;
+  }
+
+  public NonFinitePolicy nonFinite() {
+    return nonFinite;
   }
 }
