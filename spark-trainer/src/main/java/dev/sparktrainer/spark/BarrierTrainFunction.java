@@ -97,7 +97,7 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long,
         try {
           ModelSpec spec = ModelSpec.fromJson(specJson);
           Model model = new Model(spec, dev);
-          Trainer trainer = new Trainer(model, cfg, comm);
+          Trainer trainer = new Trainer(model, cfg, comm).onStep(FaultInjection.forTask(ctx, rank));
           CheckpointData resumeFrom = null;
           if (checkpoints != null) {
             trainer.checkpointing(checkpoints, hadoopConf.value());

@@ -2,6 +2,7 @@ package dev.sparktrainer.spark;
 
 
 import dev.sparktrainer.api.SparkTrainer;
+import dev.sparktrainer.api.TrainingException;
 import dev.sparktrainer.api.TrainingSummary;
 import dev.sparktrainer.data.SamplerPlan;
 import dev.sparktrainer.nn.Loss;
@@ -94,6 +95,18 @@ public final class TrainingJob {
         internal.unpersist(false);
       }
     }
+  }
+
+  /** The failing task's own error out of Spark's stage-failure message (its first line after the reason). */
+  static String taskError(String sparkMessage) {
+    if (sparkMessage == null) {
+      return "unknown error";
+    }
+    String marker = "finished unsuccessfully.";
+    int i = sparkMessage.indexOf(marker);
+    String rest = i >= 0 ? sparkMessage.substring(i + marker.length()).strip() : sparkMessage.strip();
+    int nl = rest.indexOf('\n');
+    return nl > 0 ? rest.substring(0, nl).strip() : rest;
   }
 
   /** (features array<float>, label double) -> UnsafeRow (features array<float>, label int). */
@@ -284,6 +297,13 @@ public final class TrainingJob {
     try {
       RDD<TaskResult> out = sorted.barrier().mapPartitions(fn, false, ClassTag$.MODULE$.apply(TaskResult.class));
       results = new ArrayList<>(out.toJavaRDD().repartition(1).collect());
+    } catch (Exception e) { // Scala throws the checked SparkException without declaring it
+      if (!(e instanceof org.apache.spark.SparkException)) {
+        throw e;
+      }
+      throw new TrainingException("training failed on " + world + " worker(s): " + taskError(e.getMessage())
+          + " (the training stage is retried up to spark.stage.maxConsecutiveAttempts times, resuming from the "
+          + "newest checkpoint when checkpointPath is set)", e);
     } finally {
       sc.setJobDescription(previous);
     }

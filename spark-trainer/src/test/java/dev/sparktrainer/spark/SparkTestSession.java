@@ -7,6 +7,11 @@ public final class SparkTestSession {
   private SparkTestSession() {}
 
   public static SparkSession start(String name) {
+    return start(name, 1);
+  }
+
+  /** A session whose training stage may run {@code stageAttempts} times (Spark's default is 4). */
+  public static SparkSession start(String name, int stageAttempts) {
     return SparkSession.builder()
         .master("local[4]")
         .appName(name)
@@ -15,7 +20,7 @@ public final class SparkTestSession {
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.default.parallelism", "4")
-        .config("spark.stage.maxConsecutiveAttempts", "1")
+        .config("spark.stage.maxConsecutiveAttempts", String.valueOf(stageAttempts))
         .config("spark.serializer", "org.apache.spark.serializer.KryoSerializer")
         .config("spark.kryo.registrator", "dev.sparktrainer.spark.TrainerKryoRegistrator")
         .config("spark.kryo.registrationRequired", "true")
