@@ -11,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpu-check-out}
 mkdir -p "$out"
-stage=.device/gpu
+stage=${STAGE_DIR:-.device/gpu}
 t_start=$(date +%s)
 source "$stage/env.sh"
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader | tee "$out/gpus.txt"

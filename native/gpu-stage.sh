@@ -10,12 +10,12 @@
 #   data/        Fashion-MNIST, re-packed with xz (the tests unpack it there)
 #   cpu-baseline.properties   the CPU reference accuracy of the MLP, measured here (saves GPU-machine time)
 #
-# Usage: native/gpu-stage.sh [--no-baseline]
+# Usage: native/gpu-stage.sh [--no-baseline]   (STAGE_DIR=.device/other stages elsewhere; default .device/gpu)
 # Then call the device tool with carry [".device/gpu"] and the command `bash native/gpu-check.sh`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-out=.device/gpu
+out=${STAGE_DIR:-.device/gpu}
 build=${BUILD_DIR:-target-gpu}
 m2=${M2_REPO:-$HOME/.m2/repository}
 mkdir -p "$out/jars" "$out/data"
@@ -49,7 +49,7 @@ if [ ! -s "$out/jre.tar.xz" ]; then
     --output "$tmp/jre" --strip-debug --no-man-pages --compress=0
   tar -C "$tmp" -cf - jre | xz -9 -T2 > "$out/jre.tar.xz"
 fi
-sed 's#\.device/jre\.tar\.xz#.device/gpu/jre.tar.xz#' "$root/../shared/device/env.sh" > "$out/env.sh"
+sed "s#\.device/jre\.tar\.xz#$out/jre.tar.xz#" "$root/../shared/device/env.sh" > "$out/env.sh"
 
 echo "== data"
 fm=${FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}

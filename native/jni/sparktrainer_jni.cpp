@@ -21,8 +21,10 @@
 
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 
 namespace {
 
@@ -355,71 +357,147 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cublasLtDestroy(JNIEnv*
   return cublas(cublasLtDestroy(fromJ<cublasLtHandle_t>(h)));
 }
 
-// Column-major D = alpha * op(A) op(B) + beta * C with D == C (in place), as cuBLAS sees it; the Java side
-// maps row-major calls onto it (C^T = op(B)^T op(A)^T). A, B: fp32 or bf16; C: fp32 or bf16; accumulation
-// and scale in fp32. computeMode: 0 = fp32 (no TF32), 1 = fp32 with TF32 tensor cores allowed.
-// epilogue: 0 none, 1 bias (bias: fp32 vector of m), 2 relu, 3 relu + bias.
-JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cublasLtMatmul(
-    JNIEnv*, jclass, jlong handle, jboolean transA, jboolean transB, jlong m, jlong n, jlong k, jfloat alpha,
-    jlong a, jlong lda, jint aType, jlong b, jlong ldb, jint bType, jfloat beta, jlong c, jlong ldc, jint cType,
-    jint computeMode, jint epilogue, jlong bias, jlong workspace, jlong workspaceBytes, jlong stream) {
-  if (m <= 0 || n <= 0 || k <= 0 || lda <= 0 || ldb <= 0 || ldc < m || workspaceBytes < 0) {
-    return jniError(JNI_BAD_ARGUMENT);
+}  // extern "C"
+
+namespace {
+
+// Note [matmul plan cache]: building descriptors and asking the heuristic costs tens of microseconds per
+// call, as much as a small GEMM. A plan (operation descriptor, three layouts, the chosen algorithm, or the
+// status of a failed planning) is built once per shape/type/alignment/epilogue key and kept for the life of
+// the thread (thread_local: one device is driven by one thread at a time, so no lock is needed and two
+// ranks on two threads never share a descriptor). The bias pointer is set on the cached descriptor on every
+// call; everything else in the key is fixed. Plans are never freed: a training job has a handful of shapes.
+struct PlanKey {
+  int device;
+  int transA, transB;
+  int64_t m, n, k, lda, ldb, ldc;
+  int aType, bType, cType, computeMode, epilogue;
+  uint32_t alignA, alignB, alignC;
+  int64_t workspaceBytes;
+  bool operator==(const PlanKey& o) const { return std::memcmp(this, &o, sizeof(PlanKey)) == 0; }
+};
+struct PlanKeyHash {
+  size_t operator()(const PlanKey& k) const {
+    const unsigned char* p = reinterpret_cast<const unsigned char*>(&k);
+    size_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < sizeof(PlanKey); i++) h = (h ^ p[i]) * 1099511628211ull;
+    return h;
   }
+};
+struct Plan {
   MatmulDescs d;
-  cublasComputeType_t compute = computeMode == 1 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  cublasLtMatmulAlgo_t algo;
+  jint status = 0;  // non-zero: planning failed with this status (returned again without retrying)
+};
+
+jint buildPlan(cublasLtHandle_t h, const PlanKey& key, Plan* plan) {
+  MatmulDescs& d = plan->d;
+  cublasComputeType_t compute = key.computeMode == 1 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   TRY_CUBLAS(cublasLtMatmulDescCreate(&d.op, compute, CUDA_R_32F));
-  cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
-  cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasOperation_t opA = key.transA ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasOperation_t opB = key.transB ? CUBLAS_OP_T : CUBLAS_OP_N;
   TRY_CUBLAS(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof(opA)));
   TRY_CUBLAS(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof(opB)));
   cublasLtEpilogue_t epi;
-  switch (epilogue) {
+  switch (key.epilogue) {
     case 0: epi = CUBLASLT_EPILOGUE_DEFAULT; break;
     case 1: epi = CUBLASLT_EPILOGUE_BIAS; break;
     case 2: epi = CUBLASLT_EPILOGUE_RELU; break;
     case 3: epi = CUBLASLT_EPILOGUE_RELU_BIAS; break;
     default: return jniError(JNI_BAD_ARGUMENT);
   }
-  if (epilogue != 0) {
+  if (key.epilogue != 0) {
     TRY_CUBLAS(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
   }
-  if (epilogue == 1 || epilogue == 3) {
-    if (bias == 0) return jniError(JNI_BAD_ARGUMENT);
-    void* biasPtr = fromJ<void*>(bias);
-    cudaDataType_t biasType = CUDA_R_32F;
-    TRY_CUBLAS(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &biasPtr, sizeof(biasPtr)));
-    TRY_CUBLAS(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &biasType,
-                                              sizeof(biasType)));
+  if (key.epilogue == 1 || key.epilogue == 3) {
+    // The bias has C's type: fp32 bias for fp32 C (set explicitly), bf16 bias for bf16 C (the default, the
+    // output type, as PyTorch's autocast linear does).
+    if (key.cType != 2) {
+      cudaDataType_t biasType = CUDA_R_32F;
+      TRY_CUBLAS(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &biasType,
+                                                sizeof(biasType)));
+    }
   }
+  const int64_t m = key.m, n = key.n, k = key.k;
   // Stored shapes (column-major): op(A) is m x k, so A is m x k (N) or k x m (T); likewise B.
-  TRY_CUBLAS(cublasLtMatrixLayoutCreate(&d.a, dataType(aType), transA ? k : m, transA ? m : k, lda));
-  TRY_CUBLAS(cublasLtMatrixLayoutCreate(&d.b, dataType(bType), transB ? n : k, transB ? k : n, ldb));
-  TRY_CUBLAS(cublasLtMatrixLayoutCreate(&d.c, dataType(cType), m, n, ldc));
+  TRY_CUBLAS(cublasLtMatrixLayoutCreate(&d.a, dataType(key.aType), key.transA ? k : m, key.transA ? m : k, key.lda));
+  TRY_CUBLAS(cublasLtMatrixLayoutCreate(&d.b, dataType(key.bType), key.transB ? n : k, key.transB ? k : n, key.ldb));
+  TRY_CUBLAS(cublasLtMatrixLayoutCreate(&d.c, dataType(key.cType), m, n, key.ldc));
   TRY_CUBLAS(cublasLtMatmulPreferenceCreate(&d.pref));
-  uint64_t ws = (uint64_t)workspaceBytes;
+  uint64_t ws = (uint64_t)key.workspaceBytes;
   TRY_CUBLAS(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                                   sizeof(ws)));
   // Tell the heuristic how aligned the pointers really are (views into flat buffers may be 4-byte aligned).
-  uint32_t alignA = alignment(a), alignB = alignment(b), alignC = alignment(c);
-  TRY_CUBLAS(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &alignA,
-                                                  sizeof(alignA)));
-  TRY_CUBLAS(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &alignB,
-                                                  sizeof(alignB)));
-  TRY_CUBLAS(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &alignC,
-                                                  sizeof(alignC)));
-  TRY_CUBLAS(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &alignC,
-                                                  sizeof(alignC)));
+  TRY_CUBLAS(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &key.alignA,
+                                                  sizeof(key.alignA)));
+  TRY_CUBLAS(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &key.alignB,
+                                                  sizeof(key.alignB)));
+  TRY_CUBLAS(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &key.alignC,
+                                                  sizeof(key.alignC)));
+  TRY_CUBLAS(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &key.alignC,
+                                                  sizeof(key.alignC)));
   cublasLtMatmulHeuristicResult_t heuristic;
   std::memset(&heuristic, 0, sizeof(heuristic));
   int found = 0;
-  cublasLtHandle_t h = fromJ<cublasLtHandle_t>(handle);
   TRY_CUBLAS(cublasLtMatmulAlgoGetHeuristic(h, d.op, d.a, d.b, d.c, d.c, d.pref, 1, &heuristic, &found));
   if (found == 0) return jniError(JNI_NO_ALGORITHM);
+  plan->algo = heuristic.algo;
+  return 0;
+}
+
+thread_local std::unordered_map<PlanKey, std::unique_ptr<Plan>, PlanKeyHash> t_plans;
+
+}  // namespace
+
+extern "C" {
+
+// Column-major D = alpha * op(A) op(B) + beta * C with D == C (in place), as cuBLAS sees it; the Java side
+// maps row-major calls onto it (C^T = op(B)^T op(A)^T). A, B: fp32 or bf16; C: fp32 or bf16; accumulation
+// and scale in fp32. computeMode: 0 = fp32 (no TF32), 1 = fp32 with TF32 tensor cores allowed.
+// epilogue: 0 none, 1 bias, 2 relu, 3 relu + bias; the bias (a vector of m) has C's type.
+// Plans are cached per thread (Note [matmul plan cache]).
+JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cublasLtMatmul(
+    JNIEnv*, jclass, jlong handle, jboolean transA, jboolean transB, jlong m, jlong n, jlong k, jfloat alpha,
+    jlong a, jlong lda, jint aType, jlong b, jlong ldb, jint bType, jfloat beta, jlong c, jlong ldc, jint cType,
+    jint computeMode, jint epilogue, jlong bias, jlong workspace, jlong workspaceBytes, jlong stream) {
+  if (m <= 0 || n <= 0 || k <= 0 || lda <= 0 || ldb <= 0 || ldc < m || workspaceBytes < 0 || epilogue < 0 ||
+      epilogue > 3) {
+    return jniError(JNI_BAD_ARGUMENT);
+  }
+  if ((epilogue == 1 || epilogue == 3) && bias == 0) return jniError(JNI_BAD_ARGUMENT);
+  PlanKey key;
+  std::memset(&key, 0, sizeof(key));  // padding bytes take part in hashing and comparison
+  int dev = 0;
+  cudaError_t ce = cudaGetDevice(&dev);
+  if (ce != cudaSuccess) return cudart(ce);
+  key.device = dev;
+  key.transA = transA ? 1 : 0;
+  key.transB = transB ? 1 : 0;
+  key.m = m; key.n = n; key.k = k; key.lda = lda; key.ldb = ldb; key.ldc = ldc;
+  key.aType = aType; key.bType = bType; key.cType = cType; key.computeMode = computeMode; key.epilogue = epilogue;
+  key.alignA = alignment(a); key.alignB = alignment(b); key.alignC = alignment(c);
+  key.workspaceBytes = workspaceBytes;
+  cublasLtHandle_t h = fromJ<cublasLtHandle_t>(handle);
+  auto it = t_plans.find(key);
+  Plan* plan;
+  if (it == t_plans.end()) {
+    std::unique_ptr<Plan> p(new Plan());
+    p->status = buildPlan(h, key, p.get());
+    plan = p.get();
+    t_plans.emplace(key, std::move(p));
+  } else {
+    plan = it->second.get();
+  }
+  if (plan->status != 0) return plan->status;
+  if (epilogue == 1 || epilogue == 3) {
+    void* biasPtr = fromJ<void*>(bias);
+    TRY_CUBLAS(cublasLtMatmulDescSetAttribute(plan->d.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &biasPtr,
+                                              sizeof(biasPtr)));
+  }
   void* cPtr = fromJ<void*>(c);
-  return cublas(cublasLtMatmul(h, d.op, &alpha, fromJ<const void*>(a), d.a, fromJ<const void*>(b), d.b, &beta,
-                               cPtr, d.c, cPtr, d.c, &heuristic.algo, fromJ<void*>(workspace),
-                               (size_t)workspaceBytes, fromJ<cudaStream_t>(stream)));
+  return cublas(cublasLtMatmul(h, plan->d.op, &alpha, fromJ<const void*>(a), plan->d.a, fromJ<const void*>(b),
+                               plan->d.b, &beta, cPtr, plan->d.c, cPtr, plan->d.c, &plan->algo,
+                               fromJ<void*>(workspace), (size_t)workspaceBytes, fromJ<cudaStream_t>(stream)));
 }
 
 // ---------------------------------------------------------------- cuDNN (see Note [optional cuDNN])

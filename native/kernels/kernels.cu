@@ -8,6 +8,7 @@
 #include "reduce.cuh"
 #include "loss.cuh"
 #include "optim.cuh"
+#include "linear.cuh"
 #include "gemm_ref.cuh"
 
 // Version tag the Java side checks, so a stale fatbin is reported instead of failing on a missing kernel.

@@ -32,3 +32,77 @@ extern "C" __global__ void st_adamw(float* p, const void* g, int tg, float* m, f
     p[i] = pv - lr * (mv / bc1) / ((float)sqrt((double)(vv / bc2)) + eps);
   }
 }
+
+// Note [bf16 mirror of the parameters]: with mixed precision the matmuls read a bf16 copy of the
+// parameters. These variants of the fused optimizers also write that copy (mirror[i] = bf16(p[i]), round to
+// nearest even) in the same pass, so the forward needs no separate cast (one read of the fp32 parameters
+// less per step). Same arithmetic as st_sgd / st_adamw, so p gets the same bits.
+extern "C" __global__ void st_sgd_m(float* p, const void* g, int tg, float* buf, int64_t n, float lr,
+                                    float momentum, int nesterov, float wd, int firstStep, uint16_t* mirror) {
+  GRID_STRIDE(i, n) {
+    float pv = p[i];
+    float gv = ld(g, tg, i) + wd * pv;
+    if (buf != nullptr) {
+      float bv = firstStep ? gv : momentum * buf[i] + gv;
+      buf[i] = bv;
+      gv = nesterov ? gv + momentum * bv : bv;
+    }
+    float np = pv - lr * gv;
+    p[i] = np;
+    mirror[i] = f32_to_bf16(np);
+  }
+}
+
+extern "C" __global__ void st_adamw_m(float* p, const void* g, int tg, float* m, float* v, int64_t n, float lr,
+                                      float beta1, float beta2, float eps, float wd, float bc1, float bc2,
+                                      uint16_t* mirror) {
+  GRID_STRIDE(i, n) {
+    float gv = ld(g, tg, i);
+    float pv = p[i] * (1.0f - lr * wd);
+    float mv = beta1 * m[i] + (1.0f - beta1) * gv;
+    float vv = beta2 * v[i] + (1.0f - beta2) * gv * gv;
+    m[i] = mv;
+    v[i] = vv;
+    float np = pv - lr * (mv / bc1) / ((float)sqrt((double)(vv / bc2)) + eps);
+    p[i] = np;
+    mirror[i] = f32_to_bf16(np);
+  }
+}
+
+// st_sgd_m over 4 elements per thread (16-byte loads and stores; n % 4 == 0, fp32 gradients, aligned
+// buffers: the flat buffers are). Same arithmetic per element, so the same bits; n counts elements.
+extern "C" __global__ void st_sgd_m4(float* p, const void* g, int tg, float* buf, int64_t n, float lr,
+                                     float momentum, int nesterov, float wd, int firstStep, uint16_t* mirror) {
+  int64_t n4 = n / 4;
+  GRID_STRIDE(j, n4) {
+    float4 pv = reinterpret_cast<float4*>(p)[j];
+    float4 gv = reinterpret_cast<const float4*>(g)[j];
+    float pa[4] = {pv.x, pv.y, pv.z, pv.w};
+    float ga[4] = {gv.x, gv.y, gv.z, gv.w};
+    float ba[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (buf != nullptr && !firstStep) {
+      float4 bv = reinterpret_cast<float4*>(buf)[j];
+      ba[0] = bv.x; ba[1] = bv.y; ba[2] = bv.z; ba[3] = bv.w;
+    }
+    uint16_t ma[4];
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      float x = ga[e] + wd * pa[e];
+      if (buf != nullptr) {
+        float bv = firstStep ? x : momentum * ba[e] + x;
+        ba[e] = bv;
+        x = nesterov ? x + momentum * bv : bv;
+      }
+      pa[e] = pa[e] - lr * x;
+      ma[e] = f32_to_bf16(pa[e]);
+    }
+    reinterpret_cast<float4*>(p)[j] = make_float4(pa[0], pa[1], pa[2], pa[3]);
+    if (buf != nullptr) {
+      reinterpret_cast<float4*>(buf)[j] = make_float4(ba[0], ba[1], ba[2], ba[3]);
+    }
+    uint2 packed;
+    packed.x = (uint32_t)ma[0] | ((uint32_t)ma[1] << 16);
+    packed.y = (uint32_t)ma[2] | ((uint32_t)ma[3] << 16);
+    reinterpret_cast<uint2*>(mirror)[j] = packed;
+  }
+}

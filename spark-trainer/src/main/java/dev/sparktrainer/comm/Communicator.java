@@ -21,6 +21,31 @@ public interface Communicator extends AutoCloseable {
   /** In place: every rank's buf becomes root's buf. */
   void broadcast(Tensor buf, int root);
 
+  // ---- asynchronous collectives (gradient buckets overlapping backward). The defaults are synchronous, so a
+  // ---- communicator that does not override them (the TCP ring) behaves exactly as before.
+
+  /** Whether {@link #allReduceSumAsync} really runs asynchronously (then buckets pay off). Default false. */
+  default boolean supportsAsync() {
+    return false;
+  }
+
+  /**
+   * Starts buf = sum over ranks of buf, ordered after the work queued so far on buf's device, and returns
+   * without waiting. Until {@link #joinAsync()} nothing may write buf. Default: {@link #allReduceSum}.
+   */
+  default void allReduceSumAsync(Tensor buf) {
+    allReduceSum(buf);
+  }
+
+  /** Orders the device work queued from now on after every async collective started so far (no host wait). */
+  default void joinAsync() {}
+
+  /**
+   * Waits on the host, under the communicator's timeout, until every async collective started so far has
+   * finished (implies {@link #joinAsync()}); throws {@link CommunicatorException} like a blocking collective.
+   */
+  default void awaitAsync() {}
+
   /** Tears the communicator down at once (unblocks collectives in flight, on this rank). Idempotent. */
   void abort();
 

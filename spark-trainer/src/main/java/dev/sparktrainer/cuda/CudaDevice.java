@@ -52,6 +52,8 @@ public final class CudaDevice implements Device {
   private static final int ROW_WARPS = 8; // must match ROW_WARPS in native/kernels/loss.cuh
   private static final int MAX_PARTIALS = 1024;
   private static final long STAGING_BYTES = 8L << 20;
+  private static final int COLSUM_ROWS = 128; // must match COLSUM_ROWS in native/kernels/linear.cuh
+  private static final int PREFETCH_SLOTS = 4;
 
   /** Which GEMM implementation {@link #matmul} uses. */
   public enum MatmulBackend {
@@ -105,6 +107,23 @@ public final class CudaDevice implements Device {
   private CudaBuffer scratch; // MAX_PARTIALS doubles + result double + int flag
   private PinnedBuffer hostScratch;
   private volatile boolean closed;
+  // Note [bf16 mirror of the parameters] (native/kernels/optim.cuh): the model's flat bf16 copy of its flat
+  // fp32 parameters. The fused optimizer steps write both; every other op that writes memory overlapping the
+  // parameters (uploads, copies, collectives through noteWritten) marks the mirror stale, and refreshMirror
+  // copies only when it is stale.
+  private CudaTensor mirrorSrc;
+  private CudaTensor mirrorDst;
+  private boolean mirrorFresh;
+  private final java.util.Set<String> epilogueUnsupported = new java.util.HashSet<>();
+  private CudaBuffer colsumPartials;
+  // prefetch(): a ring of pinned buffers of its own (so it never waits for the synchronous transfers), the
+  // event the copy stream waits for (compute work queued so far), and the event compute waits for.
+  private final PinnedBuffer[] prefetchStaging = new PinnedBuffer[PREFETCH_SLOTS];
+  private final CudaEvent[] prefetchFree = new CudaEvent[PREFETCH_SLOTS];
+  private int prefetchNext;
+  private CudaEvent prefetchOrder;
+  private CudaEvent prefetchDone;
+  private boolean prefetchPending;
 
   /** Opens device {@code ordinal} with {@link Options#defaults()}. */
   public CudaDevice(int ordinal) {
@@ -137,7 +156,7 @@ public final class CudaDevice implements Device {
           "cuDeviceGetAttribute(MULTIPROCESSOR_COUNT)");
       compute = own(new CudaStream(this, "compute"));
       copy = own(new CudaStream(this, "copy"));
-      comm = own(new CudaStream(this, "comm"));
+      comm = own(new CudaStream(this, "comm", true));
       kernels = own(new Kernels(NativeLoader.kernelImage(Cuda.driverVersion() / 1000)));
       staging = new PinnedBuffer[] {own(new PinnedBuffer(this, STAGING_BYTES)),
           own(new PinnedBuffer(this, STAGING_BYTES))};
@@ -441,6 +460,7 @@ public final class CudaDevice implements Device {
   private void uploadOn(float[] src, int srcOffset, Tensor dst, CudaStream stream) {
     enter();
     CudaTensor d = fl(dst);
+    noteWritten(d);
     int n = d.size();
     if (srcOffset < 0 || srcOffset + (long) n > src.length) {
       throw new IndexOutOfBoundsException("upload of " + n + " floats from offset " + srcOffset + " of an array of "
@@ -466,6 +486,7 @@ public final class CudaDevice implements Device {
   public void upload(int[] src, int srcOffset, Tensor dst) {
     enter();
     CudaTensor d = in(dst);
+    noteWritten(d);
     int n = d.size();
     if (srcOffset < 0 || srcOffset + (long) n > src.length) {
       throw new IndexOutOfBoundsException("upload of " + n + " ints from offset " + srcOffset + " of an array of "
@@ -479,6 +500,7 @@ public final class CudaDevice implements Device {
   public void upload(ByteBuffer src, Tensor dst) {
     enter();
     CudaTensor d = t(dst);
+    noteWritten(d);
     long bytes = d.bytes();
     if (src.remaining() < bytes) {
       throw new IllegalArgumentException("upload: the buffer has " + src.remaining() + " bytes left, " + dst
@@ -547,12 +569,145 @@ public final class CudaDevice implements Device {
     });
   }
 
+  // ---------------------------------------------------------------- prefetch (copy stream)
+
+  @Override
+  public void prefetch(float[] src, int srcOffset, Tensor dst) {
+    enter();
+    CudaTensor d = fl(dst);
+    int n = d.size();
+    if (srcOffset < 0 || srcOffset + (long) n > src.length) {
+      throw new IndexOutOfBoundsException("prefetch of " + n + " floats from offset " + srcOffset + " of an array of "
+          + src.length);
+    }
+    boolean bf = d.dtype() == DType.BFLOAT16;
+    prefetchBytes(d, (long) n * d.dtype().bytes(), buf -> {
+      if (bf) {
+        for (int i = 0; i < n; i++) {
+          buf.putShort(i * 2, bf16Bits(src[srcOffset + i]));
+        }
+      } else {
+        buf.asFloatBuffer().put(src, srcOffset, n);
+      }
+    });
+  }
+
+  @Override
+  public void prefetch(int[] src, int srcOffset, Tensor dst) {
+    enter();
+    CudaTensor d = in(dst);
+    int n = d.size();
+    if (srcOffset < 0 || srcOffset + (long) n > src.length) {
+      throw new IndexOutOfBoundsException("prefetch of " + n + " ints from offset " + srcOffset + " of an array of "
+          + src.length);
+    }
+    prefetchBytes(d, 4L * n, buf -> buf.asIntBuffer().put(src, srcOffset, n));
+  }
+
+  /**
+   * Fills the next pinned slot on the host and queues its copy on the copy stream, after the compute work
+   * queued so far (it may still read dst). The slot is reused PREFETCH_SLOTS prefetches later, once its
+   * copy is done, so the host stays a few batches ahead without waiting for the GPU.
+   */
+  private void prefetchBytes(CudaTensor d, long bytes, java.util.function.Consumer<ByteBuffer> fill) {
+    noteWritten(d);
+    if (bytes == 0) {
+      return;
+    }
+    if (prefetchOrder == null) {
+      prefetchOrder = newEvent();
+      prefetchDone = newEvent();
+      for (int k = 0; k < PREFETCH_SLOTS; k++) {
+        prefetchFree[k] = newEvent();
+      }
+    }
+    int k = prefetchNext;
+    prefetchNext = (k + 1) % PREFETCH_SLOTS;
+    if (prefetchStaging[k] != null) {
+      prefetchFree[k].synchronize(); // its last copy is done (queued PREFETCH_SLOTS prefetches ago)
+    }
+    if (prefetchStaging[k] == null || prefetchStaging[k].bytes() < bytes) {
+      if (prefetchStaging[k] != null) {
+        owned.remove(prefetchStaging[k]);
+        prefetchStaging[k].close();
+      }
+      prefetchStaging[k] = own(new PinnedBuffer(this, bytes));
+    }
+    ByteBuffer buf = prefetchStaging[k].buffer();
+    buf.clear();
+    fill.accept(buf);
+    prefetchOrder.record(compute);
+    copy.waitFor(prefetchOrder);
+    Cuda.check(cuMemcpyHtoDAsync(Cuda.ptr(d.address()), prefetchStaging[k].pointer(), bytes, copy.cu()),
+        "cuMemcpyHtoDAsync(prefetch, " + bytes + " bytes)");
+    prefetchFree[k].record(copy);
+    prefetchPending = true;
+  }
+
+  @Override
+  public void awaitPrefetch() {
+    enter();
+    if (prefetchPending) {
+      prefetchDone.record(copy);
+      compute.waitFor(prefetchDone);
+      prefetchPending = false;
+    }
+  }
+
+  // ---------------------------------------------------------------- the parameters' bf16 mirror
+
+  @Override
+  public boolean prefersFusedLinear() {
+    return true;
+  }
+
+  @Override
+  public void registerMirror(Tensor src, Tensor mirror) {
+    enter();
+    CudaTensor s = f32(fl(src), "registerMirror (source)");
+    CudaTensor m = fl(mirror);
+    if (m.dtype() != DType.BFLOAT16 || m.numel() != s.numel()) {
+      throw new IllegalArgumentException("registerMirror: the mirror must be BFLOAT16 with " + s.numel()
+          + " elements, got " + mirror);
+    }
+    mirrorSrc = s;
+    mirrorDst = m;
+    mirrorFresh = false;
+  }
+
+  @Override
+  public void refreshMirror(Tensor src, Tensor mirror) {
+    enter();
+    if (mirrorFresh && isMirrorSource(t(src)) && t(mirror).address() == mirrorDst.address()
+        && mirror.numel() == mirrorDst.numel()) {
+      return;
+    }
+    copy(src, mirror);
+    if (isMirrorSource(t(src)) && t(mirror).address() == mirrorDst.address() && mirror.numel() == mirrorDst.numel()) {
+      mirrorFresh = true;
+    }
+  }
+
+  private boolean isMirrorSource(CudaTensor p) {
+    return mirrorSrc != null && p.address() == mirrorSrc.address() && p.numel() == mirrorSrc.numel()
+        && p.dtype() == DType.FLOAT32;
+  }
+
+  /** Every op that writes device memory reports the tensor here (marks the parameters' mirror stale). */
+  void noteWritten(CudaTensor x) {
+    if (mirrorFresh && x.address() < mirrorSrc.address() + mirrorSrc.bytes()
+        && mirrorSrc.address() < x.address() + x.bytes()) {
+      mirrorFresh = false;
+    }
+  }
+
   // ---------------------------------------------------------------- elementwise and BLAS-1
 
   @Override
   public void fill(Tensor x, float value) {
     enter();
     CudaTensor c = t(x);
+    noteWritten(c);
     long n = c.numel();
     if (n == 0) {
       return;
@@ -572,6 +727,7 @@ public final class CudaDevice implements Device {
     sameSize(src, dst, "copy");
     CudaTensor s = t(src);
     CudaTensor d = t(dst);
+    noteWritten(d);
     long n = s.numel();
     if (n == 0) {
       return;
@@ -593,6 +749,7 @@ public final class CudaDevice implements Device {
     sameSize(x, y, "axpy");
     CudaTensor a = fl(x);
     CudaTensor b = fl(y);
+    noteWritten(b);
     long n = a.numel();
     if (n > 0) {
       kernels.launch("st_axpy").f(alpha).l(a.address()).i(code(a)).l(b.address()).i(code(b)).l(n)
@@ -604,6 +761,7 @@ public final class CudaDevice implements Device {
   public void scale(Tensor x, float alpha) {
     enter();
     CudaTensor a = fl(x);
+    noteWritten(a);
     long n = a.numel();
     if (n > 0) {
       kernels.launch("st_scale").l(a.address()).i(code(a)).l(n).f(alpha).run(grid(n), BLOCK, compute);
@@ -617,6 +775,7 @@ public final class CudaDevice implements Device {
   public boolean scaleAndCheckFinite(Tensor x, float alpha) {
     enter();
     CudaTensor a = fl(x);
+    noteWritten(a);
     long n = a.numel();
     long flag = scratch.address() + (MAX_PARTIALS + 1) * 8L;
     Cuda.check(cuMemsetD8Async(Cuda.ptr(flag), (byte) 0, 4, compute.cu()), "cuMemsetD8Async");
@@ -662,6 +821,7 @@ public final class CudaDevice implements Device {
   public void sumInto(Tensor x, Tensor accum) {
     enter();
     CudaTensor acc = f32(fl(accum), "sumInto (accumulator)");
+    noteWritten(acc);
     reduce(t(x), false, acc.address());
   }
 
@@ -684,6 +844,7 @@ public final class CudaDevice implements Device {
     CudaTensor ca = fl(a);
     CudaTensor cb = fl(b);
     CudaTensor cc = fl(c);
+    noteWritten(cc);
     if (m == 0 || n == 0) {
       return;
     }
@@ -711,6 +872,7 @@ public final class CudaDevice implements Device {
     CudaTensor ca = fl(a);
     CudaTensor cb = fl(b);
     CudaTensor cc = fl(c);
+    noteWritten(cc);
     long m = cc.dim(0);
     long n = cc.dim(1);
     long k = transA ? a.dim(0) : a.dim(1);
@@ -727,21 +889,25 @@ public final class CudaDevice implements Device {
   }
 
   /**
-   * y = x W^T + bias, optionally followed by ReLU, in one cuBLASLt call with a bias(/relu) epilogue:
-   * x (N, in), w (out, in), bias FLOAT32 (out) or null, y (N, out). Falls back to matmul + addBias (+ relu)
-   * when cuBLASLt is not in use.
+   * y = act(x W^T + bias), act = ReLU or identity, in one cuBLASLt call with a bias/ReLU epilogue: x (N, in),
+   * w (out, in), bias (out) or null, y (N, out), fp32 or bf16 (x and w of one dtype). The epilogue needs the
+   * bias in y's dtype (fp32 for fp32 y, bf16 for bf16 y, as PyTorch's autocast linear); otherwise, or when
+   * cuBLASLt has no algorithm with that epilogue for the shape (remembered per shape), the GEMM runs without
+   * it and one fused bias + ReLU kernel follows. Without cuBLASLt: matmul + addBias (+ relu).
    */
+  @Override
   public void linearForward(Tensor x, Tensor w, Tensor bias, boolean relu, Tensor y) {
     enter();
     CudaTensor cx = fl(x);
     CudaTensor cw = fl(w);
     CudaTensor cy = fl(y);
+    noteWritten(cy);
     if (x.rank() != 2 || w.rank() != 2 || y.rank() != 2 || x.dim(1) != w.dim(1) || y.dim(0) != x.dim(0)
         || y.dim(1) != w.dim(0)) {
       throw new IllegalArgumentException("linearForward shapes do not agree: x=" + x + ", w=" + w + ", y=" + y);
     }
-    if (bias != null && (bias.numel() != w.dim(0) || bias.dtype() != DType.FLOAT32)) {
-      throw new IllegalArgumentException("linearForward: bias must be FLOAT32 (" + w.dim(0) + "), got " + bias);
+    if (bias != null && (bias.numel() != w.dim(0) || bias.dtype() == DType.INT32)) {
+      throw new IllegalArgumentException("linearForward: bias must be a float vector of " + w.dim(0) + ", got " + bias);
     }
     BlasLt lt = cx.dtype() == cw.dtype() ? blasLt() : null;
     if (lt == null || x.dim(0) == 0 || x.dim(1) == 0) {
@@ -755,15 +921,93 @@ public final class CudaDevice implements Device {
       return;
     }
     int epilogue = (relu ? 2 : 0) + (bias != null ? 1 : 0);
+    String key = x.dim(0) + "x" + w.dim(0) + "x" + x.dim(1) + ":" + cx.dtype() + cy.dtype() + epilogue;
+    boolean useEpilogue = epilogue != 0 && (bias == null || bias.dtype() == cy.dtype())
+        && !epilogueUnsupported.contains(key);
+    if (useEpilogue) {
+      int st = lt.tryMatmulRowMajor(false, true, x.dim(0), w.dim(0), x.dim(1), 1f, cx.address(), x.dim(1), code(cx),
+          cw.address(), w.dim(1), code(cw), 0f, cy.address(), w.dim(0), code(cy), options.tf32(), epilogue,
+          bias == null ? 0 : t(bias).address(), compute);
+      if (st == 0) {
+        return;
+      }
+      LOG.log(System.Logger.Level.INFO, "{0}: cuBLASLt epilogue {1} not available for {2} ({3}); using a kernel",
+          name, epilogue, key, Native.errorString(st));
+      epilogueUnsupported.add(key);
+    }
     lt.matmulRowMajor(false, true, x.dim(0), w.dim(0), x.dim(1), 1f, cx.address(), x.dim(1), code(cx),
-        cw.address(), w.dim(1), code(cw), 0f, cy.address(), w.dim(0), code(cy), options.tf32(), epilogue,
-        bias == null ? 0 : t(bias).address(), compute);
+        cw.address(), w.dim(1), code(cw), 0f, cy.address(), w.dim(0), code(cy), options.tf32(), 0, 0, compute);
+    if (epilogue != 0) {
+      long n = (long) x.dim(0) * w.dim(0);
+      CudaTensor cb = bias == null ? null : fl(bias);
+      kernels.launch("st_bias_act").l(cy.address()).i(code(cy)).l(cb == null ? 0 : cb.address())
+          .i(cb == null ? 0 : code(cb)).l(x.dim(0)).l(w.dim(0)).i(relu ? 1 : 0).run(grid(n), BLOCK, compute);
+    }
+  }
+
+  /**
+   * dz = h == null ? dh : dh * (h > 0), and dbias = (accumulate ? dbias : 0) + column sums of dz, in one pass
+   * over (N, C) plus a small second pass over C (Note [deterministic column sums] in native/kernels/linear.cuh:
+   * no atomics, same bits on every run and rank). The sums are taken before rounding to dz's dtype.
+   */
+  @Override
+  public void linearActBackward(Tensor dh, Tensor h, Tensor dz, Tensor dbias, boolean accumulate) {
+    enter();
+    CudaTensor g = fl(dh);
+    CudaTensor o = fl(dz);
+    CudaTensor m = h == null ? null : fl(h);
+    CudaTensor db = dbias == null ? null : fl(dbias);
+    sameSize(dh, dz, "linearActBackward");
+    if (m != null) {
+      sameSize(dh, h, "linearActBackward");
+    }
+    if (dh.rank() != 2 || (db != null && db.numel() != dh.dim(1))) {
+      throw new IllegalArgumentException("linearActBackward: dh must be (N, C) and dbias (C); got " + dh + ", " + dbias);
+    }
+    noteWritten(o);
+    long rows = dh.dim(0);
+    long cols = dh.dim(1);
+    if (cols == 0) {
+      return;
+    }
+    if (db != null) {
+      noteWritten(db);
+    }
+    int chunks = (int) Math.max(1, (rows + COLSUM_ROWS - 1) / COLSUM_ROWS);
+    long partials = 0;
+    if (db != null) {
+      long need = 4L * chunks * cols;
+      if (colsumPartials == null || colsumPartials.bytes() < need) {
+        if (colsumPartials != null) {
+          compute.synchronize(); // the old scratch may still be read by queued work
+          colsumPartials.close();
+        }
+        colsumPartials = arena.allocate(Math.max(need, 1L << 20), "column-sum partials");
+      }
+      partials = colsumPartials.address();
+    }
+    if (rows > 0) {
+      kernels.launch("st_act_bwd_colsum").l(g.address()).i(code(g)).l(m == null ? 0 : m.address())
+          .i(m == null ? 0 : code(m)).l(o.address()).i(code(o)).l(rows).l(cols).l(partials)
+          .run2d((int) ((cols + 31) / 32), chunks, 32, 8, compute);
+    }
+    if (db != null) {
+      if (rows == 0) {
+        if (!accumulate) {
+          fill(db, 0f);
+        }
+        return;
+      }
+      kernels.launch("st_colsum_final").l(partials).l(chunks).l(cols).l(db.address()).i(code(db))
+          .i(accumulate ? 1 : 0).run(grid(cols), BLOCK, compute);
+    }
   }
 
   @Override
   public void addBias(Tensor y, Tensor bias) {
     enter();
     CudaTensor cy = fl(y);
+    noteWritten(cy);
     CudaTensor cb = fl(bias);
     int cols = bias.size();
     if (y.rank() < 2 || Shape.rowSize(y.shape()) != cols) {
@@ -781,6 +1025,7 @@ public final class CudaDevice implements Device {
     enter();
     CudaTensor cdy = fl(dy);
     CudaTensor cdb = fl(dbias);
+    noteWritten(cdb);
     int cols = dbias.size();
     if (dy.rank() < 2 || Shape.rowSize(dy.shape()) != cols) {
       throw new IllegalArgumentException("biasGrad: " + dy + " rows do not match " + dbias);
@@ -799,6 +1044,7 @@ public final class CudaDevice implements Device {
     sameSize(x, y, kernel);
     CudaTensor a = fl(x);
     CudaTensor b = fl(y);
+    noteWritten(b);
     long n = a.numel();
     if (n > 0) {
       kernels.launch(kernel).l(a.address()).i(code(a)).l(b.address()).i(code(b)).l(n).run(grid(n), BLOCK, compute);
@@ -812,6 +1058,7 @@ public final class CudaDevice implements Device {
     CudaTensor a = fl(x);
     CudaTensor g = fl(dy);
     CudaTensor o = fl(dx);
+    noteWritten(o);
     long n = a.numel();
     if (n > 0) {
       kernels.launch(kernel).l(a.address()).i(code(a)).l(g.address()).i(code(g)).l(o.address()).i(code(o)).l(n)
@@ -845,6 +1092,7 @@ public final class CudaDevice implements Device {
     sameSize(x, y, "dropout");
     CudaTensor a = fl(x);
     CudaTensor b = fl(y);
+    noteWritten(b);
     long n = a.numel();
     float s = 1f / (1f - p); // computed here in float, as CpuDevice does
     if (n > 0) {
@@ -875,6 +1123,7 @@ public final class CudaDevice implements Device {
     CudaTensor z = fl(logits);
     CudaTensor y = in(labels);
     CudaTensor l = fl(losses);
+    noteWritten(l);
     sameSize(labels, losses, "softmaxCrossEntropy (losses)");
     CudaTensor dz = dlogits == null ? null : fl(dlogits);
     if (dz != null) {
@@ -896,6 +1145,7 @@ public final class CudaDevice implements Device {
     CudaTensor p = fl(pred);
     CudaTensor tt = fl(target);
     CudaTensor l = fl(losses);
+    noteWritten(l);
     CudaTensor dp = dpred == null ? null : fl(dpred);
     long rows = pred.dim(0);
     long cols = Shape.rowSize(pred.shape());
@@ -919,6 +1169,7 @@ public final class CudaDevice implements Device {
     CudaTensor z = fl(logits);
     CudaTensor y = in(labels);
     CudaTensor c = f32(fl(correct), "countCorrect (counter)");
+    noteWritten(c);
     long rows = logits.dim(0);
     if (rows > 0 && logits.dim(1) > 0) {
       kernels.launch("st_count_correct").l(z.address()).i(code(z)).l(y.address()).l(c.address()).l(rows)
@@ -932,6 +1183,7 @@ public final class CudaDevice implements Device {
     checkLogits(logits, out, "argmax");
     CudaTensor z = fl(logits);
     CudaTensor o = in(out);
+    noteWritten(o);
     long rows = logits.dim(0);
     if (rows > 0 && logits.dim(1) > 0) {
       kernels.launch("st_argmax").l(z.address()).i(code(z)).l(o.address()).l(rows).l(logits.dim(1))
@@ -945,6 +1197,7 @@ public final class CudaDevice implements Device {
     sameSize(logits, probs, "softmax");
     CudaTensor z = fl(logits);
     CudaTensor p = fl(probs);
+    noteWritten(p);
     long rows = logits.dim(0);
     long cols = Shape.rowSize(logits.shape());
     if (rows > 0) {
@@ -968,9 +1221,24 @@ public final class CudaDevice implements Device {
       sameSize(params, momentumBuf, "sgdStep");
     }
     long n = p.numel();
+    boolean mirrored = isMirrorSource(p);
+    noteWritten(p);
     if (n > 0) {
-      kernels.launch("st_sgd").l(p.address()).l(g.address()).i(code(g)).l(b == null ? 0 : b.address()).l(n).f(lr)
-          .f(momentum).i(nesterov ? 1 : 0).f(weightDecay).i(firstStep ? 1 : 0).run(grid(n), BLOCK, compute);
+      boolean vec = mirrored && g.dtype() == DType.FLOAT32 && n % 4 == 0 && p.address() % 16 == 0
+          && g.address() % 16 == 0 && (b == null || b.address() % 16 == 0) && mirrorDst.address() % 8 == 0;
+      Kernels.Launch k = kernels.launch(vec ? "st_sgd_m4" : mirrored ? "st_sgd_m" : "st_sgd").l(p.address()).l(g.address()).i(code(g))
+          .l(b == null ? 0 : b.address()).l(n).f(lr).f(momentum).i(nesterov ? 1 : 0).f(weightDecay)
+          .i(firstStep ? 1 : 0);
+      if (mirrored) {
+        k.l(mirrorDst.address());
+      }
+      k.run(grid(vec ? n / 4 : n), BLOCK, compute);
+    }
+    if (mirrored) {
+      mirrorFresh = true; // Note [bf16 mirror of the parameters]: written in the same pass
+    }
+    if (b != null) {
+      noteWritten(b);
     }
   }
 
@@ -989,9 +1257,20 @@ public final class CudaDevice implements Device {
     float bc1 = 1f - (float) Math.pow(beta1, step);
     float bc2 = 1f - (float) Math.pow(beta2, step);
     long n = p.numel();
+    boolean mirrored = isMirrorSource(p);
+    noteWritten(p);
+    noteWritten(cm);
+    noteWritten(cv);
     if (n > 0) {
-      kernels.launch("st_adamw").l(p.address()).l(g.address()).i(code(g)).l(cm.address()).l(cv.address()).l(n)
-          .f(lr).f(beta1).f(beta2).f(eps).f(weightDecay).f(bc1).f(bc2).run(grid(n), BLOCK, compute);
+      Kernels.Launch k = kernels.launch(mirrored ? "st_adamw_m" : "st_adamw").l(p.address()).l(g.address()).i(code(g))
+          .l(cm.address()).l(cv.address()).l(n).f(lr).f(beta1).f(beta2).f(eps).f(weightDecay).f(bc1).f(bc2);
+      if (mirrored) {
+        k.l(mirrorDst.address());
+      }
+      k.run(grid(n), BLOCK, compute);
+    }
+    if (mirrored) {
+      mirrorFresh = true;
     }
   }
 

@@ -1,6 +1,8 @@
 package dev.sparktrainer.cuda;
 
+import static jcuda.driver.JCudaDriver.cuCtxGetStreamPriorityRange;
 import static jcuda.driver.JCudaDriver.cuStreamCreate;
+import static jcuda.driver.JCudaDriver.cuStreamCreateWithPriority;
 import static jcuda.driver.JCudaDriver.cuStreamDestroy;
 import static jcuda.driver.JCudaDriver.cuStreamSynchronize;
 import static jcuda.driver.JCudaDriver.cuStreamWaitEvent;
@@ -19,9 +21,26 @@ public final class CudaStream implements AutoCloseable {
   private boolean closed;
 
   CudaStream(CudaDevice device, String name) {
+    this(device, name, false);
+  }
+
+  /**
+   * A stream of the device's highest priority when {@code high}: its kernels get SMs ahead of the compute
+   * stream's waiting blocks, so collectives overlapping backward make progress between GEMM tiles instead
+   * of queueing behind them (the comm stream).
+   */
+  CudaStream(CudaDevice device, String name, boolean high) {
     this.device = device;
     this.name = name;
-    Cuda.check(cuStreamCreate(stream, CUstream_flags.CU_STREAM_NON_BLOCKING), "cuStreamCreate(" + name + ")");
+    if (high) {
+      int[] least = new int[1];
+      int[] greatest = new int[1];
+      Cuda.check(cuCtxGetStreamPriorityRange(least, greatest), "cuCtxGetStreamPriorityRange");
+      Cuda.check(cuStreamCreateWithPriority(stream, CUstream_flags.CU_STREAM_NON_BLOCKING, greatest[0]),
+          "cuStreamCreateWithPriority(" + name + ")");
+    } else {
+      Cuda.check(cuStreamCreate(stream, CUstream_flags.CU_STREAM_NON_BLOCKING), "cuStreamCreate(" + name + ")");
+    }
   }
 
   CUstream cu() {

@@ -24,7 +24,8 @@ final class Kernels implements AutoCloseable {
   static final List<String> NAMES = List.of("st_fill", "st_fill_i32", "st_copy", "st_axpy", "st_scale",
       "st_scale_check", "st_relu", "st_relu_bwd", "st_gelu", "st_gelu_bwd", "st_dropout", "st_add_bias",
       "st_bias_grad", "st_sum_partial", "st_sum_final", "st_softmax_xent", "st_softmax", "st_mse", "st_argmax",
-      "st_count_correct", "st_sgd", "st_adamw", "st_gemm_ref");
+      "st_count_correct", "st_sgd", "st_adamw", "st_gemm_ref", "st_bias_act", "st_act_bwd_colsum",
+      "st_colsum_final", "st_sgd_m", "st_sgd_m4", "st_adamw_m");
 
   private final CUmodule module = new CUmodule();
   private final Map<String, CUfunction> functions = new HashMap<>();
@@ -111,9 +112,17 @@ final class Kernels implements AutoCloseable {
 
     /** Launches a 1-D grid on {@code stream}. */
     void run(int grid, int block, CudaStream stream) {
+      run2d(grid, 1, block, 1, stream);
+    }
+
+    /** Launches a 2-D grid of 2-D blocks on {@code stream}. */
+    void run2d(int gridX, int gridY, int blockX, int blockY, CudaStream stream) {
       NativePointerObject[] a = java.util.Arrays.copyOf(args, n);
-      int r = cuLaunchKernel(fn, Math.max(1, grid), 1, 1, block, 1, 1, 0, stream.cu(), Pointer.to(a), null);
-      Cuda.check(r, "launch of " + name + " (grid " + grid + ", block " + block + ")");
+      int r = cuLaunchKernel(fn, Math.max(1, gridX), Math.max(1, gridY), 1, blockX, blockY, 1, 0, stream.cu(),
+          Pointer.to(a), null);
+      if (r != 0) {
+        Cuda.check(r, "launch of " + name + " (grid " + gridX + "x" + gridY + ", block " + blockX + "x" + blockY + ")");
+      }
     }
   }
 }

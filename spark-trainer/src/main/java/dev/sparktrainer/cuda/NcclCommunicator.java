@@ -43,6 +43,8 @@ public final class NcclCommunicator implements Communicator {
   private long comm; // ncclComm_t; 0 once aborted or destroyed
   private volatile boolean abortRequested;
   private volatile String failure; // why the communicator is no longer usable
+  private int asyncPending; // async collectives started since the last awaitAsync
+  private boolean asyncJoined;
 
   private NcclCommunicator(int rank, int worldSize, CudaDevice device, Duration timeout) {
     this.rank = rank;
@@ -135,6 +137,7 @@ public final class NcclCommunicator implements Communicator {
   @Override
   public void allReduceSum(Tensor buf) {
     CudaTensor b = tensor(buf, "allReduceSum");
+    device.noteWritten(b);
     collective("allReduceSum of " + buf, () -> Native.ncclAllReduce(b.address(), b.address(), b.numel(),
         b.dtype().ordinal(), Native.OP_SUM, comm, device.commStream().handle()));
   }
@@ -142,6 +145,7 @@ public final class NcclCommunicator implements Communicator {
   /** In place: buf = mean over ranks of buf (ncclAvg). */
   public void allReduceMean(Tensor buf) {
     CudaTensor b = tensor(buf, "allReduceMean");
+    device.noteWritten(b);
     collective("allReduceMean of " + buf, () -> Native.ncclAllReduce(b.address(), b.address(), b.numel(),
         b.dtype().ordinal(), Native.OP_AVG, comm, device.commStream().handle()));
   }
@@ -152,6 +156,7 @@ public final class NcclCommunicator implements Communicator {
       throw new IllegalArgumentException("broadcast root " + root + " does not exist in a world of " + worldSize);
     }
     CudaTensor b = tensor(buf, "broadcast");
+    device.noteWritten(b);
     collective("broadcast of " + buf + " from rank " + root, () -> Native.ncclBroadcast(b.address(), b.address(),
         b.numel(), b.dtype().ordinal(), root, comm, device.commStream().handle()));
   }
@@ -164,6 +169,7 @@ public final class NcclCommunicator implements Communicator {
       throw new IllegalArgumentException("reduceScatterSum: send must have worldSize * recv elements of recv's"
           + " dtype, got " + send + " and " + recv);
     }
+    device.noteWritten(r);
     collective("reduceScatterSum of " + send, () -> Native.ncclReduceScatter(s.address(), r.address(), r.numel(),
         r.dtype().ordinal(), Native.OP_SUM, comm, device.commStream().handle()));
   }
@@ -176,6 +182,7 @@ public final class NcclCommunicator implements Communicator {
       throw new IllegalArgumentException("allGather: recv must have worldSize * send elements of send's dtype,"
           + " got " + send + " and " + recv);
     }
+    device.noteWritten(r);
     collective("allGather of " + send, () -> Native.ncclAllGather(s.address(), r.address(), s.numel(),
         s.dtype().ordinal(), comm, device.commStream().handle()));
   }
@@ -190,6 +197,7 @@ public final class NcclCommunicator implements Communicator {
       if (b.dtype() == DType.INT32) {
         throw new IllegalArgumentException("allReduceSumGrouped: int32 buffers are not gradients: " + t);
       }
+      device.noteWritten(b);
     }
     collective("grouped allReduceSum of " + bufs.size() + " buffers", () -> {
       int st = Native.ncclGroupStart();
@@ -209,6 +217,66 @@ public final class NcclCommunicator implements Communicator {
       int end = Native.ncclGroupEnd();
       return err != 0 ? err : end;
     });
+  }
+
+  // ---- Note [async gradient buckets]: allReduceSumAsync queues the all-reduce on the comm stream after the
+  // compute work queued so far (an event joins them) and returns once NCCL has taken the call (non-blocking
+  // mode: polled, under the timeout); joinAsync makes later compute work wait for the comm stream; awaitAsync
+  // waits on the host for the comm stream under the watchdog, like a blocking collective, so a dead peer
+  // still fails the step within the timeout. The trainer calls awaitAsync after queueing the optimizer, so
+  // the GPU goes from the last bucket to the optimizer without waiting for the host.
+
+  @Override
+  public boolean supportsAsync() {
+    return true;
+  }
+
+  @Override
+  public void allReduceSumAsync(Tensor buf) {
+    CudaTensor b = tensor(buf, "allReduceSumAsync");
+    String what = "allReduceSumAsync";
+    long deadline = System.nanoTime() + timeoutNanos;
+    device.makeCurrent();
+    device.noteWritten(b);
+    synchronized (lock) {
+      ensureUsable(what);
+      computeDone.record(device.computeStream());
+      device.commStream().waitFor(computeDone);
+      int st = Native.ncclAllReduce(b.address(), b.address(), b.numel(), b.dtype().ordinal(), Native.OP_SUM, comm,
+          device.commStream().handle());
+      if (st != 0 && !Native.ncclInProgress(st)) {
+        throw fail(what + " of " + buf, "NCCL call failed: " + Native.errorString(st) + lastError());
+      }
+      asyncPending++;
+      asyncJoined = false;
+    }
+    afterCall(0, what, deadline);
+  }
+
+  @Override
+  public void joinAsync() {
+    if (asyncPending == 0 || asyncJoined) {
+      return;
+    }
+    device.makeCurrent();
+    synchronized (lock) {
+      ensureUsable("joinAsync");
+      commDone.record(device.commStream());
+      device.computeStream().waitFor(commDone);
+      asyncJoined = true;
+    }
+  }
+
+  @Override
+  public void awaitAsync() {
+    if (asyncPending == 0) {
+      return;
+    }
+    joinAsync();
+    String what = "async all-reduce of " + asyncPending + " gradient bucket(s)";
+    waitFor(commDone, what, System.nanoTime() + timeoutNanos);
+    asyncPending = 0;
+    asyncJoined = false;
   }
 
   @FunctionalInterface
@@ -303,12 +371,16 @@ public final class NcclCommunicator implements Communicator {
     }
   }
 
-  /** Spin briefly, then sleep in growing steps up to 1 ms (a collective usually takes micro- to milliseconds). */
+  /**
+   * Spin (about the first 100 microseconds), then sleep in growing steps of at most 50 microseconds: a
+   * collective usually takes micro- to milliseconds, and the trainer's step waits for it, so waking up late
+   * costs GPU time (one rank thread per GPU, so spinning costs one core).
+   */
   private static void pause(long spins) {
-    if (spins < 100) {
+    if (spins < 200) {
       Thread.onSpinWait();
     } else {
-      LockSupport.parkNanos(Math.min(1_000_000L, 10_000L * (spins - 99)));
+      LockSupport.parkNanos(Math.min(50_000L, 2_000L * (spins - 199)));
     }
   }
 

@@ -143,10 +143,160 @@ public interface Device extends AutoCloseable {
   void adamwStep(Tensor params, Tensor grads, Tensor m, Tensor v, float lr, float beta1, float beta2,
       float eps, float weightDecay, long step);
 
+  // ---- fused and asynchronous ops (performance). The defaults compose the ops above, so a backend that
+  // ---- does not override them (the CPU engine) computes exactly what the composed calls compute.
+
+  /**
+   * Whether layers should take the fused mixed-precision path on this device (bf16 activations, {@link
+   * #linearForward} with epilogues, {@link #linearActBackward}, a bf16 mirror of the parameters). False by
+   * default: the CPU engine keeps the composed op-by-op path and its results.
+   */
+  default boolean prefersFusedLinear() {
+    return false;
+  }
+
+  /**
+   * y = act(x W^T + bias), act = ReLU when {@code relu}, else identity: x (N, in), w (out, in), bias (out) or
+   * null, y (N, out). On the GPU one cuBLASLt call with a bias/ReLU epilogue (the bias then has y's dtype).
+   */
+  default void linearForward(Tensor x, Tensor w, Tensor bias, boolean relu, Tensor y) {
+    matmul(x, false, w, true, y, 1f, 0f);
+    if (bias != null) {
+      addBias(y, bias);
+    }
+    if (relu) {
+      relu(y, y);
+    }
+  }
+
+  /**
+   * The backward of an activation and a bias in one pass: dz = dh * (h > 0) when h (the ReLU's output, or
+   * its input) is given, else dz = dh (a cast when the dtypes differ); when dbias is not null, dbias = (accumulate
+   * ? dbias : 0) + column sums of dz over the N rows. dz may be dh (in place). All (N, C) except dbias (C).
+   * The GPU sums before rounding to dz's dtype, in a fixed order (deterministic).
+   */
+  default void linearActBackward(Tensor dh, Tensor h, Tensor dz, Tensor dbias, boolean accumulate) {
+    if (h != null) {
+      reluBackward(h, dh, dz);
+    } else if (dh != dz) {
+      copy(dh, dz);
+    }
+    if (dbias != null) {
+      if (!accumulate) {
+        fill(dbias, 0f);
+      }
+      biasGrad(h != null ? dz : dh, dbias);
+    }
+  }
+
+  /**
+   * Declares that {@code mirror} (BFLOAT16, same element count) holds the low-precision copy of {@code src}
+   * (the flat parameter buffer). A device may then write the mirror in the same pass as the fused optimizer
+   * steps over src. Default: nothing.
+   */
+  default void registerMirror(Tensor src, Tensor mirror) {}
+
+  /**
+   * Makes {@code mirror} equal to src rounded to its dtype. A device that tracks writes may skip the copy
+   * when the mirror is known to be current. Default: copy.
+   */
+  default void refreshMirror(Tensor src, Tensor mirror) {
+    copy(src, mirror);
+  }
+
+  /**
+   * Like {@link #upload(float[], int, Tensor)}, but the copy may run on a copy stream: it is ordered after
+   * all work queued so far (which may still read dst) and before the work queued after the next {@link
+   * #awaitPrefetch()}. The host data is consumed before the call returns. Default: upload.
+   */
+  default void prefetch(float[] src, int srcOffset, Tensor dst) {
+    upload(src, srcOffset, dst);
+  }
+
+  /** {@link #prefetch(float[], int, Tensor)} for INT32 tensors. */
+  default void prefetch(int[] src, int srcOffset, Tensor dst) {
+    upload(src, srcOffset, dst);
+  }
+
+  /** Orders the work queued from now on after every {@link #prefetch} queued so far. Default: nothing. */
+  default void awaitPrefetch() {}
+
   /** Waits until all queued work is done. */
   void synchronize();
 
   /** Frees every allocation of this device. Idempotent. */
   @Override
   void close();
+
+  // ---- convolutional layers (issue 6): channels-first (N, C, H, W), FLOAT32 ----
+  // Defaults throw, so a backend without them still compiles; the CPU backend implements all of them.
+
+  /**
+   * y = cross-correlation of x with w (+ bias per output channel), as torch.nn.functional.conv2d:
+   * x (N, C, H, W), w (K, C / groups, kh, kw), bias (K) or null, y (N, K, OH, OW) (overwritten); the geometry
+   * is {@code desc} (see {@link Conv2dDesc}).
+   */
+  default void conv2dForward(Tensor x, Tensor w, Tensor bias, Tensor y, Conv2dDesc desc) {
+    throw new UnsupportedOperationException(name() + " does not implement conv2dForward yet");
+  }
+
+  /** dx (N, C, H, W) = dL/dx of {@link #conv2dForward} for dy (N, K, OH, OW) (overwritten, not accumulated). */
+  default void conv2dBackwardData(Tensor dy, Tensor w, Tensor dx, Conv2dDesc desc) {
+    throw new UnsupportedOperationException(name() + " does not implement conv2dBackwardData yet");
+  }
+
+  /** dw (K, C / groups, kh, kw) += dL/dw; when dbias (K) is not null, dbias += dy summed over (N, OH, OW). */
+  default void conv2dBackwardFilter(Tensor x, Tensor dy, Tensor dw, Tensor dbias, Conv2dDesc desc) {
+    throw new UnsupportedOperationException(name() + " does not implement conv2dBackwardFilter yet");
+  }
+
+  /** y (N, C, OH, OW) = maximum over each window of x (N, C, H, W); padding counts as -infinity. */
+  default void maxPool2dForward(Tensor x, Tensor y, Pool2dDesc desc) {
+    throw new UnsupportedOperationException(name() + " does not implement maxPool2dForward yet");
+  }
+
+  /**
+   * dx (overwritten) = dy routed to the maximum of each window (the first one in row-major order on ties,
+   * as PyTorch); overlapping windows add up. x and y are the forward's input and output.
+   */
+  default void maxPool2dBackward(Tensor x, Tensor y, Tensor dy, Tensor dx, Pool2dDesc desc) {
+    throw new UnsupportedOperationException(name() + " does not implement maxPool2dBackward yet");
+  }
+
+  /** y (N, C, OH, OW) = sum over each window of x / (kh * kw) (padding counts as zeros in the divisor). */
+  default void avgPool2dForward(Tensor x, Tensor y, Pool2dDesc desc) {
+    throw new UnsupportedOperationException(name() + " does not implement avgPool2dForward yet");
+  }
+
+  /** dx (overwritten) = dL/dx of {@link #avgPool2dForward}: each dy spread evenly over its window. */
+  default void avgPool2dBackward(Tensor dy, Tensor dx, Pool2dDesc desc) {
+    throw new UnsupportedOperationException(name() + " does not implement avgPool2dBackward yet");
+  }
+
+  /**
+   * Batch normalisation in training mode, as torch.nn.BatchNorm2d: per channel c of x (N, C, spatial...),
+   * over the N * spatial values, mean and biased variance var; y = gamma (x - mean) / sqrt(var + eps) + beta.
+   * saveMean (C) and saveInvStd (C) receive mean and 1 / sqrt(var + eps) for the backward. runningMean and
+   * runningVar (C) become (1 - momentum) running + momentum stat, with the unbiased variance (var * M / (M - 1),
+   * M = N * spatial), which is cuDNN's exponentialAverageFactor = momentum. Needs M > 1.
+   */
+  default void batchNormForwardTraining(Tensor x, Tensor gamma, Tensor beta, Tensor y, Tensor runningMean,
+      Tensor runningVar, float momentum, float eps, Tensor saveMean, Tensor saveInvStd) {
+    throw new UnsupportedOperationException(name() + " does not implement batchNormForwardTraining yet");
+  }
+
+  /** Batch normalisation in evaluation mode: y = gamma (x - runningMean) / sqrt(runningVar + eps) + beta. */
+  default void batchNormForwardInference(Tensor x, Tensor gamma, Tensor beta, Tensor runningMean,
+      Tensor runningVar, float eps, Tensor y) {
+    throw new UnsupportedOperationException(name() + " does not implement batchNormForwardInference yet");
+  }
+
+  /**
+   * Backward of {@link #batchNormForwardTraining} with its saved mean and inverse std: dx (overwritten),
+   * dgamma += sum(dy * xhat), dbeta += sum(dy) per channel, xhat = (x - mean) * invStd.
+   */
+  default void batchNormBackward(Tensor x, Tensor dy, Tensor gamma, Tensor saveMean, Tensor saveInvStd,
+      Tensor dx, Tensor dgamma, Tensor dbeta) {
+    throw new UnsupportedOperationException(name() + " does not implement batchNormBackward yet");
+  }
 }

@@ -19,6 +19,7 @@ public abstract class Layer {
   protected Device device;
   protected String name;
   private final Map<String, Tensor> buffers = new HashMap<>();
+  private Runnable gradientsReadyListener;
 
   /** Per-sample output shape for a per-sample input shape; throws with a clear message when invalid. */
   public abstract int[] outputShape(int[] inputShape);
@@ -52,13 +53,33 @@ public abstract class Layer {
 
   /** A reusable device buffer for this layer, keyed by purpose and batch shape (no allocation per step). */
   protected Tensor buffer(String key, int[] shape) {
-    String k = key + Shape.str(shape);
+    return buffer(key, dev.sparktrainer.engine.DType.FLOAT32, shape);
+  }
+
+  /** {@link #buffer(String, int[])} of a given dtype. */
+  protected Tensor buffer(String key, dev.sparktrainer.engine.DType dtype, int[] shape) {
+    String k = key + dtype + Shape.str(shape);
     Tensor t = buffers.get(k);
     if (t == null) {
-      t = device.allocate(dev.sparktrainer.engine.DType.FLOAT32, shape);
+      t = device.allocate(dtype, shape);
       buffers.put(k, t);
     }
     return t;
+  }
+
+  /**
+   * Sets who is told, during backward, the moment this layer's parameter gradients are final (the trainer
+   * starts all-reducing their bucket while backward goes on). Null: nobody.
+   */
+  public void onGradientsReady(Runnable listener) {
+    this.gradientsReadyListener = listener;
+  }
+
+  /** Layers with parameters call this in backward once their gradients are written (before computing dx). */
+  protected void gradientsReady() {
+    if (gradientsReadyListener != null) {
+      gradientsReadyListener.run();
+    }
   }
 
   /** What forward and backward need to know about the step. */

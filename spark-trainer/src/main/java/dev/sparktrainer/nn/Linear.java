@@ -27,6 +27,20 @@ public final class Linear extends Layer {
   private final Map<String, Tensor> lowp = new HashMap<>(); // bf16 copies by purpose and shape
   private Tensor xLow; // (N, in) bf16, saved by forward
   private Tensor wLow; // (out, in) bf16, refreshed by every forward
+  // Fused path (Note [fused linear path]): set by Model when the device prefers it and compute is bf16.
+  private boolean fused;
+  private boolean fuseRelu; // this layer also applies the ReLU that follows it in the spec
+  private boolean overwriteGrads; // backward writes dW/db instead of adding (the model skipped zeroGrad)
+  private Tensor wMirror; // (out, in) bf16 view of the model's parameter mirror
+  private Tensor bMirror; // (out) bf16 view of the model's parameter mirror, or null
+  private Tensor yOut; // (N, out) bf16, saved by forward (the ReLU mask)
+  private ScratchSource scratch; // shared bf16 buffers for dx, handed out by the model
+  private int ordinal; // position among the model's fused linear layers (picks the dx buffer)
+
+  /** Where a fused layer gets its dx buffer: shared between layers by the model (ping-pong). */
+  interface ScratchSource {
+    Tensor get(int slot, int[] shape);
+  }
 
   public Linear(int units, boolean bias) {
     if (units <= 0) {
@@ -64,6 +78,39 @@ public final class Linear extends Layer {
     }
     device.copy(src, t);
     return t;
+  }
+
+  /**
+   * Note [fused linear path]: with bf16 compute on a device that prefers it, forward is one cuBLASLt call
+   * (bf16 x and W from the model's parameter mirror, bias + optional ReLU epilogue, bf16 output); backward is
+   * one pass for the ReLU mask + bias gradient (device.linearActBackward, bf16 dz in place), then dW = dz^T x
+   * (fp32, into the gradient buffer; written instead of added when the model skipped zeroGrad), then the
+   * gradients-ready signal (the trainer's bucket), then dx = dz W in bf16 into a buffer shared between layers.
+   */
+  void enableFused(Tensor wMirror, Tensor bMirror, boolean fuseRelu, ScratchSource scratch, int ordinal) {
+    this.fused = true;
+    this.ordinal = ordinal;
+    this.wMirror = wMirror;
+    this.bMirror = bMirror;
+    this.fuseRelu = fuseRelu;
+    this.scratch = scratch;
+  }
+
+  /** Whether the next backward writes its parameter gradients instead of adding them (fused path only). */
+  void setOverwriteGrads(boolean overwrite) {
+    if (overwrite && !fused) {
+      throw new IllegalStateException("linear " + name + ": only the fused path can overwrite gradients");
+    }
+    this.overwriteGrads = overwrite;
+  }
+
+  boolean fused() {
+    return fused;
+  }
+
+  /** Index of the weight in the model's parameter set (the first of this layer's entries). */
+  int weightIndex() {
+    return wIndex;
   }
 
   @Override
@@ -113,6 +160,13 @@ public final class Linear extends Layer {
 
   @Override
   public Tensor forward(Tensor x, Context ctx) {
+    if (fused) {
+      xLow = x.dtype() == DType.BFLOAT16 ? x : low("x", x);
+      Tensor y = buffer("y", DType.BFLOAT16, new int[] {x.dim(0), units});
+      device.linearForward(xLow, wMirror, bias ? bMirror : null, fuseRelu, y);
+      yOut = y;
+      return y;
+    }
     this.x = x;
     Tensor y = buffer("y", new int[] {x.dim(0), units});
     if (compute == DType.BFLOAT16) {
@@ -130,16 +184,38 @@ public final class Linear extends Layer {
 
   @Override
   public Tensor backward(Tensor dy, Context ctx, boolean needInputGrad) {
+    if (fused) {
+      return backwardFused(dy, needInputGrad);
+    }
     Tensor dyIn = compute == DType.BFLOAT16 ? low("dy", dy) : dy;
     device.matmul(dyIn, true, compute == DType.BFLOAT16 ? xLow : x, false, dw, 1f, 1f); // dW += dy^T x
     if (bias) {
       device.biasGrad(dy, db);
     }
+    gradientsReady();
     if (!needInputGrad) {
       return null;
     }
     Tensor dx = buffer("dx", new int[] {dy.dim(0), in});
     device.matmul(dyIn, false, compute == DType.BFLOAT16 ? wLow : w, false, dx, 1f, 0f); // dx = dy W
+    return dx;
+  }
+
+  private Tensor backwardFused(Tensor dy, boolean needInputGrad) {
+    int n = dy.dim(0);
+    boolean acc = !overwriteGrads;
+    // dz in place when dy is already a bf16 buffer of the next layer; a bf16 copy of the loss gradient else.
+    Tensor dz = dy.dtype() == DType.BFLOAT16 ? dy : buffer("dz", DType.BFLOAT16, new int[] {n, units});
+    device.linearActBackward(dy, fuseRelu ? yOut : null, dz, bias ? db : null, acc);
+    device.matmul(dz, true, xLow, false, dw, 1f, acc ? 1f : 0f); // dW (+)= dz^T x
+    gradientsReady();
+    if (!needInputGrad) {
+      return null;
+    }
+    // dx goes to the shared buffer that this layer's dz is not in: layer k writes slot k % 2, and layer
+    // k - 1 works in place in it, then writes slot (k - 1) % 2.
+    Tensor dx = scratch.get(ordinal & 1, new int[] {n, in});
+    device.matmul(dz, false, wMirror, false, dx, 1f, 0f); // dx = dz W
     return dx;
   }
 }

@@ -4,7 +4,10 @@ import dev.sparktrainer.engine.Device;
 import dev.sparktrainer.engine.ParameterSet;
 import dev.sparktrainer.engine.Shape;
 import dev.sparktrainer.engine.Tensor;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.SplittableRandom;
+import java.util.function.LongConsumer;
 
 /**
  * A built model on one device: the layers of a {@link ModelSpec}, bound to one flat parameter buffer and one
@@ -16,6 +19,14 @@ public final class Model {
   private final Device device;
   private final Sequential net;
   private final ParameterSet params;
+  // Fused mixed-precision path (Note [fused linear path] in Linear): the flat bf16 mirror of the parameters,
+  // the layers to run (activations folded into the linear before them are left out), two shared dx buffers.
+  private final boolean fused;
+  private final Tensor mirror; // (total) bf16, or null
+  private final List<Layer> steps; // layers that run, in order
+  private final Tensor[] dxSlots = new Tensor[2];
+  private int maxIn;
+  private boolean overwritable; // every parameter entry belongs to a fused linear
 
   public Model(ModelSpec spec, Device device) {
     this(spec, device, dev.sparktrainer.engine.DType.FLOAT32);
@@ -38,6 +49,69 @@ public final class Model {
         lin.setComputeDType(computeDType);
       }
     }
+    this.fused = computeDType == dev.sparktrainer.engine.DType.BFLOAT16 && device.prefersFusedLinear();
+    List<Layer> run = new ArrayList<>();
+    if (fused) {
+      mirror = device.allocate(dev.sparktrainer.engine.DType.BFLOAT16, Math.toIntExact(Math.max(1, params.totalElements())));
+      device.registerMirror(params.params(), mirror);
+      List<Layer> ls = net.layers();
+      int ordinal = 0;
+      int linearEntries = 0;
+      for (int k = 0; k < ls.size(); k++) {
+        Layer l = ls.get(k);
+        run.add(l);
+        if (l instanceof Linear lin) {
+          boolean relu = k + 1 < ls.size() && ls.get(k + 1) instanceof Activation a && a.kind() == Activation.Kind.RELU;
+          int wi = lin.weightIndex();
+          ParameterSet.Entry we = params.entries().get(wi);
+          Tensor wm = mirror.view(we.offset(), we.shape());
+          Tensor bm = null;
+          if (wi + 1 < params.entries().size() && params.entries().get(wi + 1).name().equals(lin.name() + ".bias")) {
+            ParameterSet.Entry be = params.entries().get(wi + 1);
+            bm = mirror.view(be.offset(), be.shape());
+            linearEntries++;
+          }
+          linearEntries++;
+          lin.enableFused(wm, bm, relu, this::dxBuffer, ordinal++);
+          maxIn = Math.max(maxIn, we.shape()[1]);
+          if (relu) {
+            k++; // the ReLU runs inside the linear
+          }
+        }
+      }
+      overwritable = linearEntries == params.entries().size();
+    } else {
+      mirror = null;
+      run.addAll(net.layers());
+    }
+    this.steps = List.copyOf(run);
+  }
+
+  /** The shared bf16 dx buffer {@code slot} (0 or 1) viewed as {@code shape}; sized for the widest input. */
+  private Tensor dxBuffer(int slot, int[] shape) {
+    long need = (long) shape[0] * maxIn;
+    if (dxSlots[slot] == null || dxSlots[slot].numel() < need) {
+      // First backward (or a larger batch): the old buffer, if any, stays allocated until the device closes.
+      dxSlots[slot] = device.allocate(dev.sparktrainer.engine.DType.BFLOAT16, Math.toIntExact(need));
+    }
+    return dxSlots[slot].view(0, shape);
+  }
+
+  /**
+   * The dtype the caller should give dL/d(output) in: BFLOAT16 on the fused path (the last linear then
+   * works in place on it, as PyTorch's autocast hands a bf16 gradient to a bf16 linear), else FLOAT32.
+   */
+  public dev.sparktrainer.engine.DType outputGradDType() {
+    return fused ? dev.sparktrainer.engine.DType.BFLOAT16 : dev.sparktrainer.engine.DType.FLOAT32;
+  }
+
+  /**
+   * Whether {@link #backward(Tensor, Layer.Context, boolean, LongConsumer)} can write the parameter gradients
+   * instead of adding them (so the step needs no zeroGrad): true on the fused path, where every layer with
+   * parameters is a fused linear (a model with other parameter layers, or buffers, keeps zeroGrad).
+   */
+  public boolean canOverwriteGradients() {
+    return fused && overwritable;
   }
 
   /** Draws initial weights from {@code seed} (host side, deterministic) and uploads them. */
@@ -66,12 +140,51 @@ public final class Model {
           + Shape.str(spec.input()));
     }
     int[] shape = Shape.withBatch(x.dim(0), spec.input());
-    return net.forward(x.reshape(shape), ctx);
+    if (!fused) {
+      return net.forward(x.reshape(shape), ctx);
+    }
+    device.refreshMirror(params.params(), mirror);
+    Tensor h = x.reshape(shape);
+    for (Layer l : steps) {
+      h = l.forward(h, ctx);
+    }
+    return h;
   }
 
   /** Accumulates parameter gradients for dOut = dL/d(output) of the last forward. */
   public void backward(Tensor dOut, Layer.Context ctx) {
-    net.backward(dOut, ctx, false);
+    backward(dOut, ctx, false, null);
+  }
+
+  /**
+   * Backward with two options for the trainer. {@code overwrite}: write the parameter gradients instead of
+   * adding them (only when {@link #canOverwriteGradients()}; the caller then skips zeroGrad). {@code readyFrom}
+   * (may be null): called during backward with offset o each time the gradients in [o, total) of the flat
+   * buffer became final (layers finish from the last one back, so the ready region only grows downwards).
+   */
+  public void backward(Tensor dOut, Layer.Context ctx, boolean overwrite, LongConsumer readyFrom) {
+    if (overwrite && !canOverwriteGradients()) {
+      throw new IllegalStateException("gradients can only be overwritten on the fused path of an all-linear model");
+    }
+    if (!fused && readyFrom == null) {
+      for (Layer l : steps) {
+        l.onGradientsReady(null);
+      }
+      net.backward(dOut, ctx, false);
+      return;
+    }
+    Tensor dy = dOut;
+    for (int k = steps.size() - 1; k >= 0; k--) {
+      Layer l = steps.get(k);
+      if (l instanceof Linear lin) {
+        if (fused) {
+          lin.setOverwriteGrads(overwrite);
+        }
+        long offset = params.entries().get(lin.weightIndex()).offset();
+        lin.onGradientsReady(readyFrom == null ? null : () -> readyFrom.accept(offset));
+      }
+      dy = l.backward(dy, ctx, k > 0);
+    }
   }
 
   /** Zeroes the gradient buffer (one fill over the flat buffer). */

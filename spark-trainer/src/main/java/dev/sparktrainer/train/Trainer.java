@@ -12,6 +12,7 @@ import dev.sparktrainer.data.HostBatch;
 import dev.sparktrainer.data.RowStore;
 import dev.sparktrainer.engine.DType;
 import dev.sparktrainer.engine.Device;
+import dev.sparktrainer.engine.ParameterSet;
 import dev.sparktrainer.engine.Rng;
 import dev.sparktrainer.engine.Tensor;
 import dev.sparktrainer.nn.Layer;
@@ -34,6 +35,11 @@ import java.util.function.Consumer;
  * 1 / (W * B * micro-batches), so the all-reduced sum is the global mean gradient), backward -> one
  * all-reduce of the flat gradient buffer -> optional clipping by global norm -> one fused optimizer call.
  * Collectives are issued in the same order and number on every rank.
+ *
+ * <p>On the GPU the same step runs with fewer waits: the next batch is copied on a copy stream while this one
+ * computes (device.prefetch), the gradient buffer is all-reduced in buckets while backward runs (Note
+ * [gradient buckets]), the fused mixed-precision path writes gradients instead of zeroing and adding
+ * (Model.canOverwriteGradients), and the host waits for the collectives only after queueing the optimizer.
  */
 public final class Trainer {
   private final Model model;
@@ -42,12 +48,15 @@ public final class Trainer {
   private final Device device;
   private final Optimizer optimizer;
   private Consumer<Long> stepListener = s -> { };
+  private boolean listening; // a listener was set: it may read device memory, so buckets are awaited first
   private long optimizerStep;
   private CheckpointPolicy checkpoints;
   // Note [non-finite check]: with nonFinite=fail and no clipping, the check costs a reduction (and on GPU
   // a wait) per step; it runs every step by default. Turning it off leaves NaNs to show in the loss.
   private boolean checkEveryStep = true;
   private org.apache.hadoop.conf.Configuration hadoopConf;
+  private long firstBucketBytes = 1L << 20;
+  private long bucketBytes = 25L << 20;
 
   public Trainer(Model model, TrainerConfig config, Communicator comm) {
     this.model = model;
@@ -60,6 +69,7 @@ public final class Trainer {
   /** Called after every optimizer step with the step number (tests check invariants here). */
   public Trainer onStep(Consumer<Long> listener) {
     this.stepListener = listener;
+    this.listening = true;
     return this;
   }
 
@@ -134,14 +144,28 @@ public final class Trainer {
     int dim = store.dim();
     int outDim = model.spec().outputSize();
     Loss loss = config.loss();
-    Tensor x = device.allocate(DType.FLOAT32, b, dim);
-    Tensor y = loss == Loss.CROSS_ENTROPY ? device.allocate(DType.INT32, b)
-        : device.allocate(DType.FLOAT32, b, store.targetDim());
+    // Two input slots: batch t+1 is copied (device.prefetch, a copy stream on GPU) while step t computes.
+    Tensor[] xs = {device.allocate(DType.FLOAT32, b, dim), device.allocate(DType.FLOAT32, b, dim)};
+    Tensor[] ys = new Tensor[2];
+    for (int k = 0; k < 2; k++) {
+      ys[k] = loss == Loss.CROSS_ENTROPY ? device.allocate(DType.INT32, b)
+          : device.allocate(DType.FLOAT32, b, store.targetDim());
+    }
     Tensor losses = device.allocate(DType.FLOAT32, b);
-    Tensor dOut = device.allocate(DType.FLOAT32, b, outDim);
+    Tensor dOut = device.allocate(model.outputGradDType(), b, outDim); // FLOAT32 except on the fused path
     Tensor lossSum = device.allocate(DType.FLOAT32, 1);
     Tensor correct = device.allocate(DType.FLOAT32, 1);
     float gradScale = 1f / ((float) b * comm.worldSize() * accum);
+    // Note [gradient buckets]: with a communicator whose all-reduce is asynchronous (NCCL) and W > 1, the
+    // flat gradient buffer is all-reduced in contiguous buckets, last parameters first (DDP's order: the
+    // first bucket ~1 MiB, then ~25 MiB), each started on the comm stream as soon as backward has written
+    // all of its gradients, so communication overlaps the rest of backward. Buckets are fixed slices and
+    // are started in index order, so every rank issues the same collectives in the same order. Other
+    // communicators (the TCP ring) keep one all-reduce of the whole buffer: slicing would change the ring's
+    // summation order, and the CPU results must stay bitwise the same.
+    boolean bucketed = comm.supportsAsync() && comm.worldSize() > 1;
+    long[] bucketStarts = bucketed ? bucketStarts(model.parameters().totalElements()) : null;
+    Tensor grads = model.parameters().grads();
 
     long optStepsPerEpoch = (stepsPerEpoch + accum - 1) / accum;
     int firstEpoch = (int) (optimizerStep / optStepsPerEpoch);
@@ -159,37 +183,71 @@ public final class Trainer {
       int[] todo = skip == 0 ? order : java.util.Arrays.copyOfRange(order, skip * b, order.length);
       try (BatchLoader loader = new BatchLoader(store, todo, b, stepsPerEpoch - skip, 2)) {
         int micro = 0;
+        if (skip < stepsPerEpoch) {
+          stage(loader.next(), xs[0], ys[0]);
+        }
         for (int t = skip; t < stepsPerEpoch; t++) {
-          HostBatch batch = loader.next();
-          if (micro == 0) {
-            model.zeroGrad();
+          int slot = (t - skip) & 1;
+          Tensor x = xs[slot];
+          Tensor y = ys[slot];
+          device.awaitPrefetch(); // this step's batch, queued one step earlier
+          if (t + 1 < stepsPerEpoch) {
+            stage(loader.next(), xs[slot ^ 1], ys[slot ^ 1]); // copied while this step computes
           }
-          device.upload(batch.features, 0, x);
-          if (batch.labels != null) {
-            device.upload(batch.labels, 0, y);
-          } else {
-            device.upload(batch.targets, 0, y);
+          boolean last = t == stepsPerEpoch - 1;
+          int groupSize = micro + 1;
+          // The optimizer step closes this group now if it is full; a short last group is scaled first,
+          // so it takes the one-buffer path below.
+          boolean closes = micro + 1 == accum || last;
+          boolean useBuckets = bucketed && closes && groupSize == accum;
+          boolean overwrite = micro == 0 && model.canOverwriteGradients();
+          if (micro == 0 && !overwrite) {
+            model.zeroGrad();
           }
           Layer.Context ctx = new Layer.Context(true, config.seed(), optimizerStep * accum + micro);
           Tensor out = model.forward(x, ctx);
           float scale = gradScale;
-          boolean last = t == stepsPerEpoch - 1;
-          int groupSize = micro + 1;
           loss.compute(device, out, y, losses, dOut, scale);
-          model.backward(dOut, ctx);
+          if (bucketed) {
+            // Note [deferred bucket wait]: the device already orders this step after the last step's
+            // buckets (joinAsync); the host waits for them under the watchdog only now, with this step's
+            // forward queued, so the GPU never idles while the host waits or prepares the next batch.
+            commNanos += awaitBuckets();
+          }
+          if (useBuckets) {
+            int[] next = {0};
+            model.backward(dOut, ctx, overwrite, readyFrom -> {
+              while (next[0] < bucketStarts.length - 1 && bucketStarts[next[0] + 1] >= readyFrom) {
+                launchBucket(grads, bucketStarts, next[0]++);
+              }
+            });
+            while (next[0] < bucketStarts.length - 1) {
+              launchBucket(grads, bucketStarts, next[0]++);
+            }
+            comm.joinAsync();
+          } else if (overwrite) {
+            model.backward(dOut, ctx, true, null);
+          } else {
+            model.backward(dOut, ctx);
+          }
           device.sumInto(losses, lossSum);
           if (loss == Loss.CROSS_ENTROPY) {
             device.countCorrect(out, y, correct);
           }
           micro++;
-          if (micro == accum || last) {
+          if (closes) {
             if (groupSize < accum) {
-              device.scale(model.parameters().grads(), (float) accum / groupSize);
+              device.scale(grads, (float) accum / groupSize);
             }
-            long c0 = System.nanoTime();
-            comm.allReduceSum(model.parameters().grads());
-            device.synchronize();
-            commNanos += System.nanoTime() - c0;
+            if (!useBuckets && comm.worldSize() > 1) {
+              long c0 = System.nanoTime();
+              comm.allReduceSum(grads);
+              device.synchronize();
+              commNanos += System.nanoTime() - c0;
+            }
+            if (useBuckets && needsGradientsOnHost()) {
+              commNanos += awaitBuckets(); // the check below reads the gradients: wait under the watchdog
+            }
             if (checkFinite(epoch)) {
               optimizer.step(schedule.lr(config.optimizer().lr(), optimizerStep));
             } else {
@@ -198,15 +256,20 @@ public final class Trainer {
             }
             optimizerStep++;
             micro = 0;
+            boolean ckpt = checkpoints != null && (last || (checkpoints.interval() > 0
+                && optimizerStep % checkpoints.interval() == 0));
+            if (listening || ckpt) {
+              commNanos += awaitBuckets(); // both read device memory: no plain wait on a collective
+            }
             stepListener.accept(optimizerStep);
-            if (checkpoints != null && (last || (checkpoints.interval() > 0
-                && optimizerStep % checkpoints.interval() == 0))) {
+            if (ckpt) {
               writeCheckpoint(last ? epoch + 1 : epoch);
             }
           }
         }
         waitNanos = loader.waitNanos();
       }
+      commNanos += awaitBuckets();
       device.synchronize();
       double seconds = (System.nanoTime() - t0) / 1e9;
       long samples = (long) (stepsPerEpoch - skip) * b;
@@ -219,6 +282,72 @@ public final class Trainer {
           seconds - waitNanos / 1e9 - commNanos / 1e9, commNanos / 1e9, skipped));
     }
     return stats;
+  }
+
+  /** Waits (under the communicator's watchdog) for the async buckets started so far; returns the nanoseconds. */
+  private long awaitBuckets() {
+    long c0 = System.nanoTime();
+    comm.awaitAsync();
+    return System.nanoTime() - c0;
+  }
+
+  /** Whether the optimizer step reads the gradients on the host (clipping or the non-finite check). */
+  private boolean needsGradientsOnHost() {
+    return config.clipNorm() > 0 || checkEveryStep || config.nonFinite() != TrainerConfig.NonFinitePolicy.FAIL;
+  }
+
+  /** Queues the copy of a host batch into the device slot (device.prefetch: ordered, maybe asynchronous). */
+  private void stage(HostBatch batch, Tensor x, Tensor y) {
+    device.prefetch(batch.features, 0, x);
+    if (batch.labels != null) {
+      device.prefetch(batch.labels, 0, y);
+    } else {
+      device.prefetch(batch.targets, 0, y);
+    }
+  }
+
+  /**
+   * Bucket boundaries over the flat buffer of {@code total} elements, from the end down: starts[0] = total,
+   * starts[i + 1] = start of bucket i (bucket i = [starts[i + 1], starts[i])). The first bucket holds
+   * firstBucketBytes, the others bucketBytes (fp32), boundaries aligned to ParameterSet.ALIGN elements.
+   */
+  long[] bucketStarts(long total) {
+    List<Long> s = new ArrayList<>();
+    s.add(total);
+    long hi = total;
+    boolean first = true;
+    while (hi > 0) {
+      long n = Math.max(ParameterSet.ALIGN, (first ? firstBucketBytes : bucketBytes) / 4 / ParameterSet.ALIGN
+          * ParameterSet.ALIGN);
+      long lo = Math.max(0, hi - n);
+      s.add(lo);
+      hi = lo;
+      first = false;
+    }
+    long[] out = new long[s.size()];
+    for (int i = 0; i < out.length; i++) {
+      out[i] = s.get(i);
+    }
+    return out;
+  }
+
+  private void launchBucket(Tensor grads, long[] starts, int i) {
+    long lo = starts[i + 1];
+    long hi = starts[i];
+    comm.allReduceSumAsync(grads.view(lo, Math.toIntExact(hi - lo)));
+  }
+
+  /**
+   * Gradient bucket sizes for NCCL (Note [gradient buckets]): the first bucket (the last parameters, ready
+   * first) and the others, in bytes of fp32 gradients. Defaults 1 MiB and 25 MiB, as PyTorch DDP.
+   */
+  public Trainer gradientBuckets(long firstBytes, long bytes) {
+    if (firstBytes <= 0 || bytes <= 0) {
+      throw new IllegalArgumentException("bucket sizes must be > 0, got " + firstBytes + " and " + bytes);
+    }
+    this.firstBucketBytes = firstBytes;
+    this.bucketBytes = bytes;
+    return this;
   }
 
   private void writeCheckpoint(int epoch) {

@@ -1,0 +1,379 @@
+package dev.sparktrainer.bench.gpu;
+
+import dev.sparktrainer.comm.Communicator;
+import dev.sparktrainer.comm.LocalCommunicator;
+import dev.sparktrainer.comm.LocalLauncher;
+import dev.sparktrainer.comm.WorkerContext;
+import dev.sparktrainer.cuda.Cuda;
+import dev.sparktrainer.cuda.CudaDevice;
+import dev.sparktrainer.cuda.GpuSelector;
+import dev.sparktrainer.cuda.NcclCommunicator;
+import dev.sparktrainer.data.FashionMnist;
+import dev.sparktrainer.data.HeapRowStore;
+import dev.sparktrainer.data.SamplerPlan;
+import dev.sparktrainer.engine.DType;
+import dev.sparktrainer.engine.Tensor;
+import dev.sparktrainer.nn.Layer;
+import dev.sparktrainer.nn.Loss;
+import dev.sparktrainer.nn.Model;
+import dev.sparktrainer.nn.ModelSpec;
+import dev.sparktrainer.optim.OptimizerConfig;
+import dev.sparktrainer.train.EpochStats;
+import dev.sparktrainer.train.Trainer;
+import dev.sparktrainer.train.TrainerConfig;
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.SplittableRandom;
+
+/**
+ * The GPU benchmark suite, our side (benchmarks/gpu/README in benchmarks/README.md): W ranks as threads of
+ * this JVM through {@link LocalLauncher}, one GPU each, NCCL between them (W = 1: no communicator), the
+ * library's own {@link Trainer} with its host data path (rows in Java arrays -> batches -> GPU).
+ *
+ * <pre>
+ * java -cp ... dev.sparktrainer.bench.gpu.GpuBench --world 2 --benches mlp,fmnist,allreduce \
+ *     --fmnist /tmp/st-data/fashion-mnist --out raw.jsonl [--steps 50] [--repeats 3] [--profile]
+ * </pre>
+ *
+ * Benchmarks: {@code mlp} (1024-8192x4-1000 ReLU, bf16 mixed precision, SGD momentum 0.9, per-GPU batch
+ * 4096, synthetic rows), {@code fmnist} (Fashion-MNIST MLP 784-256-128-10 ReLU, bf16, AdamW 1e-3, per-GPU
+ * batch 512), {@code allreduce} (NCCL all-reduce of fp32 buffers of 25 MiB, 256 MiB, 1 GiB, bus bandwidth).
+ * Every training benchmark runs one warm-up epoch, then {@code repeats} measured epochs; the figure is the
+ * median over measured epochs of (samples of all ranks) / (slowest rank's epoch seconds). Each result is one
+ * JSON line appended to the output file.
+ */
+public final class GpuBench {
+  static final int MLP_BATCH = 4096;
+  static final int MLP_IN = 1024;
+  static final int MLP_CLASSES = 1000;
+  static final int FMNIST_BATCH = 512;
+
+  private GpuBench() {}
+
+  public static void main(String[] args) throws Exception {
+    Map<String, String> a = parse(args);
+    int world = Integer.parseInt(a.getOrDefault("world", "1"));
+    List<String> benches = Arrays.asList(a.getOrDefault("benches", "mlp,fmnist,allreduce").split(","));
+    Path out = Path.of(a.getOrDefault("out", "gpu-bench.jsonl"));
+    int steps = Integer.parseInt(a.getOrDefault("steps", "50"));
+    int repeats = Integer.parseInt(a.getOrDefault("repeats", "3"));
+    String variant = a.getOrDefault("variant", "ours");
+    int gpus = Cuda.deviceCount();
+    if (world > gpus) {
+      throw new IllegalArgumentException("--world " + world + " needs " + world + " GPUs, " + gpus + " visible");
+    }
+    String card = Cuda.deviceName(0);
+    for (String b : benches) {
+      long t0 = System.nanoTime();
+      switch (b) {
+        case "mlp" -> emit(out, mlp(world, steps, repeats, card, variant, a.containsKey("profile")));
+        case "fmnist" -> emit(out, fmnist(world, Path.of(a.getOrDefault("fmnist",
+            FashionMnist.DEFAULT_DIR.toString())), repeats, card, variant));
+        case "allreduce" -> {
+          if (world >= 2) {
+            for (Map<String, Object> r : allReduce(world, card, variant)) {
+              emit(out, r);
+            }
+          }
+        }
+        default -> throw new IllegalArgumentException("unknown benchmark " + b + " (mlp, fmnist, allreduce)");
+      }
+      System.out.printf(Locale.ROOT, "[gpu-bench] %s W=%d done in %.1f s%n", b, world, (System.nanoTime() - t0) / 1e9);
+    }
+  }
+
+  // ---------------------------------------------------------------- training benchmarks
+
+  /** What one rank reports. */
+  record RankResult(List<EpochStats> stats, long peakBytes, Map<String, Double> profile) {}
+
+  static Map<String, Object> mlp(int world, int steps, int repeats, String card, String variant, boolean profile) {
+    ModelSpec spec = ModelSpec.mlp(MLP_IN, new int[] {8192, 8192, 8192, 8192}, MLP_CLASSES, "relu", 0f);
+    TrainerConfig cfg = TrainerConfig.builder().epochs(1 + repeats).batchSize(MLP_BATCH).seed(1)
+        .optimizer(OptimizerConfig.sgd(0.01).withMomentum(0.9)).build();
+    // A pool of 4 batches of random rows per rank, cycled (the host path copies every batch anyway).
+    int pool = 4 * MLP_BATCH;
+    List<RankResult> rs = LocalLauncher.run(world, Cuda.deviceCount(), 1800, ctx -> {
+      HeapRowStore store = synthetic(pool, MLP_IN, MLP_CLASSES, 1000 + ctx.rank());
+      int[] local = new int[steps * MLP_BATCH];
+      for (int i = 0; i < local.length; i++) {
+        local[i] = i % pool;
+      }
+      return trainRank(ctx, spec, cfg, store, local, steps, profile);
+    });
+    Map<String, Object> r = summarize("mlp", world, card, variant, cfg.batchSize(), rs);
+    r.put("model", "MLP 1024-8192-8192-8192-8192-1000 ReLU, bf16 mixed precision, SGD momentum 0.9");
+    return r;
+  }
+
+  static Map<String, Object> fmnist(int world, Path dir, int repeats, String card, String variant)
+      throws IOException {
+    HeapRowStore train = FashionMnist.train(dir);
+    ModelSpec spec = ModelSpec.mlp(FashionMnist.PIXELS, new int[] {256, 128}, FashionMnist.CLASSES, "relu", 0f);
+    TrainerConfig cfg = TrainerConfig.builder().epochs(1 + repeats).batchSize(FMNIST_BATCH).seed(7)
+        .optimizer(OptimizerConfig.adamw(1e-3)).build();
+    SamplerPlan plan = new SamplerPlan(train.rows(), world, FMNIST_BATCH, 7, false);
+    List<RankResult> rs = LocalLauncher.run(world, Cuda.deviceCount(), 1800, ctx ->
+        trainRank(ctx, spec, cfg, train, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch(), false));
+    Map<String, Object> r = summarize("fmnist", world, card, variant, cfg.batchSize(), rs);
+    r.put("model", "Fashion-MNIST MLP 784-256-128-10 ReLU, bf16 mixed precision, AdamW 1e-3");
+    return r;
+  }
+
+  static RankResult trainRank(WorkerContext ctx, ModelSpec spec, TrainerConfig cfg, HeapRowStore store,
+      int[] local, int steps, boolean profile) {
+    try (CudaDevice d = new CudaDevice(GpuSelector.select(ctx));
+        Communicator c = ctx.worldSize() == 1 ? new LocalCommunicator()
+            : NcclCommunicator.create(ctx, d, Duration.ofMinutes(5))) {
+      Model m = new Model(spec, d, DType.BFLOAT16);
+      // Note: the non-finite check (a reduction + host wait per step) is off, as in the PyTorch reference.
+      Trainer t = new Trainer(m, cfg, c).checkNonFinite(false);
+      t.initializeWeights();
+      List<EpochStats> st = t.fit(store, local, steps);
+      long peak = d.arena().peakBytes(); // before the profile, which allocates a second optimizer
+      Map<String, Double> prof = profile ? profileSteps(d, m, store, local, cfg) : Map.of();
+      return new RankResult(st, peak, prof);
+    }
+  }
+
+  /**
+   * A coarse timing breakdown of one rank's step, each phase followed by a device synchronize (so phases
+   * do not overlap; the sum is more than a real step): milliseconds per phase, median of 10 steps.
+   */
+  static Map<String, Double> profileSteps(CudaDevice d, Model m, HeapRowStore store, int[] local,
+      TrainerConfig cfg) {
+    int b = cfg.batchSize();
+    float[] xs = new float[b * store.dim()];
+    int[] ys = new int[b];
+    store.gather(local, 0, b, xs, ys, null);
+    Tensor x = d.allocate(DType.FLOAT32, b, store.dim());
+    Tensor y = d.allocate(DType.INT32, b);
+    Tensor losses = d.allocate(DType.FLOAT32, b);
+    Tensor dOut = d.allocate(DType.FLOAT32, b, m.spec().outputSize());
+    var opt = cfg.optimizer().create(d, m.parameters());
+    String[] names = {"upload", "zero_grad", "forward", "loss", "backward", "optimizer", "sum_squares"};
+    double[][] ms = new double[names.length][10];
+    for (int s = 0; s < 12; s++) {
+      long[] t = new long[names.length + 1];
+      d.synchronize();
+      t[0] = System.nanoTime();
+      d.upload(xs, 0, x);
+      d.upload(ys, 0, y);
+      d.synchronize();
+      t[1] = System.nanoTime();
+      m.zeroGrad();
+      d.synchronize();
+      t[2] = System.nanoTime();
+      Layer.Context ctx = new Layer.Context(true, 1, s);
+      Tensor out = m.forward(x, ctx);
+      d.synchronize();
+      t[3] = System.nanoTime();
+      Loss.CROSS_ENTROPY.compute(d, out, y, losses, dOut, 1f / b);
+      d.synchronize();
+      t[4] = System.nanoTime();
+      m.backward(dOut, ctx);
+      d.synchronize();
+      t[5] = System.nanoTime();
+      opt.step(0.0);
+      d.synchronize();
+      t[6] = System.nanoTime();
+      d.sumSquares(m.parameters().grads());
+      t[7] = System.nanoTime();
+      if (s >= 2) {
+        for (int k = 0; k < names.length; k++) {
+          ms[k][s - 2] = (t[k + 1] - t[k]) / 1e6;
+        }
+      }
+    }
+    Map<String, Double> r = new LinkedHashMap<>();
+    for (int k = 0; k < names.length; k++) {
+      r.put(names[k], median(ms[k]));
+    }
+    return r;
+  }
+
+  static HeapRowStore synthetic(int rows, int dim, int classes, long seed) {
+    SplittableRandom rnd = new SplittableRandom(seed);
+    float[] x = new float[rows * dim];
+    for (int i = 0; i < x.length; i++) {
+      x[i] = (float) (rnd.nextDouble() * 2 - 1);
+    }
+    int[] y = new int[rows];
+    for (int i = 0; i < rows; i++) {
+      y[i] = rnd.nextInt(classes);
+    }
+    return new HeapRowStore(x, y, dim);
+  }
+
+  static Map<String, Object> summarize(String bench, int world, String card, String variant, int batch,
+      List<RankResult> rs) {
+    int epochs = rs.get(0).stats().size();
+    double[] tput = new double[epochs - 1];
+    double waitShare = 0;
+    double commShare = 0;
+    double loss = Double.NaN;
+    for (int e = 1; e < epochs; e++) {
+      long samples = 0;
+      double slowest = 0;
+      for (RankResult r : rs) {
+        EpochStats s = r.stats().get(e);
+        samples += s.samples();
+        slowest = Math.max(slowest, s.seconds());
+        waitShare = Math.max(waitShare, s.dataWaitSeconds() / s.seconds());
+        commShare = Math.max(commShare, s.commSeconds() / s.seconds());
+        loss = s.loss();
+      }
+      tput[e - 1] = samples / slowest;
+    }
+    long peak = 0;
+    for (RankResult r : rs) {
+      peak = Math.max(peak, r.peakBytes());
+    }
+    Map<String, Object> m = new LinkedHashMap<>();
+    m.put("benchmark", bench);
+    m.put("engine", variant);
+    m.put("world", world);
+    m.put("value", median(tput));
+    m.put("unit", "samples/s");
+    m.put("card", card);
+    m.put("per_gpu_batch", batch);
+    m.put("repeats", tput);
+    m.put("peak_mem_bytes", peak);
+    m.put("data_wait_share_max_rank", waitShare);
+    m.put("comm_wait_share_max_rank", commShare);
+    m.put("last_epoch_loss", loss);
+    m.put("epoch0_seconds", rs.get(0).stats().get(0).seconds());
+    if (!rs.get(0).profile().isEmpty()) {
+      m.put("profile_ms_rank0", rs.get(0).profile());
+    }
+    return m;
+  }
+
+  // ---------------------------------------------------------------- all-reduce
+
+  static List<Map<String, Object>> allReduce(int world, String card, String variant) {
+    long[] sizes = {25L << 20, 256L << 20, 1L << 30};
+    int warmup = 5;
+    int iters = 20;
+    List<double[]> perRank = LocalLauncher.run(world, Cuda.deviceCount(), 600, ctx -> {
+      try (CudaDevice d = new CudaDevice(GpuSelector.select(ctx));
+          NcclCommunicator c = NcclCommunicator.create(ctx, d, Duration.ofMinutes(2))) {
+        double[] secs = new double[sizes.length];
+        for (int s = 0; s < sizes.length; s++) {
+          int n = (int) (sizes[s] / 4);
+          Tensor buf = d.allocate(DType.FLOAT32, n);
+          d.fill(buf, 1f / 1024);
+          for (int i = 0; i < warmup; i++) {
+            c.allReduceSum(buf);
+          }
+          d.synchronize();
+          c.broadcast(buf.view(0, 1), 0); // line the ranks up
+          d.synchronize();
+          // Queued back to back (the trainer's async path), then one wait under the watchdog, as
+          // torch.distributed is timed: dist.all_reduce x iters, then synchronize.
+          long t0 = System.nanoTime();
+          for (int i = 0; i < iters; i++) {
+            c.allReduceSumAsync(buf);
+          }
+          c.awaitAsync();
+          d.synchronize();
+          secs[s] = (System.nanoTime() - t0) / 1e9 / iters;
+        }
+        return secs;
+      }
+    });
+    List<Map<String, Object>> out = new ArrayList<>();
+    for (int s = 0; s < sizes.length; s++) {
+      double t = 0;
+      for (double[] r : perRank) {
+        t = Math.max(t, r[s]);
+      }
+      double bus = sizes[s] * 2.0 * (world - 1) / world / t / 1e9;
+      Map<String, Object> m = new LinkedHashMap<>();
+      m.put("benchmark", "allreduce");
+      m.put("engine", variant);
+      m.put("world", world);
+      m.put("size_bytes", sizes[s]);
+      m.put("value", bus);
+      m.put("unit", "GB/s bus bandwidth");
+      m.put("card", card);
+      m.put("seconds_per_op", t);
+      out.add(m);
+    }
+    return out;
+  }
+
+  // ---------------------------------------------------------------- helpers
+
+  static double median(double[] v) {
+    double[] s = v.clone();
+    Arrays.sort(s);
+    int n = s.length;
+    return n == 0 ? Double.NaN : n % 2 == 1 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+  }
+
+  static Map<String, String> parse(String[] args) {
+    Map<String, String> m = new LinkedHashMap<>();
+    for (int i = 0; i < args.length; i++) {
+      if (!args[i].startsWith("--")) {
+        throw new IllegalArgumentException("unexpected argument " + args[i]);
+      }
+      String k = args[i].substring(2);
+      if (i + 1 < args.length && !args[i + 1].startsWith("--")) {
+        m.put(k, args[++i]);
+      } else {
+        m.put(k, "true");
+      }
+    }
+    return m;
+  }
+
+  static void emit(Path out, Map<String, Object> r) {
+    String line = json(r);
+    System.out.println("[gpu-bench] " + line);
+    try {
+      Files.writeString(out, line + "\n", StandardCharsets.UTF_8, StandardOpenOption.CREATE,
+          StandardOpenOption.APPEND);
+    } catch (IOException e) {
+      throw new UncheckedIOException(e);
+    }
+  }
+
+  static String json(Object o) {
+    if (o instanceof Map<?, ?> m) {
+      StringBuilder sb = new StringBuilder("{");
+      for (Map.Entry<?, ?> e : m.entrySet()) {
+        if (sb.length() > 1) {
+          sb.append(", ");
+        }
+        sb.append('"').append(e.getKey()).append("\": ").append(json(e.getValue()));
+      }
+      return sb.append('}').toString();
+    }
+    if (o instanceof double[] d) {
+      StringBuilder sb = new StringBuilder("[");
+      for (int i = 0; i < d.length; i++) {
+        sb.append(i > 0 ? ", " : "").append(json(d[i]));
+      }
+      return sb.append(']').toString();
+    }
+    if (o instanceof Double d) {
+      return d.isNaN() || d.isInfinite() ? "null" : String.format(Locale.ROOT, "%.6g", d);
+    }
+    if (o instanceof Number || o instanceof Boolean) {
+      return o.toString();
+    }
+    return '"' + String.valueOf(o).replace("\\", "\\\\").replace("\"", "\\\"") + '"';
+  }
+}

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Pairs ours and PyTorch's figures from raw.jsonl (GpuBench + torch_ref.py) into the results format of
+benchmarks/README.md: a JSON list, a Markdown table and PNG charts (when matplotlib is there).
+
+  python3 summarize.py RAW.jsonl --outdir DIR --commit SHA --date 2026-11-26 [--label NAME]
+"""
+import argparse
+import json
+import os
+from collections import OrderedDict
+
+
+def key(r):
+    return (r["benchmark"], r["world"], r.get("size_bytes", 0))
+
+
+def mib(b):
+    return "%.0f MiB" % (b / 2**20) if b < 2**30 else "%.0f GiB" % (b / 2**30)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("raw")
+    p.add_argument("--outdir", required=True)
+    p.add_argument("--commit", default="unknown")
+    p.add_argument("--date", default="")
+    p.add_argument("--label", default="suite")
+    p.add_argument("--no-charts", action="store_true")
+    a = p.parse_args()
+    rows = [json.loads(l) for l in open(a.raw) if l.strip()]
+    by = OrderedDict()
+    for r in rows:
+        by.setdefault(key(r), {})[r["engine"]] = r
+    single = {}
+    for (b, w, s), e in by.items():
+        if w == 1:
+            single[(b, s)] = e
+    entries = []
+    for (b, w, s), e in by.items():
+        o, t = e.get("ours"), e.get("pytorch")
+        ref = o or t
+        ent = OrderedDict(benchmark=b, world=w)
+        if s:
+            ent["size_bytes"] = s
+        ent["ours"] = o["value"] if o else None
+        ent["pytorch"] = t["value"] if t else None
+        ent["ratio"] = (o["value"] / t["value"]) if o and t and t["value"] else None
+        ent["unit"] = ref["unit"]
+        ent["card"] = ref["card"]
+        ent["commit"] = a.commit
+        ent["date"] = a.date
+        for eng, r in (("ours", o), ("pytorch", t)):
+            if r is None:
+                continue
+            if "peak_mem_bytes" in r:
+                ent[eng + "_peak_mem_gib"] = r["peak_mem_bytes"] / 2**30
+            if "repeats" in r:
+                ent[eng + "_repeats"] = r["repeats"]
+            one = single.get((b, s), {}).get(eng)
+            if w > 1 and one and b != "allreduce":
+                ent[eng + "_scaling"] = r["value"] / (w * one["value"])
+        if o:
+            for k in ("data_wait_share_max_rank", "comm_wait_share_max_rank", "profile_ms_rank0"):
+                if k in o:
+                    ent["ours_" + k] = o[k]
+        entries.append(ent)
+    os.makedirs(a.outdir, exist_ok=True)
+    base = os.path.join(a.outdir, a.label)
+    with open(base + ".json", "w") as f:
+        json.dump(entries, f, indent=1)
+
+    card = entries[0]["card"] if entries else "?"
+    lines = ["| benchmark | W | ours | PyTorch | ours / PyTorch | scaling ours | scaling PyTorch | peak GiB ours / PyTorch | data wait (ours, max rank) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for e in entries:
+        def f(v, fmt):
+            return fmt % v if v is not None else "-"
+        name = e["benchmark"] + (" " + mib(e["size_bytes"]) if "size_bytes" in e else "")
+        unit = "GB/s" if e["benchmark"] == "allreduce" else "samples/s"
+        fmt = "%.1f " + unit if unit == "GB/s" else "%.0f"
+        mem = "-"
+        if "ours_peak_mem_gib" in e and "pytorch_peak_mem_gib" in e:
+            mem = "%.2f / %.2f" % (e["ours_peak_mem_gib"], e["pytorch_peak_mem_gib"])
+        dw = e.get("ours_data_wait_share_max_rank")
+        lines.append("| %s | %d | %s | %s | %s | %s | %s | %s | %s |" % (
+            name, e["world"], f(e["ours"], fmt), f(e["pytorch"], fmt), f(e["ratio"], "%.3fx"),
+            f(e.get("ours_scaling"), "%.1f%%" if False else "%.3f"), f(e.get("pytorch_scaling"), "%.3f"),
+            mem, f(dw * 100 if dw is not None else None, "%.2f%%")))
+    md = ["# GPU suite %s (%s, commit %s, card: %s)" % (a.label, a.date, a.commit, card), ""] + lines + [""]
+    prof = [e for e in entries if "ours_profile_ms_rank0" in e]
+    for e in prof:
+        md.append("Phase breakdown, ours, %s W=%d, rank 0 (ms, each phase synchronized): %s" % (
+            e["benchmark"], e["world"], json.dumps(e["ours_profile_ms_rank0"])))
+    with open(base + ".md", "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+
+    if a.no_charts:
+        return
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as ex:  # noqa: BLE001
+        print("no charts (matplotlib: %s)" % ex)
+        return
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, b in zip(axes, ("mlp", "fmnist", "allreduce")):
+        es = [e for e in entries if e["benchmark"] == b]
+        if not es:
+            ax.set_visible(False)
+            continue
+        labels = ["W=%d" % e["world"] + (" " + mib(e["size_bytes"]) if "size_bytes" in e else "") for e in es]
+        xs = range(len(es))
+        ax.bar([x - 0.2 for x in xs], [e["ours"] or 0 for e in es], 0.4, label="spark-trainer")
+        ax.bar([x + 0.2 for x in xs], [e["pytorch"] or 0 for e in es], 0.4, label="PyTorch %s" % ("DDP" if b != "allreduce" else "dist"))
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels(labels, rotation=20)
+        ax.set_title("%s (%s)" % (b, es[0]["unit"]))
+        ax.legend(fontsize=8)
+    fig.suptitle("%s, %s, commit %s" % (card, a.date, a.commit))
+    fig.tight_layout()
+    fig.savefig(base + "-throughput.png", dpi=90)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for b in ("mlp", "fmnist"):
+        for eng in ("ours", "pytorch"):
+            pts = [(e["world"], e[eng]) for e in entries if e["benchmark"] == b and e[eng]]
+            if pts:
+                one = [v for w, v in pts if w == 1]
+                if one:
+                    ax.plot([w for w, _ in pts], [v / (w * one[0]) for w, v in pts], marker="o",
+                            label="%s %s" % (b, "spark-trainer" if eng == "ours" else "PyTorch"))
+    ax.set_xlabel("GPUs (W)")
+    ax.set_ylabel("scaling efficiency vs W=1")
+    ax.set_ylim(0, 1.1)
+    ax.legend(fontsize=8)
+    ax.set_title("%s, %s" % (card, a.date))
+    fig.tight_layout()
+    fig.savefig(base + "-scaling.png", dpi=90)
+
+
+if __name__ == "__main__":
+    main()

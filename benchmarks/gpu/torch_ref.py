@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""PyTorch reference for the GPU benchmark suite (benchmarks/README.md, "GPU: ours vs PyTorch").
+
+Same models, batches and optimizers as dev.sparktrainer.bench.gpu.GpuBench, PyTorch eager with bf16
+autocast; W > 1 runs DistributedDataParallel over NCCL, one process per GPU (torch.multiprocessing.spawn).
+The training data lives on the GPU (synthetic batches for mlp, the whole Fashion-MNIST set for fmnist):
+PyTorch moves no data per step, its best case; ours copies every batch from host memory.
+
+  python3 torch_ref.py --world 2 --benches mlp,fmnist,allreduce --fmnist DIR --out raw.jsonl
+Each result is one JSON line appended to --out (written by rank 0).
+"""
+import argparse
+import gzip
+import json
+import os
+import statistics
+import struct
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+MLP_BATCH, MLP_IN, MLP_CLASSES = 4096, 1024, 1000
+FMNIST_BATCH = 512
+MEAN, STD = 0.2860, 0.3530
+
+
+def mlp_model():
+    dims = [MLP_IN, 8192, 8192, 8192, 8192]
+    layers = []
+    for a, b in zip(dims, dims[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    layers.append(nn.Linear(dims[-1], MLP_CLASSES))
+    return nn.Sequential(*layers)
+
+
+def fmnist_model():
+    return nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+def read_idx(path):
+    for p in (path + ".gz", path):
+        if os.path.exists(p):
+            opener = gzip.open if p.endswith(".gz") else open
+            with opener(p, "rb") as f:
+                data = f.read()
+            magic, n = struct.unpack(">II", data[:8])
+            if magic == 0x803:
+                return torch.frombuffer(bytearray(data[16:]), dtype=torch.uint8).reshape(n, 784)
+            return torch.frombuffer(bytearray(data[8:]), dtype=torch.uint8)
+    raise FileNotFoundError(path)
+
+
+def timed_epochs(model, opt, batch_of, steps, repeats, world):
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step(i):
+        x, y = batch_of(i)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for i in range(steps):  # warm-up epoch
+        step(i)
+    torch.cuda.synchronize()
+    secs = []
+    for _ in range(repeats):
+        if world > 1:
+            dist.barrier()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(steps):
+            loss = step(i)
+        torch.cuda.synchronize()
+        secs.append(time.perf_counter() - t0)
+    return secs, float(loss.detach())
+
+
+def gather_max(v, world, device):
+    if world == 1:
+        return v
+    t = torch.tensor([v], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def bench_train(name, rank, world, device, args):
+    torch.manual_seed(1 + rank)
+    torch.cuda.reset_peak_memory_stats(device)
+    if name == "mlp":
+        model = mlp_model().to(device)
+        opt_ctor = lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9)
+        pool = [(torch.rand(MLP_BATCH, MLP_IN, device=device) * 2 - 1,
+                 torch.randint(0, MLP_CLASSES, (MLP_BATCH,), device=device)) for _ in range(4)]
+        batch_of = lambda i: pool[i % len(pool)]
+        steps, batch = args.steps, MLP_BATCH
+        desc = "MLP 1024-8192-8192-8192-8192-1000 ReLU, bf16 autocast, SGD momentum 0.9"
+    else:
+        d = args.fmnist
+        x = read_idx(os.path.join(d, "train-images-idx3-ubyte")).to(device).float().div_(255).sub_(MEAN).div_(STD)
+        y = read_idx(os.path.join(d, "train-labels-idx1-ubyte")).to(device).long()
+        model = fmnist_model().to(device)
+        opt_ctor = lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.01)
+        per_rank = (x.shape[0] + world - 1) // world
+        steps, batch = (per_rank + FMNIST_BATCH - 1) // FMNIST_BATCH, FMNIST_BATCH
+        g = torch.Generator(device=device)
+        g.manual_seed(7)
+        perm = torch.randperm(x.shape[0], device=device, generator=g)
+        idx = perm.repeat(2)[rank * steps * batch:(rank + 1) * steps * batch]
+
+        def batch_of(i):
+            j = idx[i * batch:(i + 1) * batch]
+            return x[j], y[j]
+        desc = "Fashion-MNIST MLP 784-256-128-10 ReLU, bf16 autocast, AdamW 1e-3"
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
+    opt = opt_ctor(model.parameters())
+    secs, loss = timed_epochs(model, opt, batch_of, steps, args.repeats, world)
+    secs = [gather_max(s, world, device) for s in secs]
+    peak = gather_max(float(torch.cuda.max_memory_allocated(device)), world, device)
+    tput = [world * steps * batch / s for s in secs]
+    return {"benchmark": name, "engine": "pytorch", "world": world, "value": statistics.median(tput),
+            "unit": "samples/s", "card": torch.cuda.get_device_name(device), "per_gpu_batch": batch,
+            "repeats": tput, "peak_mem_bytes": int(peak), "last_epoch_loss": loss, "model": desc,
+            "torch": torch.__version__, "ddp": world > 1}
+
+
+def bench_allreduce(rank, world, device):
+    out = []
+    for size in (25 << 20, 256 << 20, 1 << 30):
+        buf = torch.full((size // 4,), 1.0 / 1024, dtype=torch.float32, device=device)
+        for _ in range(5):
+            dist.all_reduce(buf)
+        torch.cuda.synchronize()
+        dist.barrier()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(20):
+            dist.all_reduce(buf)
+        torch.cuda.synchronize()
+        t = gather_max((time.perf_counter() - t0) / 20, world, device)
+        out.append({"benchmark": "allreduce", "engine": "pytorch", "world": world, "size_bytes": size,
+                    "value": size * 2.0 * (world - 1) / world / t / 1e9, "unit": "GB/s bus bandwidth",
+                    "card": torch.cuda.get_device_name(device), "seconds_per_op": t})
+        del buf
+    return out
+
+
+def worker(rank, world, args):
+    device = torch.device("cuda", rank)
+    torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl", init_method="tcp://127.0.0.1:%d" % args.port, rank=rank,
+                                world_size=world, device_id=device)
+    results = []
+    for b in args.benches.split(","):
+        t0 = time.time()
+        if b in ("mlp", "fmnist"):
+            results.append(bench_train(b, rank, world, device, args))
+        elif b == "allreduce":
+            if world > 1:
+                results += bench_allreduce(rank, world, device)
+        else:
+            raise ValueError("unknown benchmark " + b)
+        if rank == 0:
+            print("[torch-ref] %s W=%d done in %.1f s" % (b, world, time.time() - t0), flush=True)
+        torch.cuda.empty_cache()
+    if rank == 0:
+        with open(args.out, "a") as f:
+            for r in results:
+                line = json.dumps(r)
+                print("[torch-ref] " + line, flush=True)
+                f.write(line + "\n")
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--world", type=int, default=1)
+    p.add_argument("--benches", default="mlp,fmnist,allreduce")
+    p.add_argument("--fmnist", default="/tmp/st-data/fashion-mnist")
+    p.add_argument("--out", default="raw.jsonl")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--port", type=int, default=29533)
+    args = p.parse_args()
+    if args.world == 1:
+        worker(0, 1, args)
+    else:
+        mp.spawn(worker, args=(args.world, args), nprocs=args.world, join=True)
+
+
+if __name__ == "__main__":
+    main()
