@@ -42,6 +42,8 @@ import org.apache.spark.sql.types.StructType;
 public final class SparkTrainerModel extends Model<SparkTrainerModel> implements MLWritable {
   private static final long serialVersionUID = 1L;
   private static final String WEIGHTS_FILE = "weights.stckpt";
+  /** Folder under a saved model that holds its training summary (see {@link TrainingSummary#load}). */
+  public static final String SUMMARY_DIR = "summary";
   private final String uid;
   private final ModelSpec spec;
   private final Loss loss;
@@ -222,6 +224,10 @@ public final class SparkTrainerModel extends Model<SparkTrainerModel> implements
             sparkSession().sparkContext().hadoopConfiguration());
       } catch (IOException e) {
         throw new UncheckedIOException("could not write the model weights under " + path, e);
+      }
+      if (instance.summary != null) { // issue 9: summary.json, epochs.csv, ranks.csv, curves.png next to the model
+        SummaryFiles.write(instance.summary, new org.apache.hadoop.fs.Path(path, SUMMARY_DIR).toString(),
+            sparkSession().sparkContext().hadoopConfiguration());
       }
     }
   }

@@ -14,7 +14,9 @@ import org.apache.spark.sql.SparkSession;
  * spark-trainer.jar --config conf/fashion-mnist.json}. Trains on the DataFrame the job file names, prints the
  * per-epoch summary, saves the model when asked, evaluates on the test data when given, and prints
  * {@code test accuracy: 0.xxxx} last. {@code --master URL} sets the master when not run by spark-submit;
- * {@code --cache} caches (and materialises) the training DataFrame before fit, as an ETL job would.
+ * {@code --cache} caches (and materialises) the training DataFrame before fit, as an ETL job would;
+ * {@code --summary DIR} writes the training summary (JSON, CSV, PNG chart) to DIR. While training runs, the
+ * driver shows live progress (a bar on a terminal, log lines otherwise; Spark conf spark.sparktrainer.progress).
  */
 public final class SparkTrainApp {
   private SparkTrainApp() {}
@@ -23,13 +25,15 @@ public final class SparkTrainApp {
     String config = null;
     String master = null;
     boolean cache = false;
+    String summaryDir = null;
     for (int i = 0; i < args.length; i++) {
       switch (args[i]) {
         case "--config" -> config = value(args, ++i, "--config");
         case "--master" -> master = value(args, ++i, "--master");
         case "--cache" -> cache = true;
+        case "--summary" -> summaryDir = value(args, ++i, "--summary");
         default -> throw new IllegalArgumentException("unknown option " + args[i] + " (known: --config FILE, "
-            + "--master URL, --cache)");
+            + "--master URL, --cache, --summary DIR)");
       }
     }
     if (config == null) {
@@ -64,7 +68,11 @@ public final class SparkTrainApp {
       System.out.println(s);
       if (job.modelPath != null) {
         model.write().overwrite().save(job.modelPath);
-        System.out.println("model saved to " + job.modelPath);
+        System.out.println("model saved to " + job.modelPath + " (training summary in " + job.modelPath + "/"
+            + SparkTrainerModel.SUMMARY_DIR + ")");
+      }
+      if (summaryDir != null) {
+        System.out.println("training summary written to " + summaryDir + ": " + String.join(", ", s.save(summaryDir)));
       }
       if (test != null) {
         Dataset<Row> pred = model.transform(test);

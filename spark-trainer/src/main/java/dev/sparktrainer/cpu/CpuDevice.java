@@ -1,8 +1,10 @@
 package dev.sparktrainer.cpu;
 
 import dev.ludovic.netlib.blas.BLAS;
+import dev.sparktrainer.engine.Conv2dDesc;
 import dev.sparktrainer.engine.DType;
 import dev.sparktrainer.engine.Device;
+import dev.sparktrainer.engine.Pool2dDesc;
 import dev.sparktrainer.engine.Rng;
 import dev.sparktrainer.engine.Shape;
 import dev.sparktrainer.engine.Tensor;
@@ -17,10 +19,12 @@ import java.nio.ByteOrder;
 public final class CpuDevice implements Device {
   private static final float SQRT_2_OVER_PI = 0.7978845608028654f;
   private final BLAS blas;
+  private final CpuConv conv; // convolution, pooling and batch norm kernels (issue 6)
   private volatile boolean closed;
 
   public CpuDevice() {
     this.blas = BLAS.getInstance();
+    this.conv = new CpuConv(blas);
   }
 
   /** Which BLAS implementation netlib picked (for logs and benchmark reports). */
@@ -529,5 +533,114 @@ public final class CpuDevice implements Device {
   @Override
   public void close() {
     closed = true;
+  }
+
+  // ---- convolutional layers (issue 6): kernels in CpuConv ----
+
+  private CpuTensor f32(Tensor x, String op) {
+    CpuTensor c = fl(x);
+    if (c.dtype() != DType.FLOAT32) {
+      throw new IllegalArgumentException(op + " supports float32 only on the CPU, got " + x);
+    }
+    return c;
+  }
+
+  private static void checkBias(Tensor bias, Tensor w, String op) {
+    if (bias != null && (bias.rank() != 1 || bias.dim(0) != w.dim(0))) {
+      throw new IllegalArgumentException(op + ": bias " + bias + " must be (K) for filters " + w);
+    }
+  }
+
+  @Override
+  public void conv2dForward(Tensor x, Tensor w, Tensor bias, Tensor y, Conv2dDesc desc) {
+    desc.check(x.shape(), w.shape(), y.shape(), "conv2dForward");
+    checkBias(bias, w, "conv2dForward");
+    conv.conv2dForward(f32(x, "conv2dForward"), f32(w, "conv2dForward"),
+        bias == null ? null : f32(bias, "conv2dForward"), f32(y, "conv2dForward"), desc);
+  }
+
+  @Override
+  public void conv2dBackwardData(Tensor dy, Tensor w, Tensor dx, Conv2dDesc desc) {
+    desc.check(dx.shape(), w.shape(), dy.shape(), "conv2dBackwardData");
+    conv.conv2dBackwardData(f32(dy, "conv2dBackwardData"), f32(w, "conv2dBackwardData"),
+        f32(dx, "conv2dBackwardData"), desc);
+  }
+
+  @Override
+  public void conv2dBackwardFilter(Tensor x, Tensor dy, Tensor dw, Tensor dbias, Conv2dDesc desc) {
+    desc.check(x.shape(), dw.shape(), dy.shape(), "conv2dBackwardFilter");
+    checkBias(dbias, dw, "conv2dBackwardFilter");
+    conv.conv2dBackwardFilter(f32(x, "conv2dBackwardFilter"), f32(dy, "conv2dBackwardFilter"),
+        f32(dw, "conv2dBackwardFilter"), dbias == null ? null : f32(dbias, "conv2dBackwardFilter"), desc);
+  }
+
+  @Override
+  public void maxPool2dForward(Tensor x, Tensor y, Pool2dDesc desc) {
+    desc.check(x.shape(), y.shape(), "maxPool2dForward");
+    CpuConv.maxPool2dForward(f32(x, "maxPool2dForward"), f32(y, "maxPool2dForward"), desc);
+  }
+
+  @Override
+  public void maxPool2dBackward(Tensor x, Tensor y, Tensor dy, Tensor dx, Pool2dDesc desc) {
+    desc.check(x.shape(), dy.shape(), "maxPool2dBackward");
+    desc.check(dx.shape(), y.shape(), "maxPool2dBackward");
+    CpuConv.maxPool2dBackward(f32(x, "maxPool2dBackward"), f32(dy, "maxPool2dBackward"),
+        f32(dx, "maxPool2dBackward"), desc);
+  }
+
+  @Override
+  public void avgPool2dForward(Tensor x, Tensor y, Pool2dDesc desc) {
+    desc.check(x.shape(), y.shape(), "avgPool2dForward");
+    CpuConv.avgPool2dForward(f32(x, "avgPool2dForward"), f32(y, "avgPool2dForward"), desc);
+  }
+
+  @Override
+  public void avgPool2dBackward(Tensor dy, Tensor dx, Pool2dDesc desc) {
+    desc.check(dx.shape(), dy.shape(), "avgPool2dBackward");
+    CpuConv.avgPool2dBackward(f32(dy, "avgPool2dBackward"), f32(dx, "avgPool2dBackward"), desc);
+  }
+
+  /** x (N, C, ...) and y alike; every per-channel tensor (C). */
+  private static void checkNorm(Tensor x, Tensor y, String op, Tensor... perChannel) {
+    if (x.rank() < 2 || !java.util.Arrays.equals(x.shape(), y.shape())) {
+      throw new IllegalArgumentException(op + ": x " + x + " must be (N, C, ...) and y the same shape, got y " + y);
+    }
+    for (Tensor t : perChannel) {
+      if (t.numel() != x.dim(1)) {
+        throw new IllegalArgumentException(op + ": " + t + " must have one element per channel of " + x);
+      }
+    }
+  }
+
+  @Override
+  public void batchNormForwardTraining(Tensor x, Tensor gamma, Tensor beta, Tensor y, Tensor runningMean,
+      Tensor runningVar, float momentum, float eps, Tensor saveMean, Tensor saveInvStd) {
+    String op = "batchNormForwardTraining";
+    checkNorm(x, y, op, gamma, beta, runningMean, runningVar, saveMean, saveInvStd);
+    if (x.numel() / x.dim(1) <= 1) {
+      throw new IllegalArgumentException(op + ": training needs more than one value per channel, got " + x
+          + "; use a larger batch, or evaluation mode");
+    }
+    CpuConv.batchNormForwardTraining(f32(x, op), f32(gamma, op), f32(beta, op), f32(y, op), f32(runningMean, op),
+        f32(runningVar, op), momentum, eps, f32(saveMean, op), f32(saveInvStd, op));
+  }
+
+  @Override
+  public void batchNormForwardInference(Tensor x, Tensor gamma, Tensor beta, Tensor runningMean,
+      Tensor runningVar, float eps, Tensor y) {
+    String op = "batchNormForwardInference";
+    checkNorm(x, y, op, gamma, beta, runningMean, runningVar);
+    CpuConv.batchNormForwardInference(f32(x, op), f32(gamma, op), f32(beta, op), f32(runningMean, op),
+        f32(runningVar, op), eps, f32(y, op));
+  }
+
+  @Override
+  public void batchNormBackward(Tensor x, Tensor dy, Tensor gamma, Tensor saveMean, Tensor saveInvStd,
+      Tensor dx, Tensor dgamma, Tensor dbeta) {
+    String op = "batchNormBackward";
+    checkNorm(x, dy, op, gamma, saveMean, saveInvStd, dgamma, dbeta);
+    checkNorm(x, dx, op);
+    CpuConv.batchNormBackward(f32(x, op), f32(dy, op), f32(gamma, op), f32(saveMean, op), f32(saveInvStd, op),
+        f32(dx, op), f32(dgamma, op), f32(dbeta, op));
   }
 }

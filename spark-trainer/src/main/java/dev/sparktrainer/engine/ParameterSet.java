@@ -13,24 +13,39 @@ import java.util.List;
  *
  * <p>Offsets are aligned to {@link #ALIGN} elements (256 bytes in fp32) so every view suits vectorised
  * kernels and cuBLASLt.
+ *
+ * <p>Note [buffers]: state that a layer keeps but that is not trained (batch norm's running mean and
+ * variance, PyTorch's "buffers") is declared with {@link Builder#addBuffer}. Buffers live in the same flat
+ * parameter buffer, after every trainable tensor ({@link #trainableElements()} marks where they start), so
+ * broadcast, checkpoints ({@code param/<name>}) and saved models carry them with no extra code, while the
+ * optimizer steps only over the trainable prefix ({@link #trainableParams()}): weight decay and momentum
+ * never touch them. Their gradients stay zero. {@link #entries()} keeps the order of declaration (so the
+ * index {@code add} returned is the entry's index); offsets follow the order trainable-then-buffers.
  */
 public final class ParameterSet {
   /** Alignment of each tensor's offset, in elements. */
   public static final int ALIGN = 64;
 
-  /** One named tensor of the set. */
-  public record Entry(String name, int[] shape, long offset, long numel) {}
+  /** One named tensor of the set; {@code trainable} is false for buffers (see Note [buffers]). */
+  public record Entry(String name, int[] shape, long offset, long numel, boolean trainable) {
+    /** A trainable entry. */
+    public Entry(String name, int[] shape, long offset, long numel) {
+      this(name, shape, offset, numel, true);
+    }
+  }
 
   private final List<Entry> entries;
   private final long totalElements;
+  private final long trainableElements;
   private final Tensor params; // (total)
   private final Tensor grads; // (total), same layout
   private final Tensor[] paramViews;
   private final Tensor[] gradViews;
 
-  private ParameterSet(Device device, List<Entry> entries, long total) {
+  private ParameterSet(Device device, List<Entry> entries, long trainable, long total) {
     this.entries = Collections.unmodifiableList(new ArrayList<>(entries));
     this.totalElements = total;
+    this.trainableElements = trainable;
     int n = Math.toIntExact(Math.max(total, 1));
     this.params = device.allocate(DType.FLOAT32, n);
     this.grads = device.allocate(DType.FLOAT32, n);
@@ -50,25 +65,49 @@ public final class ParameterSet {
 
   /** Collects named shapes, then allocates the two buffers. */
   public static final class Builder {
-    private final List<Entry> entries = new ArrayList<>();
-    private long next;
+    private final List<Entry> entries = new ArrayList<>(); // offsets assigned by build()
 
-    /** Adds a tensor and returns its index. Names must be unique. */
+    /** Adds a trainable tensor and returns its index. Names must be unique. */
     public int add(String name, int... shape) {
+      return add(name, shape, true);
+    }
+
+    /**
+     * Adds a buffer: state saved with the parameters but never trained (see Note [buffers]). Returns its
+     * index, like {@link #add}.
+     */
+    public int addBuffer(String name, int... shape) {
+      return add(name, shape, false);
+    }
+
+    private int add(String name, int[] shape, boolean trainable) {
       for (Entry e : entries) {
         if (e.name().equals(name)) {
           throw new IllegalArgumentException("duplicate parameter name " + name);
         }
       }
-      long numel = Shape.numel(shape);
-      entries.add(new Entry(name, shape.clone(), next, numel));
-      next = (next + numel + ALIGN - 1) / ALIGN * ALIGN;
+      entries.add(new Entry(name, shape.clone(), -1, Shape.numel(shape), trainable));
       return entries.size() - 1;
     }
 
     /** Allocates the parameter and gradient buffers on {@code device} (zero-filled). */
     public ParameterSet build(Device device) {
-      return new ParameterSet(device, entries, next);
+      List<Entry> laid = new ArrayList<>(entries);
+      long next = 0;
+      long trainable = 0;
+      for (boolean pass : new boolean[] {true, false}) {
+        for (int k = 0; k < laid.size(); k++) {
+          Entry e = laid.get(k);
+          if (e.trainable() == pass) {
+            laid.set(k, new Entry(e.name(), e.shape(), next, e.numel(), e.trainable()));
+            next = (next + e.numel() + ALIGN - 1) / ALIGN * ALIGN;
+          }
+        }
+        if (pass) {
+          trainable = next;
+        }
+      }
+      return new ParameterSet(device, laid, trainable, next);
     }
   }
 
@@ -81,11 +120,28 @@ public final class ParameterSet {
     return totalElements;
   }
 
-  /** Number of real parameters (without padding). */
+  /**
+   * Length of the trainable prefix of each flat buffer (with alignment padding); buffers start here. Equals
+   * {@link #totalElements()} when there are no buffers.
+   */
+  public long trainableElements() {
+    return trainableElements;
+  }
+
+  /** Number of real trainable parameters (without padding or buffers), as PyTorch's sum of p.numel(). */
   public long parameterCount() {
     long n = 0;
     for (Entry e : entries) {
-      n += e.numel();
+      n += e.trainable() ? e.numel() : 0;
+    }
+    return n;
+  }
+
+  /** Number of real buffer elements (running statistics; see Note [buffers]). */
+  public long bufferCount() {
+    long n = 0;
+    for (Entry e : entries) {
+      n += e.trainable() ? 0 : e.numel();
     }
     return n;
   }
@@ -98,6 +154,27 @@ public final class ParameterSet {
   /** The flat gradient buffer (same layout as {@link #params()}). */
   public Tensor grads() {
     return grads;
+  }
+
+  /** The trainable prefix of {@link #params()} (the whole buffer when there are no buffers). */
+  public Tensor trainableParams() {
+    return prefix(params);
+  }
+
+  /** The trainable prefix of {@link #grads()} (the whole buffer when there are no buffers). */
+  public Tensor trainableGrads() {
+    return prefix(grads);
+  }
+
+  /**
+   * The trainable prefix of a flat buffer with this layout (e.g. an optimizer state), or {@code flat} itself
+   * when there are no buffers; null stays null.
+   */
+  public Tensor prefix(Tensor flat) {
+    if (flat == null || trainableElements == totalElements) {
+      return flat;
+    }
+    return flat.view(0, Math.toIntExact(trainableElements));
   }
 
   public Tensor param(int index) {

@@ -4,6 +4,8 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
+import dev.sparktrainer.engine.Conv2dDesc;
+import dev.sparktrainer.engine.Pool2dDesc;
 import dev.sparktrainer.engine.Shape;
 import java.io.IOException;
 import java.io.Serializable;
@@ -24,15 +26,90 @@ import java.util.TreeSet;
  * <pre>{"input": [784], "layers": [{"type": "linear", "units": 256}, {"type": "relu"},
  *   {"type": "dropout", "p": 0.1}, {"type": "linear", "units": 10}]}</pre>
  *
- * Layer types: linear (units, bias = true), relu, gelu, dropout (p), flatten. Validation happens when the
- * spec is built or parsed, with a message naming the bad field.
+ * Layer types: linear (units, bias = true), relu, gelu, dropout (p), flatten, and for images (input
+ * [C, H, W], channels first): conv2d (filters, kernel, stride = 1, padding = 0, dilation = 1, groups = 1,
+ * bias = true, init = "uniform" | "kaiming_normal"), batchnorm2d (momentum = 0.1, eps = 1e-5), maxpool2d and
+ * avgpool2d (kernel, stride = kernel, padding = 0), globalavgpool, and residual (layers: the main path,
+ * shortcut: its layers, identity when absent or empty; the two are added). kernel, stride, padding and
+ * dilation are an integer or [height, width]. E.g. a ResNet basic block:
+ *
+ * <pre>{"type": "residual", "layers": [
+ *     {"type": "conv2d", "filters": 64, "kernel": 3, "padding": 1, "bias": false}, {"type": "batchnorm2d"},
+ *     {"type": "relu"},
+ *     {"type": "conv2d", "filters": 64, "kernel": 3, "padding": 1, "bias": false}, {"type": "batchnorm2d"}]},
+ * {"type": "relu"}</pre>
+ *
+ * Validation happens when the spec is built or parsed, with a message naming the bad field. Ready-made
+ * specs: {@link ModelZoo}, also by name in JSON: {@code {"zoo": "resnet50", "classes": 1000}}.
  */
 public final class ModelSpec implements Serializable {
   private static final long serialVersionUID = 1L;
   private static final ObjectMapper JSON = new ObjectMapper();
 
-  /** One layer: its type and parameters (units for linear, p for dropout). */
-  public record LayerSpec(String type, int units, boolean bias, float p) implements Serializable {}
+  /** The layer types, in the order error messages list them. */
+  static final String KNOWN_TYPES = "linear, relu, gelu, dropout, flatten, conv2d, batchnorm2d, maxpool2d, "
+      + "avgpool2d, globalavgpool, residual";
+
+  /**
+   * One layer: its type and parameters: units (linear), bias (linear, conv2d), p (dropout), conv (conv2d),
+   * pool (maxpool2d, avgpool2d), norm (batchnorm2d), layers and shortcut (residual). Fields a type does not use
+   * are 0, false, null or empty.
+   */
+  public record LayerSpec(String type, int units, boolean bias, float p, Conv conv, Pool pool, Norm norm,
+      List<LayerSpec> layers, List<LayerSpec> shortcut) implements Serializable {
+    /** Copies the lists (null means empty). */
+    public LayerSpec {
+      layers = layers == null ? List.of() : List.copyOf(layers);
+      shortcut = shortcut == null ? List.of() : List.copyOf(shortcut);
+    }
+
+    /** A layer of the first five types (linear, relu, gelu, dropout, flatten). */
+    public LayerSpec(String type, int units, boolean bias, float p) {
+      this(type, units, bias, p, null, null, null, null, null);
+    }
+  }
+
+  /** conv2d's geometry; {@link #of} gives PyTorch's defaults for the rest. */
+  public record Conv(int filters, int kernelH, int kernelW, int strideH, int strideW, int padH, int padW,
+      int dilationH, int dilationW, int groups, Conv2d.Init init) implements Serializable {
+    /** Square kernel, stride and padding; dilation 1, one group, PyTorch's default init. */
+    public static Conv of(int filters, int kernel, int stride, int padding) {
+      return new Conv(filters, kernel, kernel, stride, stride, padding, padding, 1, 1, 1, Conv2d.Init.UNIFORM);
+    }
+
+    public Conv withDilation(int dilation) {
+      return new Conv(filters, kernelH, kernelW, strideH, strideW, padH, padW, dilation, dilation, groups, init);
+    }
+
+    public Conv withGroups(int g) {
+      return new Conv(filters, kernelH, kernelW, strideH, strideW, padH, padW, dilationH, dilationW, g, init);
+    }
+
+    public Conv withInit(Conv2d.Init i) {
+      return new Conv(filters, kernelH, kernelW, strideH, strideW, padH, padW, dilationH, dilationW, groups, i);
+    }
+
+    Conv2dDesc desc() {
+      return new Conv2dDesc(strideH, strideW, padH, padW, dilationH, dilationW, groups);
+    }
+  }
+
+  /** maxpool2d / avgpool2d window. */
+  public record Pool(int kernelH, int kernelW, int strideH, int strideW, int padH, int padW)
+      implements Serializable {
+    public static Pool of(int kernel, int stride, int padding) {
+      return new Pool(kernel, kernel, stride, stride, padding, padding);
+    }
+
+    Pool2dDesc desc() {
+      return new Pool2dDesc(kernelH, kernelW, strideH, strideW, padH, padW);
+    }
+  }
+
+  /** batchnorm2d settings (PyTorch's defaults: momentum 0.1, eps 1e-5). */
+  public record Norm(float momentum, float eps) implements Serializable {
+    public static final Norm DEFAULT = new Norm(0.1f, 1e-5f);
+  }
 
   private final int[] input;
   private final List<LayerSpec> layers;
@@ -110,6 +187,48 @@ public final class ModelSpec implements Serializable {
       return layer(new LayerSpec("flatten", 0, false, 0f));
     }
 
+    /** conv2d with a square kernel, stride and padding, bias, PyTorch's default init. */
+    public Builder conv2d(int filters, int kernel, int stride, int padding) {
+      return conv2d(Conv.of(filters, kernel, stride, padding), true);
+    }
+
+    public Builder conv2d(Conv conv, boolean bias) {
+      return layer(new LayerSpec("conv2d", 0, bias, 0f, conv, null, null, null, null));
+    }
+
+    /** batchnorm2d with momentum 0.1 and eps 1e-5. */
+    public Builder batchNorm2d() {
+      return batchNorm2d(Norm.DEFAULT.momentum(), Norm.DEFAULT.eps());
+    }
+
+    public Builder batchNorm2d(float momentum, float eps) {
+      return layer(new LayerSpec("batchnorm2d", 0, false, 0f, null, null, new Norm(momentum, eps), null, null));
+    }
+
+    public Builder maxPool2d(int kernel, int stride, int padding) {
+      return layer(new LayerSpec("maxpool2d", 0, false, 0f, null, Pool.of(kernel, stride, padding), null, null,
+          null));
+    }
+
+    public Builder avgPool2d(int kernel, int stride, int padding) {
+      return layer(new LayerSpec("avgpool2d", 0, false, 0f, null, Pool.of(kernel, stride, padding), null, null,
+          null));
+    }
+
+    public Builder globalAvgPool() {
+      return layer(new LayerSpec("globalavgpool", 0, false, 0f));
+    }
+
+    /** main(x) + shortcut(x); an empty shortcut is the identity. Build the lists with {@link #layerList()}. */
+    public Builder residual(List<LayerSpec> main, List<LayerSpec> shortcut) {
+      return layer(new LayerSpec("residual", 0, false, 0f, null, null, null, main, shortcut));
+    }
+
+    /** The layers added so far (for the paths of a residual block: {@code builder().conv2d(...)...layerList()}). */
+    public List<LayerSpec> layerList() {
+      return List.copyOf(layers);
+    }
+
     public Builder layer(LayerSpec spec) {
       layers.add(spec);
       return this;
@@ -158,23 +277,67 @@ public final class ModelSpec implements Serializable {
   public List<Layer> newLayers() {
     List<Layer> out = new ArrayList<>();
     for (int k = 0; k < layers.size(); k++) {
-      LayerSpec l = layers.get(k);
-      String type = l.type() == null ? "" : l.type();
       try {
-        switch (type) {
-          case "linear" -> out.add(new Linear(l.units(), l.bias()));
-          case "relu" -> out.add(new Activation(Activation.Kind.RELU));
-          case "gelu" -> out.add(new Activation(Activation.Kind.GELU));
-          case "dropout" -> out.add(new Dropout(l.p()));
-          case "flatten" -> out.add(new Flatten());
-          default -> throw new IllegalArgumentException("unknown layer type '" + type
-              + "' (known: linear, relu, gelu, dropout, flatten)");
-        }
+        out.add(newLayer(layers.get(k)));
       } catch (IllegalArgumentException e) {
         throw new IllegalArgumentException("model spec: layer " + k + ": " + e.getMessage(), e);
       }
     }
     return out;
+  }
+
+  private static Layer newLayer(LayerSpec l) {
+    String type = l.type() == null ? "" : l.type();
+    return switch (type) {
+      case "linear" -> new Linear(l.units(), l.bias());
+      case "relu" -> new Activation(Activation.Kind.RELU);
+      case "gelu" -> new Activation(Activation.Kind.GELU);
+      case "dropout" -> new Dropout(l.p());
+      case "flatten" -> new Flatten();
+      case "conv2d" -> {
+        Conv c = require(l.conv(), type, "a Conv (filters, kernel, ...)");
+        yield new Conv2d(c.filters(), new int[] {c.kernelH(), c.kernelW()}, c.desc(), l.bias(),
+            c.init() == null ? Conv2d.Init.UNIFORM : c.init());
+      }
+      case "batchnorm2d" -> {
+        Norm n = l.norm() == null ? Norm.DEFAULT : l.norm();
+        yield new BatchNorm2d(n.momentum(), n.eps());
+      }
+      case "maxpool2d", "avgpool2d" -> {
+        Pool pool = require(l.pool(), type, "a Pool (kernel, stride, padding)");
+        Pool2dDesc d;
+        try {
+          d = pool.desc();
+        } catch (IllegalArgumentException e) {
+          throw new IllegalArgumentException(type + ": " + e.getMessage(), e);
+        }
+        yield type.equals("maxpool2d") ? new MaxPool2d(d) : new AvgPool2d(d);
+      }
+      case "globalavgpool" -> new GlobalAvgPool();
+      case "residual" -> new Residual(newPath(l.layers(), "residual: main path"),
+          newPath(l.shortcut(), "residual: shortcut"));
+      default -> throw new IllegalArgumentException("unknown layer type '" + type + "' (known: " + KNOWN_TYPES
+          + ")");
+    };
+  }
+
+  private static List<Layer> newPath(List<LayerSpec> specs, String where) {
+    List<Layer> out = new ArrayList<>();
+    for (int k = 0; k < specs.size(); k++) {
+      try {
+        out.add(newLayer(specs.get(k)));
+      } catch (IllegalArgumentException e) {
+        throw new IllegalArgumentException(where + " layer " + k + ": " + e.getMessage(), e);
+      }
+    }
+    return out;
+  }
+
+  private static <T> T require(T value, String type, String what) {
+    if (value == null) {
+      throw new IllegalArgumentException(type + " needs " + what);
+    }
+    return value;
   }
 
   // ---- JSON ----
@@ -186,7 +349,11 @@ public final class ModelSpec implements Serializable {
     for (int d : input) {
       in.add(d);
     }
-    ArrayNode arr = root.putArray("layers");
+    writeLayers(root.putArray("layers"), layers);
+    return root;
+  }
+
+  private static void writeLayers(ArrayNode arr, List<LayerSpec> layers) {
     for (LayerSpec l : layers) {
       ObjectNode o = arr.addObject();
       o.put("type", l.type());
@@ -196,10 +363,44 @@ public final class ModelSpec implements Serializable {
           o.put("bias", l.bias());
         }
         case "dropout" -> o.put("p", l.p());
+        case "conv2d" -> {
+          Conv c = l.conv();
+          o.put("filters", c.filters());
+          putPair(o, "kernel", c.kernelH(), c.kernelW());
+          putPair(o, "stride", c.strideH(), c.strideW());
+          putPair(o, "padding", c.padH(), c.padW());
+          putPair(o, "dilation", c.dilationH(), c.dilationW());
+          o.put("groups", c.groups());
+          o.put("bias", l.bias());
+          o.put("init", (c.init() == null ? Conv2d.Init.UNIFORM : c.init()).wireName());
+        }
+        case "batchnorm2d" -> {
+          Norm n = l.norm() == null ? Norm.DEFAULT : l.norm();
+          o.put("momentum", n.momentum());
+          o.put("eps", n.eps());
+        }
+        case "maxpool2d", "avgpool2d" -> {
+          Pool p = l.pool();
+          putPair(o, "kernel", p.kernelH(), p.kernelW());
+          putPair(o, "stride", p.strideH(), p.strideW());
+          putPair(o, "padding", p.padH(), p.padW());
+        }
+        case "residual" -> {
+          writeLayers(o.putArray("layers"), l.layers());
+          writeLayers(o.putArray("shortcut"), l.shortcut());
+        }
         default -> { }
       }
     }
-    return root;
+  }
+
+  /** An integer when h == w, else [h, w]. */
+  private static void putPair(ObjectNode o, String key, int h, int w) {
+    if (h == w) {
+      o.put(key, h);
+    } else {
+      o.putArray(key).add(h).add(w);
+    }
   }
 
   public String toJson() {
@@ -226,6 +427,9 @@ public final class ModelSpec implements Serializable {
     if (root == null || !root.isObject()) {
       throw new IllegalArgumentException("model spec: expected a JSON object with 'input' and 'layers'");
     }
+    if (root.has("zoo")) {
+      return fromZoo(root);
+    }
     checkKeys(root, Set.of("input", "layers"), "model spec");
     JsonNode in = root.get("input");
     if (in == null || !in.isArray()) {
@@ -240,46 +444,191 @@ public final class ModelSpec implements Serializable {
       throw new IllegalArgumentException("model spec: 'layers' must be an array of layer objects");
     }
     Builder b = builder().input(input);
-    for (int k = 0; k < ls.size(); k++) {
-      JsonNode l = ls.get(k);
-      String where = "model spec: layers[" + k + "]";
-      if (!l.isObject() || !l.hasNonNull("type") || !l.get("type").isTextual()) {
-        throw new IllegalArgumentException(where + ": expected an object with a string 'type'");
-      }
-      String type = l.get("type").asText();
-      switch (type) {
-        case "linear" -> {
-          checkKeys(l, Set.of("type", "units", "bias"), where);
-          JsonNode u = l.get("units");
-          if (u == null) {
-            throw new IllegalArgumentException(where + ": linear needs 'units'");
-          }
-          boolean bias = true;
-          if (l.has("bias")) {
-            if (!l.get("bias").isBoolean()) {
-              throw new IllegalArgumentException(where + ".bias must be true or false");
-            }
-            bias = l.get("bias").asBoolean();
-          }
-          b.linear(intField(u, where + ".units"), bias);
-        }
-        case "dropout" -> {
-          checkKeys(l, Set.of("type", "p"), where);
-          JsonNode p = l.get("p");
-          if (p == null || !p.isNumber()) {
-            throw new IllegalArgumentException(where + ": dropout needs a number 'p' in [0, 1)");
-          }
-          b.dropout((float) p.asDouble());
-        }
-        case "relu", "gelu", "flatten" -> {
-          checkKeys(l, Set.of("type"), where);
-          b.layer(new LayerSpec(type, 0, false, 0f));
-        }
-        default -> throw new IllegalArgumentException(where + ": unknown layer type '" + type
-            + "' (known: linear, relu, gelu, dropout, flatten)");
-      }
+    for (LayerSpec l : parseLayers(ls, "model spec: layers")) {
+      b.layer(l);
     }
     return b.build();
+  }
+
+  /**
+   * A ready-made model by name, {@code {"zoo": "resnet50", "classes": 1000, "input": [3, 224, 224]}} (classes
+   * and input optional; defaults 10 and [1, 28, 28] for fashion_mnist_cnn, 1000 and [3, 224, 224] for the
+   * ResNets). The spec is the expanded one (its JSON lists every layer).
+   */
+  private static ModelSpec fromZoo(JsonNode root) {
+    checkKeys(root, Set.of("zoo", "classes", "input"), "model spec");
+    JsonNode z = root.get("zoo");
+    String name = z.isTextual() ? z.asText() : String.valueOf(z);
+    int classes = root.has("classes") ? intField(root.get("classes"), "model spec: classes") : -1;
+    int[] input = null;
+    if (root.has("input")) {
+      JsonNode in = root.get("input");
+      if (!in.isArray()) {
+        throw new IllegalArgumentException("model spec: 'input' must be an array of dimensions, e.g. [3, 224, 224]");
+      }
+      input = new int[in.size()];
+      for (int k = 0; k < input.length; k++) {
+        input[k] = intField(in.get(k), "model spec: input[" + k + "]");
+      }
+    }
+    switch (name) {
+      case "fashion_mnist_cnn" -> {
+        if (classes != -1 && classes != 10 || input != null && !Arrays.equals(input, new int[] {1, 28, 28})) {
+          throw new IllegalArgumentException("model spec: zoo model 'fashion_mnist_cnn' has input [1, 28, 28] and 10"
+              + " classes; write its layers out to change them");
+        }
+        return ModelZoo.fashionMnistCnn();
+      }
+      case "resnet18", "resnet50" -> {
+        int c = classes == -1 ? 1000 : classes;
+        int[] shape = input == null ? new int[] {3, 224, 224} : input;
+        return name.equals("resnet18") ? ModelZoo.resnet18(c, shape) : ModelZoo.resnet50(c, shape);
+      }
+      default -> throw new IllegalArgumentException("model spec: unknown zoo model " + z
+          + " (known: fashion_mnist_cnn, resnet18, resnet50)");
+    }
+  }
+
+  /** Parses an array of layer objects; {@code where} names the array, e.g. "model spec: layers". */
+  private static List<LayerSpec> parseLayers(JsonNode ls, String where) {
+    List<LayerSpec> out = new ArrayList<>();
+    for (int k = 0; k < ls.size(); k++) {
+      out.add(parseLayer(ls.get(k), where + "[" + k + "]"));
+    }
+    return out;
+  }
+
+  private static LayerSpec parseLayer(JsonNode l, String where) {
+    if (!l.isObject() || !l.hasNonNull("type") || !l.get("type").isTextual()) {
+      throw new IllegalArgumentException(where + ": expected an object with a string 'type'");
+    }
+    String type = l.get("type").asText();
+    switch (type) {
+      case "linear" -> {
+        checkKeys(l, Set.of("type", "units", "bias"), where);
+        JsonNode u = l.get("units");
+        if (u == null) {
+          throw new IllegalArgumentException(where + ": linear needs 'units'");
+        }
+        return new LayerSpec("linear", intField(u, where + ".units"), boolField(l, "bias", true, where), 0f);
+      }
+      case "dropout" -> {
+        checkKeys(l, Set.of("type", "p"), where);
+        JsonNode p = l.get("p");
+        if (p == null || !p.isNumber()) {
+          throw new IllegalArgumentException(where + ": dropout needs a number 'p' in [0, 1)");
+        }
+        return new LayerSpec("dropout", 0, false, (float) p.asDouble());
+      }
+      case "relu", "gelu", "flatten", "globalavgpool" -> {
+        checkKeys(l, Set.of("type"), where);
+        return new LayerSpec(type, 0, false, 0f);
+      }
+      case "conv2d" -> {
+        checkKeys(l, Set.of("type", "filters", "kernel", "stride", "padding", "dilation", "groups", "bias", "init"),
+            where);
+        if (l.get("filters") == null) {
+          throw new IllegalArgumentException(where + ": conv2d needs 'filters' (output channels)");
+        }
+        if (l.get("kernel") == null) {
+          throw new IllegalArgumentException(where + ": conv2d needs 'kernel', e.g. 3 or [3, 3]");
+        }
+        int filters = intField(l.get("filters"), where + ".filters");
+        int[] kernel = pairField(l, "kernel", null, where);
+        int[] stride = pairField(l, "stride", new int[] {1, 1}, where);
+        int[] pad = pairField(l, "padding", new int[] {0, 0}, where);
+        int[] dil = pairField(l, "dilation", new int[] {1, 1}, where);
+        int groups = l.has("groups") ? intField(l.get("groups"), where + ".groups") : 1;
+        Conv2d.Init init = Conv2d.Init.UNIFORM;
+        if (l.has("init")) {
+          JsonNode i = l.get("init");
+          if (i.isTextual() && i.asText().equals("kaiming_normal")) {
+            init = Conv2d.Init.KAIMING_NORMAL;
+          } else if (!i.isTextual() || !i.asText().equals("uniform")) {
+            throw new IllegalArgumentException(where + ".init must be \"uniform\" or \"kaiming_normal\", got " + i);
+          }
+        }
+        Conv c = new Conv(filters, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1], dil[0], dil[1],
+            groups, init);
+        return new LayerSpec("conv2d", 0, boolField(l, "bias", true, where), 0f, c, null, null, null, null);
+      }
+      case "batchnorm2d" -> {
+        checkKeys(l, Set.of("type", "momentum", "eps"), where);
+        Norm n = new Norm(floatField(l, "momentum", Norm.DEFAULT.momentum(), where),
+            floatField(l, "eps", Norm.DEFAULT.eps(), where));
+        return new LayerSpec("batchnorm2d", 0, false, 0f, null, null, n, null, null);
+      }
+      case "maxpool2d", "avgpool2d" -> {
+        checkKeys(l, Set.of("type", "kernel", "stride", "padding"), where);
+        if (l.get("kernel") == null) {
+          throw new IllegalArgumentException(where + ": " + type + " needs 'kernel', e.g. 2 or [2, 2]");
+        }
+        int[] kernel = pairField(l, "kernel", null, where);
+        int[] stride = pairField(l, "stride", kernel, where);
+        int[] pad = pairField(l, "padding", new int[] {0, 0}, where);
+        Pool p = new Pool(kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1]);
+        return new LayerSpec(type, 0, false, 0f, null, p, null, null, null);
+      }
+      case "residual" -> {
+        checkKeys(l, Set.of("type", "layers", "shortcut"), where);
+        JsonNode main = l.get("layers");
+        if (main == null || !main.isArray()) {
+          throw new IllegalArgumentException(where + ": residual needs 'layers', an array of layer objects (the "
+              + "main path)");
+        }
+        JsonNode sc = l.get("shortcut");
+        if (sc != null && !sc.isArray()) {
+          throw new IllegalArgumentException(where + ".shortcut must be an array of layer objects ([] or absent: "
+              + "identity)");
+        }
+        return new LayerSpec("residual", 0, false, 0f, null, null, null, parseLayers(main, where + ".layers"),
+            sc == null ? List.of() : parseLayers(sc, where + ".shortcut"));
+      }
+      default -> throw new IllegalArgumentException(where + ": unknown layer type '" + type + "' (known: "
+          + KNOWN_TYPES + ")");
+    }
+  }
+
+  private static boolean boolField(JsonNode obj, String key, boolean dflt, String where) {
+    if (!obj.has(key)) {
+      return dflt;
+    }
+    if (!obj.get(key).isBoolean()) {
+      throw new IllegalArgumentException(where + "." + key + " must be true or false");
+    }
+    return obj.get(key).asBoolean();
+  }
+
+  private static float floatField(JsonNode obj, String key, float dflt, String where) {
+    if (!obj.has(key)) {
+      return dflt;
+    }
+    JsonNode n = obj.get(key);
+    if (!n.isNumber()) {
+      throw new IllegalArgumentException(where + "." + key + " must be a number, got " + n);
+    }
+    return (float) n.asDouble();
+  }
+
+  /** An integer n (meaning [n, n]) or [height, width]; {@code dflt} when absent. */
+  private static int[] pairField(JsonNode obj, String key, int[] dflt, String where) {
+    JsonNode n = obj.get(key);
+    if (n == null) {
+      return dflt.clone();
+    }
+    String field = where + "." + key;
+    if (n.isArray() && n.size() == 2) {
+      return new int[] {intOf(n.get(0), field, n), intOf(n.get(1), field, n)};
+    }
+    int v = intOf(n, field, n);
+    return new int[] {v, v};
+  }
+
+  private static int intOf(JsonNode n, String field, JsonNode whole) {
+    if (n == null || !n.isIntegralNumber() || !n.canConvertToInt()) {
+      throw new IllegalArgumentException(field + " must be an integer or [height, width], got " + whole);
+    }
+    return n.asInt();
   }
 
   private static int intField(JsonNode n, String where) {

@@ -57,14 +57,16 @@ public final class Optimizer {
 
   /** Applies one update with learning rate {@code lr} using the current gradient buffer. */
   public void step(double lr) {
-    Tensor p = params.params();
-    Tensor g = params.grads();
+    // Only the trainable prefix: buffers (batch norm statistics) are not trained (Note [buffers]).
+    Tensor p = params.trainableParams();
+    Tensor g = params.trainableGrads();
     if (config.type() == OptimizerConfig.Type.SGD) {
-      device.sgdStep(p, g, state.get("momentum"), (float) lr, (float) config.momentum(), config.nesterov(),
-          (float) config.weightDecay(), steps == 0);
+      device.sgdStep(p, g, params.prefix(state.get("momentum")), (float) lr, (float) config.momentum(),
+          config.nesterov(), (float) config.weightDecay(), steps == 0);
     } else {
-      device.adamwStep(p, g, state.get("m"), state.get("v"), (float) lr, (float) config.beta1(),
-          (float) config.beta2(), (float) config.eps(), (float) config.weightDecay(), steps + 1);
+      device.adamwStep(p, g, params.prefix(state.get("m")), params.prefix(state.get("v")), (float) lr,
+          (float) config.beta1(), (float) config.beta2(), (float) config.eps(), (float) config.weightDecay(),
+          steps + 1);
     }
     steps++;
   }

@@ -48,6 +48,7 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long,
   private final long rowsPerRank;
   private final CheckpointPolicy checkpoints; // null: no checkpoints
   private final SerializableConfiguration hadoopConf;
+  private ProgressEndpoint progress; // null: no live progress (issue 9)
 
   BarrierTrainFunction(String specJson, TrainerConfig cfg, String device, String token, int timeoutSeconds,
       int dim, int targetDim, int steps, long rowsPerRank, CheckpointPolicy checkpoints,
@@ -63,6 +64,12 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long,
     this.rowsPerRank = rowsPerRank;
     this.checkpoints = checkpoints;
     this.hadoopConf = hadoopConf;
+  }
+
+  /** Ranks report live progress to this driver endpoint (issue 9); null turns it off. */
+  BarrierTrainFunction withProgress(ProgressEndpoint endpoint) {
+    this.progress = endpoint;
+    return this;
   }
 
   @Override
@@ -92,12 +99,20 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long,
       }
       long dataReady = System.currentTimeMillis();
       String resolved = Backends.resolve(device, wc);
-      try (Device dev = Backends.openDevice(resolved, wc)) {
+      if (!"cpu".equals(device) && wc.worldSize() > 1) {
+        // One collective on every rank (device is the same on all), before NCCL starts: Note [distinct GPUs].
+        GpuPlacement.check(wc, "cuda".equals(resolved) ? wc.gpuPlacementKey() : "");
+      }
+      try (ProgressReporter reporter = ProgressReporter.start(progress, rank, wc.worldSize(),
+              ProgressReporter.DEFAULT_MIN_INTERVAL_NANOS)
+              .plan(cfg.epochs(), steps, cfg.accumulation(), cfg.batchSize());
+          Device dev = Backends.openDevice(resolved, wc)) {
         Communicator comm = Backends.openCommunicator(dev, wc, wc.host(), Duration.ofSeconds(timeoutSeconds));
         try {
           ModelSpec spec = ModelSpec.fromJson(specJson);
           Model model = new Model(spec, dev);
-          Trainer trainer = new Trainer(model, cfg, comm).onStep(FaultInjection.forTask(ctx, rank));
+          Trainer trainer = new Trainer(model, cfg, comm)
+              .onStep(FaultInjection.forTask(ctx, rank).andThen(reporter::onStep));
           CheckpointData resumeFrom = null;
           if (checkpoints != null) {
             trainer.checkpointing(checkpoints, hadoopConf.value());
@@ -114,9 +129,13 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long,
           }
           long firstStep = System.currentTimeMillis();
           List<EpochStats> stats = trainer.fit(store, local, steps);
+          reporter.done(ProgressReporter.peakMemory(dev), dev.name());
           float[] params = model.parametersToHost();
-          result = new TaskResult(rank, stats, rank == 0 ? params : null, digest(params), start, dataReady, firstStep,
-              System.currentTimeMillis(), dev.name());
+          // The ranks must agree on the trainable prefix; buffers (batch-norm running statistics) are per rank,
+          // as in PyTorch DDP (Note [buffers] in ParameterSet), and rank 0's are the model's.
+          float[] trained = java.util.Arrays.copyOf(params, Math.toIntExact(model.parameters().trainableElements()));
+          result = new TaskResult(rank, stats, rank == 0 ? params : null, digest(trained), start, dataReady,
+              firstStep, System.currentTimeMillis(), dev.name());
           comm.close();
         } catch (IOException e) {
           comm.abort();

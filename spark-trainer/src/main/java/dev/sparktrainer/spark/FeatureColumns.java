@@ -47,10 +47,16 @@ public final class FeatureColumns {
     return toFloatArray(schema, featuresCol, "featuresCol");
   }
 
-  /** array<float> from a vector, an array of numbers, or a single number. */
+  /**
+   * array<float> from a vector, an array of numbers, a single number, or a binary column of uint8 pixels
+   * described by {@link ImageColumns#describe} (decoded and normalised in the task).
+   */
   static Column toFloatArray(StructType schema, String name, String param) {
     DataType t = field(schema, name, param).dataType();
     Column c = col(quote(name));
+    if (t instanceof org.apache.spark.sql.types.BinaryType) {
+      return ImageColumns.decodeExpr(field(schema, name, param), param);
+    }
     if (t instanceof VectorUDT) {
       return org.apache.spark.ml.functions.vector_to_array(c, "float32");
     }

@@ -8,32 +8,44 @@ import org.apache.spark.resource.ResourceInformation;
 
 /** A {@link WorkerContext} backed by Spark's BarrierTaskContext: rank = partition id, allGather = Spark's. */
 public final class SparkWorkerContext implements WorkerContext {
+  private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(SparkWorkerContext.class);
   private final BarrierTaskContext ctx;
   private final String token;
-  private final int gpu;
+  private final String[] gpuAddresses; // the GPUs Spark assigned to this task; empty: none
+  private GpuPlacement.Gpu gpu; // resolved on first use (CPU training never needs it)
 
   public SparkWorkerContext(BarrierTaskContext ctx, String token) {
     this.ctx = ctx;
     this.token = token;
-    this.gpu = gpuFromResources(ctx);
+    ResourceInformation ri = ctx.resourcesJMap().get("gpu");
+    this.gpuAddresses = ri == null ? new String[0] : ri.addresses();
   }
 
-  /** The GPU address Spark assigned to this task, or -1 when it has none (local mode, CPU clusters). */
-  static int gpuFromResources(BarrierTaskContext ctx) {
-    ResourceInformation ri = ctx.resourcesJMap().get("gpu");
-    if (ri == null || ri.addresses().length == 0) {
-      return -1;
+  /**
+   * The GPU Spark assigned to this task, mapped to a CUDA device (Note [GPU address -> CUDA device] in
+   * {@link GpuPlacement}), or null when it has none (local mode, CPU clusters).
+   */
+  private GpuPlacement.Gpu assignedGpu() {
+    if (gpuAddresses.length == 0) {
+      return null;
     }
-    if (ri.addresses().length > 1) {
-      throw new IllegalStateException("task got " + ri.addresses().length + " GPUs " + Arrays.toString(ri.addresses())
-          + "; the training stage needs exactly one per task (spark.task.resource.gpu.amount=1)");
+    if (gpu == null) {
+      if (gpuAddresses.length > 1) {
+        throw new IllegalStateException("task got " + gpuAddresses.length + " GPUs " + Arrays.toString(gpuAddresses)
+            + "; the training stage needs exactly one per task (spark.task.resource.gpu.amount=1)");
+      }
+      String visible = System.getenv("CUDA_VISIBLE_DEVICES");
+      gpu = GpuPlacement.resolve(gpuAddresses[0], visible);
+      LOG.info("rank " + rank() + " on " + host() + ": Spark's GPU address " + gpuAddresses[0] + " -> CUDA device "
+          + gpu.ordinal() + (visible == null ? "" : " (CUDA_VISIBLE_DEVICES=" + visible + ")"));
     }
-    try {
-      return Integer.parseInt(ri.addresses()[0].trim());
-    } catch (NumberFormatException e) {
-      throw new IllegalStateException("GPU address '" + ri.addresses()[0] + "' is not a device ordinal; "
-          + "the GPU discovery script must print ordinals such as \"0\", \"1\"", e);
-    }
+    return gpu;
+  }
+
+  /** "physical GPU@host" of this task's Spark-assigned GPU, for {@link GpuPlacement#check}; "" when it has none. */
+  String gpuPlacementKey() {
+    GpuPlacement.Gpu g = assignedGpu();
+    return g == null ? "" : GpuPlacement.key(g.physical(), host());
   }
 
   @Override
@@ -46,9 +58,11 @@ public final class SparkWorkerContext implements WorkerContext {
     return ctx.getTaskInfos().length;
   }
 
+  /** The CUDA ordinal of the GPU Spark assigned to this task, or -1 when it has none. */
   @Override
   public int gpu() {
-    return gpu;
+    GpuPlacement.Gpu g = assignedGpu();
+    return g == null ? -1 : g.ordinal();
   }
 
   @Override

@@ -63,7 +63,8 @@ public final class TrainingJob {
     Column label = loss == Loss.CROSS_ENTROPY ? FeatureColumns.labelExpr(schema, params.getLabelCol())
         : FeatureColumns.targetExpr(schema, params.getLabelCol());
     SparkContext sc = dataset.sparkSession().sparkContext();
-    checkSlots(sc, world);
+    GpuScheduling.Plan gpus = GpuScheduling.plan(dataset.sparkSession(), params.getDevice());
+    checkSlots(sc, world, gpus);
 
     // 2. Data: the prepared rows (features array<float>, label double or target array<float>) as Spark's
     // binary rows, kept for the shuffle unless the input is cached already; one pass finds nulls, sizes,
@@ -89,7 +90,7 @@ public final class TrainingJob {
       SamplerPlan plan = new SamplerPlan(facts.rows(), world, cfg.batchSize(), cfg.seed(), cfg.dropLast());
       int targetDim = classification ? 0 : facts.classesOrTargetDim();
       return train(sc, internal, plan, spec, cfg, params, facts.dim(), targetDim, facts.rowsPerPartition(),
-          fitStart);
+          fitStart, gpus);
     } finally {
       if (!inputCached) {
         internal.unpersist(false);
@@ -123,8 +124,15 @@ public final class TrainingJob {
     };
   }
 
-  /** Fails at once when the barrier stage cannot get W slots (Spark's own check takes ~10 minutes). */
-  static void checkSlots(SparkContext sc, int world) {
+  /**
+   * Fails at once when the barrier stage cannot get W slots (Spark's own check takes ~10 minutes): GPU slots
+   * when the training stage takes GPUs ({@link GpuScheduling}), else task slots.
+   */
+  static void checkSlots(SparkContext sc, int world, GpuScheduling.Plan gpus) {
+    if (gpus.mode() != GpuScheduling.Mode.NONE) {
+      GpuScheduling.checkSlots(sc, world, gpus);
+      return;
+    }
     int slots;
     try {
       slots = sc.maxNumConcurrentTasks(sc.resourceProfileManager().defaultResourceProfile());
@@ -213,7 +221,8 @@ public final class TrainingJob {
   }
 
   private static Result train(SparkContext sc, JavaRDD<InternalRow> internal, SamplerPlan plan, ModelSpec spec,
-      TrainerConfig cfg, SparkTrainer params, int dim, int targetDim, long[] perPartition, long fitStart) {
+      TrainerConfig cfg, SparkTrainer params, int dim, int targetDim, long[] perPartition, long fitStart,
+      GpuScheduling.Plan gpus) {
     int world = plan.world();
     long rowsPerRank = plan.rowsPerRank();
     // Sampler-aware partitioning: every row goes to (rank, local position) from the seeded permutation.
@@ -290,13 +299,19 @@ public final class TrainingJob {
         Base64.getEncoder().encodeToString(secret), params.getTimeoutSeconds(), dim, targetDim,
         Math.toIntExact(plan.stepsPerEpoch()), rowsPerRank, checkpoints,
         new SerializableConfiguration(sc.hadoopConfiguration()));
+    // Live progress (issue 9): the ranks report to a driver-side endpoint authenticated by its own token.
+    ProgressServer progress = ProgressServer.forDriver(sc, world, cfg.batchSize());
+    fn.withProgress(progress == null ? null : progress.endpoint());
+    long[] peakMemory = null;
     String previous = sc.getLocalProperty("spark.job.description");
     sc.setJobDescription("spark-trainer: " + cfg.epochs() + " epoch(s) on " + world + " worker(s), batch "
         + cfg.batchSize() + " per worker");
     List<TaskResult> results;
     try {
-      RDD<TaskResult> out = sorted.barrier().mapPartitions(fn, false, ClassTag$.MODULE$.apply(TaskResult.class));
+      RDD<TaskResult> out = GpuScheduling.withProfile(sorted, gpus).barrier()
+          .mapPartitions(fn, false, ClassTag$.MODULE$.apply(TaskResult.class));
       results = new ArrayList<>(out.toJavaRDD().repartition(1).collect());
+      peakMemory = ProgressServer.peakMemoryOf(progress);
     } catch (Exception e) { // Scala throws the checked SparkException without declaring it
       if (!(e instanceof org.apache.spark.SparkException)) {
         throw e;
@@ -306,6 +321,9 @@ public final class TrainingJob {
           + "newest checkpoint when checkpointPath is set)", e);
     } finally {
       sc.setJobDescription(previous);
+      if (progress != null) {
+        progress.close();
+      }
     }
     results.sort(Comparator.comparingInt(TaskResult::rank));
     if (results.size() != world) {
@@ -330,7 +348,14 @@ public final class TrainingJob {
       perRank.add(r.epochs());
     }
     TrainingSummary summary = new TrainingSummary(perRank, (firstStep - fitStart) / 1000.0,
-        (end - fitStart) / 1000.0, results.get(0).device());
+        (end - fitStart) / 1000.0, results.get(0).device()).withBatchSize(cfg.batchSize())
+        .withPeakDeviceMemory(peakMemory);
+    dev.sparktrainer.api.StragglerReport stragglers = summary.stragglers();
+    if (stragglers.hasStragglers()) {
+      LOG.warn(stragglers.toString());
+    } else {
+      LOG.info(stragglers.toString());
+    }
     return new Result(results.get(0).parameters(), summary, results);
   }
 }

@@ -149,14 +149,14 @@ class CheckpointRoundTripTest {
   void restoreRejectsAnInvalidModelSpecInTheCheckpoint() {
     CheckpointData saved = CheckpointFixtures.sample();
     ObjectNode spec = saved.modelSpec();
-    ((ObjectNode) spec.get("layers").get(0)).put("type", "conv2d");
+    ((ObjectNode) spec.get("layers").get(0)).put("type", "conv3d");
     CheckpointData bad = withTensors(
         CheckpointData.builder().step(1).modelSpec(spec).optimizer(saved.optimizer()).build(), saved.tensors());
     Trainee dst = fresh(dev, SPEC, ADAMW, 5);
     CheckpointException e = assertThrows(CheckpointException.class,
         () -> Checkpoints.restore(bad, dst.model(), dst.opt()));
     assertTrue(e.getMessage().startsWith("checkpoint holds an invalid model spec: ")
-        && e.getMessage().contains("unknown layer type 'conv2d'"), e.getMessage());
+        && e.getMessage().contains("unknown layer type 'conv3d'"), e.getMessage());
   }
 
   @Test

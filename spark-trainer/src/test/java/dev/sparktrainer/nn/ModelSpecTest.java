@@ -108,7 +108,8 @@ class ModelSpecTest {
       assertEquals(List.of("0.linear.weight", "0.linear.bias", "3.linear.weight", "3.linear.bias",
           "6.linear.weight", "6.linear.bias"), ps.entries().stream().map(ParameterSet.Entry::name).toList());
     }
-    assertEquals("model spec: layer 1: unknown layer type 'tanh' (known: linear, relu, gelu, dropout, flatten)",
+    assertEquals("model spec: layer 1: unknown layer type 'tanh' (known: linear, relu, gelu, dropout, flatten, conv2d,"
+        + " batchnorm2d, maxpool2d, avgpool2d, globalavgpool, residual)",
         error(() -> ModelSpec.mlp(4, new int[] {3}, 2, "tanh", 0f)));
   }
 
@@ -116,11 +117,13 @@ class ModelSpecTest {
 
   @Test
   void unknownLayerType() {
-    assertEquals("model spec: layer 1: unknown layer type 'conv2d' (known: linear, relu, gelu, dropout, flatten)",
-        error(() -> ModelSpec.builder().input(4).linear(3).layer(new ModelSpec.LayerSpec("conv2d", 3, true, 0f))
+    assertEquals("model spec: layer 1: unknown layer type 'conv3d' (known: linear, relu, gelu, dropout, flatten,"
+        + " conv2d, batchnorm2d, maxpool2d, avgpool2d, globalavgpool, residual)",
+        error(() -> ModelSpec.builder().input(4).linear(3).layer(new ModelSpec.LayerSpec("conv3d", 3, true, 0f))
             .build()));
-    assertEquals("model spec: layers[0]: unknown layer type 'conv2d' (known: linear, relu, gelu, dropout, flatten)",
-        jsonError("{\"input\": [4], \"layers\": [{\"type\": \"conv2d\"}]}"));
+    assertEquals("model spec: layers[0]: unknown layer type 'conv3d' (known: linear, relu, gelu, dropout, flatten,"
+        + " conv2d, batchnorm2d, maxpool2d, avgpool2d, globalavgpool, residual)",
+        jsonError("{\"input\": [4], \"layers\": [{\"type\": \"conv3d\"}]}"));
     assertEquals("model spec: layers[0]: expected an object with a string 'type'",
         jsonError("{\"input\": [4], \"layers\": [{\"units\": 3}]}"));
     assertEquals("model spec: layers[0]: expected an object with a string 'type'",

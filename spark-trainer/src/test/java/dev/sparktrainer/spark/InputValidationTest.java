@@ -207,8 +207,8 @@ class InputValidationTest {
   void badModelSpecJson() {
     IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
         () -> trainer().setModelSpec("{\"input\": [3], \"layers\": [{\"type\": \"conv\"}]}"));
-    assertEquals("model spec: layers[0]: unknown layer type 'conv' (known: linear, relu, gelu, dropout, flatten)",
-        e.getMessage());
+    assertEquals("model spec: layers[0]: unknown layer type 'conv' (known: linear, relu, gelu, dropout, flatten,"
+        + " conv2d, batchnorm2d, maxpool2d, avgpool2d, globalavgpool, residual)", e.getMessage());
   }
 
   @Test

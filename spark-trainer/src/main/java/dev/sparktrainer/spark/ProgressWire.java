@@ -1,0 +1,109 @@
+package dev.sparktrainer.spark;
+
+import dev.sparktrainer.train.EpochStats;
+import java.io.ByteArrayOutputStream;
+import java.io.DataInputStream;
+import java.io.DataOutputStream;
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.charset.StandardCharsets;
+import java.security.GeneralSecurityException;
+import javax.crypto.Mac;
+import javax.crypto.spec.SecretKeySpec;
+
+/**
+ * The progress protocol (big-endian, java.io.Data* encoding).
+ *
+ * <pre>
+ * server -> client  int MAGIC, int VERSION, byte[32] nonce
+ * client -> server  int rank, byte[32] HMAC-SHA256(token, PURPOSE || 0 || nonce || rank || world)
+ * server -> client  byte 1 (accepted) | byte 0 (rejected, then the server closes)
+ * client -> server  frames until EOF: byte type, then
+ *   STEP  int epoch, int epochs, long step, long totalSteps, long samples, double seconds, double eta, double loss
+ *   EPOCH int epoch, long samples, double loss, accuracy, seconds, dataWait, compute, comm, long skippedSteps
+ *   DONE  long peakDeviceMemoryBytes, UTF device
+ * </pre>
+ * The server attaches the authenticated rank to every frame, so a client cannot speak for another rank.
+ */
+final class ProgressWire {
+  static final int MAGIC = 0x53545047; // "STPG"
+  static final int VERSION = 1;
+  static final int NONCE_BYTES = 32;
+  static final int MAC_BYTES = 32;
+  static final String PURPOSE = "spark-trainer progress v1: client";
+  static final byte STEP = 1;
+  static final byte EPOCH = 2;
+  static final byte DONE = 3;
+
+  private ProgressWire() {}
+
+  static byte[] mac(String token, byte[] nonce, int rank, int world) {
+    try {
+      Mac m = Mac.getInstance("HmacSHA256");
+      m.init(new SecretKeySpec(token.getBytes(StandardCharsets.UTF_8), "HmacSHA256"));
+      m.update(PURPOSE.getBytes(StandardCharsets.US_ASCII));
+      m.update((byte) 0);
+      m.update(nonce);
+      m.update(ByteBuffer.allocate(8).putInt(rank).putInt(world).array());
+      return m.doFinal();
+    } catch (GeneralSecurityException e) {
+      throw new IllegalStateException("HmacSHA256 is not available in this JVM", e);
+    }
+  }
+
+  static byte[] encode(ProgressEvent e) {
+    ByteArrayOutputStream bytes = new ByteArrayOutputStream(96);
+    try (DataOutputStream out = new DataOutputStream(bytes)) {
+      if (e instanceof ProgressEvent.Step s) {
+        out.writeByte(STEP);
+        out.writeInt(s.epoch());
+        out.writeInt(s.epochs());
+        out.writeLong(s.step());
+        out.writeLong(s.totalSteps());
+        out.writeLong(s.samples());
+        out.writeDouble(s.seconds());
+        out.writeDouble(s.etaSeconds());
+        out.writeDouble(s.loss());
+      } else if (e instanceof ProgressEvent.Epoch ep) {
+        EpochStats s = ep.stats();
+        out.writeByte(EPOCH);
+        out.writeInt(s.epoch());
+        out.writeLong(s.samples());
+        out.writeDouble(s.loss());
+        out.writeDouble(s.accuracy());
+        out.writeDouble(s.seconds());
+        out.writeDouble(s.dataWaitSeconds());
+        out.writeDouble(s.computeSeconds());
+        out.writeDouble(s.commSeconds());
+        out.writeLong(s.skippedSteps());
+      } else if (e instanceof ProgressEvent.Done d) {
+        out.writeByte(DONE);
+        out.writeLong(d.peakDeviceMemoryBytes());
+        out.writeUTF(d.device() == null ? "" : d.device());
+      }
+    } catch (IOException ex) {
+      throw new IllegalStateException(ex); // in-memory stream
+    }
+    return bytes.toByteArray();
+  }
+
+  /** Reads one frame for {@code rank}; null at a clean end of stream. */
+  static ProgressEvent read(DataInputStream in, int rank) throws IOException {
+    int type = in.read();
+    if (type < 0) {
+      return null;
+    }
+    return switch (type) {
+      case STEP -> new ProgressEvent.Step(rank, in.readInt(), in.readInt(), in.readLong(), in.readLong(),
+          in.readLong(), in.readDouble(), in.readDouble(), in.readDouble());
+      case EPOCH -> {
+        int epoch = in.readInt();
+        long samples = in.readLong();
+        yield new ProgressEvent.Epoch(rank, new EpochStats(epoch, rank, samples, in.readDouble(), in.readDouble(),
+            in.readDouble(), in.readDouble(), in.readDouble(), in.readDouble(), in.readLong()));
+      }
+      case DONE -> new ProgressEvent.Done(rank, in.readLong(), in.readUTF());
+      default -> throw new IOException("unknown progress frame type " + type);
+    };
+  }
+}
