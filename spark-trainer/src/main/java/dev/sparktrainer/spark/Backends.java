@@ -31,6 +31,13 @@ public final class Backends {
     if (ctx.gpu() >= 0) {
       return "cuda";
     }
+    if (!nvidiaDriverPresent()) {
+      // Loading JCuda's natives only to learn that there is no driver costs ~1 s per task.
+      if (ctx.rank() == 0) {
+        LOG.info("device auto -> cpu: no NVIDIA driver on this host (/proc/driver/nvidia/version is absent)");
+      }
+      return "cpu";
+    }
     Cuda.Availability a = Cuda.availability();
     if (a.available() && NativeLoader.jniAvailable()) {
       return "cuda";
@@ -39,6 +46,14 @@ public final class Backends {
       LOG.info("device auto -> cpu: " + (a.available() ? NativeLoader.jniProblem() : a.reason()));
     }
     return "cpu";
+  }
+
+  /** Whether the NVIDIA kernel driver is loaded on this (Linux) host; true elsewhere, where we cannot tell. */
+  static boolean nvidiaDriverPresent() {
+    if (!System.getProperty("os.name", "").toLowerCase(java.util.Locale.ROOT).contains("linux")) {
+      return true;
+    }
+    return java.nio.file.Files.exists(java.nio.file.Path.of("/proc/driver/nvidia/version"));
   }
 
   public static Device openDevice(String resolved, WorkerContext ctx) {

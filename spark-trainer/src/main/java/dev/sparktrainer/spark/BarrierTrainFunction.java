@@ -99,15 +99,21 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long,
       }
       long dataReady = System.currentTimeMillis();
       String resolved = Backends.resolve(device, wc);
-      if (!"cpu".equals(device) && wc.worldSize() > 1) {
-        // One collective on every rank (device is the same on all), before NCCL starts: Note [distinct GPUs].
-        GpuPlacement.check(wc, "cuda".equals(resolved) ? wc.gpuPlacementKey() : "");
+      if ("cuda".equals(resolved) && wc.worldSize() > 1) {
+        // One collective on every rank before NCCL starts: Note [distinct GPUs]. Ranks resolve "auto" alike
+        // (one resource profile, or one host in local mode); were they to differ, the communicator's own
+        // rendezvous would get a message it cannot parse and fail, not hang. Each BarrierTaskContext.allGather
+        // costs ~1 s in Spark 4.1, so CPU training skips this one.
+        GpuPlacement.check(wc, wc.gpuPlacementKey());
       }
+      long tResolved = System.currentTimeMillis();
       try (ProgressReporter reporter = ProgressReporter.start(progress, rank, wc.worldSize(),
               ProgressReporter.DEFAULT_MIN_INTERVAL_NANOS)
               .plan(cfg.epochs(), steps, cfg.accumulation(), cfg.batchSize());
           Device dev = Backends.openDevice(resolved, wc)) {
+        long tDevice = System.currentTimeMillis();
         Communicator comm = Backends.openCommunicator(dev, wc, wc.host(), Duration.ofSeconds(timeoutSeconds));
+        long tComm = System.currentTimeMillis();
         try {
           ModelSpec spec = ModelSpec.fromJson(specJson);
           Model model = new Model(spec, dev);
@@ -128,6 +134,12 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long,
             local[i] = i;
           }
           long firstStep = System.currentTimeMillis();
+          if (rank == 0) {
+            LOG.info("rank 0: data ready -> first step {} ms: device choice {} ms, progress + device {} ms, "
+                + "communicator {} ms, model + initial weights {} ms ({}, world {})", firstStep - dataReady,
+                tResolved - dataReady, tDevice - tResolved, tComm - tDevice, firstStep - tComm, dev.name(),
+                wc.worldSize());
+          }
           List<EpochStats> stats = trainer.fit(store, local, steps);
           reporter.done(ProgressReporter.peakMemory(dev), dev.name());
           float[] params = model.parametersToHost();
