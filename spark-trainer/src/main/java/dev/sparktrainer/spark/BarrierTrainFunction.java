@@ -118,7 +118,8 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long,
           ModelSpec spec = ModelSpec.fromJson(specJson);
           Model model = new Model(spec, dev);
           Trainer trainer = new Trainer(model, cfg, comm)
-              .onStep(FaultInjection.forTask(ctx, rank).andThen(reporter::onStep));
+              .onStep(FaultInjection.forTask(ctx, rank).andThen(reporter::onStep))
+              .onEpochEnd(reporter::epoch);
           CheckpointData resumeFrom = null;
           if (checkpoints != null) {
             trainer.checkpointing(checkpoints, hadoopConf.value());

@@ -48,6 +48,7 @@ public final class Trainer {
   private final Device device;
   private final Optimizer optimizer;
   private Consumer<Long> stepListener = s -> { };
+  private Consumer<EpochStats> epochListener = e -> { };
   private boolean listening; // a listener was set: it may read device memory, so buckets are awaited first
   private long optimizerStep;
   private CheckpointPolicy checkpoints;
@@ -64,6 +65,12 @@ public final class Trainer {
     this.comm = comm;
     this.device = model.device();
     this.optimizer = config.optimizer().create(device, model.parameters());
+  }
+
+  /** Called at the end of every epoch with this rank's statistics (live progress reports them). */
+  public Trainer onEpochEnd(Consumer<EpochStats> listener) {
+    this.epochListener = listener;
+    return this;
   }
 
   /** Called after every optimizer step with the step number (tests check invariants here). */
@@ -278,8 +285,10 @@ public final class Trainer {
       double meanLoss = host[0] / samples;
       device.download(correct, host, 0);
       double acc = loss == Loss.CROSS_ENTROPY ? host[0] / samples : Double.NaN;
-      stats.add(new EpochStats(epoch, comm.rank(), samples, meanLoss, acc, seconds, waitNanos / 1e9,
-          seconds - waitNanos / 1e9 - commNanos / 1e9, commNanos / 1e9, skipped));
+      EpochStats es = new EpochStats(epoch, comm.rank(), samples, meanLoss, acc, seconds, waitNanos / 1e9,
+          seconds - waitNanos / 1e9 - commNanos / 1e9, commNanos / 1e9, skipped);
+      stats.add(es);
+      epochListener.accept(es);
     }
     return stats;
   }

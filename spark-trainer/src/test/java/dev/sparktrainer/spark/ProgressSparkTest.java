@@ -49,6 +49,7 @@ class ProgressSparkTest {
     // 300 rows, W = 2, B = 25: 6 steps per epoch, 18 in all
     for (int rank = 0; rank < 2; rank++) {
       List<Long> steps = new ArrayList<>();
+      List<Integer> epochEnds = new ArrayList<>();
       int done = 0;
       for (ProgressEvent e : events) {
         if (e.rank() != rank) {
@@ -60,6 +61,9 @@ class ProgressSparkTest {
           assertEquals(3, s.epochs());
           assertEquals((s.step() - 1) * 25, s.samples()); // the clock starts after step 1
           steps.add(s.step());
+        } else if (e instanceof ProgressEvent.Epoch ep) {
+          assertTrue(Double.isFinite(ep.stats().loss()), "live epoch loss: " + ep);
+          epochEnds.add(ep.stats().epoch());
         } else if (e instanceof ProgressEvent.Done d) {
           assertEquals(-1, d.peakDeviceMemoryBytes());
           assertEquals("cpu", d.device());
@@ -67,6 +71,7 @@ class ProgressSparkTest {
         }
       }
       assertEquals(1, done, "rank " + rank + " Done events: " + events);
+      assertEquals(List.of(0, 1, 2), epochEnds, "rank " + rank + " reports each epoch's figures live, in order");
       for (int i = 1; i < steps.size(); i++) {
         assertTrue(steps.get(i) > steps.get(i - 1), "rank " + rank + " steps out of order: " + steps);
       }
