@@ -10,7 +10,9 @@ import org.apache.spark.TaskContext;
  * stage attempt, so tests can prove that retries resume from checkpoints and that stalls fail fast. It is
  * armed only through the Spark local property {@value #PROPERTY} (set with
  * {@code sc.setLocalProperty} on the thread that calls fit), e.g. {@code "rank=1,step=7,attempt=0,action=throw"}
- * or {@code "rank=0,step=3,attempt=0,action=stall,seconds=60"}; without it nothing happens.
+ * or {@code "rank=0,step=3,attempt=0,action=stall,seconds=60"}, or {@code action=halt}, which kills the
+ * executor JVM (only in an executor process, never the driver: local-cluster tests); without it nothing
+ * happens.
  */
 final class FaultInjection {
   /** The local property that arms the hook. */
@@ -43,6 +45,12 @@ final class FaultInjection {
     return s -> {
       if (s != step) {
         return;
+      }
+      if (action.equals("halt")) {
+        if (!"driver".equals(org.apache.spark.SparkEnv.get().executorId())) {
+          Runtime.getRuntime().halt(137); // as if the executor were killed (e.g. by the OOM killer)
+        }
+        throw new IllegalStateException("injected halt refused: rank " + rank + " runs inside the driver JVM");
       }
       if (action.equals("stall")) {
         try {
