@@ -98,6 +98,8 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long,
             + "(make it deterministic, e.g. cache it, before fit)");
       }
       long dataReady = System.currentTimeMillis();
+      RankLog log = new RankLog(rank);
+      log.add("data loaded: " + store.rows() + " rows as Arrow batches (stage attempt " + ctx.stageAttemptNumber() + ")");
       String resolved = Backends.resolve(device, wc);
       if ("cuda".equals(resolved) && wc.worldSize() > 1) {
         // One collective on every rank before NCCL starts: Note [distinct GPUs]. Ranks resolve "auto" alike
@@ -114,12 +116,17 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long,
         long tDevice = System.currentTimeMillis();
         Communicator comm = Backends.openCommunicator(dev, wc, wc.host(), Duration.ofSeconds(timeoutSeconds));
         long tComm = System.currentTimeMillis();
+        log.add("device " + dev.name() + ", communicator " + comm.getClass().getSimpleName() + " up");
         try {
           ModelSpec spec = ModelSpec.fromJson(specJson);
           Model model = new Model(spec, dev);
           Trainer trainer = new Trainer(model, cfg, comm)
-              .onStep(FaultInjection.forTask(ctx, rank).andThen(reporter::onStep))
-              .onEpochEnd(reporter::epoch);
+              .onStep(log.stepLogger().andThen(FaultInjection.forTask(ctx, rank)).andThen(reporter::onStep))
+              .onEpochEnd(e -> {
+                log.add(String.format(java.util.Locale.ROOT, "epoch %d done: loss %.4f, %.0f samples/s",
+                    e.epoch() + 1, e.loss(), e.samplesPerSecond()));
+                reporter.epoch(e);
+              });
           CheckpointData resumeFrom = null;
           if (checkpoints != null) {
             trainer.checkpointing(checkpoints, hadoopConf.value());
@@ -159,7 +166,10 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long,
           } catch (RuntimeException suppressed) {
             e.addSuppressed(suppressed);
           }
-          throw e;
+          if (e instanceof Error err) {
+            throw err;
+          }
+          throw log.failure("failed", e);
         }
       }
     }

@@ -110,6 +110,25 @@ public final class TrainingJob {
     return nl > 0 ? rest.substring(0, nl).strip() : rest;
   }
 
+  /** The failing rank's log tail (see RankLog) out of Spark's message, as extra lines; "" when absent. */
+  static String logTail(String sparkMessage) {
+    if (sparkMessage == null) {
+      return "";
+    }
+    int i = sparkMessage.indexOf(RankLog.MARKER);
+    if (i < 0) {
+      return "";
+    }
+    StringBuilder b = new StringBuilder();
+    for (String line : sparkMessage.substring(i).split("\n")) {
+      if (line.startsWith("\tat ") || line.startsWith("Caused by") || line.isBlank()) {
+        break;
+      }
+      b.append('\n').append(line);
+    }
+    return b.toString();
+  }
+
   /** (features array<float>, label double) -> UnsafeRow (features array<float>, label int). */
   static java.util.function.Function<InternalRow, InternalRow> taskRowConverter() {
     org.apache.spark.sql.catalyst.expressions.UnsafeProjection proj =
@@ -318,7 +337,7 @@ public final class TrainingJob {
       }
       throw new TrainingException("training failed on " + world + " worker(s): " + taskError(e.getMessage())
           + " (the training stage is retried up to spark.stage.maxConsecutiveAttempts times, resuming from the "
-          + "newest checkpoint when checkpointPath is set)", e);
+          + "newest checkpoint when checkpointPath is set)" + logTail(e.getMessage()), e);
     } finally {
       sc.setJobDescription(previous);
       if (progress != null) {

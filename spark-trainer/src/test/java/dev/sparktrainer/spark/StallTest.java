@@ -30,6 +30,10 @@ class StallTest {
       assertTrue(seconds < 3 + 10, "took " + seconds + " s");
       assertTrue(e.getMessage().startsWith("training failed on 2 worker(s): "), e.getMessage());
       assertTrue(e.getMessage().contains("peer rank 1"), e.getMessage());
+      // the failing rank's log tail travels with the error
+      assertTrue(e.getMessage().contains("\n-- last log lines of rank 0 --\n"), e.getMessage());
+      assertTrue(e.getMessage().contains("step 2 done"), e.getMessage());
+      assertTrue(e.getMessage().contains("communicator RingCommunicator up"), e.getMessage());
     } finally {
       spark.sparkContext().setLocalProperty(FaultInjection.PROPERTY, null);
       spark.stop();
