@@ -135,33 +135,13 @@ public final class LrSchedule implements Serializable {
       }
     }
     LrSchedule s = switch (lower) {
-      case "step" -> step(integer(n, "stepSize", 0), number(n, "gamma", 0.1));
-      case "cosine" -> warmupCosine(integer(n, "warmupSteps", 0), integer(n, "totalSteps", 0), number(n, "minLr", 0));
+      case "step" -> step(JsonFields.integer(n, "schedule", "stepSize", 0),
+          JsonFields.number(n, "schedule", "gamma", 0.1));
+      case "cosine" -> warmupCosine(JsonFields.integer(n, "schedule", "warmupSteps", 0),
+          JsonFields.integer(n, "schedule", "totalSteps", 0), JsonFields.number(n, "schedule", "minLr", 0));
       default -> constant();
     };
     return s;
-  }
-
-  private static long integer(JsonNode n, String key, long dflt) {
-    JsonNode v = n.get(key);
-    if (v == null) {
-      return dflt;
-    }
-    if (!v.isIntegralNumber()) {
-      throw new IllegalArgumentException("schedule." + key + " must be an integer, got " + v);
-    }
-    return v.asLong();
-  }
-
-  private static double number(JsonNode n, String key, double dflt) {
-    JsonNode v = n.get(key);
-    if (v == null) {
-      return dflt;
-    }
-    if (!v.isNumber()) {
-      throw new IllegalArgumentException("schedule." + key + " must be a number, got " + v);
-    }
-    return v.asDouble();
   }
 
   @Override

@@ -183,8 +183,9 @@ public final class OptimizerConfig implements Serializable {
     }
     OptimizerConfig c;
     if (lower.equals("sgd")) {
-      c = sgd(num(n, "lr", 0.01));
-      c = c.withMomentum(num(n, "momentum", 0)).withWeightDecay(num(n, "weightDecay", 0));
+      c = sgd(JsonFields.number(n, "optimizer", "lr", 0.01));
+      c = c.withMomentum(JsonFields.number(n, "optimizer", "momentum", 0))
+          .withWeightDecay(JsonFields.number(n, "optimizer", "weightDecay", 0));
       if (n.has("nesterov")) {
         if (!n.get("nesterov").isBoolean()) {
           throw new IllegalArgumentException("optimizer.nesterov must be true or false");
@@ -192,7 +193,9 @@ public final class OptimizerConfig implements Serializable {
         c = c.withNesterov(n.get("nesterov").asBoolean());
       }
     } else {
-      c = adamw(num(n, "lr", 1e-3)).withWeightDecay(num(n, "weightDecay", 0.01)).withEps(num(n, "eps", 1e-8));
+      c = adamw(JsonFields.number(n, "optimizer", "lr", 1e-3))
+          .withWeightDecay(JsonFields.number(n, "optimizer", "weightDecay", 0.01))
+          .withEps(JsonFields.number(n, "optimizer", "eps", 1e-8));
       if (n.has("betas")) {
         JsonNode b = n.get("betas");
         if (!b.isArray() || b.size() != 2 || !b.get(0).isNumber() || !b.get(1).isNumber()) {
@@ -202,17 +205,6 @@ public final class OptimizerConfig implements Serializable {
       }
     }
     return c;
-  }
-
-  private static double num(JsonNode n, String key, double dflt) {
-    JsonNode v = n.get(key);
-    if (v == null) {
-      return dflt;
-    }
-    if (!v.isNumber()) {
-      throw new IllegalArgumentException("optimizer." + key + " must be a number, got " + v);
-    }
-    return v.asDouble();
   }
 
   @Override
