@@ -350,21 +350,9 @@ public final class CpuDevice implements Device {
   }
 
   @Override
-  public void dropoutBackward(Tensor dy, Tensor dx, float p, long seed, long offset) {
-    dropout(dy, dx, p, seed, offset);
-  }
-
-  private static void checkLogits(Tensor logits, Tensor labels, String op) {
-    if (logits.rank() != 2 || labels.numel() != logits.dim(0)) {
-      throw new IllegalArgumentException(op + ": logits must be (N, C) and labels (N); got " + logits
-          + " and " + labels);
-    }
-  }
-
-  @Override
   public void softmaxCrossEntropy(Tensor logits, Tensor labels, Tensor losses, Tensor dlogits,
       float gradScale) {
-    checkLogits(logits, labels, "softmaxCrossEntropy");
+    Shape.checkLogits(logits, labels, "softmaxCrossEntropy");
     CpuTensor z = fl(logits);
     CpuTensor y = in(labels);
     CpuTensor l = fl(losses);
@@ -431,7 +419,7 @@ public final class CpuDevice implements Device {
 
   @Override
   public void countCorrect(Tensor logits, Tensor labels, Tensor correct) {
-    checkLogits(logits, labels, "countCorrect");
+    Shape.checkLogits(logits, labels, "countCorrect");
     CpuTensor z = fl(logits);
     CpuTensor y = in(labels);
     CpuTensor c = fl(correct);
@@ -448,7 +436,7 @@ public final class CpuDevice implements Device {
 
   @Override
   public void argmax(Tensor logits, Tensor out) {
-    checkLogits(logits, out, "argmax");
+    Shape.checkLogits(logits, out, "argmax");
     CpuTensor z = fl(logits);
     CpuTensor o = in(out);
     int cols = logits.dim(1);

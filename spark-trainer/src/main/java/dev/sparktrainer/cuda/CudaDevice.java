@@ -1101,25 +1101,13 @@ public final class CudaDevice implements Device {
     }
   }
 
-  @Override
-  public void dropoutBackward(Tensor dy, Tensor dx, float p, long seed, long offset) {
-    dropout(dy, dx, p, seed, offset);
-  }
-
   // ---------------------------------------------------------------- losses
-
-  private static void checkLogits(Tensor logits, Tensor labels, String op) {
-    if (logits.rank() != 2 || labels.numel() != logits.dim(0)) {
-      throw new IllegalArgumentException(op + ": logits must be (N, C) and labels (N); got " + logits
-          + " and " + labels);
-    }
-  }
 
   @Override
   public void softmaxCrossEntropy(Tensor logits, Tensor labels, Tensor losses, Tensor dlogits,
       float gradScale) {
     enter();
-    checkLogits(logits, labels, "softmaxCrossEntropy");
+    Shape.checkLogits(logits, labels, "softmaxCrossEntropy");
     CudaTensor z = fl(logits);
     CudaTensor y = in(labels);
     CudaTensor l = fl(losses);
@@ -1165,7 +1153,7 @@ public final class CudaDevice implements Device {
   @Override
   public void countCorrect(Tensor logits, Tensor labels, Tensor correct) {
     enter();
-    checkLogits(logits, labels, "countCorrect");
+    Shape.checkLogits(logits, labels, "countCorrect");
     CudaTensor z = fl(logits);
     CudaTensor y = in(labels);
     CudaTensor c = f32(fl(correct), "countCorrect (counter)");
@@ -1180,7 +1168,7 @@ public final class CudaDevice implements Device {
   @Override
   public void argmax(Tensor logits, Tensor out) {
     enter();
-    checkLogits(logits, out, "argmax");
+    Shape.checkLogits(logits, out, "argmax");
     CudaTensor z = fl(logits);
     CudaTensor o = in(out);
     noteWritten(o);

@@ -99,7 +99,9 @@ public interface Device extends AutoCloseable {
   void dropout(Tensor x, Tensor y, float p, long seed, long offset);
 
   /** dx = dy * keep(i) / (1 - p), the same mask as {@link #dropout} for the same seed and offset. */
-  void dropoutBackward(Tensor dy, Tensor dx, float p, long seed, long offset);
+  default void dropoutBackward(Tensor dy, Tensor dx, float p, long seed, long offset) {
+    dropout(dy, dx, p, seed, offset); // the same scaled mask, applied to the gradient
+  }
 
   // ---- losses ----
 

@@ -46,4 +46,12 @@ public final class Shape {
     }
     return b.append(')').toString();
   }
+
+  /** The shape contract of the ops over class scores: logits (N, C) and one label/index per row (N). */
+  public static void checkLogits(Tensor logits, Tensor labels, String op) {
+    if (logits.rank() != 2 || labels.numel() != logits.dim(0)) {
+      throw new IllegalArgumentException(op + ": logits must be (N, C) and labels (N); got " + logits
+          + " and " + labels);
+    }
+  }
 }

@@ -24,34 +24,12 @@ import org.junit.jupiter.api.io.TempDir;
 class LocalClusterExecutorKillTest {
   @Test
   void killedExecutorRecoversToTheSameWeights(@TempDir Path dir) throws Exception {
-    String cp = System.getProperty("surefire.test.class.path", System.getProperty("java.class.path"));
-    SparkConf conf = new SparkConf(false)
-        .setMaster("local-cluster[2,1,1024]")
-        .setAppName("LocalClusterExecutorKillTest")
-        .set("spark.ui.enabled", "false")
-        .set("spark.driver.host", "127.0.0.1")
-        .set("spark.driver.bindAddress", "127.0.0.1")
-        .set("spark.executorEnv.SPARK_SCALA_VERSION", "2.13")
-        .set("spark.executorEnv.SPARK_SQL_TESTING", "1")
-        .set("spark.executor.extraClassPath", cp)
-        .set("spark.executor.memory", "768m")
+    SparkConf conf = LocalClusterSupport.conf("local-cluster[2,1,1024]", "LocalClusterExecutorKillTest")
         .set("spark.cores.max", "2")
-        .set("spark.scheduler.minRegisteredResourcesRatio", "1.0")
         .set("spark.sql.shuffle.partitions", "2")
         .set("spark.default.parallelism", "2")
-        .set("spark.stage.maxConsecutiveAttempts", "4")
-        .set("spark.serializer", "org.apache.spark.serializer.KryoSerializer")
-        .set("spark.kryo.registrator", "dev.sparktrainer.spark.TrainerKryoRegistrator");
-    // See Note [local-cluster work folders] in LocalClusterGpuTest.
-    System.setProperty("spark.testing", "true");
-    System.setProperty("spark.test.home", Files.createDirectories(dir.resolve("spark-home")).toString());
-    SparkContext sc;
-    try {
-      sc = new SparkContext(conf);
-    } finally {
-      System.clearProperty("spark.testing");
-      System.clearProperty("spark.test.home");
-    }
+        .set("spark.stage.maxConsecutiveAttempts", "4");
+    SparkContext sc = LocalClusterSupport.start(conf, dir);
     SparkSession spark = SparkSession.builder().getOrCreate();
     java.util.concurrent.atomic.AtomicInteger removed = new java.util.concurrent.atomic.AtomicInteger();
     java.util.concurrent.atomic.AtomicInteger retried = new java.util.concurrent.atomic.AtomicInteger();

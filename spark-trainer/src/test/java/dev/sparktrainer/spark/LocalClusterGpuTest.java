@@ -70,19 +70,8 @@ class LocalClusterGpuTest {
         + "echo \"$n, GPU-fake-$n\"; echo \"$((n + 1)), GPU-fake-$((n + 1))\"\n");
     Path discover = executable(dir.resolve("discover.sh"), "#!/usr/bin/env bash\nunset CUDA_VISIBLE_DEVICES\n"
         + "PATH=\"" + bin + ":$PATH\" exec bash \"" + GpuDiscoveryScriptTest.script() + "\"\n");
-    String cp = System.getProperty("surefire.test.class.path", System.getProperty("java.class.path"));
-    SparkConf conf = new SparkConf(false)
-        .setMaster(MASTER)
-        .setAppName("LocalClusterGpuTest")
-        .set("spark.ui.enabled", "false")
-        .set("spark.driver.host", "127.0.0.1")
-        .set("spark.driver.bindAddress", "127.0.0.1")
-        .set("spark.executorEnv.SPARK_SCALA_VERSION", "2.13")
-        .set("spark.executorEnv.SPARK_SQL_TESTING", "1")
-        .set("spark.executor.extraClassPath", cp)
-        .set("spark.executor.memory", "768m")
+    SparkConf conf = LocalClusterSupport.conf(MASTER, "LocalClusterGpuTest")
         .set("spark.cores.max", "4")
-        .set("spark.scheduler.minRegisteredResourcesRatio", "1.0")
         .set("spark.worker.resource.gpu.amount", "2")
         .set("spark.worker.resource.gpu.discoveryScript", discover.toString())
         .set("spark.executor.resource.gpu.amount", "2")
@@ -90,22 +79,8 @@ class LocalClusterGpuTest {
         .set("spark.sql.shuffle.partitions", "4")
         .set("spark.default.parallelism", "4")
         .set("spark.stage.maxConsecutiveAttempts", "1")
-        .set("spark.task.maxFailures", "1")
-        .set("spark.serializer", "org.apache.spark.serializer.KryoSerializer")
-        .set("spark.kryo.registrator", "dev.sparktrainer.spark.TrainerKryoRegistrator");
-    // Note [local-cluster work folders]: standalone workers write executor folders under SPARK_HOME/work (or
-    // ./work, i.e. into the checkout); under spark.testing they use temp folders instead, and SPARK_HOME is
-    // spark.test.home, so no real SPARK_HOME leaks in. Set only while the cluster starts: the SparkConf above
-    // does not read system properties, so the session itself does not run in Spark's test mode.
-    System.setProperty("spark.testing", "true");
-    System.setProperty("spark.test.home", Files.createDirectories(dir.resolve("spark-home")).toString());
-    SparkContext sc;
-    try {
-      sc = new SparkContext(conf);
-    } finally {
-      System.clearProperty("spark.testing");
-      System.clearProperty("spark.test.home");
-    }
+        .set("spark.task.maxFailures", "1");
+    SparkContext sc = LocalClusterSupport.start(conf, dir);
     spark = SparkSession.builder().getOrCreate(); // takes the context started above
     sc.addSparkListener(new SparkListener() {
       @Override
