@@ -13,6 +13,10 @@
 // machines without cuDNN (MLPs need none of it).
 #include <jni.h>
 
+// The legacy (v7-style) convolution, pooling and batch-norm entry points are deprecated in cuDNN 9 but
+// supported through 9.x; they are what this layer binds (Note [cuDNN ops]).
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
@@ -25,6 +29,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 namespace {
 
@@ -39,6 +44,7 @@ constexpr int JNI_BAD_ARGUMENT = 1;
 constexpr int JNI_NO_CUDNN = 2;
 constexpr int JNI_NO_ALGORITHM = 3;
 constexpr int JNI_ARRAY = 4;
+constexpr int JNI_NO_CUDNN_ALGORITHM = 5;
 
 inline jint status(int lib, int code) { return code == 0 ? 0 : (jint)((lib << 24) | (code & 0xffffff)); }
 inline jint nccl(ncclResult_t r) { return status(LIB_NCCL, (int)r); }
@@ -70,12 +76,41 @@ bool putInt(JNIEnv* env, jintArray out, jint v) {
 // ---- Note [optional cuDNN] ----
 // The cuDNN entry points this library uses, resolved from libcudnn.so.9 at first use. To bind another
 // cuDNN function, add one X(...) line; callers use g_cudnn.name(...).
-#define CUDNN_FUNCS(X) \
-  X(cudnnCreate)       \
-  X(cudnnDestroy)      \
-  X(cudnnSetStream)    \
-  X(cudnnGetVersion)   \
-  X(cudnnGetErrorString)
+#define CUDNN_FUNCS(X)                                \
+  X(cudnnCreate)                                      \
+  X(cudnnDestroy)                                     \
+  X(cudnnSetStream)                                   \
+  X(cudnnGetVersion)                                  \
+  X(cudnnGetErrorString)                              \
+  X(cudnnCreateTensorDescriptor)                      \
+  X(cudnnDestroyTensorDescriptor)                     \
+  X(cudnnSetTensor4dDescriptor)                       \
+  X(cudnnCreateFilterDescriptor)                      \
+  X(cudnnDestroyFilterDescriptor)                     \
+  X(cudnnSetFilter4dDescriptor)                       \
+  X(cudnnCreateConvolutionDescriptor)                 \
+  X(cudnnDestroyConvolutionDescriptor)                \
+  X(cudnnSetConvolution2dDescriptor)                  \
+  X(cudnnSetConvolutionGroupCount)                    \
+  X(cudnnSetConvolutionMathType)                      \
+  X(cudnnGetConvolutionForwardAlgorithm_v7)           \
+  X(cudnnGetConvolutionBackwardDataAlgorithm_v7)      \
+  X(cudnnGetConvolutionBackwardFilterAlgorithm_v7)    \
+  X(cudnnGetConvolutionForwardWorkspaceSize)          \
+  X(cudnnGetConvolutionBackwardDataWorkspaceSize)     \
+  X(cudnnGetConvolutionBackwardFilterWorkspaceSize)   \
+  X(cudnnConvolutionForward)                          \
+  X(cudnnConvolutionBackwardData)                     \
+  X(cudnnConvolutionBackwardFilter)                   \
+  X(cudnnCreatePoolingDescriptor)                     \
+  X(cudnnDestroyPoolingDescriptor)                    \
+  X(cudnnSetPooling2dDescriptor)                      \
+  X(cudnnPoolingForward)                              \
+  X(cudnnPoolingBackward)                             \
+  X(cudnnDeriveBNTensorDescriptor)                    \
+  X(cudnnBatchNormalizationForwardTraining)           \
+  X(cudnnBatchNormalizationForwardInference)          \
+  X(cudnnBatchNormalizationBackward)
 
 struct CudnnTable {
 #define DECLARE(name) decltype(&::name) name = nullptr;
@@ -184,6 +219,10 @@ JNIEXPORT jstring JNICALL Java_dev_sparktrainer_cuda_Native_errorString(JNIEnv* 
             "install cuDNN 9 for CUDA 13 (e.g. the libcudnn9-cuda-13 package) or put libcudnn.so.9 on "
             "LD_LIBRARY_PATH"; break;
         case JNI_NO_ALGORITHM: s = "cuBLASLt: no algorithm for this matmul (heuristic returned none)"; break;
+        case JNI_NO_CUDNN_ALGORITHM:
+          s = "cuDNN: no convolution algorithm fits this shape within the workspace limit (deterministic "
+              "algorithms only for the backward passes); raise -Dsparktrainer.cudnn.workspaceMiB";
+          break;
         case JNI_ARRAY: s = "sparktrainer_jni: output array too small"; break;
         default: s = "sparktrainer_jni: error " + std::to_string(code);
       }
@@ -525,6 +564,423 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnSetStream(JNIEnv*,
   const CudnnTable& t = cudnnTable();
   if (!t.ok) return jniError(JNI_NO_CUDNN);
   return cudnn(t.cudnnSetStream(fromJ<cudnnHandle_t>(h), fromJ<cudaStream_t>(stream)));
+}
+
+}  // extern "C"
+
+// ---------------------------------------------------------------- cuDNN ops
+//
+// Note [cuDNN ops]: convolution (forward, backward data, backward filter), pooling and batch norm through
+// cuDNN's legacy descriptor API. Tensors arrive as raw device addresses with a dtype code (FLOAT32 0,
+// BFLOAT16 2; Note [dtype codes] in kernels/common.cuh) and a layout (0 NCHW, 1 NHWC; the logical dims are
+// always n, c, h, w). Descriptors and the chosen algorithms are built once per shape key and cached per
+// thread, like the matmul plans (one device is driven by one thread at a time; plans are never freed).
+//
+// Algorithm choice: cuDNN's heuristics (Get*Algorithm_v7) rank the candidates; the first one that reports
+// success, needs no more workspace than the caller's buffer and, for the two backward passes, is
+// deterministic (so a run repeats bit for bit) is used. If running it fails as unsupported, the next
+// candidate is tried and remembered. Math: computeMode 0 = fp32 FMA only (no TF32: results match the CPU
+// engine to rounding), 1 = TF32 tensor cores allowed, 2 = bf16 tensor cores (fp32 accumulation).
+namespace {
+
+#define TRY_CUDNN(call)                          \
+  do {                                           \
+    cudnnStatus_t s_ = (call);                   \
+    if (s_ != CUDNN_STATUS_SUCCESS) {            \
+      return cudnn(s_);                          \
+    }                                            \
+  } while (0)
+
+cudnnDataType_t dnnType(jint dtype) { return dtype == 2 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT; }
+cudnnTensorFormat_t dnnFormat(jint layout) { return layout == 1 ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW; }
+
+// Owns the descriptors of one cached plan (destroyed with the thread's cache).
+struct DnnDescs {
+  std::vector<cudnnTensorDescriptor_t> tensors;
+  cudnnFilterDescriptor_t filter = nullptr;
+  cudnnConvolutionDescriptor_t conv[3] = {nullptr, nullptr, nullptr};
+  cudnnPoolingDescriptor_t pool = nullptr;
+  ~DnnDescs() {
+    const CudnnTable& t = g_cudnn;
+    if (!t.ok) return;
+    for (auto d : tensors) t.cudnnDestroyTensorDescriptor(d);
+    if (filter) t.cudnnDestroyFilterDescriptor(filter);
+    for (auto c : conv) if (c) t.cudnnDestroyConvolutionDescriptor(c);
+    if (pool) t.cudnnDestroyPoolingDescriptor(pool);
+  }
+  cudnnStatus_t tensor(cudnnTensorDescriptor_t* out, jint layout, jint dtype, int n, int c, int h, int w) {
+    const CudnnTable& t = g_cudnn;
+    cudnnStatus_t s = t.cudnnCreateTensorDescriptor(out);
+    if (s != CUDNN_STATUS_SUCCESS) return s;
+    tensors.push_back(*out);
+    return t.cudnnSetTensor4dDescriptor(*out, dnnFormat(layout), dnnType(dtype), n, c, h, w);
+  }
+};
+
+// The integer key of a plan: kind, device, dtype, layout, the dims, the geometry and the limits.
+struct DnnKey {
+  int v[24];
+  bool operator==(const DnnKey& o) const { return std::memcmp(v, o.v, sizeof(v)) == 0; }
+};
+struct DnnKeyHash {
+  size_t operator()(const DnnKey& k) const {
+    size_t h = 1469598103934665603ull;
+    for (int x : k.v) h = (h ^ (uint32_t)x) * 1099511628211ull;
+    return h;
+  }
+};
+
+// Conv dims (from Java's int[]): n, c, h, w, k, kh, kw, padH, padW, strideH, strideW, dilationH, dilationW,
+// groups, oh, ow.
+constexpr int CONV_DIMS = 16;
+
+struct ConvPlan {
+  DnnDescs d;
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr;
+  jint status = 0;  // non-zero: building the descriptors failed with this status
+  // Per direction (0 forward, 1 backward data, 2 backward filter): candidate algorithms in heuristic order
+  // (filtered), the index in use, whether it has run successfully once.
+  std::vector<int> algos[3];
+  std::vector<cudnnMathType_t> maths[3];
+  size_t next[3] = {0, 0, 0};
+  bool ranked[3] = {false, false, false};
+};
+
+thread_local std::unordered_map<DnnKey, std::unique_ptr<ConvPlan>, DnnKeyHash> t_convPlans;
+
+jint buildConv(ConvPlan* p, jint dtype, jint layout, const int* d, jint computeMode) {
+  const CudnnTable& t = g_cudnn;
+  TRY_CUDNN(p->d.tensor(&p->x, layout, dtype, d[0], d[1], d[2], d[3]));
+  TRY_CUDNN(p->d.tensor(&p->y, layout, dtype, d[0], d[4], d[14], d[15]));
+  TRY_CUDNN(t.cudnnCreateFilterDescriptor(&p->d.filter));
+  TRY_CUDNN(t.cudnnSetFilter4dDescriptor(p->d.filter, dnnType(dtype), dnnFormat(layout), d[4], d[1] / d[13], d[5],
+                                         d[6]));
+  for (int dir = 0; dir < 3; dir++) {
+    TRY_CUDNN(t.cudnnCreateConvolutionDescriptor(&p->d.conv[dir]));
+    TRY_CUDNN(t.cudnnSetConvolution2dDescriptor(p->d.conv[dir], d[7], d[8], d[9], d[10], d[11], d[12],
+                                                CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+    TRY_CUDNN(t.cudnnSetConvolutionGroupCount(p->d.conv[dir], d[13]));
+    cudnnMathType_t math = computeMode == 0 ? CUDNN_FMA_MATH
+                           : computeMode == 1 ? CUDNN_DEFAULT_MATH
+                                              : CUDNN_TENSOR_OP_MATH;
+    TRY_CUDNN(t.cudnnSetConvolutionMathType(p->d.conv[dir], math));
+  }
+  return 0;
+}
+
+// Ranks the candidate algorithms of one direction (see Note [cuDNN ops]).
+jint rankConv(cudnnHandle_t h, ConvPlan* p, int dir, jint computeMode, size_t wsBytes) {
+  const CudnnTable& t = g_cudnn;
+  constexpr int MAX = 16;
+  int found = 0;
+  p->algos[dir].clear();
+  p->maths[dir].clear();
+  auto accept = [&](int algo, cudnnStatus_t st, size_t memory, cudnnDeterminism_t det, cudnnMathType_t math,
+                    bool needDeterministic) {
+    if (st != CUDNN_STATUS_SUCCESS || memory > wsBytes) return;
+    if (needDeterministic && det != CUDNN_DETERMINISTIC) return;
+    if (computeMode == 0 && math != CUDNN_FMA_MATH && math != CUDNN_DEFAULT_MATH) return;
+    p->algos[dir].push_back(algo);
+    p->maths[dir].push_back(computeMode == 0 ? CUDNN_FMA_MATH : math);
+  };
+  if (dir == 0) {
+    cudnnConvolutionFwdAlgoPerf_t perf[MAX];
+    TRY_CUDNN(t.cudnnGetConvolutionForwardAlgorithm_v7(h, p->x, p->d.filter, p->d.conv[0], p->y, MAX, &found, perf));
+    for (int i = 0; i < found; i++) {
+      accept((int)perf[i].algo, perf[i].status, perf[i].memory, perf[i].determinism, perf[i].mathType, false);
+    }
+  } else if (dir == 1) {
+    cudnnConvolutionBwdDataAlgoPerf_t perf[MAX];
+    TRY_CUDNN(t.cudnnGetConvolutionBackwardDataAlgorithm_v7(h, p->d.filter, p->y, p->d.conv[1], p->x, MAX, &found,
+                                                            perf));
+    for (int i = 0; i < found; i++) {
+      accept((int)perf[i].algo, perf[i].status, perf[i].memory, perf[i].determinism, perf[i].mathType, true);
+    }
+  } else {
+    cudnnConvolutionBwdFilterAlgoPerf_t perf[MAX];
+    TRY_CUDNN(t.cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p->x, p->y, p->d.conv[2], p->d.filter, MAX, &found,
+                                                              perf));
+    for (int i = 0; i < found; i++) {
+      accept((int)perf[i].algo, perf[i].status, perf[i].memory, perf[i].determinism, perf[i].mathType, true);
+    }
+  }
+  p->ranked[dir] = true;
+  return 0;
+}
+
+bool readInts(JNIEnv* env, jintArray a, int* out, int n) {
+  if (a == nullptr || env->GetArrayLength(a) != n) return false;
+  env->GetIntArrayRegion(a, 0, n, out);
+  return !env->ExceptionCheck();
+}
+
+// Runs one convolution direction: dir 0 y = conv(x, w) (a = x, b = w, c = y), dir 1 dx = convT(dy, w)
+// (a = dy, b = w, c = dx), dir 2 dw = dconv(x, dy) (a = x, b = dy, c = dw); c = alpha * result + beta * c.
+jint runConv(JNIEnv* env, jlong handle, jint dtype, jint layout, jintArray dimsArray, jint computeMode, int dir,
+             jlong a, jlong b, jlong c, jfloat beta, jlong workspace, jlong wsBytes) {
+  const CudnnTable& t = cudnnTable();
+  if (!t.ok) return jniError(JNI_NO_CUDNN);
+  int d[CONV_DIMS];
+  if (!readInts(env, dimsArray, d, CONV_DIMS)) return jniError(JNI_BAD_ARGUMENT);
+  if ((dtype != 0 && dtype != 2) || (layout != 0 && layout != 1) || computeMode < 0 || computeMode > 2 ||
+      wsBytes < 0 || d[13] <= 0 || d[1] % d[13] != 0 || d[4] % d[13] != 0) {
+    return jniError(JNI_BAD_ARGUMENT);
+  }
+  DnnKey key;
+  std::memset(&key, 0, sizeof(key));
+  int dev = 0;
+  cudaError_t ce = cudaGetDevice(&dev);
+  if (ce != cudaSuccess) return cudart(ce);
+  key.v[0] = 1;  // kind: convolution
+  key.v[1] = dev;
+  key.v[2] = dtype;
+  key.v[3] = layout;
+  key.v[4] = computeMode;
+  key.v[5] = (int)(wsBytes >> 20);
+  for (int i = 0; i < CONV_DIMS; i++) key.v[6 + i] = d[i];
+  auto it = t_convPlans.find(key);
+  ConvPlan* p;
+  if (it == t_convPlans.end()) {
+    std::unique_ptr<ConvPlan> np(new ConvPlan());
+    np->status = buildConv(np.get(), dtype, layout, d, computeMode);
+    p = np.get();
+    t_convPlans.emplace(key, std::move(np));
+  } else {
+    p = it->second.get();
+  }
+  if (p->status != 0) return p->status;
+  cudnnHandle_t h = fromJ<cudnnHandle_t>(handle);
+  if (!p->ranked[dir]) {
+    jint st = rankConv(h, p, dir, computeMode, (size_t)wsBytes);
+    if (st != 0) return st;
+  }
+  const float alpha = 1.0f;
+  while (p->next[dir] < p->algos[dir].size()) {
+    size_t i = p->next[dir];
+    TRY_CUDNN(t.cudnnSetConvolutionMathType(p->d.conv[dir], p->maths[dir][i]));
+    cudnnStatus_t s;
+    size_t need = 0;
+    void* ws = fromJ<void*>(workspace);
+    if (dir == 0) {
+      auto algo = (cudnnConvolutionFwdAlgo_t)p->algos[dir][i];
+      s = t.cudnnGetConvolutionForwardWorkspaceSize(h, p->x, p->d.filter, p->d.conv[0], p->y, algo, &need);
+      if (s == CUDNN_STATUS_SUCCESS && need <= (size_t)wsBytes) {
+        s = t.cudnnConvolutionForward(h, &alpha, p->x, fromJ<const void*>(a), p->d.filter, fromJ<const void*>(b),
+                                      p->d.conv[0], algo, ws, (size_t)wsBytes, &beta, p->y, fromJ<void*>(c));
+      }
+    } else if (dir == 1) {
+      auto algo = (cudnnConvolutionBwdDataAlgo_t)p->algos[dir][i];
+      s = t.cudnnGetConvolutionBackwardDataWorkspaceSize(h, p->d.filter, p->y, p->d.conv[1], p->x, algo, &need);
+      if (s == CUDNN_STATUS_SUCCESS && need <= (size_t)wsBytes) {
+        s = t.cudnnConvolutionBackwardData(h, &alpha, p->d.filter, fromJ<const void*>(b), p->y,
+                                           fromJ<const void*>(a), p->d.conv[1], algo, ws, (size_t)wsBytes, &beta,
+                                           p->x, fromJ<void*>(c));
+      }
+    } else {
+      auto algo = (cudnnConvolutionBwdFilterAlgo_t)p->algos[dir][i];
+      s = t.cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p->x, p->y, p->d.conv[2], p->d.filter, algo, &need);
+      if (s == CUDNN_STATUS_SUCCESS && need <= (size_t)wsBytes) {
+        s = t.cudnnConvolutionBackwardFilter(h, &alpha, p->x, fromJ<const void*>(a), p->y, fromJ<const void*>(b),
+                                             p->d.conv[2], algo, ws, (size_t)wsBytes, &beta, p->d.filter,
+                                             fromJ<void*>(c));
+      }
+    }
+    if (s == CUDNN_STATUS_SUCCESS && need <= (size_t)wsBytes) return 0;
+    if (s != CUDNN_STATUS_SUCCESS && s != CUDNN_STATUS_NOT_SUPPORTED && s != CUDNN_STATUS_BAD_PARAM &&
+        s != CUDNN_STATUS_NOT_SUPPORTED_ARCH_MISMATCH) {
+      return cudnn(s);  // a real failure (e.g. execution failed): report it, keep the algorithm
+    }
+    p->next[dir]++;  // this algorithm cannot run this shape after all: try the next one
+  }
+  return jniError(JNI_NO_CUDNN_ALGORITHM);
+}
+
+// Pool dims: n, c, h, w, kh, kw, padH, padW, strideH, strideW, oh, ow. mode: 0 max, 1 average including
+// padding (PyTorch's count_include_pad=True).
+constexpr int POOL_DIMS = 12;
+
+struct PoolPlan {
+  DnnDescs d;
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr;
+  jint status = 0;
+};
+thread_local std::unordered_map<DnnKey, std::unique_ptr<PoolPlan>, DnnKeyHash> t_poolPlans;
+
+jint buildPool(PoolPlan* p, jint dtype, jint layout, jint mode, const int* d) {
+  const CudnnTable& t = g_cudnn;
+  TRY_CUDNN(p->d.tensor(&p->x, layout, dtype, d[0], d[1], d[2], d[3]));
+  TRY_CUDNN(p->d.tensor(&p->y, layout, dtype, d[0], d[1], d[10], d[11]));
+  TRY_CUDNN(t.cudnnCreatePoolingDescriptor(&p->d.pool));
+  cudnnPoolingMode_t m = mode == 0 ? CUDNN_POOLING_MAX_DETERMINISTIC : CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING;
+  TRY_CUDNN(t.cudnnSetPooling2dDescriptor(p->d.pool, m, CUDNN_NOT_PROPAGATE_NAN, d[4], d[5], d[6], d[7], d[8], d[9]));
+  return 0;
+}
+
+jint poolPlan(JNIEnv* env, jint dtype, jint layout, jint mode, jintArray dimsArray, PoolPlan** out) {
+  const CudnnTable& t = cudnnTable();
+  if (!t.ok) return jniError(JNI_NO_CUDNN);
+  int d[POOL_DIMS];
+  if (!readInts(env, dimsArray, d, POOL_DIMS)) return jniError(JNI_BAD_ARGUMENT);
+  if ((dtype != 0 && dtype != 2) || (layout != 0 && layout != 1) || (mode != 0 && mode != 1)) {
+    return jniError(JNI_BAD_ARGUMENT);
+  }
+  DnnKey key;
+  std::memset(&key, 0, sizeof(key));
+  int dev = 0;
+  cudaError_t ce = cudaGetDevice(&dev);
+  if (ce != cudaSuccess) return cudart(ce);
+  key.v[0] = 2;  // kind: pooling
+  key.v[1] = dev;
+  key.v[2] = dtype;
+  key.v[3] = layout;
+  key.v[4] = mode;
+  for (int i = 0; i < POOL_DIMS; i++) key.v[6 + i] = d[i];
+  auto it = t_poolPlans.find(key);
+  if (it == t_poolPlans.end()) {
+    std::unique_ptr<PoolPlan> np(new PoolPlan());
+    np->status = buildPool(np.get(), dtype, layout, mode, d);
+    *out = np.get();
+    t_poolPlans.emplace(key, std::move(np));
+  } else {
+    *out = it->second.get();
+  }
+  return (*out)->status;
+}
+
+// Batch norm: x (n, c, h, w) in dtype/layout, per-channel parameters and statistics fp32 (c).
+struct BnPlan {
+  DnnDescs d;
+  cudnnTensorDescriptor_t x = nullptr, bn = nullptr;
+  jint status = 0;
+};
+thread_local std::unordered_map<DnnKey, std::unique_ptr<BnPlan>, DnnKeyHash> t_bnPlans;
+
+jint bnPlan(jint dtype, jint layout, jint n, jint c, jint h, jint w, BnPlan** out) {
+  const CudnnTable& t = cudnnTable();
+  if (!t.ok) return jniError(JNI_NO_CUDNN);
+  if ((dtype != 0 && dtype != 2) || (layout != 0 && layout != 1) || n <= 0 || c <= 0 || h <= 0 || w <= 0) {
+    return jniError(JNI_BAD_ARGUMENT);
+  }
+  DnnKey key;
+  std::memset(&key, 0, sizeof(key));
+  int dev = 0;
+  cudaError_t ce = cudaGetDevice(&dev);
+  if (ce != cudaSuccess) return cudart(ce);
+  key.v[0] = 3;  // kind: batch norm
+  key.v[1] = dev;
+  key.v[2] = dtype;
+  key.v[3] = layout;
+  key.v[6] = n;
+  key.v[7] = c;
+  key.v[8] = h;
+  key.v[9] = w;
+  auto it = t_bnPlans.find(key);
+  if (it != t_bnPlans.end()) {
+    *out = it->second.get();
+    return (*out)->status;
+  }
+  std::unique_ptr<BnPlan> np(new BnPlan());
+  BnPlan* p = np.get();
+  *out = p;
+  t_bnPlans.emplace(key, std::move(np));
+  cudnnStatus_t s = p->d.tensor(&p->x, layout, dtype, n, c, h, w);
+  if (s == CUDNN_STATUS_SUCCESS) {
+    s = t.cudnnCreateTensorDescriptor(&p->bn);
+    if (s == CUDNN_STATUS_SUCCESS) {
+      p->d.tensors.push_back(p->bn);
+      s = t.cudnnDeriveBNTensorDescriptor(p->bn, p->x, CUDNN_BATCHNORM_SPATIAL);
+    }
+  }
+  p->status = cudnn(s);
+  return p->status;
+}
+
+}  // namespace
+
+extern "C" {
+
+JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnConvForward(JNIEnv* env, jclass, jlong handle,
+    jint dtype, jint layout, jintArray dims, jint computeMode, jlong x, jlong w, jlong y, jfloat beta,
+    jlong workspace, jlong wsBytes) {
+  return runConv(env, handle, dtype, layout, dims, computeMode, 0, x, w, y, beta, workspace, wsBytes);
+}
+
+JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnConvBackwardData(JNIEnv* env, jclass, jlong handle,
+    jint dtype, jint layout, jintArray dims, jint computeMode, jlong dy, jlong w, jlong dx, jfloat beta,
+    jlong workspace, jlong wsBytes) {
+  return runConv(env, handle, dtype, layout, dims, computeMode, 1, dy, w, dx, beta, workspace, wsBytes);
+}
+
+JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnConvBackwardFilter(JNIEnv* env, jclass,
+    jlong handle, jint dtype, jint layout, jintArray dims, jint computeMode, jlong x, jlong dy, jlong dw,
+    jfloat beta, jlong workspace, jlong wsBytes) {
+  return runConv(env, handle, dtype, layout, dims, computeMode, 2, x, dy, dw, beta, workspace, wsBytes);
+}
+
+JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnPoolForward(JNIEnv* env, jclass, jlong handle,
+    jint dtype, jint layout, jint mode, jintArray dims, jlong x, jlong y) {
+  PoolPlan* p = nullptr;
+  jint st = poolPlan(env, dtype, layout, mode, dims, &p);
+  if (st != 0) return st;
+  const float alpha = 1.0f, beta = 0.0f;
+  return cudnn(g_cudnn.cudnnPoolingForward(fromJ<cudnnHandle_t>(handle), p->d.pool, &alpha, p->x,
+                                           fromJ<const void*>(x), &beta, p->y, fromJ<void*>(y)));
+}
+
+JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnPoolBackward(JNIEnv* env, jclass, jlong handle,
+    jint dtype, jint layout, jint mode, jintArray dims, jlong y, jlong dy, jlong x, jlong dx) {
+  PoolPlan* p = nullptr;
+  jint st = poolPlan(env, dtype, layout, mode, dims, &p);
+  if (st != 0) return st;
+  const float alpha = 1.0f, beta = 0.0f;
+  return cudnn(g_cudnn.cudnnPoolingBackward(fromJ<cudnnHandle_t>(handle), p->d.pool, &alpha, p->y,
+                                            fromJ<const void*>(y), p->y, fromJ<const void*>(dy), p->x,
+                                            fromJ<const void*>(x), &beta, p->x, fromJ<void*>(dx)));
+}
+
+// Training-mode forward: y, running statistics (factor = momentum; cuDNN keeps the unbiased variance),
+// saveMean and saveInvStd (1 / sqrt(var + eps)) for the backward. eps >= CUDNN_BN_MIN_EPSILON.
+JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnBnForwardTraining(JNIEnv*, jclass, jlong handle,
+    jint dtype, jint layout, jint n, jint c, jint h, jint w, jlong x, jlong y, jlong gamma, jlong beta,
+    jdouble factor, jlong runningMean, jlong runningVar, jdouble eps, jlong saveMean, jlong saveInvStd) {
+  BnPlan* p = nullptr;
+  jint st = bnPlan(dtype, layout, n, c, h, w, &p);
+  if (st != 0) return st;
+  if (eps < CUDNN_BN_MIN_EPSILON) return jniError(JNI_BAD_ARGUMENT);
+  const float one = 1.0f, zero = 0.0f;
+  return cudnn(g_cudnn.cudnnBatchNormalizationForwardTraining(
+      fromJ<cudnnHandle_t>(handle), CUDNN_BATCHNORM_SPATIAL, &one, &zero, p->x, fromJ<const void*>(x), p->x,
+      fromJ<void*>(y), p->bn, fromJ<const void*>(gamma), fromJ<const void*>(beta), factor, fromJ<void*>(runningMean),
+      fromJ<void*>(runningVar), eps, fromJ<void*>(saveMean), fromJ<void*>(saveInvStd)));
+}
+
+JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnBnForwardInference(JNIEnv*, jclass, jlong handle,
+    jint dtype, jint layout, jint n, jint c, jint h, jint w, jlong x, jlong y, jlong gamma, jlong beta,
+    jlong runningMean, jlong runningVar, jdouble eps) {
+  BnPlan* p = nullptr;
+  jint st = bnPlan(dtype, layout, n, c, h, w, &p);
+  if (st != 0) return st;
+  if (eps < CUDNN_BN_MIN_EPSILON) return jniError(JNI_BAD_ARGUMENT);
+  const float one = 1.0f, zero = 0.0f;
+  return cudnn(g_cudnn.cudnnBatchNormalizationForwardInference(
+      fromJ<cudnnHandle_t>(handle), CUDNN_BATCHNORM_SPATIAL, &one, &zero, p->x, fromJ<const void*>(x), p->x,
+      fromJ<void*>(y), p->bn, fromJ<const void*>(gamma), fromJ<const void*>(beta), fromJ<const void*>(runningMean),
+      fromJ<const void*>(runningVar), eps));
+}
+
+// Backward with the saved statistics: dx overwritten; dgamma and dbeta accumulated (+=).
+JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnBnBackward(JNIEnv*, jclass, jlong handle,
+    jint dtype, jint layout, jint n, jint c, jint h, jint w, jlong x, jlong dy, jlong dx, jlong gamma,
+    jlong dgamma, jlong dbeta, jdouble eps, jlong saveMean, jlong saveInvStd) {
+  BnPlan* p = nullptr;
+  jint st = bnPlan(dtype, layout, n, c, h, w, &p);
+  if (st != 0) return st;
+  if (eps < CUDNN_BN_MIN_EPSILON) return jniError(JNI_BAD_ARGUMENT);
+  const float one = 1.0f, zero = 0.0f;
+  return cudnn(g_cudnn.cudnnBatchNormalizationBackward(
+      fromJ<cudnnHandle_t>(handle), CUDNN_BATCHNORM_SPATIAL, &one, &zero, &one, &one, p->x, fromJ<const void*>(x),
+      p->x, fromJ<const void*>(dy), p->x, fromJ<void*>(dx), p->bn, fromJ<const void*>(gamma), fromJ<void*>(dgamma),
+      fromJ<void*>(dbeta), eps, fromJ<const void*>(saveMean), fromJ<const void*>(saveInvStd)));
 }
 
 }  // extern "C"

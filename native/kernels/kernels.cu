@@ -10,6 +10,7 @@
 #include "optim.cuh"
 #include "linear.cuh"
 #include "gemm_ref.cuh"
+#include "conv.cuh"
 
 // Version tag the Java side checks, so a stale fatbin is reported instead of failing on a missing kernel.
 extern "C" __global__ void st_abi_version(int* out) { out[0] = 1; }

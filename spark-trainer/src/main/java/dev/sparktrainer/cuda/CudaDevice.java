@@ -13,7 +13,9 @@ import static jcuda.driver.JCudaDriver.cuMemcpyHtoDAsync;
 import static jcuda.driver.JCudaDriver.cuMemsetD8Async;
 
 import dev.sparktrainer.cpu.CpuDevice;
+import dev.sparktrainer.engine.Conv2dDesc;
 import dev.sparktrainer.engine.DType;
+import dev.sparktrainer.engine.Pool2dDesc;
 import dev.sparktrainer.engine.Device;
 import dev.sparktrainer.engine.Shape;
 import dev.sparktrainer.engine.Tensor;
@@ -1260,6 +1262,325 @@ public final class CudaDevice implements Device {
     if (mirrored) {
       mirrorFresh = true;
     }
+  }
+
+  // ---------------------------------------------------------------- convolutional layers (cuDNN)
+  // Note [cuDNN layers]: channels-first (N, C, H, W) tensors, FLOAT32 or BFLOAT16 activations (one dtype per
+  // call), FLOAT32 per-channel parameters, statistics and gradients (Device's dtype contract). cuDNN picks the
+  // algorithms (deterministic for the backward passes) within a bounded workspace, once per shape (Note [cuDNN
+  // ops] in sparktrainer_jni.cpp). fp32 convolutions run without TF32 unless Options.tf32 is on, so they match
+  // the CPU engine to rounding; bf16 ones use the tensor cores with fp32 accumulation.
+
+  /** Bytes of the cuDNN workspace: -Dsparktrainer.cudnn.workspaceMiB (default 256). */
+  static final long CUDNN_WORKSPACE_BYTES = Long.getLong("sparktrainer.cudnn.workspaceMiB", 256L) << 20;
+  private static final int NCHW = 0;
+  private CudaBuffer cudnnWorkspace;
+  private final java.util.Map<String, CudaTensor> convScratch = new java.util.HashMap<>();
+
+  private synchronized CudaBuffer cudnnWorkspace() {
+    if (cudnnWorkspace == null) {
+      cudnnWorkspace = arena.allocate(CUDNN_WORKSPACE_BYTES, "cuDNN workspace");
+    }
+    return cudnnWorkspace;
+  }
+
+  /** The activation dtype shared by {@code ts} (FLOAT32 or BFLOAT16), else IllegalArgumentException. */
+  private static DType activations(String op, CudaTensor... ts) {
+    DType d = ts[0].dtype();
+    for (CudaTensor c : ts) {
+      if (c.dtype() != d || (d != DType.FLOAT32 && d != DType.BFLOAT16)) {
+        StringBuilder b = new StringBuilder();
+        for (CudaTensor x : ts) {
+          b.append(b.length() == 0 ? "" : ", ").append(x);
+        }
+        throw new IllegalArgumentException(op + ": activations must all be FLOAT32 or all BFLOAT16, got " + b);
+      }
+    }
+    return d;
+  }
+
+  private static CudaTensor perChannel(Tensor x, CudaTensor c, int channels, String what, String op) {
+    if (c.dtype() != DType.FLOAT32 || c.numel() != channels) {
+      throw new IllegalArgumentException(op + ": " + what + " must be a FLOAT32 tensor of " + channels
+          + " elements (one per channel), got " + c + " for input " + x);
+    }
+    return c;
+  }
+
+  private int computeMode(DType d) {
+    return d == DType.BFLOAT16 ? 2 : options.tf32() ? 1 : 0;
+  }
+
+  private static int[] convDims(int[] x, int[] w, int[] y, Conv2dDesc d) {
+    return new int[] {x[0], x[1], x[2], x[3], w[0], w[2], w[3], d.padH(), d.padW(), d.strideH(), d.strideW(),
+        d.dilationH(), d.dilationW(), d.groups(), y[2], y[3]};
+  }
+
+  private static String convWhat(String op, int[] x, int[] w, int[] y, Conv2dDesc d, DType t) {
+    return op + " (x " + Shape.str(x) + ", w " + Shape.str(w) + ", y " + Shape.str(y) + ", " + d + ", " + t + ")";
+  }
+
+  private static void check4d(Tensor x, String op) {
+    if (x.rank() != 4) {
+      throw new IllegalArgumentException(op + " expects (N, C, H, W) tensors, got " + x);
+    }
+  }
+
+  @Override
+  public void conv2dForward(Tensor x, Tensor w, Tensor bias, Tensor y, Conv2dDesc desc) {
+    enter();
+    CudaTensor cx = fl(x);
+    CudaTensor cw = fl(w);
+    CudaTensor cy = fl(y);
+    desc.check(x.shape(), w.shape(), y.shape(), "conv2dForward");
+    DType d = activations("conv2dForward", cx, cw, cy);
+    CudaTensor cb = bias == null ? null : perChannel(x, fl(bias), w.dim(0), "bias", "conv2dForward");
+    noteWritten(cy);
+    if (x.dim(0) == 0) {
+      return;
+    }
+    CudaBuffer ws = cudnnWorkspace();
+    Native.check(Native.cudnnConvForward(cudnn().handle(), d.ordinal(), NCHW, convDims(x.shape(), w.shape(),
+        y.shape(), desc), computeMode(d), cx.address(), cw.address(), cy.address(), 0f, ws.address(), ws.bytes()),
+        convWhat("cudnnConvolutionForward", x.shape(), w.shape(), y.shape(), desc, d));
+    if (cb != null) {
+      long n = y.dim(0);
+      long hw = (long) y.dim(2) * y.dim(3);
+      kernels.launch("st_channel_bias").l(cy.address()).i(code(cy)).l(cb.address()).l(n).l(y.dim(1)).l(hw)
+          .i(NCHW).run(grid(y.numel()), BLOCK, compute);
+    }
+  }
+
+  @Override
+  public void conv2dBackwardData(Tensor dy, Tensor w, Tensor dx, Conv2dDesc desc) {
+    enter();
+    CudaTensor cdy = fl(dy);
+    CudaTensor cw = fl(w);
+    CudaTensor cdx = fl(dx);
+    desc.check(dx.shape(), w.shape(), dy.shape(), "conv2dBackwardData");
+    DType d = activations("conv2dBackwardData", cdy, cw, cdx);
+    noteWritten(cdx);
+    if (dx.dim(0) == 0) {
+      return;
+    }
+    CudaBuffer ws = cudnnWorkspace();
+    Native.check(Native.cudnnConvBackwardData(cudnn().handle(), d.ordinal(), NCHW, convDims(dx.shape(), w.shape(),
+        dy.shape(), desc), computeMode(d), cdy.address(), cw.address(), cdx.address(), 0f, ws.address(),
+        ws.bytes()), convWhat("cudnnConvolutionBackwardData", dx.shape(), w.shape(), dy.shape(), desc, d));
+  }
+
+  @Override
+  public void conv2dBackwardFilter(Tensor x, Tensor dy, Tensor dw, Tensor dbias, Conv2dDesc desc) {
+    enter();
+    CudaTensor cx = fl(x);
+    CudaTensor cdy = fl(dy);
+    CudaTensor cdw = fl(dw);
+    desc.check(x.shape(), dw.shape(), dy.shape(), "conv2dBackwardFilter");
+    DType d = activations("conv2dBackwardFilter", cx, cdy);
+    if (cdw.dtype() != DType.FLOAT32) {
+      throw new IllegalArgumentException("conv2dBackwardFilter: dw must be FLOAT32 (the fp32 gradient), got " + dw);
+    }
+    CudaTensor cdb = dbias == null ? null : perChannel(x, fl(dbias), dw.dim(0), "dbias", "conv2dBackwardFilter");
+    noteWritten(cdw);
+    if (cdb != null) {
+      noteWritten(cdb);
+    }
+    if (x.dim(0) == 0) {
+      return;
+    }
+    CudaBuffer ws = cudnnWorkspace();
+    int[] dims = convDims(x.shape(), dw.shape(), dy.shape(), desc);
+    String what = convWhat("cudnnConvolutionBackwardFilter", x.shape(), dw.shape(), dy.shape(), desc, d);
+    if (d == DType.FLOAT32) {
+      Native.check(Native.cudnnConvBackwardFilter(cudnn().handle(), d.ordinal(), NCHW, dims, computeMode(d),
+          cx.address(), cdy.address(), cdw.address(), 1f, ws.address(), ws.bytes()), what); // dw += result
+    } else {
+      // cuDNN's filter gradient has the activations' dtype: compute it in bf16, then add it to the fp32 gradient.
+      CudaTensor tmp = convScratch.computeIfAbsent("dw" + Shape.str(dw.shape()),
+          k -> allocate(DType.BFLOAT16, dw.shape()));
+      Native.check(Native.cudnnConvBackwardFilter(cudnn().handle(), d.ordinal(), NCHW, dims, computeMode(d),
+          cx.address(), cdy.address(), tmp.address(), 0f, ws.address(), ws.bytes()), what);
+      axpy(1f, tmp, cdw);
+    }
+    if (cdb != null) {
+      long hw = (long) dy.dim(2) * dy.dim(3);
+      int channels = dy.dim(1);
+      kernels.launch("st_channel_bias_grad").l(cdy.address()).i(code(cdy)).l(cdb.address()).l(dy.dim(0))
+          .l(channels).l(hw).i(NCHW).run((int) Math.min(channels, (long) smCount * 8), BLOCK, compute);
+    }
+  }
+
+  private int[] poolDims(Tensor x, Tensor y, Pool2dDesc d, String op) {
+    check4d(x, op);
+    check4d(y, op);
+    int oh = d.outH(x.dim(2));
+    int ow = d.outW(x.dim(3));
+    if (y.dim(0) != x.dim(0) || y.dim(1) != x.dim(1) || y.dim(2) != oh || y.dim(3) != ow || oh <= 0 || ow <= 0) {
+      throw new IllegalArgumentException(op + ": shapes do not agree with " + d + ": x " + x + ", y " + y
+          + " (expected y (" + x.dim(0) + ", " + x.dim(1) + ", " + oh + ", " + ow + "))");
+    }
+    return new int[] {x.dim(0), x.dim(1), x.dim(2), x.dim(3), d.kernelH(), d.kernelW(), d.padH(), d.padW(),
+        d.strideH(), d.strideW(), oh, ow};
+  }
+
+  private void poolForward(int mode, Tensor x, Tensor y, Pool2dDesc desc, String op) {
+    enter();
+    CudaTensor cx = fl(x);
+    CudaTensor cy = fl(y);
+    int[] dims = poolDims(x, y, desc, op);
+    DType d = activations(op, cx, cy);
+    noteWritten(cy);
+    if (x.numel() > 0) {
+      Native.check(Native.cudnnPoolForward(cudnn().handle(), d.ordinal(), NCHW, mode, dims, cx.address(),
+          cy.address()), "cudnnPoolingForward " + op + " x " + x + ", " + desc);
+    }
+  }
+
+  private void poolBackward(int mode, Tensor x, Tensor y, Tensor dy, Tensor dx, Pool2dDesc desc, String op) {
+    enter();
+    CudaTensor cx = fl(x);
+    CudaTensor cy = fl(y);
+    CudaTensor cdy = fl(dy);
+    CudaTensor cdx = fl(dx);
+    int[] dims = poolDims(dx, dy, desc, op);
+    if (!java.util.Arrays.equals(x.shape(), dx.shape()) || !java.util.Arrays.equals(y.shape(), dy.shape())) {
+      throw new IllegalArgumentException(op + ": x " + x + " / dx " + dx + " and y " + y + " / dy " + dy
+          + " must have the same shapes");
+    }
+    DType d = activations(op, cx, cy, cdy, cdx);
+    noteWritten(cdx);
+    if (dx.numel() > 0) {
+      Native.check(Native.cudnnPoolBackward(cudnn().handle(), d.ordinal(), NCHW, mode, dims, cy.address(),
+          cdy.address(), cx.address(), cdx.address()), "cudnnPoolingBackward " + op + " x " + x + ", " + desc);
+    }
+  }
+
+  @Override
+  public void maxPool2dForward(Tensor x, Tensor y, Pool2dDesc desc) {
+    poolForward(0, x, y, desc, "maxPool2dForward");
+  }
+
+  @Override
+  public void maxPool2dBackward(Tensor x, Tensor y, Tensor dy, Tensor dx, Pool2dDesc desc) {
+    poolBackward(0, x, y, dy, dx, desc, "maxPool2dBackward");
+  }
+
+  @Override
+  public void avgPool2dForward(Tensor x, Tensor y, Pool2dDesc desc) {
+    poolForward(1, x, y, desc, "avgPool2dForward");
+  }
+
+  @Override
+  public void avgPool2dBackward(Tensor dy, Tensor dx, Pool2dDesc desc) {
+    // cuDNN's average-pooling backward reads neither x nor y; dx and dy stand in for them.
+    poolBackward(1, dx, dy, dy, dx, desc, "avgPool2dBackward");
+  }
+
+  /** (N, C, H, W) of a batch-norm input: rank 4, or rank 2/3 read as H = spatial, W = 1. */
+  private static int[] bnDims(Tensor x, String op) {
+    int[] s = x.shape();
+    if (s.length < 2 || s.length > 4) {
+      throw new IllegalArgumentException(op + " expects (N, C, spatial...) with 0 to 2 spatial dims, got " + x);
+    }
+    return new int[] {s[0], s[1], s.length > 2 ? s[2] : 1, s.length > 3 ? s[3] : 1};
+  }
+
+  private static double bnEps(float eps, String op) {
+    if (!(eps >= 1e-5f)) {
+      throw new IllegalArgumentException(op + ": eps must be >= 1e-5 on the GPU (cuDNN's CUDNN_BN_MIN_EPSILON), got "
+          + eps);
+    }
+    return eps;
+  }
+
+  @Override
+  public void batchNormForwardTraining(Tensor x, Tensor gamma, Tensor beta, Tensor y, Tensor runningMean,
+      Tensor runningVar, float momentum, float eps, Tensor saveMean, Tensor saveInvStd) {
+    enter();
+    String op = "batchNormForwardTraining";
+    CudaTensor cx = fl(x);
+    CudaTensor cy = fl(y);
+    int[] n = bnDims(x, op);
+    if (!java.util.Arrays.equals(x.shape(), y.shape())) {
+      throw new IllegalArgumentException(op + ": y " + y + " must have x's shape " + x);
+    }
+    if ((long) n[0] * n[2] * n[3] < 2) {
+      throw new IllegalArgumentException(op + ": needs more than one value per channel, got " + x);
+    }
+    DType d = activations(op, cx, cy);
+    CudaTensor g = perChannel(x, fl(gamma), n[1], "gamma", op);
+    CudaTensor b = perChannel(x, fl(beta), n[1], "beta", op);
+    CudaTensor rm = perChannel(x, fl(runningMean), n[1], "runningMean", op);
+    CudaTensor rv = perChannel(x, fl(runningVar), n[1], "runningVar", op);
+    CudaTensor sm = perChannel(x, fl(saveMean), n[1], "saveMean", op);
+    CudaTensor si = perChannel(x, fl(saveInvStd), n[1], "saveInvStd", op);
+    double e = bnEps(eps, op);
+    for (CudaTensor o : new CudaTensor[] {cy, rm, rv, sm, si}) {
+      noteWritten(o);
+    }
+    bnEps.put(si.address(), e);
+    Native.check(Native.cudnnBnForwardTraining(cudnn().handle(), d.ordinal(), NCHW, n[0], n[1], n[2], n[3],
+        cx.address(), cy.address(), g.address(), b.address(), momentum, rm.address(), rv.address(), e,
+        sm.address(), si.address()), "cudnnBatchNormalizationForwardTraining x " + x);
+  }
+
+  @Override
+  public void batchNormForwardInference(Tensor x, Tensor gamma, Tensor beta, Tensor runningMean,
+      Tensor runningVar, float eps, Tensor y) {
+    enter();
+    String op = "batchNormForwardInference";
+    CudaTensor cx = fl(x);
+    CudaTensor cy = fl(y);
+    int[] n = bnDims(x, op);
+    if (!java.util.Arrays.equals(x.shape(), y.shape())) {
+      throw new IllegalArgumentException(op + ": y " + y + " must have x's shape " + x);
+    }
+    DType d = activations(op, cx, cy);
+    CudaTensor g = perChannel(x, fl(gamma), n[1], "gamma", op);
+    CudaTensor b = perChannel(x, fl(beta), n[1], "beta", op);
+    CudaTensor rm = perChannel(x, fl(runningMean), n[1], "runningMean", op);
+    CudaTensor rv = perChannel(x, fl(runningVar), n[1], "runningVar", op);
+    double e = bnEps(eps, op);
+    noteWritten(cy);
+    if (x.numel() > 0) {
+      Native.check(Native.cudnnBnForwardInference(cudnn().handle(), d.ordinal(), NCHW, n[0], n[1], n[2], n[3],
+          cx.address(), cy.address(), g.address(), b.address(), rm.address(), rv.address(), e),
+          "cudnnBatchNormalizationForwardInference x " + x);
+    }
+  }
+
+  // cuDNN asks the backward for the forward's eps: remembered per saveInvStd buffer by the training forward.
+  private final java.util.Map<Long, Double> bnEps = new java.util.HashMap<>();
+
+  @Override
+  public void batchNormBackward(Tensor x, Tensor dy, Tensor gamma, Tensor saveMean, Tensor saveInvStd,
+      Tensor dx, Tensor dgamma, Tensor dbeta) {
+    enter();
+    String op = "batchNormBackward";
+    CudaTensor cx = fl(x);
+    CudaTensor cdy = fl(dy);
+    CudaTensor cdx = fl(dx);
+    int[] n = bnDims(x, op);
+    if (!java.util.Arrays.equals(x.shape(), dy.shape()) || !java.util.Arrays.equals(x.shape(), dx.shape())) {
+      throw new IllegalArgumentException(op + ": x " + x + ", dy " + dy + " and dx " + dx + " must have one shape");
+    }
+    DType d = activations(op, cx, cdy, cdx);
+    CudaTensor g = perChannel(x, fl(gamma), n[1], "gamma", op);
+    CudaTensor sm = perChannel(x, fl(saveMean), n[1], "saveMean", op);
+    CudaTensor si = perChannel(x, fl(saveInvStd), n[1], "saveInvStd", op);
+    CudaTensor dg = perChannel(x, fl(dgamma), n[1], "dgamma", op);
+    CudaTensor db = perChannel(x, fl(dbeta), n[1], "dbeta", op);
+    for (CudaTensor o : new CudaTensor[] {cdx, dg, db}) {
+      noteWritten(o);
+    }
+    Double eps = bnEps.get(si.address());
+    if (eps == null) {
+      throw new IllegalArgumentException(op + ": saveInvStd " + saveInvStd + " was not written by"
+          + " batchNormForwardTraining on " + name);
+    }
+    Native.check(Native.cudnnBnBackward(cudnn().handle(), d.ordinal(), NCHW, n[0], n[1], n[2], n[3], cx.address(),
+        cdy.address(), cdx.address(), g.address(), dg.address(), db.address(), eps, sm.address(),
+        si.address()), "cudnnBatchNormalizationBackward x " + x);
   }
 
   @Override

@@ -109,4 +109,36 @@ final class Native {
   static native int cudnnDestroy(long handle);
 
   static native int cudnnSetStream(long handle, long stream);
+
+  /**
+   * Convolutions (Note [cuDNN ops] in sparktrainer_jni.cpp). dtype: DType ordinal (FLOAT32 or BFLOAT16);
+   * layout 0 NCHW, 1 NHWC; dims: n, c, h, w, k, kh, kw, padH, padW, strideH, strideW, dilationH, dilationW,
+   * groups, oh, ow; computeMode 0 fp32 (no TF32), 1 TF32 allowed, 2 bf16 tensor cores. The output is
+   * result + beta * output. Algorithms are chosen within {@code workspaceBytes} and cached per shape.
+   */
+  static native int cudnnConvForward(long handle, int dtype, int layout, int[] dims, int computeMode, long x,
+      long w, long y, float beta, long workspace, long workspaceBytes);
+
+  static native int cudnnConvBackwardData(long handle, int dtype, int layout, int[] dims, int computeMode,
+      long dy, long w, long dx, float beta, long workspace, long workspaceBytes);
+
+  static native int cudnnConvBackwardFilter(long handle, int dtype, int layout, int[] dims, int computeMode,
+      long x, long dy, long dw, float beta, long workspace, long workspaceBytes);
+
+  /** Pooling; mode 0 max, 1 average counting padding; dims: n, c, h, w, kh, kw, padH, padW, strideH, strideW, oh, ow. */
+  static native int cudnnPoolForward(long handle, int dtype, int layout, int mode, int[] dims, long x, long y);
+
+  static native int cudnnPoolBackward(long handle, int dtype, int layout, int mode, int[] dims, long y, long dy,
+      long x, long dx);
+
+  /** Batch norm, spatial mode; per-channel tensors are FLOAT32. */
+  static native int cudnnBnForwardTraining(long handle, int dtype, int layout, int n, int c, int h, int w, long x,
+      long y, long gamma, long beta, double factor, long runningMean, long runningVar, double eps, long saveMean,
+      long saveInvStd);
+
+  static native int cudnnBnForwardInference(long handle, int dtype, int layout, int n, int c, int h, int w,
+      long x, long y, long gamma, long beta, long runningMean, long runningVar, double eps);
+
+  static native int cudnnBnBackward(long handle, int dtype, int layout, int n, int c, int h, int w, long x,
+      long dy, long dx, long gamma, long dgamma, long dbeta, double eps, long saveMean, long saveInvStd);
 }

@@ -26,7 +26,7 @@ public final class Activation extends Layer {
   @Override
   public Tensor forward(Tensor x, Context ctx) {
     this.x = x;
-    Tensor y = buffer("y", x.shape());
+    Tensor y = buffer("y", x.dtype(), x.shape());
     if (kind == Kind.RELU) {
       device.relu(x, y);
     } else {
@@ -40,7 +40,7 @@ public final class Activation extends Layer {
     if (!needInputGrad) {
       return null;
     }
-    Tensor dx = buffer("dx", dy.shape());
+    Tensor dx = buffer("dx", dy.dtype(), dy.shape());
     if (kind == Kind.RELU) {
       device.reluBackward(x, dy, dx);
     } else {

@@ -98,7 +98,7 @@ public final class BatchNorm2d extends Layer {
   @Override
   public Tensor forward(Tensor x, Context ctx) {
     this.x = x;
-    Tensor y = buffer("y", x.shape());
+    Tensor y = buffer("y", x.dtype(), x.shape());
     if (ctx.training()) {
       device.batchNormForwardTraining(x, gamma, beta, y, runningMean, runningVar, momentum, eps, saveMean,
           saveInvStd);
@@ -114,7 +114,8 @@ public final class BatchNorm2d extends Layer {
       throw new IllegalStateException("batchnorm2d " + name + ": backward needs a training-mode forward");
     }
     // The op always produces dx; when the caller needs none it lands in a scratch buffer.
-    Tensor dx = buffer("dx", dy.shape());
+    dy = as("dyCast", dy, x.dtype()); // mixed precision: the op takes one activation dtype
+    Tensor dx = buffer("dx", x.dtype(), x.shape());
     device.batchNormBackward(x, dy, gamma, saveMean, saveInvStd, dx, dgamma, dbeta);
     return needInputGrad ? dx : null;
   }

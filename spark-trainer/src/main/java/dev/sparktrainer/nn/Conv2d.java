@@ -40,7 +40,8 @@ public final class Conv2d extends Layer {
   private Tensor b; // (K)
   private Tensor dw; // (K, C/groups, kh, kw)
   private Tensor db; // (K)
-  private Tensor x; // (N, C, H, W), saved by forward
+  private Tensor x; // (N, C, H, W), saved by forward (bf16 on the mixed-precision path)
+  private Tensor wLow; // bf16 view of the model's parameter mirror, or null: fp32 compute
 
   /**
    * @param filters output channels K
@@ -137,23 +138,53 @@ public final class Conv2d extends Layer {
     }
   }
 
+  /** Index of the weight in the model's parameter set. */
+  int weightIndex() {
+    return wIndex;
+  }
+
+  /**
+   * Mixed precision (the model's bf16 path, Note [mixed-precision convolutions]): the convolutions read bf16
+   * activations and {@code weightMirror} (the bf16 copy of this layer's weight), accumulate in fp32 and write
+   * bf16 outputs; the weight gradient (and the bias and its gradient) stay fp32.
+   */
+  void enableMixed(Tensor weightMirror) {
+    if (weightMirror.dtype() != dev.sparktrainer.engine.DType.BFLOAT16 || weightMirror.numel() != w.numel()) {
+      throw new IllegalArgumentException("conv2d " + name + ": the weight mirror must be BFLOAT16 of "
+          + w.numel() + " elements, got " + weightMirror);
+    }
+    this.wLow = weightMirror.reshape(w.shape());
+  }
+
+  // Note [mixed-precision convolutions]: as PyTorch's autocast runs conv2d in bf16 (inputs and weights cast,
+  // fp32 accumulation inside cuDNN), while the optimizer keeps fp32 master weights. An fp32 input (the images)
+  // is cast once into a layer buffer; the output stays bf16 for the next layer (batch norm, ReLU, pooling
+  // all take bf16 activations), and the incoming gradient is cast to bf16 when it arrives as fp32.
   @Override
   public Tensor forward(Tensor x, Context ctx) {
-    this.x = x;
     int[] s = x.shape();
-    Tensor y = buffer("y", new int[] {s[0], filters, desc.outH(s[2], kh), desc.outW(s[3], kw)});
+    int[] ys = {s[0], filters, desc.outH(s[2], kh), desc.outW(s[3], kw)};
+    if (wLow != null) {
+      this.x = as("xLow", x, dev.sparktrainer.engine.DType.BFLOAT16);
+      Tensor y = buffer("y", dev.sparktrainer.engine.DType.BFLOAT16, ys);
+      device.conv2dForward(this.x, wLow, bias ? b : null, y, desc);
+      return y;
+    }
+    this.x = x;
+    Tensor y = buffer("y", ys);
     device.conv2dForward(x, w, bias ? b : null, y, desc);
     return y;
   }
 
   @Override
   public Tensor backward(Tensor dy, Context ctx, boolean needInputGrad) {
-    device.conv2dBackwardFilter(x, dy, dw, bias ? db : null, desc);
+    Tensor g = as("dyCast", dy, x.dtype());
+    device.conv2dBackwardFilter(x, g, dw, bias ? db : null, desc);
     if (!needInputGrad) {
       return null;
     }
-    Tensor dx = buffer("dx", x.shape());
-    device.conv2dBackwardData(dy, w, dx, desc);
+    Tensor dx = buffer("dx", x.dtype(), x.shape());
+    device.conv2dBackwardData(g, wLow != null ? wLow : w, dx, desc);
     return dx;
   }
 }

@@ -42,7 +42,7 @@ public final class Dropout extends Layer {
     if (!ctx.training() || p == 0f) {
       return x;
     }
-    Tensor y = buffer("y", x.shape());
+    Tensor y = buffer("y", x.dtype(), x.shape());
     device.dropout(x, y, p, seed(ctx), 0);
     return y;
   }
@@ -55,7 +55,7 @@ public final class Dropout extends Layer {
     if (!ctx.training() || p == 0f) {
       return dy;
     }
-    Tensor dx = buffer("dx", dy.shape());
+    Tensor dx = buffer("dx", dy.dtype(), dy.shape());
     device.dropoutBackward(dy, dx, p, seed(ctx), 0);
     return dx;
   }

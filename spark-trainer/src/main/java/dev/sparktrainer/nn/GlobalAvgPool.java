@@ -11,6 +11,7 @@ import dev.sparktrainer.engine.Tensor;
 public final class GlobalAvgPool extends Layer {
   private Pool2dDesc desc;
   private int[] inShape;
+  private dev.sparktrainer.engine.DType inDType = dev.sparktrainer.engine.DType.FLOAT32;
 
   @Override
   public int[] outputShape(int[] in) {
@@ -26,7 +27,8 @@ public final class GlobalAvgPool extends Layer {
     if (desc == null || desc.kernelH() != inShape[2] || desc.kernelW() != inShape[3]) {
       desc = new Pool2dDesc(inShape[2], inShape[3], 1, 1, 0, 0);
     }
-    Tensor y = buffer("y", new int[] {inShape[0], inShape[1], 1, 1});
+    inDType = x.dtype();
+    Tensor y = buffer("y", x.dtype(), new int[] {inShape[0], inShape[1], 1, 1});
     device.avgPool2dForward(x, y, desc);
     return y;
   }
@@ -36,7 +38,8 @@ public final class GlobalAvgPool extends Layer {
     if (!needInputGrad) {
       return null;
     }
-    Tensor dx = buffer("dx", inShape);
+    dy = as("dyCast", dy, inDType); // mixed precision: the op takes one activation dtype
+    Tensor dx = buffer("dx", inDType, inShape);
     device.avgPool2dBackward(dy, dx, desc);
     return dx;
   }

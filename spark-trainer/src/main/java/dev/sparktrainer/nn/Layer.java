@@ -56,6 +56,19 @@ public abstract class Layer {
     return buffer(key, dev.sparktrainer.engine.DType.FLOAT32, shape);
   }
 
+  /**
+   * {@code t} itself when it already has {@code dtype}, else a copy of it converted to {@code dtype} in the
+   * buffer {@code key} (mixed precision: a layer whose op needs one dtype for all its activations).
+   */
+  protected Tensor as(String key, Tensor t, dev.sparktrainer.engine.DType dtype) {
+    if (t.dtype() == dtype) {
+      return t;
+    }
+    Tensor c = buffer(key, dtype, t.shape());
+    device.copy(t, c);
+    return c;
+  }
+
   /** {@link #buffer(String, int[])} of a given dtype. */
   protected Tensor buffer(String key, dev.sparktrainer.engine.DType dtype, int[] shape) {
     String k = key + dtype + Shape.str(shape);

@@ -23,6 +23,7 @@ public final class Model {
   // the layers to run (activations folded into the linear before them are left out), two shared dx buffers.
   private final boolean fused;
   private final Tensor mirror; // (total) bf16, or null
+  private final long[] stepOffsets; // per step: the lowest flat offset of its parameters, or -1: none
   private final List<Layer> steps; // layers that run, in order
   private final Tensor[] dxSlots = new Tensor[2];
   private int maxIn;
@@ -80,11 +81,41 @@ public final class Model {
         }
       }
       overwritable = linearEntries == params.entries().size();
+      for (Layer l : ls) {
+        enableMixedConvolutions(l);
+      }
     } else {
       mirror = null;
       run.addAll(net.layers());
     }
     this.steps = List.copyOf(run);
+    this.stepOffsets = new long[steps.size()];
+    for (int k = 0; k < steps.size(); k++) {
+      stepOffsets[k] = -1;
+      String prefix = steps.get(k).name() + ".";
+      for (ParameterSet.Entry e : params.entries()) {
+        if (e.trainable() && e.name().startsWith(prefix) && (stepOffsets[k] < 0 || e.offset() < stepOffsets[k])) {
+          stepOffsets[k] = e.offset();
+        }
+      }
+    }
+  }
+
+  /** Mixed precision for every convolution inside {@code l} (Note [mixed-precision convolutions] in Conv2d). */
+  private void enableMixedConvolutions(Layer l) {
+    if (l instanceof Conv2d conv) {
+      ParameterSet.Entry we = params.entries().get(conv.weightIndex());
+      conv.enableMixed(mirror.view(we.offset(), we.shape()));
+    } else if (l instanceof Sequential seq) {
+      for (Layer c : seq.layers()) {
+        enableMixedConvolutions(c);
+      }
+    } else if (l instanceof Residual r) {
+      enableMixedConvolutions(r.main());
+      if (r.shortcut() != null) {
+        enableMixedConvolutions(r.shortcut());
+      }
+    }
   }
 
   /** The shared bf16 dx buffer {@code slot} (0 or 1) viewed as {@code shape}; sized for the widest input. */
@@ -184,6 +215,9 @@ public final class Model {
         lin.onGradientsReady(readyFrom == null ? null : () -> readyFrom.accept(offset));
       }
       dy = l.backward(dy, ctx, k > 0);
+      if (!(l instanceof Linear) && readyFrom != null && stepOffsets[k] >= 0) {
+        readyFrom.accept(stepOffsets[k]); // this step's parameters (and all after them) are final
+      }
     }
   }
 

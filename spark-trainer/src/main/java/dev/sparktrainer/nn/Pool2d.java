@@ -46,7 +46,7 @@ abstract class Pool2d extends Layer {
   public Tensor forward(Tensor x, Context ctx) {
     this.x = x;
     int[] s = x.shape();
-    y = buffer("y", new int[] {s[0], s[1], desc.outH(s[2]), desc.outW(s[3])});
+    y = buffer("y", x.dtype(), new int[] {s[0], s[1], desc.outH(s[2]), desc.outW(s[3])});
     if (average) {
       device.avgPool2dForward(x, y, desc);
     } else {
@@ -60,7 +60,8 @@ abstract class Pool2d extends Layer {
     if (!needInputGrad) {
       return null;
     }
-    Tensor dx = buffer("dx", x.shape());
+    dy = as("dyCast", dy, x.dtype()); // mixed precision: the op takes one activation dtype
+    Tensor dx = buffer("dx", x.dtype(), x.shape());
     if (average) {
       device.avgPool2dBackward(dy, dx, desc);
     } else {

@@ -93,7 +93,7 @@ public final class Residual extends Layer {
   public Tensor forward(Tensor x, Context ctx) {
     Tensor m = main.forward(x, ctx);
     Tensor s = shortcut == null ? x : shortcut.forward(x, ctx);
-    Tensor y = buffer("y", m.shape());
+    Tensor y = buffer("y", m.dtype(), m.shape());
     device.copy(m, y);
     device.axpy(1f, s, y);
     return y;
@@ -106,7 +106,7 @@ public final class Residual extends Layer {
     if (!needInputGrad) {
       return null;
     }
-    Tensor dx = buffer("dx", dm.shape());
+    Tensor dx = buffer("dx", dm.dtype(), dm.shape());
     device.copy(dm, dx);
     device.axpy(1f, ds, dx);
     return dx;

@@ -1,0 +1,43 @@
+package dev.sparktrainer.cuda;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+
+import java.lang.reflect.Method;
+import java.lang.reflect.Modifier;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Arrays;
+import java.util.TreeSet;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The JNI library is only compiled on the GPU machine, so a native declared in {@link Native} without its C
+ * function (or the reverse) would surface there as an UnsatisfiedLinkError. This test compares the two lists
+ * here, in CI, from the source: every {@code native} method of Native has one {@code
+ * Java_dev_sparktrainer_cuda_Native_<name>} in native/jni/sparktrainer_jni.cpp and nothing else is exported.
+ */
+class NativeBindingsTest {
+  @Test
+  void everyJavaNativeHasItsJniFunctionAndViceVersa() throws Exception {
+    Path src = Path.of("..", "native", "jni", "sparktrainer_jni.cpp");
+    String cpp = Files.readString(src);
+    TreeSet<String> exported = new TreeSet<>();
+    Matcher m = Pattern.compile("JNIEXPORT\\s+\\w+\\s+JNICALL\\s+Java_dev_sparktrainer_cuda_Native_(\\w+)\\s*\\(")
+        .matcher(cpp);
+    while (m.find()) {
+      exported.add(m.group(1));
+    }
+    TreeSet<String> declared = new TreeSet<>();
+    for (Method method : Native.class.getDeclaredMethods()) {
+      if (Modifier.isNative(method.getModifiers())) {
+        declared.add(method.getName());
+      }
+    }
+    long overloads = Arrays.stream(Native.class.getDeclaredMethods())
+        .filter(x -> Modifier.isNative(x.getModifiers())).count();
+    assertEquals(declared.size(), overloads, "overloaded natives need mangled JNI names; keep one name per native");
+    assertEquals(declared, exported, "Native.java and " + src + " disagree");
+  }
+}
