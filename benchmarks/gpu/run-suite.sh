@@ -6,9 +6,15 @@
 # Prepare here:  bash benchmarks/gpu/stage.sh          (native/gpu-stage.sh + the benchmark jar)
 # Device tool:   carry [".device/gpu"], command:
 #   COMMIT=<sha> WORLDS="1 2 4" bash benchmarks/gpu/run-suite.sh
-# Environment: WORLDS (default: 1 .. number of GPUs, powers of two), BENCHES (mlp,fmnist,allreduce),
-#   STEPS (mlp steps per epoch, 50), REPEATS (measured epochs, 3), RUNS (whole suite repeated, 1), TESTS=1 (run the dev.sparktrainer.cuda
-#   tests first), PROFILE=1 (ours: phase breakdown of the mlp step), TORCH=0 (skip PyTorch), LABEL.
+# Environment: WORLDS (default: 1 .. number of GPUs, powers of two), BENCHES (mlp,fmnist,allreduce; the CNN
+#   benchmarks are selected with BENCHES=small-cnn,resnet50), STEPS (mlp steps per epoch, and small-cnn's
+#   when Fashion-MNIST is missing, 50), REPEATS (measured epochs, 3), RESNET_BATCH (resnet50 per-GPU batch,
+#   256; lower it when memory forces less), RESNET_STEPS (resnet50 steps per epoch, 20), RUNS (whole suite
+#   repeated, 1), TESTS=1 (run the dev.sparktrainer.cuda tests first; TEST_SELECT picks others, e.g.
+#   "--select-class dev.sparktrainer.cuda.CudaConvOpsTest"), TEST_TIMEOUT (s, 420), BENCH_TIMEOUT (s per engine
+#   and W, 400), PROFILE=1 (ours: phase breakdown of the mlp step), TORCH=0 (skip PyTorch), LABEL.
+# CNN example (one call, kind nvidia-h100-x2):
+#   STAGE_DIR=.device/perf BENCHES=small-cnn,resnet50 WORLDS="1 2" COMMIT=<sha> bash benchmarks/gpu/run-suite.sh
 # Output under $OUT: log is the caller's tee; per run <label>-runN.json/.md (+ -throughput.png/-scaling.png
 # for run 1); tests.txt.
 set -uo pipefail
@@ -42,7 +48,7 @@ echo "== ready after $(( $(date +%s) - t_start )) s"
 if [ "${TESTS:-0}" = 1 ]; then
   echo "== GPU tests (dev.sparktrainer.cuda)"
   baseline=$(grep -s '^sparktrainer.cpu.accuracy=' "$stage/cpu-baseline.properties" | head -1)
-  timeout 300 java -Xmx16g -Dsparktrainer.gpu.required=true -Dsparktrainer.jni.path="$jni" \
+  timeout "${TEST_TIMEOUT:-420}" java -Xmx16g -Dsparktrainer.gpu.required=true -Dsparktrainer.jni.path="$jni" \
     -Dsparktrainer.fmnist.dir=/tmp/st-data/fashion-mnist -Dsparktrainer.gpu.report=/tmp/gpu-test-numbers.txt \
     ${baseline:+-D$baseline} -jar "$stage/junit-platform-console-standalone-1.14.1.jar" execute \
     --class-path "$cp" ${TEST_SELECT:---select-package dev.sparktrainer.cuda} --include-classname '.*Test' \
@@ -62,13 +68,15 @@ raw=/tmp/raw-$run.jsonl
 for w in $WORLDS; do
   [ "$w" -gt "$ngpu" ] && { echo "skip W=$w: $ngpu GPUs"; continue; }
   echo "== run $run W=$w ours"
-  timeout 400 java -Xmx48g -Dsparktrainer.jni.path="$jni" -cp "$cp" dev.sparktrainer.bench.gpu.GpuBench \
+  timeout "${BENCH_TIMEOUT:-400}" java -Xmx48g -Dsparktrainer.jni.path="$jni" -cp "$cp" dev.sparktrainer.bench.gpu.GpuBench \
     --world "$w" --benches "$BENCHES" --fmnist /tmp/st-data/fashion-mnist --out "$raw" \
-    --steps "${STEPS:-50}" --repeats "${REPEATS:-3}" ${PROFILE:+--profile} 2>&1 | grep -v "^\[gpu-bench\] {"
+    --steps "${STEPS:-50}" --repeats "${REPEATS:-3}" --resnet-batch "${RESNET_BATCH:-256}" \
+    --resnet-steps "${RESNET_STEPS:-20}" ${PROFILE:+--profile} 2>&1 | grep -v "^\[gpu-bench\] {"
   if [ "${TORCH:-1}" = 1 ]; then
     echo "== run $run W=$w PyTorch"
-    timeout 400 python3 benchmarks/gpu/torch_ref.py --world "$w" --benches "$BENCHES" \
+    timeout "${BENCH_TIMEOUT:-400}" python3 benchmarks/gpu/torch_ref.py --world "$w" --benches "$BENCHES" \
       --fmnist /tmp/st-data/fashion-mnist --out "$raw" --steps "${STEPS:-50}" --repeats "${REPEATS:-3}" \
+      --resnet-batch "${RESNET_BATCH:-256}" --resnet-steps "${RESNET_STEPS:-20}" \
       2>&1 | grep -v "^\[torch-ref\] {" | grep -v Warning
   fi
   echo "== run $run W=$w done after $(( $(date +%s) - t_start )) s"

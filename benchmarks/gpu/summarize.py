@@ -14,6 +14,28 @@ def key(r):
     return (r["benchmark"], r["world"], r.get("size_bytes", 0))
 
 
+# Display order of the benchmarks; unknown names follow in the order they appear.
+ORDER = ("mlp", "fmnist", "small-cnn", "resnet50", "allreduce")
+TRAINING = ("mlp", "fmnist", "small-cnn", "resnet50")
+
+
+def value_format(unit):
+    """Number format of a table cell: samples/s as a plain integer (as before), other units named."""
+    if unit.startswith("GB/s"):
+        return "%.1f GB/s"
+    if unit == "samples/s":
+        return "%.0f"
+    return "%.0f " + unit
+
+
+def present(entries):
+    seen = []
+    for e in entries:
+        if e["benchmark"] not in seen:
+            seen.append(e["benchmark"])
+    return [b for b in ORDER if b in seen] + [b for b in seen if b not in ORDER]
+
+
 def mib(b):
     return "%.0f MiB" % (b / 2**20) if b < 2**30 else "%.0f GiB" % (b / 2**30)
 
@@ -46,6 +68,10 @@ def main():
         ent["pytorch"] = t["value"] if t else None
         ent["ratio"] = (o["value"] / t["value"]) if o and t and t["value"] else None
         ent["unit"] = ref["unit"]
+        if "per_gpu_batch" in ref:
+            ent["per_gpu_batch"] = ref["per_gpu_batch"]
+            if o and t and o.get("per_gpu_batch") != t.get("per_gpu_batch"):
+                ent["per_gpu_batch"] = {"ours": o.get("per_gpu_batch"), "pytorch": t.get("per_gpu_batch")}
         ent["card"] = ref["card"]
         ent["commit"] = a.commit
         ent["date"] = a.date
@@ -60,9 +86,14 @@ def main():
             if w > 1 and one and b != "allreduce":
                 ent[eng + "_scaling"] = r["value"] / (w * one["value"])
         if o:
-            for k in ("data_wait_share_max_rank", "comm_wait_share_max_rank", "profile_ms_rank0"):
+            for k in ("data_wait_share_max_rank", "comm_wait_share_max_rank", "profile_ms_rank0",
+                      "device_used_bytes", "data"):
                 if k in o:
                     ent["ours_" + k] = o[k]
+        if t:
+            for k in ("peak_reserved_bytes", "data"):
+                if k in t:
+                    ent["pytorch_" + k] = t[k]
         entries.append(ent)
     os.makedirs(a.outdir, exist_ok=True)
     base = os.path.join(a.outdir, a.label)
@@ -72,12 +103,13 @@ def main():
     card = entries[0]["card"] if entries else "?"
     lines = ["| benchmark | W | ours | PyTorch | ours / PyTorch | scaling ours | scaling PyTorch | peak GiB ours / PyTorch | data wait (ours, max rank) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rank = {b: i for i, b in enumerate(present(entries))}
+    entries.sort(key=lambda e: (rank[e["benchmark"]], e["world"], e.get("size_bytes", 0)))
     for e in entries:
         def f(v, fmt):
             return fmt % v if v is not None else "-"
         name = e["benchmark"] + (" " + mib(e["size_bytes"]) if "size_bytes" in e else "")
-        unit = "GB/s" if e["benchmark"] == "allreduce" else "samples/s"
-        fmt = "%.1f " + unit if unit == "GB/s" else "%.0f"
+        fmt = value_format(e["unit"])
         mem = "-"
         if "ours_peak_mem_gib" in e and "pytorch_peak_mem_gib" in e:
             mem = "%.2f / %.2f" % (e["ours_peak_mem_gib"], e["pytorch_peak_mem_gib"])
@@ -87,6 +119,12 @@ def main():
             f(e.get("ours_scaling"), "%.1f%%" if False else "%.3f"), f(e.get("pytorch_scaling"), "%.3f"),
             mem, f(dw * 100 if dw is not None else None, "%.2f%%")))
     md = ["# GPU suite %s (%s, commit %s, card: %s)" % (a.label, a.date, a.commit, card), ""] + lines + [""]
+    for e in entries:
+        if isinstance(e.get("per_gpu_batch"), dict):
+            md.append("Note: %s W=%d ran with different per-GPU batches: ours %s, PyTorch %s (throughputs are per"
+                      " sample, so the ratio still compares rates)." % (e["benchmark"], e["world"],
+                                                                        e["per_gpu_batch"]["ours"],
+                                                                        e["per_gpu_batch"]["pytorch"]))
     prof = [e for e in entries if "ours_profile_ms_rank0" in e]
     for e in prof:
         md.append("Phase breakdown, ours, %s W=%d, rank 0 (ms, each phase synchronized): %s" % (
@@ -104,8 +142,9 @@ def main():
     except Exception as ex:  # noqa: BLE001
         print("no charts (matplotlib: %s)" % ex)
         return
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, b in zip(axes, ("mlp", "fmnist", "allreduce")):
+    benches = present(entries)
+    fig, axes = plt.subplots(1, max(1, len(benches)), figsize=(5 * max(1, len(benches)), 4.2), squeeze=False)
+    for ax, b in zip(axes[0], benches):
         es = [e for e in entries if e["benchmark"] == b]
         if not es:
             ax.set_visible(False)
@@ -122,7 +161,7 @@ def main():
     fig.tight_layout()
     fig.savefig(base + "-throughput.png", dpi=90)
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    for b in ("mlp", "fmnist"):
+    for b in [b for b in benches if b in TRAINING]:
         for eng in ("ours", "pytorch"):
             pts = [(e["world"], e[eng]) for e in entries if e["benchmark"] == b and e[eng]]
             if pts:

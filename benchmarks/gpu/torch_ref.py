@@ -3,10 +3,14 @@
 
 Same models, batches and optimizers as dev.sparktrainer.bench.gpu.GpuBench, PyTorch eager with bf16
 autocast; W > 1 runs DistributedDataParallel over NCCL, one process per GPU (torch.multiprocessing.spawn).
-The training data lives on the GPU (synthetic batches for mlp, the whole Fashion-MNIST set for fmnist):
-PyTorch moves no data per step, its best case; ours copies every batch from host memory.
+The training data lives on the GPU (synthetic batches for mlp and resnet50, the whole Fashion-MNIST set for
+fmnist and small-cnn): PyTorch moves no data per step, its best case; ours copies every batch from host memory.
+The CNNs (small-cnn, resnet50) run channels_last with cudnn.benchmark on (PyTorch's usual fast settings), and
+DDP with broadcast_buffers=False: each rank keeps its own batch-norm statistics, as ours does (the default
+would also broadcast rank 0's buffers before every forward).
 
   python3 torch_ref.py --world 2 --benches mlp,fmnist,allreduce --fmnist DIR --out raw.jsonl
+  python3 torch_ref.py --world 1 --benches small-cnn,resnet50 --resnet-batch 256 --resnet-steps 20
 Each result is one JSON line appended to --out (written by rank 0).
 """
 import argparse
@@ -24,6 +28,8 @@ import torch.nn as nn
 
 MLP_BATCH, MLP_IN, MLP_CLASSES = 4096, 1024, 1000
 FMNIST_BATCH = 512
+SMALL_CNN_BATCH = 512
+RESNET_CLASSES = 1000
 MEAN, STD = 0.2860, 0.3530
 
 
@@ -40,6 +46,30 @@ def fmnist_model():
     return nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
 
 
+def small_cnn_model():
+    """ModelZoo.fashionMnistCnn(): conv3x3(32, pad 1)-relu-maxpool2-conv3x3(64, pad 1)-relu-maxpool2-flatten-
+    fc128-relu-fc10 (bias everywhere, PyTorch's default init, as ours), 421,642 parameters."""
+    m = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
+        nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+    n = sum(p.numel() for p in m.parameters())
+    assert n == 421642, "small-cnn has %d parameters, ModelZoo.fashionMnistCnn has 421,642" % n
+    return m
+
+
+def resnet50_model():
+    """torchvision.models.resnet50 (v1.5: stride on the 3x3 conv), which ModelZoo.resnet50 mirrors layer by layer
+    (stem conv7x7/2 no bias - bn - relu - maxpool3x3/2 pad 1, bottlenecks [3, 4, 6, 3] with 1x1/3x3/1x1 convs
+    without bias, a 1x1 conv + bn shortcut where shape changes, global average pool, fc), 25,557,032 parameters
+    for 1000 classes; batch norm eps 1e-5, momentum 0.1 on both sides."""
+    import torchvision
+    m = torchvision.models.resnet50(num_classes=RESNET_CLASSES)
+    n = sum(p.numel() for p in m.parameters())
+    assert n == 25557032, "resnet50 has %d parameters, ModelZoo.resnet50(1000) has 25,557,032" % n
+    return m
+
+
 def read_idx(path):
     for p in (path + ".gz", path):
         if os.path.exists(p):
@@ -51,6 +81,31 @@ def read_idx(path):
                 return torch.frombuffer(bytearray(data[16:]), dtype=torch.uint8).reshape(n, 784)
             return torch.frombuffer(bytearray(data[8:]), dtype=torch.uint8)
     raise FileNotFoundError(path)
+
+
+def fashion_mnist(d, device, images):
+    """The normalized training set on the GPU: (60000, 784) or, with images, (60000, 1, 28, 28); None when the
+    files are missing (small-cnn then uses synthetic rows, as GpuBench does when --fmnist is not a folder)."""
+    try:
+        x = read_idx(os.path.join(d, "train-images-idx3-ubyte"))
+        y = read_idx(os.path.join(d, "train-labels-idx1-ubyte"))
+    except FileNotFoundError:
+        return None
+    x = x.to(device).float().div_(255).sub_(MEAN).div_(STD)
+    if images:
+        x = x.reshape(-1, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    return x, y.to(device).long()
+
+
+def epoch_indices(n, world, rank, batch, device):
+    """The rows of one rank for full epochs (as the fmnist bench): a seeded permutation cut into W equal parts,
+    wrapped at the end; returns (steps per epoch, indices)."""
+    per_rank = (n + world - 1) // world
+    steps = (per_rank + batch - 1) // batch
+    g = torch.Generator(device=device)
+    g.manual_seed(7)
+    perm = torch.randperm(n, device=device, generator=g)
+    return steps, perm.repeat(2)[rank * steps * batch:(rank + 1) * steps * batch]
 
 
 def timed_epochs(model, opt, batch_of, steps, repeats, world):
@@ -92,6 +147,7 @@ def gather_max(v, world, device):
 def bench_train(name, rank, world, device, args):
     torch.manual_seed(1 + rank)
     torch.cuda.reset_peak_memory_stats(device)
+    cnn, unit, data_desc = False, "samples/s", None
     if name == "mlp":
         model = mlp_model().to(device)
         opt_ctor = lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9)
@@ -100,34 +156,70 @@ def bench_train(name, rank, world, device, args):
         batch_of = lambda i: pool[i % len(pool)]
         steps, batch = args.steps, MLP_BATCH
         desc = "MLP 1024-8192-8192-8192-8192-1000 ReLU, bf16 autocast, SGD momentum 0.9"
-    else:
-        d = args.fmnist
-        x = read_idx(os.path.join(d, "train-images-idx3-ubyte")).to(device).float().div_(255).sub_(MEAN).div_(STD)
-        y = read_idx(os.path.join(d, "train-labels-idx1-ubyte")).to(device).long()
+    elif name == "fmnist":
+        data = fashion_mnist(args.fmnist, device, images=False)
+        if data is None:
+            raise FileNotFoundError("Fashion-MNIST not found in " + args.fmnist)
+        x, y = data
         model = fmnist_model().to(device)
         opt_ctor = lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.01)
-        per_rank = (x.shape[0] + world - 1) // world
-        steps, batch = (per_rank + FMNIST_BATCH - 1) // FMNIST_BATCH, FMNIST_BATCH
-        g = torch.Generator(device=device)
-        g.manual_seed(7)
-        perm = torch.randperm(x.shape[0], device=device, generator=g)
-        idx = perm.repeat(2)[rank * steps * batch:(rank + 1) * steps * batch]
+        batch = FMNIST_BATCH
+        steps, idx = epoch_indices(x.shape[0], world, rank, batch, device)
 
         def batch_of(i):
             j = idx[i * batch:(i + 1) * batch]
             return x[j], y[j]
         desc = "Fashion-MNIST MLP 784-256-128-10 ReLU, bf16 autocast, AdamW 1e-3"
+    elif name == "small-cnn":
+        cnn = True
+        data = fashion_mnist(args.fmnist, device, images=True)
+        model = small_cnn_model().to(device).to(memory_format=torch.channels_last)
+        opt_ctor = lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9)
+        batch = SMALL_CNN_BATCH
+        if data is not None:
+            x, y = data
+            steps, idx = epoch_indices(x.shape[0], world, rank, batch, device)
+
+            def batch_of(i):
+                j = idx[i * batch:(i + 1) * batch]
+                return x[j], y[j]
+        else:
+            steps = args.steps
+            pool = [(torch.randn(batch, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last),
+                     torch.randint(0, 10, (batch,), device=device)) for _ in range(4)]
+            batch_of = lambda i: pool[i % len(pool)]
+        desc = ("Fashion-MNIST CNN (= ModelZoo.fashionMnistCnn, 421,642 parameters), bf16 autocast, channels_last,"
+                " SGD momentum 0.9")
+        data_desc = "Fashion-MNIST" if data is not None else "synthetic 1x28x28"
+    elif name == "resnet50":
+        cnn = True
+        model = resnet50_model().to(device).to(memory_format=torch.channels_last)
+        opt_ctor = lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9)
+        batch, steps = args.resnet_batch, args.resnet_steps
+        pool = [(torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last),
+                 torch.randint(0, RESNET_CLASSES, (batch,), device=device)) for _ in range(2)]
+        batch_of = lambda i: pool[i % len(pool)]
+        desc = "torchvision ResNet-50 (1000 classes), 3x224x224 synthetic, bf16 autocast, channels_last, SGD momentum 0.9"
+        data_desc = "synthetic 3x224x224"
+        unit = "img/s"
+    else:
+        raise ValueError("unknown benchmark " + name)
+    torch.backends.cudnn.benchmark = cnn
     if world > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index], broadcast_buffers=not cnn)
     opt = opt_ctor(model.parameters())
     secs, loss = timed_epochs(model, opt, batch_of, steps, args.repeats, world)
     secs = [gather_max(s, world, device) for s in secs]
     peak = gather_max(float(torch.cuda.max_memory_allocated(device)), world, device)
+    reserved = gather_max(float(torch.cuda.max_memory_reserved(device)), world, device)
     tput = [world * steps * batch / s for s in secs]
-    return {"benchmark": name, "engine": "pytorch", "world": world, "value": statistics.median(tput),
-            "unit": "samples/s", "card": torch.cuda.get_device_name(device), "per_gpu_batch": batch,
-            "repeats": tput, "peak_mem_bytes": int(peak), "last_epoch_loss": loss, "model": desc,
-            "torch": torch.__version__, "ddp": world > 1}
+    r = {"benchmark": name, "engine": "pytorch", "world": world, "value": statistics.median(tput),
+         "unit": unit, "card": torch.cuda.get_device_name(device), "per_gpu_batch": batch,
+         "repeats": tput, "peak_mem_bytes": int(peak), "peak_reserved_bytes": int(reserved),
+         "last_epoch_loss": loss, "model": desc, "torch": torch.__version__, "ddp": world > 1}
+    if data_desc:
+        r["data"] = data_desc
+    return r
 
 
 def bench_allreduce(rank, world, device):
@@ -160,7 +252,7 @@ def worker(rank, world, args):
     results = []
     for b in args.benches.split(","):
         t0 = time.time()
-        if b in ("mlp", "fmnist"):
+        if b in ("mlp", "fmnist", "small-cnn", "resnet50"):
             results.append(bench_train(b, rank, world, device, args))
         elif b == "allreduce":
             if world > 1:
@@ -190,6 +282,8 @@ def main():
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--port", type=int, default=29533)
+    p.add_argument("--resnet-batch", type=int, default=256, help="per-GPU batch of resnet50")
+    p.add_argument("--resnet-steps", type=int, default=20, help="steps per epoch of resnet50")
     args = p.parse_args()
     if args.world == 1:
         worker(0, 1, args)

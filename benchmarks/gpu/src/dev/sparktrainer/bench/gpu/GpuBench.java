@@ -17,6 +17,7 @@ import dev.sparktrainer.nn.Layer;
 import dev.sparktrainer.nn.Loss;
 import dev.sparktrainer.nn.Model;
 import dev.sparktrainer.nn.ModelSpec;
+import dev.sparktrainer.nn.ModelZoo;
 import dev.sparktrainer.optim.OptimizerConfig;
 import dev.sparktrainer.train.EpochStats;
 import dev.sparktrainer.train.Trainer;
@@ -43,21 +44,34 @@ import java.util.SplittableRandom;
  *
  * <pre>
  * java -cp ... dev.sparktrainer.bench.gpu.GpuBench --world 2 --benches mlp,fmnist,allreduce \
- *     --fmnist /tmp/st-data/fashion-mnist --out raw.jsonl [--steps 50] [--repeats 3] [--profile]
+ *     --fmnist /tmp/st-data/fashion-mnist --out raw.jsonl [--steps 50] [--repeats 3] [--profile] \
+ *     [--resnet-batch 256] [--resnet-steps 20]
  * </pre>
  *
  * Benchmarks: {@code mlp} (1024-8192x4-1000 ReLU, bf16 mixed precision, SGD momentum 0.9, per-GPU batch
  * 4096, synthetic rows), {@code fmnist} (Fashion-MNIST MLP 784-256-128-10 ReLU, bf16, AdamW 1e-3, per-GPU
- * batch 512), {@code allreduce} (NCCL all-reduce of fp32 buffers of 25 MiB, 256 MiB, 1 GiB, bus bandwidth).
- * Every training benchmark runs one warm-up epoch, then {@code repeats} measured epochs; the figure is the
- * median over measured epochs of (samples of all ranks) / (slowest rank's epoch seconds). Each result is one
- * JSON line appended to the output file.
+ * batch 512), {@code small-cnn} (the Fashion-MNIST CNN of {@link ModelZoo#fashionMnistCnn()}, bf16, SGD
+ * momentum 0.9, per-GPU batch 512, full epochs of Fashion-MNIST, or synthetic 1x28x28 rows when --fmnist is
+ * not a folder; samples/s), {@code resnet50} ({@link ModelZoo#resnet50(int)}, 1000 classes, synthetic
+ * 3x224x224 images, bf16, SGD momentum 0.9, per-GPU batch --resnet-batch (256), --resnet-steps (20) steps
+ * per epoch; img/s), {@code allreduce} (NCCL all-reduce of fp32 buffers of 25 MiB, 256 MiB, 1 GiB, bus
+ * bandwidth). Every training benchmark runs one warm-up epoch, then {@code repeats} measured epochs; the
+ * figure is the median over measured epochs of (samples of all ranks) / (slowest rank's epoch seconds). Each
+ * result is one JSON line appended to the output file. Peak memory: the largest peak of the ranks' device
+ * arenas ({@code peak_mem_bytes}: what the engine allocated through its arena) and, as a second figure, total
+ * minus free device memory after training ({@code device_used_bytes}: also the CUDA context, library handles
+ * and any workspace allocated outside the arena).
  */
 public final class GpuBench {
   static final int MLP_BATCH = 4096;
   static final int MLP_IN = 1024;
   static final int MLP_CLASSES = 1000;
   static final int FMNIST_BATCH = 512;
+  static final int SMALL_CNN_BATCH = 512;
+  static final int RESNET_BATCH = 256;
+  static final int RESNET_STEPS = 20;
+  static final int RESNET_CLASSES = 1000;
+  static final int RESNET_DIM = 3 * 224 * 224;
 
   private GpuBench() {}
 
@@ -80,6 +94,11 @@ public final class GpuBench {
         case "mlp" -> emit(out, mlp(world, steps, repeats, card, variant, a.containsKey("profile")));
         case "fmnist" -> emit(out, fmnist(world, Path.of(a.getOrDefault("fmnist",
             FashionMnist.DEFAULT_DIR.toString())), repeats, card, variant));
+        case "small-cnn" -> emit(out, smallCnn(world, Path.of(a.getOrDefault("fmnist",
+            FashionMnist.DEFAULT_DIR.toString())), steps, repeats, card, variant));
+        case "resnet50" -> emit(out, resnet50(world, Integer.parseInt(a.getOrDefault("resnet-batch",
+            String.valueOf(RESNET_BATCH))), Integer.parseInt(a.getOrDefault("resnet-steps",
+            String.valueOf(RESNET_STEPS))), repeats, card, variant));
         case "allreduce" -> {
           if (world >= 2) {
             for (Map<String, Object> r : allReduce(world, card, variant)) {
@@ -87,7 +106,8 @@ public final class GpuBench {
             }
           }
         }
-        default -> throw new IllegalArgumentException("unknown benchmark " + b + " (mlp, fmnist, allreduce)");
+        default -> throw new IllegalArgumentException("unknown benchmark " + b
+            + " (mlp, fmnist, small-cnn, resnet50, allreduce)");
       }
       System.out.printf(Locale.ROOT, "[gpu-bench] %s W=%d done in %.1f s%n", b, world, (System.nanoTime() - t0) / 1e9);
     }
@@ -95,8 +115,8 @@ public final class GpuBench {
 
   // ---------------------------------------------------------------- training benchmarks
 
-  /** What one rank reports. */
-  record RankResult(List<EpochStats> stats, long peakBytes, Map<String, Double> profile) {}
+  /** What one rank reports: epoch statistics, arena peak, total - free device memory after training. */
+  record RankResult(List<EpochStats> stats, long peakBytes, long deviceUsedBytes, Map<String, Double> profile) {}
 
   static Map<String, Object> mlp(int world, int steps, int repeats, String card, String variant, boolean profile) {
     ModelSpec spec = ModelSpec.mlp(MLP_IN, new int[] {8192, 8192, 8192, 8192}, MLP_CLASSES, "relu", 0f);
@@ -112,7 +132,7 @@ public final class GpuBench {
       }
       return trainRank(ctx, spec, cfg, store, local, steps, profile);
     });
-    Map<String, Object> r = summarize("mlp", world, card, variant, cfg.batchSize(), rs);
+    Map<String, Object> r = summarize("mlp", world, card, variant, cfg.batchSize(), rs, "samples/s");
     r.put("model", "MLP 1024-8192-8192-8192-8192-1000 ReLU, bf16 mixed precision, SGD momentum 0.9");
     return r;
   }
@@ -126,9 +146,71 @@ public final class GpuBench {
     SamplerPlan plan = new SamplerPlan(train.rows(), world, FMNIST_BATCH, 7, false);
     List<RankResult> rs = LocalLauncher.run(world, Cuda.deviceCount(), 1800, ctx ->
         trainRank(ctx, spec, cfg, train, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch(), false));
-    Map<String, Object> r = summarize("fmnist", world, card, variant, cfg.batchSize(), rs);
+    Map<String, Object> r = summarize("fmnist", world, card, variant, cfg.batchSize(), rs, "samples/s");
     r.put("model", "Fashion-MNIST MLP 784-256-128-10 ReLU, bf16 mixed precision, AdamW 1e-3");
     return r;
+  }
+
+  /**
+   * small-cnn: the Fashion-MNIST CNN (conv3x3(32, pad 1)-relu-maxpool2-conv3x3(64, pad 1)-relu-maxpool2-fc128-
+   * relu-fc10), bf16, SGD momentum 0.9 (lr 0.01), per-GPU batch 512: full epochs of Fashion-MNIST through the
+   * sampler as fmnist does (118 / 59 / 30 steps at W = 1 / 2 / 4), or, when {@code dir} is not a folder,
+   * {@code steps} steps per epoch over a pool of 4 synthetic batches of 1x28x28 rows per rank.
+   */
+  static Map<String, Object> smallCnn(int world, Path dir, int steps, int repeats, String card, String variant)
+      throws IOException {
+    ModelSpec spec = ModelZoo.fashionMnistCnn();
+    TrainerConfig cfg = TrainerConfig.builder().epochs(1 + repeats).batchSize(SMALL_CNN_BATCH).seed(7)
+        .optimizer(OptimizerConfig.sgd(0.01).withMomentum(0.9)).build();
+    boolean real = Files.isDirectory(dir);
+    List<RankResult> rs;
+    if (real) {
+      HeapRowStore train = FashionMnist.train(dir);
+      SamplerPlan plan = new SamplerPlan(train.rows(), world, SMALL_CNN_BATCH, 7, false);
+      rs = LocalLauncher.run(world, Cuda.deviceCount(), 1800, ctx ->
+          trainRank(ctx, spec, cfg, train, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch(), false));
+    } else {
+      int pool = 4 * SMALL_CNN_BATCH;
+      rs = LocalLauncher.run(world, Cuda.deviceCount(), 1800, ctx -> {
+        HeapRowStore store = synthetic(pool, FashionMnist.PIXELS, FashionMnist.CLASSES, 2000 + ctx.rank());
+        return trainRank(ctx, spec, cfg, store, cycle(steps * SMALL_CNN_BATCH, pool), steps, false);
+      });
+    }
+    Map<String, Object> r = summarize("small-cnn", world, card, variant, cfg.batchSize(), rs, "samples/s");
+    r.put("model", "Fashion-MNIST CNN (ModelZoo.fashionMnistCnn, 421,642 parameters), bf16 mixed precision,"
+        + " SGD momentum 0.9");
+    r.put("data", real ? "Fashion-MNIST" : "synthetic 1x28x28");
+    return r;
+  }
+
+  /**
+   * resnet50: torchvision's ResNet-50 layout (ModelZoo.resnet50, 1000 classes, 25,557,032 parameters) on
+   * synthetic 3x224x224 images, bf16, SGD momentum 0.9 (lr 0.01), per-GPU batch {@code batch}, {@code steps}
+   * steps per epoch over a pool of 2 synthetic batches per rank (the host path copies every batch anyway).
+   */
+  static Map<String, Object> resnet50(int world, int batch, int steps, int repeats, String card, String variant) {
+    ModelSpec spec = ModelZoo.resnet50(RESNET_CLASSES);
+    TrainerConfig cfg = TrainerConfig.builder().epochs(1 + repeats).batchSize(batch).seed(1)
+        .optimizer(OptimizerConfig.sgd(0.01).withMomentum(0.9)).build();
+    int pool = 2 * batch;
+    List<RankResult> rs = LocalLauncher.run(world, Cuda.deviceCount(), 1800, ctx -> {
+      HeapRowStore store = synthetic(pool, RESNET_DIM, RESNET_CLASSES, 3000 + ctx.rank());
+      return trainRank(ctx, spec, cfg, store, cycle(steps * batch, pool), steps, false);
+    });
+    Map<String, Object> r = summarize("resnet50", world, card, variant, batch, rs, "img/s");
+    r.put("model", "ResNet-50 (ModelZoo.resnet50, torchvision layout, 1000 classes), 3x224x224 synthetic,"
+        + " bf16 mixed precision, SGD momentum 0.9");
+    r.put("data", "synthetic 3x224x224");
+    return r;
+  }
+
+  /** Indices 0, 1, ..., pool - 1, 0, 1, ... (n of them). */
+  static int[] cycle(int n, int pool) {
+    int[] local = new int[n];
+    for (int i = 0; i < n; i++) {
+      local[i] = i % pool;
+    }
+    return local;
   }
 
   static RankResult trainRank(WorkerContext ctx, ModelSpec spec, TrainerConfig cfg, HeapRowStore store,
@@ -142,8 +224,9 @@ public final class GpuBench {
       t.initializeWeights();
       List<EpochStats> st = t.fit(store, local, steps);
       long peak = d.arena().peakBytes(); // before the profile, which allocates a second optimizer
+      long[] mem = d.memoryInfo();
       Map<String, Double> prof = profile ? profileSteps(d, m, store, local, cfg) : Map.of();
-      return new RankResult(st, peak, prof);
+      return new RankResult(st, peak, mem[1] - mem[0], prof);
     }
   }
 
@@ -217,7 +300,7 @@ public final class GpuBench {
   }
 
   static Map<String, Object> summarize(String bench, int world, String card, String variant, int batch,
-      List<RankResult> rs) {
+      List<RankResult> rs, String unit) {
     int epochs = rs.get(0).stats().size();
     double[] tput = new double[epochs - 1];
     double waitShare = 0;
@@ -237,19 +320,22 @@ public final class GpuBench {
       tput[e - 1] = samples / slowest;
     }
     long peak = 0;
+    long used = 0;
     for (RankResult r : rs) {
       peak = Math.max(peak, r.peakBytes());
+      used = Math.max(used, r.deviceUsedBytes());
     }
     Map<String, Object> m = new LinkedHashMap<>();
     m.put("benchmark", bench);
     m.put("engine", variant);
     m.put("world", world);
     m.put("value", median(tput));
-    m.put("unit", "samples/s");
+    m.put("unit", unit);
     m.put("card", card);
     m.put("per_gpu_batch", batch);
     m.put("repeats", tput);
     m.put("peak_mem_bytes", peak);
+    m.put("device_used_bytes", used);
     m.put("data_wait_share_max_rank", waitShare);
     m.put("comm_wait_share_max_rank", commShare);
     m.put("last_epoch_loss", loss);

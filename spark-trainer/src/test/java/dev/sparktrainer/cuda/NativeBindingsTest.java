@@ -40,4 +40,37 @@ class NativeBindingsTest {
     assertEquals(declared.size(), overloads, "overloaded natives need mangled JNI names; keep one name per native");
     assertEquals(declared, exported, "Native.java and " + src + " disagree");
   }
+
+  /**
+   * Every kernel the Java side launches is in {@link Kernels#NAMES} (looked up at load time) and defined in
+   * native/kernels, so a kernel added on one side only fails here instead of on the GPU machine.
+   */
+  @Test
+  void everyLaunchedKernelIsListedAndDefined() throws Exception {
+    TreeSet<String> defined = new TreeSet<>();
+    try (var files = Files.list(Path.of("..", "native", "kernels"))) {
+      for (Path f : files.toList()) {
+        Matcher m = Pattern.compile("extern \"C\" __global__ void (\\w+)\\(").matcher(Files.readString(f));
+        while (m.find()) {
+          defined.add(m.group(1));
+        }
+      }
+    }
+    TreeSet<String> launched = new TreeSet<>();
+    try (var files = Files.list(Path.of("src", "main", "java", "dev", "sparktrainer", "cuda"))) {
+      for (Path f : files.toList()) {
+        Matcher m = Pattern.compile("launch\\(\"(\\w+)\"\\)").matcher(Files.readString(f));
+        while (m.find()) {
+          launched.add(m.group(1));
+        }
+      }
+    }
+    TreeSet<String> listed = new TreeSet<>(Kernels.NAMES);
+    TreeSet<String> missing = new TreeSet<>(launched);
+    missing.removeAll(listed);
+    assertEquals(new TreeSet<String>(), missing, "launched but not in Kernels.NAMES");
+    TreeSet<String> undefined = new TreeSet<>(listed);
+    undefined.removeAll(defined);
+    assertEquals(new TreeSet<String>(), undefined, "in Kernels.NAMES but not defined in native/kernels");
+  }
 }
