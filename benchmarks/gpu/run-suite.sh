@@ -8,6 +8,7 @@
 #   COMMIT=<sha> WORLDS="1 2 4" bash benchmarks/gpu/run-suite.sh
 # Environment: WORLDS (default: 1 .. number of GPUs, powers of two), BENCHES (mlp,fmnist,allreduce; the CNN
 #   benchmarks are selected with BENCHES=small-cnn,resnet50), STEPS (mlp steps per epoch, and small-cnn's
+#   CUDNN_BENCHMARK (ours: time the cuDNN algorithms once per shape, as the PyTorch side does; default true),
 #   when Fashion-MNIST is missing, 50), REPEATS (measured epochs, 3), RESNET_BATCH (resnet50 per-GPU batch,
 #   256; lower it when memory forces less), RESNET_STEPS (resnet50 steps per epoch, 20), RUNS (whole suite
 #   repeated, 1), TESTS=1 (run the dev.sparktrainer.cuda tests first; TEST_SELECT picks others, e.g.
@@ -68,7 +69,8 @@ raw=/tmp/raw-$run.jsonl
 for w in $WORLDS; do
   [ "$w" -gt "$ngpu" ] && { echo "skip W=$w: $ngpu GPUs"; continue; }
   echo "== run $run W=$w ours"
-  timeout "${BENCH_TIMEOUT:-400}" java -Xmx48g -Dsparktrainer.jni.path="$jni" -cp "$cp" dev.sparktrainer.bench.gpu.GpuBench \
+  timeout "${BENCH_TIMEOUT:-400}" java -Xmx48g -Dsparktrainer.jni.path="$jni" \
+    -Dsparktrainer.cudnn.benchmark="${CUDNN_BENCHMARK:-true}" -cp "$cp" dev.sparktrainer.bench.gpu.GpuBench \
     --world "$w" --benches "$BENCHES" --fmnist /tmp/st-data/fashion-mnist --out "$raw" \
     --steps "${STEPS:-50}" --repeats "${REPEATS:-3}" --resnet-batch "${RESNET_BATCH:-256}" \
     --resnet-steps "${RESNET_STEPS:-20}" ${PROFILE:+--profile} 2>&1 | grep -v "^\[gpu-bench\] {"

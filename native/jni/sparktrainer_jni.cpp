@@ -94,6 +94,9 @@ bool putInt(JNIEnv* env, jintArray out, jint v) {
   X(cudnnSetConvolutionGroupCount)                    \
   X(cudnnSetConvolutionMathType)                      \
   X(cudnnGetConvolutionForwardAlgorithm_v7)           \
+  X(cudnnFindConvolutionForwardAlgorithm)             \
+  X(cudnnFindConvolutionBackwardDataAlgorithm)        \
+  X(cudnnFindConvolutionBackwardFilterAlgorithm)      \
   X(cudnnGetConvolutionBackwardDataAlgorithm_v7)      \
   X(cudnnGetConvolutionBackwardFilterAlgorithm_v7)    \
   X(cudnnGetConvolutionForwardWorkspaceSize)          \
@@ -576,9 +579,12 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnSetStream(JNIEnv*,
 // always n, c, h, w). Descriptors and the chosen algorithms are built once per shape key and cached per
 // thread, like the matmul plans (one device is driven by one thread at a time; plans are never freed).
 //
-// Algorithm choice: cuDNN's heuristics (Get*Algorithm_v7) rank the candidates; the first one that reports
-// success, needs no more workspace than the caller's buffer and, for the two backward passes, is
-// deterministic (so a run repeats bit for bit) is used. If running it fails as unsupported, the next
+// Algorithm choice: cuDNN's heuristics (Get*Algorithm_v7; search 0, the default: the same algorithms every
+// run) or timed trials (Find*Algorithm, search 1, as PyTorch's cudnn.benchmark: fastest first, cuDNN
+// allocates its own trial buffers once per shape) rank the candidates; the first one that reports success,
+// needs no more workspace than the caller's buffer and, for the two backward passes, is deterministic (so a
+// run repeats bit for bit once the algorithm is fixed) is used. The workspace each candidate needs is asked
+// once and kept (cuDNN 9 builds an execution plan to answer, which costs as much as a small convolution). If running it fails as unsupported, the next
 // candidate is tried and remembered. Math: computeMode 0 = fp32 FMA only (no TF32: results match the CPU
 // engine to rounding), 1 = TF32 tensor cores allowed, 2 = bf16 tensor cores (fp32 accumulation).
 namespace {
@@ -642,6 +648,7 @@ struct ConvPlan {
   // (filtered), the index in use, whether it has run successfully once.
   std::vector<int> algos[3];
   std::vector<cudnnMathType_t> maths[3];
+  std::vector<size_t> needs[3];  // workspace bytes of each candidate, SIZE_MAX until asked
   size_t next[3] = {0, 0, 0};
   bool ranked[3] = {false, false, false};
 };
@@ -669,7 +676,7 @@ jint buildConv(ConvPlan* p, jint dtype, jint layout, const int* d, jint computeM
 }
 
 // Ranks the candidate algorithms of one direction (see Note [cuDNN ops]).
-jint rankConv(cudnnHandle_t h, ConvPlan* p, int dir, jint computeMode, size_t wsBytes) {
+jint rankConv(cudnnHandle_t h, ConvPlan* p, int dir, jint computeMode, size_t wsBytes, jint search) {
   const CudnnTable& t = g_cudnn;
   constexpr int MAX = 16;
   int found = 0;
@@ -685,25 +692,40 @@ jint rankConv(cudnnHandle_t h, ConvPlan* p, int dir, jint computeMode, size_t ws
   };
   if (dir == 0) {
     cudnnConvolutionFwdAlgoPerf_t perf[MAX];
-    TRY_CUDNN(t.cudnnGetConvolutionForwardAlgorithm_v7(h, p->x, p->d.filter, p->d.conv[0], p->y, MAX, &found, perf));
+    if (search == 1) {
+      TRY_CUDNN(t.cudnnFindConvolutionForwardAlgorithm(h, p->x, p->d.filter, p->d.conv[0], p->y, MAX, &found, perf));
+    } else {
+      TRY_CUDNN(t.cudnnGetConvolutionForwardAlgorithm_v7(h, p->x, p->d.filter, p->d.conv[0], p->y, MAX, &found, perf));
+    }
     for (int i = 0; i < found; i++) {
       accept((int)perf[i].algo, perf[i].status, perf[i].memory, perf[i].determinism, perf[i].mathType, false);
     }
   } else if (dir == 1) {
     cudnnConvolutionBwdDataAlgoPerf_t perf[MAX];
-    TRY_CUDNN(t.cudnnGetConvolutionBackwardDataAlgorithm_v7(h, p->d.filter, p->y, p->d.conv[1], p->x, MAX, &found,
+    if (search == 1) {
+      TRY_CUDNN(t.cudnnFindConvolutionBackwardDataAlgorithm(h, p->d.filter, p->y, p->d.conv[1], p->x, MAX, &found,
                                                             perf));
+    } else {
+      TRY_CUDNN(t.cudnnGetConvolutionBackwardDataAlgorithm_v7(h, p->d.filter, p->y, p->d.conv[1], p->x, MAX, &found,
+                                                              perf));
+    }
     for (int i = 0; i < found; i++) {
       accept((int)perf[i].algo, perf[i].status, perf[i].memory, perf[i].determinism, perf[i].mathType, true);
     }
   } else {
     cudnnConvolutionBwdFilterAlgoPerf_t perf[MAX];
-    TRY_CUDNN(t.cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p->x, p->y, p->d.conv[2], p->d.filter, MAX, &found,
+    if (search == 1) {
+      TRY_CUDNN(t.cudnnFindConvolutionBackwardFilterAlgorithm(h, p->x, p->y, p->d.conv[2], p->d.filter, MAX, &found,
                                                               perf));
+    } else {
+      TRY_CUDNN(t.cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p->x, p->y, p->d.conv[2], p->d.filter, MAX,
+                                                                &found, perf));
+    }
     for (int i = 0; i < found; i++) {
       accept((int)perf[i].algo, perf[i].status, perf[i].memory, perf[i].determinism, perf[i].mathType, true);
     }
   }
+  p->needs[dir].assign(p->algos[dir].size(), SIZE_MAX);
   p->ranked[dir] = true;
   return 0;
 }
@@ -716,14 +738,14 @@ bool readInts(JNIEnv* env, jintArray a, int* out, int n) {
 
 // Runs one convolution direction: dir 0 y = conv(x, w) (a = x, b = w, c = y), dir 1 dx = convT(dy, w)
 // (a = dy, b = w, c = dx), dir 2 dw = dconv(x, dy) (a = x, b = dy, c = dw); c = alpha * result + beta * c.
-jint runConv(JNIEnv* env, jlong handle, jint dtype, jint layout, jintArray dimsArray, jint computeMode, int dir,
-             jlong a, jlong b, jlong c, jfloat beta, jlong workspace, jlong wsBytes) {
+jint runConv(JNIEnv* env, jlong handle, jint dtype, jint layout, jintArray dimsArray, jint computeMode, jint search,
+             int dir, jlong a, jlong b, jlong c, jfloat beta, jlong workspace, jlong wsBytes) {
   const CudnnTable& t = cudnnTable();
   if (!t.ok) return jniError(JNI_NO_CUDNN);
   int d[CONV_DIMS];
   if (!readInts(env, dimsArray, d, CONV_DIMS)) return jniError(JNI_BAD_ARGUMENT);
   if ((dtype != 0 && dtype != 2) || (layout != 0 && layout != 1) || computeMode < 0 || computeMode > 2 ||
-      wsBytes < 0 || d[13] <= 0 || d[1] % d[13] != 0 || d[4] % d[13] != 0) {
+      (search != 0 && search != 1) || wsBytes < 0 || d[13] <= 0 || d[1] % d[13] != 0 || d[4] % d[13] != 0) {
     return jniError(JNI_BAD_ARGUMENT);
   }
   DnnKey key;
@@ -737,6 +759,7 @@ jint runConv(JNIEnv* env, jlong handle, jint dtype, jint layout, jintArray dimsA
   key.v[3] = layout;
   key.v[4] = computeMode;
   key.v[5] = (int)(wsBytes >> 20);
+  key.v[22] = search;
   for (int i = 0; i < CONV_DIMS; i++) key.v[6 + i] = d[i];
   auto it = t_convPlans.find(key);
   ConvPlan* p;
@@ -751,7 +774,7 @@ jint runConv(JNIEnv* env, jlong handle, jint dtype, jint layout, jintArray dimsA
   if (p->status != 0) return p->status;
   cudnnHandle_t h = fromJ<cudnnHandle_t>(handle);
   if (!p->ranked[dir]) {
-    jint st = rankConv(h, p, dir, computeMode, (size_t)wsBytes);
+    jint st = rankConv(h, p, dir, computeMode, (size_t)wsBytes, search);
     if (st != 0) return st;
   }
   const float alpha = 1.0f;
@@ -759,18 +782,21 @@ jint runConv(JNIEnv* env, jlong handle, jint dtype, jint layout, jintArray dimsA
     size_t i = p->next[dir];
     TRY_CUDNN(t.cudnnSetConvolutionMathType(p->d.conv[dir], p->maths[dir][i]));
     cudnnStatus_t s;
-    size_t need = 0;
+    const bool known = p->needs[dir][i] != SIZE_MAX;
+    size_t need = known ? p->needs[dir][i] : 0;
     void* ws = fromJ<void*>(workspace);
     if (dir == 0) {
       auto algo = (cudnnConvolutionFwdAlgo_t)p->algos[dir][i];
-      s = t.cudnnGetConvolutionForwardWorkspaceSize(h, p->x, p->d.filter, p->d.conv[0], p->y, algo, &need);
+      s = known ? CUDNN_STATUS_SUCCESS
+                : t.cudnnGetConvolutionForwardWorkspaceSize(h, p->x, p->d.filter, p->d.conv[0], p->y, algo, &need);
       if (s == CUDNN_STATUS_SUCCESS && need <= (size_t)wsBytes) {
         s = t.cudnnConvolutionForward(h, &alpha, p->x, fromJ<const void*>(a), p->d.filter, fromJ<const void*>(b),
                                       p->d.conv[0], algo, ws, (size_t)wsBytes, &beta, p->y, fromJ<void*>(c));
       }
     } else if (dir == 1) {
       auto algo = (cudnnConvolutionBwdDataAlgo_t)p->algos[dir][i];
-      s = t.cudnnGetConvolutionBackwardDataWorkspaceSize(h, p->d.filter, p->y, p->d.conv[1], p->x, algo, &need);
+      s = known ? CUDNN_STATUS_SUCCESS
+                : t.cudnnGetConvolutionBackwardDataWorkspaceSize(h, p->d.filter, p->y, p->d.conv[1], p->x, algo, &need);
       if (s == CUDNN_STATUS_SUCCESS && need <= (size_t)wsBytes) {
         s = t.cudnnConvolutionBackwardData(h, &alpha, p->d.filter, fromJ<const void*>(b), p->y,
                                            fromJ<const void*>(a), p->d.conv[1], algo, ws, (size_t)wsBytes, &beta,
@@ -778,14 +804,19 @@ jint runConv(JNIEnv* env, jlong handle, jint dtype, jint layout, jintArray dimsA
       }
     } else {
       auto algo = (cudnnConvolutionBwdFilterAlgo_t)p->algos[dir][i];
-      s = t.cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p->x, p->y, p->d.conv[2], p->d.filter, algo, &need);
+      s = known ? CUDNN_STATUS_SUCCESS
+                : t.cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p->x, p->y, p->d.conv[2], p->d.filter, algo,
+                                                                   &need);
       if (s == CUDNN_STATUS_SUCCESS && need <= (size_t)wsBytes) {
         s = t.cudnnConvolutionBackwardFilter(h, &alpha, p->x, fromJ<const void*>(a), p->y, fromJ<const void*>(b),
                                              p->d.conv[2], algo, ws, (size_t)wsBytes, &beta, p->d.filter,
                                              fromJ<void*>(c));
       }
     }
-    if (s == CUDNN_STATUS_SUCCESS && need <= (size_t)wsBytes) return 0;
+    if (s == CUDNN_STATUS_SUCCESS && need <= (size_t)wsBytes) {
+      p->needs[dir][i] = need;
+      return 0;
+    }
     if (s != CUDNN_STATUS_SUCCESS && s != CUDNN_STATUS_NOT_SUPPORTED && s != CUDNN_STATUS_BAD_PARAM &&
         s != CUDNN_STATUS_NOT_SUPPORTED_ARCH_MISMATCH) {
       return cudnn(s);  // a real failure (e.g. execution failed): report it, keep the algorithm
@@ -900,21 +931,21 @@ jint bnPlan(jint dtype, jint layout, jint n, jint c, jint h, jint w, BnPlan** ou
 extern "C" {
 
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnConvForward(JNIEnv* env, jclass, jlong handle,
-    jint dtype, jint layout, jintArray dims, jint computeMode, jlong x, jlong w, jlong y, jfloat beta,
+    jint dtype, jint layout, jintArray dims, jint computeMode, jint search, jlong x, jlong w, jlong y, jfloat beta,
     jlong workspace, jlong wsBytes) {
-  return runConv(env, handle, dtype, layout, dims, computeMode, 0, x, w, y, beta, workspace, wsBytes);
+  return runConv(env, handle, dtype, layout, dims, computeMode, search, 0, x, w, y, beta, workspace, wsBytes);
 }
 
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnConvBackwardData(JNIEnv* env, jclass, jlong handle,
-    jint dtype, jint layout, jintArray dims, jint computeMode, jlong dy, jlong w, jlong dx, jfloat beta,
+    jint dtype, jint layout, jintArray dims, jint computeMode, jint search, jlong dy, jlong w, jlong dx, jfloat beta,
     jlong workspace, jlong wsBytes) {
-  return runConv(env, handle, dtype, layout, dims, computeMode, 1, dy, w, dx, beta, workspace, wsBytes);
+  return runConv(env, handle, dtype, layout, dims, computeMode, search, 1, dy, w, dx, beta, workspace, wsBytes);
 }
 
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnConvBackwardFilter(JNIEnv* env, jclass,
-    jlong handle, jint dtype, jint layout, jintArray dims, jint computeMode, jlong x, jlong dy, jlong dw,
+    jlong handle, jint dtype, jint layout, jintArray dims, jint computeMode, jint search, jlong x, jlong dy, jlong dw,
     jfloat beta, jlong workspace, jlong wsBytes) {
-  return runConv(env, handle, dtype, layout, dims, computeMode, 2, x, dy, dw, beta, workspace, wsBytes);
+  return runConv(env, handle, dtype, layout, dims, computeMode, search, 2, x, dy, dw, beta, workspace, wsBytes);
 }
 
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnPoolForward(JNIEnv* env, jclass, jlong handle,

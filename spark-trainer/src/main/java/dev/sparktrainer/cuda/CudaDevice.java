@@ -1271,8 +1271,14 @@ public final class CudaDevice implements Device {
   // ops] in sparktrainer_jni.cpp). fp32 convolutions run without TF32 unless Options.tf32 is on, so they match
   // the CPU engine to rounding; bf16 ones use the tensor cores with fp32 accumulation.
 
-  /** Bytes of the cuDNN workspace: -Dsparktrainer.cudnn.workspaceMiB (default 256). */
-  static final long CUDNN_WORKSPACE_BYTES = Long.getLong("sparktrainer.cudnn.workspaceMiB", 256L) << 20;
+  /** Bytes of the cuDNN workspace: -Dsparktrainer.cudnn.workspaceMiB (default 512). */
+  static final long CUDNN_WORKSPACE_BYTES = Long.getLong("sparktrainer.cudnn.workspaceMiB", 512L) << 20;
+  /**
+   * -Dsparktrainer.cudnn.benchmark=true: choose convolution algorithms by timing them once per shape (as PyTorch's
+   * torch.backends.cudnn.benchmark), fastest first; default false: cuDNN's heuristics, the same algorithms on
+   * every run, so a seed gives the same bits.
+   */
+  static final int CUDNN_SEARCH = Boolean.getBoolean("sparktrainer.cudnn.benchmark") ? 1 : 0;
   private static final int NCHW = 0;
   private CudaBuffer cudnnWorkspace;
   private final java.util.Map<String, CudaTensor> convScratch = new java.util.HashMap<>();
@@ -1305,6 +1311,13 @@ public final class CudaDevice implements Device {
           + " elements (one per channel), got " + c + " for input " + x);
     }
     return c;
+  }
+
+  /** Throws for a non-zero cuDNN status; the message is built only then (these calls run hundreds of times a step). */
+  private static void dnn(int status, java.util.function.Supplier<String> what) {
+    if (status != 0) {
+      Native.check(status, what.get());
+    }
   }
 
   private int computeMode(DType d) {
@@ -1340,9 +1353,11 @@ public final class CudaDevice implements Device {
       return;
     }
     CudaBuffer ws = cudnnWorkspace();
-    Native.check(Native.cudnnConvForward(cudnn().handle(), d.ordinal(), NCHW, convDims(x.shape(), w.shape(),
-        y.shape(), desc), computeMode(d), cx.address(), cw.address(), cy.address(), 0f, ws.address(), ws.bytes()),
-        convWhat("cudnnConvolutionForward", x.shape(), w.shape(), y.shape(), desc, d));
+    int st = Native.cudnnConvForward(cudnn().handle(), d.ordinal(), NCHW, convDims(x.shape(), w.shape(), y.shape(),
+        desc), computeMode(d), CUDNN_SEARCH, cx.address(), cw.address(), cy.address(), 0f, ws.address(), ws.bytes());
+    if (st != 0) {
+      Native.check(st, convWhat("cudnnConvolutionForward", x.shape(), w.shape(), y.shape(), desc, d));
+    }
     if (cb != null) {
       long n = y.dim(0);
       long hw = (long) y.dim(2) * y.dim(3);
@@ -1364,9 +1379,12 @@ public final class CudaDevice implements Device {
       return;
     }
     CudaBuffer ws = cudnnWorkspace();
-    Native.check(Native.cudnnConvBackwardData(cudnn().handle(), d.ordinal(), NCHW, convDims(dx.shape(), w.shape(),
-        dy.shape(), desc), computeMode(d), cdy.address(), cw.address(), cdx.address(), 0f, ws.address(),
-        ws.bytes()), convWhat("cudnnConvolutionBackwardData", dx.shape(), w.shape(), dy.shape(), desc, d));
+    int st = Native.cudnnConvBackwardData(cudnn().handle(), d.ordinal(), NCHW, convDims(dx.shape(), w.shape(),
+        dy.shape(), desc), computeMode(d), CUDNN_SEARCH, cdy.address(), cw.address(), cdx.address(), 0f,
+        ws.address(), ws.bytes());
+    if (st != 0) {
+      Native.check(st, convWhat("cudnnConvolutionBackwardData", dx.shape(), w.shape(), dy.shape(), desc, d));
+    }
   }
 
   @Override
@@ -1390,16 +1408,21 @@ public final class CudaDevice implements Device {
     }
     CudaBuffer ws = cudnnWorkspace();
     int[] dims = convDims(x.shape(), dw.shape(), dy.shape(), desc);
-    String what = convWhat("cudnnConvolutionBackwardFilter", x.shape(), dw.shape(), dy.shape(), desc, d);
     if (d == DType.FLOAT32) {
-      Native.check(Native.cudnnConvBackwardFilter(cudnn().handle(), d.ordinal(), NCHW, dims, computeMode(d),
-          cx.address(), cdy.address(), cdw.address(), 1f, ws.address(), ws.bytes()), what); // dw += result
+      int st = Native.cudnnConvBackwardFilter(cudnn().handle(), d.ordinal(), NCHW, dims, computeMode(d),
+          CUDNN_SEARCH, cx.address(), cdy.address(), cdw.address(), 1f, ws.address(), ws.bytes()); // dw += result
+      if (st != 0) {
+        Native.check(st, convWhat("cudnnConvolutionBackwardFilter", x.shape(), dw.shape(), dy.shape(), desc, d));
+      }
     } else {
       // cuDNN's filter gradient has the activations' dtype: compute it in bf16, then add it to the fp32 gradient.
       CudaTensor tmp = convScratch.computeIfAbsent("dw" + Shape.str(dw.shape()),
           k -> allocate(DType.BFLOAT16, dw.shape()));
-      Native.check(Native.cudnnConvBackwardFilter(cudnn().handle(), d.ordinal(), NCHW, dims, computeMode(d),
-          cx.address(), cdy.address(), tmp.address(), 0f, ws.address(), ws.bytes()), what);
+      int st = Native.cudnnConvBackwardFilter(cudnn().handle(), d.ordinal(), NCHW, dims, computeMode(d),
+          CUDNN_SEARCH, cx.address(), cdy.address(), tmp.address(), 0f, ws.address(), ws.bytes());
+      if (st != 0) {
+        Native.check(st, convWhat("cudnnConvolutionBackwardFilter", x.shape(), dw.shape(), dy.shape(), desc, d));
+      }
       axpy(1f, tmp, cdw);
     }
     if (cdb != null) {
@@ -1431,8 +1454,8 @@ public final class CudaDevice implements Device {
     DType d = activations(op, cx, cy);
     noteWritten(cy);
     if (x.numel() > 0) {
-      Native.check(Native.cudnnPoolForward(cudnn().handle(), d.ordinal(), NCHW, mode, dims, cx.address(),
-          cy.address()), "cudnnPoolingForward " + op + " x " + x + ", " + desc);
+      dnn(Native.cudnnPoolForward(cudnn().handle(), d.ordinal(), NCHW, mode, dims, cx.address(),
+          cy.address()), () -> "cudnnPoolingForward " + op + " x " + x + ", " + desc);
     }
   }
 
@@ -1450,8 +1473,8 @@ public final class CudaDevice implements Device {
     DType d = activations(op, cx, cy, cdy, cdx);
     noteWritten(cdx);
     if (dx.numel() > 0) {
-      Native.check(Native.cudnnPoolBackward(cudnn().handle(), d.ordinal(), NCHW, mode, dims, cy.address(),
-          cdy.address(), cx.address(), cdx.address()), "cudnnPoolingBackward " + op + " x " + x + ", " + desc);
+      dnn(Native.cudnnPoolBackward(cudnn().handle(), d.ordinal(), NCHW, mode, dims, cy.address(),
+          cdy.address(), cx.address(), cdx.address()), () -> "cudnnPoolingBackward " + op + " x " + x + ", " + desc);
     }
   }
 
@@ -1519,9 +1542,9 @@ public final class CudaDevice implements Device {
       noteWritten(o);
     }
     bnEps.put(si.address(), e);
-    Native.check(Native.cudnnBnForwardTraining(cudnn().handle(), d.ordinal(), NCHW, n[0], n[1], n[2], n[3],
+    dnn(Native.cudnnBnForwardTraining(cudnn().handle(), d.ordinal(), NCHW, n[0], n[1], n[2], n[3],
         cx.address(), cy.address(), g.address(), b.address(), momentum, rm.address(), rv.address(), e,
-        sm.address(), si.address()), "cudnnBatchNormalizationForwardTraining x " + x);
+        sm.address(), si.address()), () -> "cudnnBatchNormalizationForwardTraining x " + x);
   }
 
   @Override
@@ -1543,9 +1566,9 @@ public final class CudaDevice implements Device {
     double e = bnEps(eps, op);
     noteWritten(cy);
     if (x.numel() > 0) {
-      Native.check(Native.cudnnBnForwardInference(cudnn().handle(), d.ordinal(), NCHW, n[0], n[1], n[2], n[3],
+      dnn(Native.cudnnBnForwardInference(cudnn().handle(), d.ordinal(), NCHW, n[0], n[1], n[2], n[3],
           cx.address(), cy.address(), g.address(), b.address(), rm.address(), rv.address(), e),
-          "cudnnBatchNormalizationForwardInference x " + x);
+          () -> "cudnnBatchNormalizationForwardInference x " + x);
     }
   }
 
@@ -1578,9 +1601,9 @@ public final class CudaDevice implements Device {
       throw new IllegalArgumentException(op + ": saveInvStd " + saveInvStd + " was not written by"
           + " batchNormForwardTraining on " + name);
     }
-    Native.check(Native.cudnnBnBackward(cudnn().handle(), d.ordinal(), NCHW, n[0], n[1], n[2], n[3], cx.address(),
+    dnn(Native.cudnnBnBackward(cudnn().handle(), d.ordinal(), NCHW, n[0], n[1], n[2], n[3], cx.address(),
         cdy.address(), cdx.address(), g.address(), dg.address(), db.address(), eps, sm.address(),
-        si.address()), "cudnnBatchNormalizationBackward x " + x);
+        si.address()), () -> "cudnnBatchNormalizationBackward x " + x);
   }
 
   @Override

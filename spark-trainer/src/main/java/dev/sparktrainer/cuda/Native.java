@@ -113,17 +113,18 @@ final class Native {
   /**
    * Convolutions (Note [cuDNN ops] in sparktrainer_jni.cpp). dtype: DType ordinal (FLOAT32 or BFLOAT16);
    * layout 0 NCHW, 1 NHWC; dims: n, c, h, w, k, kh, kw, padH, padW, strideH, strideW, dilationH, dilationW,
-   * groups, oh, ow; computeMode 0 fp32 (no TF32), 1 TF32 allowed, 2 bf16 tensor cores. The output is
+   * groups, oh, ow; computeMode 0 fp32 (no TF32), 1 TF32 allowed, 2 bf16 tensor cores; search 0 heuristics,
+   * 1 timed trials (cudnn.benchmark). The output is
    * result + beta * output. Algorithms are chosen within {@code workspaceBytes} and cached per shape.
    */
-  static native int cudnnConvForward(long handle, int dtype, int layout, int[] dims, int computeMode, long x,
-      long w, long y, float beta, long workspace, long workspaceBytes);
+  static native int cudnnConvForward(long handle, int dtype, int layout, int[] dims, int computeMode, int search,
+      long x, long w, long y, float beta, long workspace, long workspaceBytes);
 
   static native int cudnnConvBackwardData(long handle, int dtype, int layout, int[] dims, int computeMode,
-      long dy, long w, long dx, float beta, long workspace, long workspaceBytes);
+      int search, long dy, long w, long dx, float beta, long workspace, long workspaceBytes);
 
   static native int cudnnConvBackwardFilter(long handle, int dtype, int layout, int[] dims, int computeMode,
-      long x, long dy, long dw, float beta, long workspace, long workspaceBytes);
+      int search, long x, long dy, long dw, float beta, long workspace, long workspaceBytes);
 
   /** Pooling; mode 0 max, 1 average counting padding; dims: n, c, h, w, kh, kw, padH, padW, strideH, strideW, oh, ow. */
   static native int cudnnPoolForward(long handle, int dtype, int layout, int mode, int[] dims, long x, long y);

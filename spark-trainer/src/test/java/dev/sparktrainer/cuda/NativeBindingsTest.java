@@ -1,6 +1,7 @@
 package dev.sparktrainer.cuda;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import java.lang.reflect.Method;
 import java.lang.reflect.Modifier;
@@ -19,9 +20,18 @@ import org.junit.jupiter.api.Test;
  * Java_dev_sparktrainer_cuda_Native_<name>} in native/jni/sparktrainer_jni.cpp and nothing else is exported.
  */
 class NativeBindingsTest {
+  /** The repository root: the working folder is spark-trainer/ under Maven, the root on the GPU machine. */
+  static Path repo() {
+    Path here = Path.of("").toAbsolutePath();
+    Path root = Files.isDirectory(here.resolve("native")) ? here : here.getParent();
+    assumeTrue(root != null && Files.isDirectory(root.resolve("native")),
+        "the sources are not here (" + here + "): nothing to compare");
+    return root;
+  }
+
   @Test
   void everyJavaNativeHasItsJniFunctionAndViceVersa() throws Exception {
-    Path src = Path.of("..", "native", "jni", "sparktrainer_jni.cpp");
+    Path src = repo().resolve(Path.of("native", "jni", "sparktrainer_jni.cpp"));
     String cpp = Files.readString(src);
     TreeSet<String> exported = new TreeSet<>();
     Matcher m = Pattern.compile("JNIEXPORT\\s+\\w+\\s+JNICALL\\s+Java_dev_sparktrainer_cuda_Native_(\\w+)\\s*\\(")
@@ -48,7 +58,7 @@ class NativeBindingsTest {
   @Test
   void everyLaunchedKernelIsListedAndDefined() throws Exception {
     TreeSet<String> defined = new TreeSet<>();
-    try (var files = Files.list(Path.of("..", "native", "kernels"))) {
+    try (var files = Files.list(repo().resolve(Path.of("native", "kernels")))) {
       for (Path f : files.toList()) {
         Matcher m = Pattern.compile("extern \"C\" __global__ void (\\w+)\\(").matcher(Files.readString(f));
         while (m.find()) {
@@ -57,7 +67,8 @@ class NativeBindingsTest {
       }
     }
     TreeSet<String> launched = new TreeSet<>();
-    try (var files = Files.list(Path.of("src", "main", "java", "dev", "sparktrainer", "cuda"))) {
+    try (var files = Files.list(repo().resolve(Path.of("spark-trainer", "src", "main", "java", "dev", "sparktrainer",
+        "cuda")))) {
       for (Path f : files.toList()) {
         Matcher m = Pattern.compile("launch\\(\"(\\w+)\"\\)").matcher(Files.readString(f));
         while (m.find()) {
