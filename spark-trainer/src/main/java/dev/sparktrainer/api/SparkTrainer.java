@@ -36,7 +36,9 @@ import org.apache.spark.sql.types.StructType;
  *
  * Features come from one column (Spark ML vector, array of numbers, or a number) or several numeric columns
  * ({@link #setFeatureCols}); labels are class indices in [0, classes) for cross-entropy, or numbers for MSE.
- * Bad input fails on the driver before any task starts, with a message that says what to fix.
+ * Bad input fails on the driver before any task starts, with a message that says what to fix. A validation
+ * set ({@link #fit(Dataset, Dataset)} or {@link #setValidationIndicatorCol}) is evaluated after every epoch;
+ * its loss and accuracy are in the model's summary.
  */
 public final class SparkTrainer extends Estimator<SparkTrainerModel> implements DefaultParamsWritable {
   private static final long serialVersionUID = 1L;
@@ -63,6 +65,7 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
   private final IntParam checkpointInterval;
   private final IntParam timeoutSeconds;
   private final Param<String> nonFinite;
+  private final Param<String> validationIndicatorCol;
 
   public SparkTrainer() {
     this(Identifiable$.MODULE$.randomUID("sparkTrainer"));
@@ -103,6 +106,10 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
     nonFinite = new Param<>(this, "nonFinite",
         "a step with NaN/Inf gradients: fail (the job fails naming the step) or skip (the update is skipped)",
         ParamValidators.inArray(new String[] {"fail", "skip"}));
+    validationIndicatorCol = new Param<>(this, "validationIndicatorCol",
+        "boolean column: rows where it is true are validation rows (evaluated after every epoch, not trained on), "
+            + "the others training rows; empty = no validation set (or pass one to fit(train, validation))");
+    setDefault(validationIndicatorCol, "");
     setDefault(nonFinite, "fail");
     setDefault(featuresCol, "features");
     setDefault(featureCols, new String[0]);
@@ -216,10 +223,24 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
     return nonFinite;
   }
 
+  public Param<String> validationIndicatorCol() {
+    return validationIndicatorCol;
+  }
+
   // ---- setters and getters ----
 
   public SparkTrainer setNonFinite(String v) {
     set(nonFinite, v);
+    return this;
+  }
+
+  /**
+   * Spark ML's idiom (as in GBTClassifier): rows of the fit's DataFrame where this boolean column is true are
+   * validation rows, evaluated after every epoch and never trained on; rows where it is false are training
+   * rows (null: neither). Default "" (none).
+   */
+  public SparkTrainer setValidationIndicatorCol(String v) {
+    set(validationIndicatorCol, v);
     return this;
   }
 
@@ -349,6 +370,10 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
     return ModelSpec.fromJson($(modelSpec));
   }
 
+  public String getValidationIndicatorCol() {
+    return $(validationIndicatorCol);
+  }
+
   public String getFeaturesCol() {
     return $(featuresCol);
   }
@@ -411,8 +436,19 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
 
   @Override
   public SparkTrainerModel fit(Dataset<?> dataset) {
-    transformSchema(dataset.schema());
-    TrainingJob.Result r = TrainingJob.run(dataset, this);
+    return fit(dataset, (Dataset<?>) null);
+  }
+
+  /**
+   * Trains on {@code train} and evaluates the model on {@code validation} after every epoch, inside the
+   * training stage (each worker evaluates a shard; the figures are summed over the workers). The validation
+   * loss and accuracy of each epoch are in {@code model.summary()} and in the live progress. The validation
+   * DataFrame needs the same feature and label columns and is checked like the training data, before any
+   * task starts. {@code validation} null: as {@link #fit(Dataset)}.
+   */
+  public SparkTrainerModel fit(Dataset<?> train, Dataset<?> validation) {
+    transformSchema(train.schema());
+    TrainingJob.Result r = TrainingJob.run(train, validation, this);
     SparkTrainerModel m = new SparkTrainerModel(uid, getModelSpec(), getLoss(), r.parameters(), r.summary());
     m.setFeaturesCol(getFeaturesCol()).setFeatureCols(getFeatureCols())
         .setPredictionCol(getPredictionCol()).setProbabilityCol(getProbabilityCol());

@@ -1,5 +1,6 @@
 package dev.sparktrainer.spark;
 
+import dev.sparktrainer.api.TrainingSummary;
 import dev.sparktrainer.checkpoint.CheckpointData;
 import dev.sparktrainer.checkpoint.CheckpointIO;
 import dev.sparktrainer.checkpoint.CheckpointInfo;
@@ -18,10 +19,10 @@ import java.io.UncheckedIOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.time.Duration;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.zip.CRC32;
 import org.apache.spark.BarrierTaskContext;
-import org.apache.spark.sql.catalyst.InternalRow;
 import org.apache.spark.util.SerializableConfiguration;
 import scala.Tuple2;
 import scala.collection.Iterator;
@@ -33,7 +34,7 @@ import scala.runtime.AbstractFunction1;
  * before any collective), then the device and communicator, then the training loop. Any error aborts the
  * communicator so the other ranks fail fast instead of waiting, and is rethrown for Spark to report.
  */
-final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long, InternalRow>>, Iterator<TaskResult>>
+final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integer, byte[]>>, Iterator<TaskResult>>
     implements Serializable {
   private static final long serialVersionUID = 1L;
   private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(BarrierTrainFunction.class);
@@ -49,6 +50,8 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long,
   private final CheckpointPolicy checkpoints; // null: no checkpoints
   private final SerializableConfiguration hadoopConf;
   private ProgressEndpoint progress; // null: no live progress (issue 9)
+  private RendezvousEndpoint rendezvous; // null: Spark's BarrierTaskContext.allGather
+  private long validationRows = -1; // rows of the validation set; -1: the fit has none
 
   BarrierTrainFunction(String specJson, TrainerConfig cfg, String device, String token, int timeoutSeconds,
       int dim, int targetDim, int steps, long rowsPerRank, CheckpointPolicy checkpoints,
@@ -72,40 +75,49 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long,
     return this;
   }
 
+  /** The fit has a validation set of {@code rows} rows, evaluated after every epoch (Note [validation sums]). */
+  BarrierTrainFunction withValidation(long rows) {
+    this.validationRows = rows;
+    return this;
+  }
+
+  /** The ranks meet at this driver rendezvous (Note [driver rendezvous]); null: Spark's allGather. */
+  BarrierTrainFunction withRendezvous(RendezvousEndpoint endpoint) {
+    this.rendezvous = endpoint;
+    return this;
+  }
+
   @Override
-  public Iterator<TaskResult> apply(Iterator<Tuple2<Long, InternalRow>> it) {
+  public Iterator<TaskResult> apply(Iterator<Tuple2<Integer, byte[]>> it) {
     long start = System.currentTimeMillis();
     BarrierTaskContext ctx = BarrierTaskContext.get();
-    SparkWorkerContext wc = new SparkWorkerContext(ctx, token);
-    int rank = wc.rank();
-    java.util.Iterator<InternalRow> rows = new java.util.Iterator<>() {
-      @Override
-      public boolean hasNext() {
-        return it.hasNext();
-      }
+    try (SparkWorkerContext wc = new SparkWorkerContext(ctx, token, rendezvous, Duration.ofSeconds(timeoutSeconds))) {
+      return CollectionConverters.asScala(List.of(train(ctx, wc, it, start)).iterator());
+    }
+  }
 
-      @Override
-      public InternalRow next() {
-        return it.next()._2();
-      }
-    };
+  private TaskResult train(BarrierTaskContext ctx, SparkWorkerContext wc, Iterator<Tuple2<Integer, byte[]>> it,
+      long start) {
+    int rank = wc.rank();
+    int world = wc.worldSize();
+    int myValidationRows = validationRows < 0 ? -1
+        : Math.toIntExact(RankChunks.validationRowsOf(validationRows, world, rank));
     TaskResult result;
     // Data first: a short or empty partition fails here, before any collective.
-    try (RowStore store = TaskRows.load(rows, dim, targetDim, cfg.batchSize())) {
-      if (store.rows() != rowsPerRank) {
-        throw new IllegalStateException("rank " + rank + " received " + store.rows() + " rows, the plan gives "
-            + rowsPerRank + " to every rank; the input DataFrame changed between planning and training "
-            + "(make it deterministic, e.g. cache it, before fit)");
-      }
+    try (TaskRows.Loaded data = TaskRows.load(CollectionConverters.asJava(it), rank, world,
+        Math.toIntExact(rowsPerRank), myValidationRows, dim, targetDim, cfg.batchSize())) {
+      RowStore store = data.store();
       long dataReady = System.currentTimeMillis();
       RankLog log = new RankLog(rank);
-      log.add("data loaded: " + store.rows() + " rows as Arrow batches (stage attempt " + ctx.stageAttemptNumber() + ")");
+      log.add("data loaded: " + store.rows() + " rows as Arrow batches" + (data.validation() == null ? ""
+          : " + " + data.validation().rows() + " validation rows") + " (stage attempt " + ctx.stageAttemptNumber()
+          + ")");
       String resolved = Backends.resolve(device, wc);
       if ("cuda".equals(resolved) && wc.worldSize() > 1) {
         // One collective on every rank before NCCL starts: Note [distinct GPUs]. Ranks resolve "auto" alike
         // (one resource profile, or one host in local mode); were they to differ, the communicator's own
-        // rendezvous would get a message it cannot parse and fail, not hang. Each BarrierTaskContext.allGather
-        // costs ~1 s in Spark 4.1, so CPU training skips this one.
+        // rendezvous would get a message it cannot parse and fail, not hang. CPU training skips this one (it
+        // costs ~1 s where the ranks meet through BarrierTaskContext.allGather).
         GpuPlacement.check(wc, wc.gpuPlacementKey());
       }
       long tResolved = System.currentTimeMillis();
@@ -120,12 +132,26 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long,
         try {
           ModelSpec spec = ModelSpec.fromJson(specJson);
           Model model = new Model(spec, dev);
+          ValidationPass validation = data.validation() == null ? null
+              : new ValidationPass(model, cfg.loss(), comm, data.validation(), cfg.batchSize(), validationRows);
+          List<TrainingSummary.Validation> validated = new ArrayList<>();
           Trainer trainer = new Trainer(model, cfg, comm)
               .onStep(log.stepLogger().andThen(FaultInjection.forTask(ctx, rank)).andThen(reporter::onStep))
               .onEpochEnd(e -> {
                 log.add(String.format(java.util.Locale.ROOT, "epoch %d done: loss %.4f, %.0f samples/s",
                     e.epoch() + 1, e.loss(), e.samplesPerSecond()));
                 reporter.epoch(e);
+                if (validation != null) {
+                  // A collective: every rank's epoch-end hook runs it at the same point (Note [validation sums]).
+                  TrainingSummary.Validation v = validation.run(e.epoch());
+                  validated.add(v);
+                  log.add(String.format(java.util.Locale.ROOT, "epoch %d validation: loss %.4f%s (%d rows)",
+                      e.epoch() + 1, v.loss(), Double.isNaN(v.accuracy()) ? ""
+                          : String.format(java.util.Locale.ROOT, ", accuracy %.4f", v.accuracy()), v.rows()));
+                  if (rank == 0) { // every rank holds the same figures
+                    reporter.validation(v);
+                  }
+                }
               });
           CheckpointData resumeFrom = null;
           if (checkpoints != null) {
@@ -137,10 +163,7 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long,
           } else {
             trainer.initializeWeights();
           }
-          int[] local = new int[Math.toIntExact(rowsPerRank)];
-          for (int i = 0; i < local.length; i++) {
-            local[i] = i;
-          }
+          int[] local = data.local();
           long firstStep = System.currentTimeMillis();
           if (rank == 0) {
             LOG.info("rank 0: data ready -> first step {} ms: device choice {} ms, progress + device {} ms, "
@@ -154,8 +177,8 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long,
           // The ranks must agree on the trainable prefix; buffers (batch-norm running statistics) are per rank,
           // as in PyTorch DDP (Note [buffers] in ParameterSet), and rank 0's are the model's.
           float[] trained = java.util.Arrays.copyOf(params, Math.toIntExact(model.parameters().trainableElements()));
-          result = new TaskResult(rank, stats, rank == 0 ? params : null, digest(trained), start, dataReady,
-              firstStep, System.currentTimeMillis(), dev.name());
+          result = new TaskResult(rank, stats, List.copyOf(validated), rank == 0 ? params : null, digest(trained),
+              start, dataReady, tComm, firstStep, System.currentTimeMillis(), dev.name());
           comm.close();
         } catch (IOException e) {
           comm.abort();
@@ -173,7 +196,7 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Long,
         }
       }
     }
-    return CollectionConverters.asScala(List.of(result).iterator());
+    return result;
   }
 
   /**

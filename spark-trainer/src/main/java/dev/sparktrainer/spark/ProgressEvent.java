@@ -24,6 +24,12 @@ public sealed interface ProgressEvent {
   /** A finished epoch with the rank's statistics (loss, accuracy, data wait / compute / comm). */
   record Epoch(int rank, EpochStats stats) implements ProgressEvent {}
 
+  /**
+   * The validation figures of epoch {@code epoch} (0-based) over all ranks' shards: the same on every rank,
+   * so only rank 0 sends them. Accuracy is NaN for regression (mse).
+   */
+  record Validation(int rank, int epoch, long rows, double loss, double accuracy) implements ProgressEvent {}
+
   /** The rank finished training: its peak device memory (-1 when the device does not report it). */
   record Done(int rank, long peakDeviceMemoryBytes, String device) implements ProgressEvent {}
 }

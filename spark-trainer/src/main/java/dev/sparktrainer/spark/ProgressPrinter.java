@@ -15,7 +15,8 @@ import java.util.function.LongSupplier;
 /**
  * Shows the ranks' progress on the driver: a console progress bar redrawn in place ({@link Mode#BAR}, when
  * the driver is attached to a terminal) or log lines at every 10% and every epoch end ({@link Mode#LOG}).
- * Also the live straggler check: when every rank has reported an epoch's statistics, ranks whose busy time
+ * Each epoch's validation figures (when the fit has a validation set) are logged as they arrive. Also the
+ * live straggler check: when every rank has reported an epoch's statistics, ranks whose busy time
  * is >= 20% above the median are named at once (see {@link StragglerReport}).
  *
  * <p>Chosen by the Spark conf {@value #CONF}: {@code auto} (default: bar on a terminal, else log), {@code bar},
@@ -102,6 +103,13 @@ public final class ProgressPrinter implements ProgressListener {
       show(false);
     } else if (e instanceof ProgressEvent.Epoch ep) {
       epochDone(ep.stats());
+    } else if (e instanceof ProgressEvent.Validation v) {
+      if (mode != Mode.OFF) {
+        if (mode == Mode.BAR) {
+          clearBar();
+        }
+        log.accept(validationLine(v));
+      }
     } else if (e instanceof ProgressEvent.Done) {
       show(true);
     }
@@ -205,6 +213,11 @@ public final class ProgressPrinter implements ProgressListener {
         Math.min(s.epoch() + 1, s.epochs()), s.epochs(), "#".repeat(filled), "-".repeat(BAR_WIDTH - filled),
         frac * 100, s.step(), s.totalSteps(), rate, eta,
         Double.isNaN(s.loss()) ? "" : String.format(Locale.ROOT, ", loss %.4f", s.loss()));
+  }
+
+  static String validationLine(ProgressEvent.Validation v) {
+    return String.format(Locale.ROOT, "validation: epoch %d: loss %.4f%s (%,d rows)", v.epoch() + 1, v.loss(),
+        Double.isNaN(v.accuracy()) ? "" : String.format(Locale.ROOT, ", accuracy %.4f", v.accuracy()), v.rows());
   }
 
   static String duration(double seconds) {

@@ -135,6 +135,11 @@ public final class ProgressReporter implements AutoCloseable {
     offer(new ProgressEvent.Epoch(rank, stats), true);
   }
 
+  /** A finished epoch's validation figures (the same on every rank: rank 0 reports them). */
+  public void validation(dev.sparktrainer.api.TrainingSummary.Validation v) {
+    offer(new ProgressEvent.Validation(rank, v.epoch(), v.rows(), v.loss(), v.accuracy()), true);
+  }
+
   /** Training finished on this rank; reports the device's peak memory (-1 when it has none). */
   public void done(long peakDeviceMemoryBytes, String device) {
     offer(new ProgressEvent.Done(rank, peakDeviceMemoryBytes, device), true);

@@ -22,29 +22,40 @@ import javax.crypto.spec.SecretKeySpec;
  *   STEP  int epoch, int epochs, long step, long totalSteps, long samples, double seconds, double eta, double loss
  *   EPOCH int epoch, long samples, double loss, accuracy, seconds, dataWait, compute, comm, long skippedSteps
  *   DONE  long peakDeviceMemoryBytes, UTF device
+ *   VALIDATION int epoch, long rows, double loss, double accuracy
  * </pre>
  * The server attaches the authenticated rank to every frame, so a client cannot speak for another rank.
  */
 final class ProgressWire {
   static final int MAGIC = 0x53545047; // "STPG"
-  static final int VERSION = 1;
+  static final int VERSION = 2; // 2: VALIDATION frames
   static final int NONCE_BYTES = 32;
   static final int MAC_BYTES = 32;
   static final String PURPOSE = "spark-trainer progress v1: client";
   static final byte STEP = 1;
   static final byte EPOCH = 2;
   static final byte DONE = 3;
+  static final byte VALIDATION = 4;
 
   private ProgressWire() {}
 
   static byte[] mac(String token, byte[] nonce, int rank, int world) {
+    return mac(token, PURPOSE, nonce, rank, world);
+  }
+
+  /** HMAC-SHA256(token, purpose || 0 || nonce || values as big-endian ints): a client's proof to a driver endpoint. */
+  static byte[] mac(String token, String purpose, byte[] nonce, int... values) {
     try {
       Mac m = Mac.getInstance("HmacSHA256");
       m.init(new SecretKeySpec(token.getBytes(StandardCharsets.UTF_8), "HmacSHA256"));
-      m.update(PURPOSE.getBytes(StandardCharsets.US_ASCII));
+      m.update(purpose.getBytes(StandardCharsets.US_ASCII));
       m.update((byte) 0);
       m.update(nonce);
-      m.update(ByteBuffer.allocate(8).putInt(rank).putInt(world).array());
+      ByteBuffer b = ByteBuffer.allocate(4 * values.length);
+      for (int v : values) {
+        b.putInt(v);
+      }
+      m.update(b.array());
       return m.doFinal();
     } catch (GeneralSecurityException e) {
       throw new IllegalStateException("HmacSHA256 is not available in this JVM", e);
@@ -76,6 +87,12 @@ final class ProgressWire {
         out.writeDouble(s.computeSeconds());
         out.writeDouble(s.commSeconds());
         out.writeLong(s.skippedSteps());
+      } else if (e instanceof ProgressEvent.Validation v) {
+        out.writeByte(VALIDATION);
+        out.writeInt(v.epoch());
+        out.writeLong(v.rows());
+        out.writeDouble(v.loss());
+        out.writeDouble(v.accuracy());
       } else if (e instanceof ProgressEvent.Done d) {
         out.writeByte(DONE);
         out.writeLong(d.peakDeviceMemoryBytes());
@@ -103,6 +120,8 @@ final class ProgressWire {
             in.readDouble(), in.readDouble(), in.readDouble(), in.readDouble(), in.readLong()));
       }
       case DONE -> new ProgressEvent.Done(rank, in.readLong(), in.readUTF());
+      case VALIDATION -> new ProgressEvent.Validation(rank, in.readInt(), in.readLong(), in.readDouble(),
+          in.readDouble());
       default -> throw new IOException("unknown progress frame type " + type);
     };
   }

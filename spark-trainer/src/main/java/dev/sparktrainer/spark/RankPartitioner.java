@@ -2,15 +2,19 @@ package dev.sparktrainer.spark;
 
 import org.apache.spark.Partitioner;
 
-/** Keys are rank * rowsPerRank + localPosition: partition = rank, and sorting by key gives local order. */
+/**
+ * Keys (Integer) are rank r (training rows) or W + r (validation rows, see {@link RankChunks}): partition = r,
+ * so the barrier task of rank r reads exactly rank r's chunks.
+ */
 public final class RankPartitioner extends Partitioner {
-  private static final long serialVersionUID = 1L;
+  private static final long serialVersionUID = 2L;
   private final int world;
-  private final long rowsPerRank;
 
-  public RankPartitioner(int world, long rowsPerRank) {
+  public RankPartitioner(int world) {
+    if (world <= 0) {
+      throw new IllegalArgumentException("world size must be > 0, got " + world);
+    }
     this.world = world;
-    this.rowsPerRank = rowsPerRank;
   }
 
   @Override
@@ -20,16 +24,20 @@ public final class RankPartitioner extends Partitioner {
 
   @Override
   public int getPartition(Object key) {
-    return (int) ((Long) key / rowsPerRank);
+    int k = (Integer) key;
+    if (k < 0 || k >= 2 * world) {
+      throw new IllegalArgumentException("key " + k + " outside [0, " + 2 * world + ") (world " + world + ")");
+    }
+    return k % world;
   }
 
   @Override
   public boolean equals(Object o) {
-    return o instanceof RankPartitioner p && p.world == world && p.rowsPerRank == rowsPerRank;
+    return o instanceof RankPartitioner p && p.world == world;
   }
 
   @Override
   public int hashCode() {
-    return Long.hashCode(rowsPerRank) * 31 + world;
+    return world;
   }
 }

@@ -1,22 +1,42 @@
 package dev.sparktrainer.spark;
 
 import dev.sparktrainer.comm.WorkerContext;
+import java.time.Duration;
 import java.util.Arrays;
 import java.util.List;
 import org.apache.spark.BarrierTaskContext;
 import org.apache.spark.resource.ResourceInformation;
 
-/** A {@link WorkerContext} backed by Spark's BarrierTaskContext: rank = partition id, allGather = Spark's. */
-public final class SparkWorkerContext implements WorkerContext {
+/**
+ * A {@link WorkerContext} backed by Spark's BarrierTaskContext: rank = partition id; allGather through the
+ * driver's rendezvous (Note [driver rendezvous] in {@link RendezvousServer}) when the fit has one, else
+ * Spark's {@code BarrierTaskContext.allGather} (~1 s per call in Spark 4.1). Close it when the task ends.
+ */
+public final class SparkWorkerContext implements WorkerContext, AutoCloseable {
   private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(SparkWorkerContext.class);
   private final BarrierTaskContext ctx;
   private final String token;
   private final String[] gpuAddresses; // the GPUs Spark assigned to this task; empty: none
+  private final RendezvousEndpoint rendezvous; // null: Spark's allGather
+  private final Duration gatherTimeout;
+  private RendezvousClient client; // connected on the first allGather
   private GpuPlacement.Gpu gpu; // resolved on first use (CPU training never needs it)
 
+  /** A context whose all-gathers use Spark's {@code BarrierTaskContext.allGather}. */
   public SparkWorkerContext(BarrierTaskContext ctx, String token) {
+    this(ctx, token, null, Duration.ofMinutes(5));
+  }
+
+  /**
+   * A context whose all-gathers meet at {@code rendezvous} (null: Spark's allGather) and fail when not every
+   * rank arrives within {@code gatherTimeout}.
+   */
+  public SparkWorkerContext(BarrierTaskContext ctx, String token, RendezvousEndpoint rendezvous,
+      Duration gatherTimeout) {
     this.ctx = ctx;
     this.token = token;
+    this.rendezvous = rendezvous;
+    this.gatherTimeout = gatherTimeout;
     ResourceInformation ri = ctx.resourcesJMap().get("gpu");
     this.gpuAddresses = ri == null ? new String[0] : ri.addresses();
   }
@@ -67,7 +87,22 @@ public final class SparkWorkerContext implements WorkerContext {
 
   @Override
   public List<String> allGather(String message) {
-    return Arrays.asList(ctx.allGather(message));
+    if (rendezvous == null) {
+      return Arrays.asList(ctx.allGather(message));
+    }
+    if (client == null) {
+      client = RendezvousClient.connect(rendezvous, rank(), worldSize(), ctx.stageAttemptNumber());
+    }
+    return client.allGather(message, gatherTimeout, ctx::isInterrupted);
+  }
+
+  /** Closes the connection to the driver's rendezvous, if one was opened. Idempotent. */
+  @Override
+  public void close() {
+    if (client != null) {
+      client.close();
+      client = null;
+    }
   }
 
   @Override

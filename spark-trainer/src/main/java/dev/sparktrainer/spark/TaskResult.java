@@ -1,12 +1,17 @@
 package dev.sparktrainer.spark;
 
+import dev.sparktrainer.api.TrainingSummary;
 import dev.sparktrainer.train.EpochStats;
 import java.io.Serializable;
 import java.util.List;
 
 /**
- * What one barrier task sends back: its epoch statistics, a digest of its final parameters (all ranks must
- * agree), rank 0's parameters, and timestamps for the time-to-first-step figure.
+ * What one barrier task sends back: its epoch statistics, the validation figures of each epoch (the same on
+ * every rank; empty without a validation set), a digest of its final parameters (all ranks must
+ * agree), rank 0's parameters, and wall-clock timestamps (epoch millis) of its start-up phases: task start,
+ * data loaded, communicator up, first training step, end.
  */
-public record TaskResult(int rank, List<EpochStats> epochs, float[] parameters, long parameterDigest,
-    long taskStartMillis, long dataReadyMillis, long firstStepMillis, long endMillis, String device) implements Serializable {}
+public record TaskResult(int rank, List<EpochStats> epochs, List<TrainingSummary.Validation> validation,
+    float[] parameters, long parameterDigest,
+    long taskStartMillis, long dataReadyMillis, long commReadyMillis, long firstStepMillis, long endMillis,
+    String device) implements Serializable {}

@@ -20,6 +20,7 @@ public final class TrainerKryoRegistrator implements KryoRegistrator {
     kryo.register(float[].class);
     kryo.register(int[].class);
     kryo.register(long[].class);
+    kryo.register(byte[].class);
     kryo.register(Object[].class);
     kryo.register(scala.Tuple2.class);
     kryo.register(scala.Tuple2[].class);

@@ -23,7 +23,6 @@ import org.apache.spark.sql.Column;
 import org.apache.spark.sql.Dataset;
 import org.apache.spark.sql.Row;
 import org.apache.spark.sql.catalyst.InternalRow;
-import org.apache.spark.sql.types.DataTypes;
 import org.apache.spark.sql.types.StructType;
 import org.apache.spark.storage.StorageLevel;
 import org.apache.spark.util.SerializableConfiguration;
@@ -43,59 +42,190 @@ public final class TrainingJob {
 
   private TrainingJob() {}
 
-  /** The trained weights (rank 0's flat buffer) and the summary. */
-  public record Result(float[] parameters, TrainingSummary summary, List<TaskResult> tasks) {}
+  /** The trained weights (rank 0's flat buffer), the summary, every rank's result, and the start-up phases. */
+  public record Result(float[] parameters, TrainingSummary summary, List<TaskResult> tasks, Startup startup) {}
+
+  /**
+   * Where the time from {@code fit()} to the first training step went (wall clock, epoch millis; the task
+   * phases are the slowest rank's): validation on the driver, then the barrier job until every task has
+   * started (the exchange of rows to their ranks runs in this phase), the tasks' data loading, the
+   * communicator set-up, and model set-up until the first step.
+   */
+  public record Startup(long fitStart, long validated, long tasksStarted, long dataReady, long commReady,
+      long firstStep) {
+    static Startup of(long fitStart, long validated, List<TaskResult> tasks) {
+      return new Startup(fitStart, validated, max(tasks, TaskResult::taskStartMillis),
+          max(tasks, TaskResult::dataReadyMillis), max(tasks, TaskResult::commReadyMillis),
+          max(tasks, TaskResult::firstStepMillis));
+    }
+
+    private static long max(List<TaskResult> tasks, java.util.function.ToLongFunction<TaskResult> f) {
+      return tasks.stream().mapToLong(f).max().orElse(0);
+    }
+
+    /** Seconds from fit() to the first step. */
+    public double toFirstStepSeconds() {
+      return (firstStep - fitStart) / 1000.0;
+    }
+
+    @Override
+    public String toString() {
+      return String.format(java.util.Locale.ROOT, "fit -> first step %.2f s: validation %.2f s, rows to ranks until "
+          + "all tasks started %.2f s, data loaded %.2f s, communicator %.2f s, model + first batch %.2f s",
+          toFirstStepSeconds(), (validated - fitStart) / 1000.0, (tasksStarted - validated) / 1000.0,
+          (dataReady - tasksStarted) / 1000.0, (commReady - dataReady) / 1000.0, (firstStep - commReady) / 1000.0);
+    }
+  }
 
   /** What validation found out about the data. */
   record DataFacts(long rows, int dim, int classesOrTargetDim, long[] rowsPerPartition) {}
 
+  /** Fits on {@code dataset} (with {@code validationIndicatorCol} set: its rows where that column is false). */
   public static Result run(Dataset<?> dataset, SparkTrainer params) {
+    return run(dataset, null, params);
+  }
+
+  /**
+   * Fits on {@code dataset}, evaluating the model on {@code validation} (null: none) after every epoch; with
+   * {@code validationIndicatorCol} set, {@code dataset}'s rows where that column is true are the validation
+   * rows and the others the training rows (rows where it is null are in neither, as in Spark ML).
+   */
+  public static Result run(Dataset<?> dataset, Dataset<?> validation, SparkTrainer params) {
     long fitStart = System.currentTimeMillis();
     // 1. Params and config: fail before touching data.
     ModelSpec spec = params.getModelSpec();
     TrainerConfig cfg = params.trainerConfig();
     Loss loss = cfg.loss();
     int world = params.getNumWorkers();
-    StructType schema = dataset.schema();
-    Column features = FeatureColumns.featuresExpr(schema, params.getFeaturesCol(), params.getFeatureCols());
-    String featuresName = params.getFeatureCols().length > 0 ? String.join(",", params.getFeatureCols())
-        : params.getFeaturesCol();
-    Column label = loss == Loss.CROSS_ENTROPY ? FeatureColumns.labelExpr(schema, params.getLabelCol())
-        : FeatureColumns.targetExpr(schema, params.getLabelCol());
-    SparkContext sc = dataset.sparkSession().sparkContext();
-    GpuScheduling.Plan gpus = GpuScheduling.plan(dataset.sparkSession(), params.getDevice());
-    checkSlots(sc, world, gpus);
-
-    // 2. Data: the prepared rows (features array<float>, label double or target array<float>) as Spark's
-    // binary rows, kept for the shuffle unless the input is cached already; one pass finds nulls, sizes,
-    // non-finite values, label ranges, and each partition's row count (which numbers the rows).
-    Dataset<Row> prepared = dataset.select(features.as(FeatureColumns.FEATURES), label.as("__label"));
-    boolean inputCached = !dataset.storageLevel().equals(StorageLevel.NONE());
-    JavaRDD<InternalRow> internal = prepared.queryExecution().toRdd().toJavaRDD().map(InternalRow::copy);
-    if (!inputCached) {
-      internal = internal.persist(StorageLevel.MEMORY_AND_DISK());
+    Dataset<?> train = dataset;
+    String trainWhat = "the training DataFrame";
+    String validationWhat = "the validation DataFrame";
+    boolean deterministic = isCached(dataset);
+    String indicator = params.getValidationIndicatorCol();
+    if (!indicator.isEmpty()) {
+      if (validation != null) {
+        throw new IllegalArgumentException("both a validation DataFrame and validationIndicatorCol '" + indicator
+            + "' are given; use one of them (fit(train, validation), or one DataFrame with the indicator column)");
+      }
+      Column isValidation = indicatorColumn(dataset, indicator);
+      train = dataset.filter(org.apache.spark.sql.functions.not(isValidation));
+      validation = dataset.filter(isValidation);
+      trainWhat = "the training part (rows with validationIndicatorCol '" + indicator + "' false)";
+      validationWhat = "the validation part (rows with validationIndicatorCol '" + indicator + "' true)";
     }
+    Prepared t = prepare(train, params, loss, "", deterministic);
+    Prepared v = null;
+    SparkContext sc = dataset.sparkSession().sparkContext();
     try {
+      if (validation != null) {
+        v = prepare(validation, params, loss, validationWhat + ": ", indicator.isEmpty() ? isCached(validation)
+            : deterministic);
+      }
+      GpuScheduling.Plan gpus = GpuScheduling.plan(dataset.sparkSession(), params.getDevice());
+      checkSlots(sc, world, gpus);
+
+      // 2. Data: one pass (one Spark job over the training and the validation partitions) finds nulls, sizes,
+      // non-finite values, label ranges, and each partition's row count (which numbers the rows).
       boolean classification = loss == Loss.CROSS_ENTROPY;
-      List<DataStats> perPartition = internal.mapPartitions(it -> {
+      JavaRDD<InternalRow> all = v == null ? t.rows() : t.rows().union(v.rows());
+      List<DataStats> perPartition = all.mapPartitions(it -> {
         DataStats st = new DataStats();
         while (it.hasNext()) {
           st.add(it.next(), classification);
         }
         return List.of(st).iterator();
       }).collect();
-      DataFacts facts = validate(perPartition, spec, loss, featuresName, params.getLabelCol());
-      LOG.info(String.format(java.util.Locale.ROOT, "validated %d rows of %d features in %.2f s", facts.rows(),
-          facts.dim(), (System.currentTimeMillis() - fitStart) / 1000.0));
+      int trainParts = t.rows().getNumPartitions();
+      DataFacts facts = validate(perPartition.subList(0, trainParts), spec, loss, t.featuresName(),
+          params.getLabelCol(), trainWhat, "");
+      DataFacts vfacts = v == null ? null : validate(perPartition.subList(trainParts, perPartition.size()), spec,
+          loss, v.featuresName(), params.getLabelCol(), validationWhat, validationWhat + ": ");
+      long validated = System.currentTimeMillis();
+      LOG.info(String.format(java.util.Locale.ROOT, "validated %d rows of %d features%s in %.2f s", facts.rows(),
+          facts.dim(), vfacts == null ? "" : " and " + vfacts.rows() + " validation rows",
+          (validated - fitStart) / 1000.0));
       SamplerPlan plan = new SamplerPlan(facts.rows(), world, cfg.batchSize(), cfg.seed(), cfg.dropLast());
       int targetDim = classification ? 0 : facts.classesOrTargetDim();
-      return train(sc, internal, plan, spec, cfg, params, facts.dim(), targetDim, facts.rowsPerPartition(),
-          fitStart, gpus);
+      return train(sc, t.rows(), plan, v == null ? null : v.rows(), vfacts, spec, cfg, params, facts.dim(),
+          targetDim, facts.rowsPerPartition(), fitStart, validated, gpus);
     } finally {
-      if (!inputCached) {
-        internal.unpersist(false);
+      try {
+        t.release();
+      } finally {
+        if (v != null) {
+          v.release();
+        }
       }
     }
+  }
+
+  /** A DataFrame's rows prepared for training: features array&lt;float&gt;, label double or target floats. */
+  private record Prepared(JavaRDD<InternalRow> rows, String featuresName, boolean persisted) {
+    void release() {
+      if (persisted) {
+        rows.unpersist(false);
+      }
+    }
+  }
+
+  /**
+   * Selects the features and label of {@code df} as Spark's binary rows; persisted for the two passes over
+   * them (validation, rows to ranks) unless {@code deterministic} (the input is cached). Column errors get
+   * {@code prefix}.
+   */
+  private static Prepared prepare(Dataset<?> df, SparkTrainer params, Loss loss, String prefix,
+      boolean deterministic) {
+    StructType schema = df.schema();
+    Column features;
+    Column label;
+    try {
+      features = FeatureColumns.featuresExpr(schema, params.getFeaturesCol(), params.getFeatureCols());
+      label = loss == Loss.CROSS_ENTROPY ? FeatureColumns.labelExpr(schema, params.getLabelCol())
+          : FeatureColumns.targetExpr(schema, params.getLabelCol());
+    } catch (IllegalArgumentException e) {
+      if (prefix.isEmpty()) {
+        throw e;
+      }
+      throw new IllegalArgumentException(prefix + e.getMessage(), e);
+    }
+    String featuresName = params.getFeatureCols().length > 0 ? String.join(",", params.getFeatureCols())
+        : params.getFeaturesCol();
+    Dataset<Row> prepared = df.select(features.as(FeatureColumns.FEATURES), label.as("__label"));
+    // Both passes read each row before the next, so Spark's reused rows need no copy, except to persist them.
+    JavaRDD<InternalRow> rows = prepared.queryExecution().toRdd().toJavaRDD();
+    if (!deterministic) {
+      rows = rows.map(InternalRow::copy).persist(StorageLevel.MEMORY_AND_DISK());
+    }
+    return new Prepared(rows, featuresName, !deterministic);
+  }
+
+  private static boolean isCached(Dataset<?> df) {
+    return !df.storageLevel().equals(StorageLevel.NONE());
+  }
+
+  /** The boolean indicator column, or an error that says what is wrong with it. */
+  static Column indicatorColumn(Dataset<?> df, String name) {
+    StructType schema = df.schema();
+    if (!java.util.Arrays.asList(schema.fieldNames()).contains(name)) {
+      throw new IllegalArgumentException("validationIndicatorCol '" + name + "' is not in the DataFrame; its columns "
+          + "are " + java.util.Arrays.toString(schema.fieldNames()));
+    }
+    org.apache.spark.sql.types.DataType type = schema.apply(name).dataType();
+    if (!type.equals(org.apache.spark.sql.types.DataTypes.BooleanType)) {
+      throw new IllegalArgumentException("validationIndicatorCol '" + name + "' has type " + type.simpleString()
+          + "; it must be boolean (true: a validation row, false: a training row), e.g. "
+          + "df.withColumn(\"" + name + "\", rand(7).lt(0.1))");
+    }
+    return df.col(name);
+  }
+
+  /** offsets[i] = rows of the partitions before partition i (the global index of its first row), and the total. */
+  static long[] offsetsOf(long[] rowsPerPartition) {
+    long[] offsets = new long[rowsPerPartition.length + 1];
+    for (int i = 0; i < rowsPerPartition.length; i++) {
+      offsets[i + 1] = offsets[i] + rowsPerPartition[i];
+    }
+    return offsets;
   }
 
   /** The failing task's own error out of Spark's stage-failure message (its first line after the reason). */
@@ -129,20 +259,6 @@ public final class TrainingJob {
     return b.toString();
   }
 
-  /** (features array<float>, label double) -> UnsafeRow (features array<float>, label int). */
-  static java.util.function.Function<InternalRow, InternalRow> taskRowConverter() {
-    org.apache.spark.sql.catalyst.expressions.UnsafeProjection proj =
-        org.apache.spark.sql.catalyst.expressions.UnsafeProjection.create(new org.apache.spark.sql.types.DataType[] {
-            DataTypes.createArrayType(DataTypes.FloatType), DataTypes.IntegerType});
-    org.apache.spark.sql.catalyst.expressions.GenericInternalRow tmp =
-        new org.apache.spark.sql.catalyst.expressions.GenericInternalRow(2);
-    return r -> {
-      tmp.update(0, r.getArray(0));
-      tmp.setInt(1, (int) r.getDouble(1));
-      return proj.apply(tmp).copy();
-    };
-  }
-
   /**
    * Fails at once when the barrier stage cannot get W slots (Spark's own check takes ~10 minutes): GPU slots
    * when the training stage takes GPUs ({@link GpuScheduling}), else task slots.
@@ -169,6 +285,15 @@ public final class TrainingJob {
 
   static DataFacts validate(List<DataStats> parts, ModelSpec spec, Loss loss, String featuresName,
       String labelName) {
+    return validate(parts, spec, loss, featuresName, labelName, "the training DataFrame", "");
+  }
+
+  /**
+   * Checks the merged statistics of {@code what} (e.g. "the validation DataFrame"); every message about a
+   * column starts with {@code prefix}.
+   */
+  static DataFacts validate(List<DataStats> parts, ModelSpec spec, Loss loss, String featuresName,
+      String labelName, String what, String prefix) {
     DataStats r = new DataStats();
     long[] perPartition = new long[parts.size()];
     for (int i = 0; i < parts.size(); i++) {
@@ -177,37 +302,43 @@ public final class TrainingJob {
     }
     long rows = r.rows;
     if (rows == 0) {
-      throw new IllegalArgumentException("the training DataFrame is empty; fit needs at least one row");
+      if (what.equals("the training DataFrame")) {
+        throw new IllegalArgumentException("the training DataFrame is empty; fit needs at least one row");
+      }
+      throw new IllegalArgumentException(what + (what.contains("validation")
+          ? " is empty; fit needs at least one row there (or no validation set)"
+          : " is empty; fit needs at least one row"));
     }
     long nullFeatures = r.nullFeatures;
     if (nullFeatures > 0) {
-      throw new IllegalArgumentException("features column '" + featuresName + "' has " + nullFeatures
+      throw new IllegalArgumentException(prefix + "features column '" + featuresName + "' has " + nullFeatures
           + " null row(s); drop them (df.na().drop()) or fill them before fit");
     }
     int minSize = r.minSize;
     int maxSize = r.maxSize;
     int dim = spec.inputSize();
     if (minSize != maxSize) {
-      throw new IllegalArgumentException("features column '" + featuresName + "' has vectors of different sizes ("
-          + minSize + " to " + maxSize + "); every row needs exactly " + dim + " values (the model's input)");
+      throw new IllegalArgumentException(prefix + "features column '" + featuresName
+          + "' has vectors of different sizes (" + minSize + " to " + maxSize + "); every row needs exactly " + dim
+          + " values (the model's input)");
     }
     if (minSize != dim) {
-      throw new IllegalArgumentException("features column '" + featuresName + "' has " + minSize
+      throw new IllegalArgumentException(prefix + "features column '" + featuresName + "' has " + minSize
           + " values per row but the model spec's input needs " + dim + "; fix the spec's 'input' or the features");
     }
     long nullElements = r.nullElements;
     if (nullElements > 0) {
-      throw new IllegalArgumentException("features column '" + featuresName + "' has " + nullElements
+      throw new IllegalArgumentException(prefix + "features column '" + featuresName + "' has " + nullElements
           + " row(s) with null elements; fill them before fit");
     }
     long nonFinite = r.nonFinite;
     if (nonFinite > 0) {
-      throw new IllegalArgumentException("features column '" + featuresName + "' has " + nonFinite
+      throw new IllegalArgumentException(prefix + "features column '" + featuresName + "' has " + nonFinite
           + " row(s) with NaN or infinite values; remove or replace them before fit");
     }
     long nullLabels = r.nullLabels;
     if (nullLabels > 0) {
-      throw new IllegalArgumentException("label column '" + labelName + "' has " + nullLabels
+      throw new IllegalArgumentException(prefix + "label column '" + labelName + "' has " + nullLabels
           + " null row(s); drop them or fill them before fit");
     }
     int out = spec.outputSize();
@@ -216,12 +347,12 @@ public final class TrainingJob {
       double hi = r.labelMax;
       long nonInteger = r.nonInteger;
       if (nonInteger > 0) {
-        throw new IllegalArgumentException("label column '" + labelName + "' has " + nonInteger
+        throw new IllegalArgumentException(prefix + "label column '" + labelName + "' has " + nonInteger
             + " value(s) that are not whole numbers; cross_entropy needs class indices 0.." + (out - 1));
       }
       if (lo < 0 || hi >= out) {
-        throw new IllegalArgumentException("label column '" + labelName + "' has values in [" + (long) lo + ", "
-            + (long) hi + "] but the model has " + out + " outputs, so labels must be in [0, " + out
+        throw new IllegalArgumentException(prefix + "label column '" + labelName + "' has values in [" + (long) lo
+            + ", " + (long) hi + "] but the model has " + out + " outputs, so labels must be in [0, " + out
             + "); re-index the labels or change the last layer's units");
       }
       return new DataFacts(rows, dim, out, perPartition);
@@ -229,18 +360,19 @@ public final class TrainingJob {
     int tMin = r.targetMinSize;
     int tMax = r.targetMaxSize;
     if (tMin != out || tMax != out) {
-      throw new IllegalArgumentException("label column '" + labelName + "' has " + tMin + " to " + tMax
+      throw new IllegalArgumentException(prefix + "label column '" + labelName + "' has " + tMin + " to " + tMax
           + " values per row but the model has " + out + " outputs; mse needs one target per output");
     }
     if (r.badTargets > 0) {
-      throw new IllegalArgumentException("label column '" + labelName + "' has " + r.badTargets
+      throw new IllegalArgumentException(prefix + "label column '" + labelName + "' has " + r.badTargets
           + " row(s) with null, NaN or infinite targets; clean them before fit");
     }
     return new DataFacts(rows, dim, out, perPartition);
   }
 
-  private static Result train(SparkContext sc, JavaRDD<InternalRow> internal, SamplerPlan plan, ModelSpec spec,
-      TrainerConfig cfg, SparkTrainer params, int dim, int targetDim, long[] perPartition, long fitStart,
+  private static Result train(SparkContext sc, JavaRDD<InternalRow> internal, SamplerPlan plan,
+      JavaRDD<InternalRow> validationRows, DataFacts validationFacts, ModelSpec spec, TrainerConfig cfg,
+      SparkTrainer params, int dim, int targetDim, long[] perPartition, long fitStart, long validated,
       GpuScheduling.Plan gpus) {
     int world = plan.world();
     long rowsPerRank = plan.rowsPerRank();
@@ -248,59 +380,19 @@ public final class TrainingJob {
     SamplerPlan p = plan;
     // Global row index = rows of the partitions before + position inside the partition (counted during
     // validation, on the same cached data).
-    int numParts = internal.getNumPartitions();
-    long[] offsets = new long[numParts + 1];
-    for (int i = 0; i < numParts; i++) {
-      offsets[i + 1] = offsets[i] + perPartition[i];
+    long[] offsets = offsetsOf(perPartition);
+    // Note [rows to ranks] (RankChunks): each row travels to its rank inside a compact binary chunk; the
+    // validation rows too (row i to rank i % W), in the same exchange.
+    int numRanks = world;
+    JavaRDD<Tuple2<Integer, byte[]>> chunks = internal.mapPartitionsWithIndex((part, it) ->
+        RankChunks.encode(part, it, offsets[part], offsets[part + 1], p, dim, targetDim), true);
+    if (validationRows != null) {
+      long[] vOffsets = offsetsOf(validationFacts.rowsPerPartition());
+      chunks = chunks.union(validationRows.mapPartitionsWithIndex((part, it) -> RankChunks.encodeValidation(part, it,
+          vOffsets[part], vOffsets[part + 1], numRanks, dim, targetDim), true));
     }
-    if (offsets[numParts] != plan.rows()) {
-      throw new IllegalStateException("partition row counts add up to " + offsets[numParts] + ", validation counted "
-          + plan.rows() + "; the input DataFrame is not deterministic (cache or checkpoint it before fit)");
-    }
-    JavaRDD<Tuple2<Long, InternalRow>> keyed = internal.mapPartitionsWithIndex((part, it) -> {
-      // Classification rows become (features, label int), the layout the tasks read.
-      java.util.function.Function<InternalRow, InternalRow> toTaskRow = targetDim > 0 ? r -> r : taskRowConverter();
-      long first = offsets[part];
-      long end = offsets[part + 1];
-      long[] pos = new long[2];
-      return new java.util.Iterator<Tuple2<Long, InternalRow>>() {
-        private long index = first;
-        private InternalRow row;
-        private int k;
-        private int emitted;
-
-        @Override
-        public boolean hasNext() {
-          if (emitted < k) {
-            return true;
-          }
-          while (it.hasNext()) {
-            row = toTaskRow.apply(it.next());
-            if (index >= end) {
-              throw new IllegalStateException("input partition " + part + " has more rows than validation counted; "
-                  + "the input DataFrame is not deterministic (cache or checkpoint it before fit)");
-            }
-            k = p.positionsOf(index++, pos);
-            emitted = 0;
-            if (k > 0) {
-              return true;
-            }
-          }
-          return false;
-        }
-
-        @Override
-        public Tuple2<Long, InternalRow> next() {
-          if (!hasNext()) {
-            throw new java.util.NoSuchElementException();
-          }
-          long q = pos[emitted++];
-          return new Tuple2<>(p.rankOf(q) * rowsPerRank + p.localOf(q), row);
-        }
-      };
-    }, true);
-    RDD<Tuple2<Long, InternalRow>> sorted = JavaPairRDD.fromJavaRDD(keyed)
-        .repartitionAndSortWithinPartitions(new RankPartitioner(world, rowsPerRank)).rdd();
+    RDD<Tuple2<Integer, byte[]>> toRanks = JavaPairRDD.fromJavaRDD(chunks)
+        .partitionBy(new RankPartitioner(numRanks)).rdd();
 
     byte[] secret = new byte[32];
     new SecureRandom().nextBytes(secret);
@@ -321,13 +413,19 @@ public final class TrainingJob {
     // Live progress (issue 9): the ranks report to a driver-side endpoint authenticated by its own token.
     ProgressServer progress = ProgressServer.forDriver(sc, world, cfg.batchSize());
     fn.withProgress(progress == null ? null : progress.endpoint());
+    if (validationFacts != null) {
+      fn.withValidation(validationFacts.rows());
+    }
+    // The ranks' all-gathers meet here, not in BarrierTaskContext.allGather: Note [driver rendezvous].
+    RendezvousServer rendezvous = RendezvousServer.forDriver(sc, world);
+    fn.withRendezvous(rendezvous == null ? null : rendezvous.endpoint());
     long[] peakMemory = null;
     String previous = sc.getLocalProperty("spark.job.description");
     sc.setJobDescription("spark-trainer: " + cfg.epochs() + " epoch(s) on " + world + " worker(s), batch "
         + cfg.batchSize() + " per worker");
     List<TaskResult> results;
     try {
-      RDD<TaskResult> out = GpuScheduling.withProfile(sorted, gpus).barrier()
+      RDD<TaskResult> out = GpuScheduling.withProfile(toRanks, gpus).barrier()
           .mapPartitions(fn, false, ClassTag$.MODULE$.apply(TaskResult.class));
       results = new ArrayList<>(out.toJavaRDD().repartition(1).collect());
       peakMemory = ProgressServer.peakMemoryOf(progress);
@@ -340,8 +438,14 @@ public final class TrainingJob {
           + "newest checkpoint when checkpointPath is set)" + logTail(e.getMessage()), e);
     } finally {
       sc.setJobDescription(previous);
-      if (progress != null) {
-        progress.close();
+      try {
+        if (rendezvous != null) {
+          rendezvous.close();
+        }
+      } finally {
+        if (progress != null) {
+          progress.close();
+        }
       }
     }
     results.sort(Comparator.comparingInt(TaskResult::rank));
@@ -354,13 +458,14 @@ public final class TrainingJob {
         throw new IllegalStateException("rank " + r.rank() + " ended with parameters that differ from rank 0's; "
             + "the ranks diverged (please report this as a bug)");
       }
+      if (!r.validation().equals(results.get(0).validation())) {
+        throw new IllegalStateException("rank " + r.rank() + " computed validation figures " + r.validation()
+            + " that differ from rank 0's " + results.get(0).validation() + " (please report this as a bug)");
+      }
     }
-    long firstStep = results.stream().mapToLong(TaskResult::firstStepMillis).max().orElse(fitStart);
-    long taskStart = results.stream().mapToLong(TaskResult::taskStartMillis).max().orElse(fitStart);
-    long dataReady = results.stream().mapToLong(TaskResult::dataReadyMillis).max().orElse(fitStart);
-    LOG.info(String.format(java.util.Locale.ROOT, "fit -> barrier tasks started %.2f s, data loaded %.2f s, "
-        + "first step %.2f s (slowest rank)", (taskStart - fitStart) / 1000.0, (dataReady - fitStart) / 1000.0,
-        (firstStep - fitStart) / 1000.0));
+    Startup startup = Startup.of(fitStart, validated, results);
+    long firstStep = startup.firstStep();
+    LOG.info(startup + " (slowest rank per phase)");
     long end = System.currentTimeMillis();
     List<List<EpochStats>> perRank = new ArrayList<>();
     for (TaskResult r : results) {
@@ -368,13 +473,13 @@ public final class TrainingJob {
     }
     TrainingSummary summary = new TrainingSummary(perRank, (firstStep - fitStart) / 1000.0,
         (end - fitStart) / 1000.0, results.get(0).device()).withBatchSize(cfg.batchSize())
-        .withPeakDeviceMemory(peakMemory);
+        .withPeakDeviceMemory(peakMemory).withValidation(results.get(0).validation());
     dev.sparktrainer.api.StragglerReport stragglers = summary.stragglers();
     if (stragglers.hasStragglers()) {
       LOG.warn(stragglers.toString());
     } else {
       LOG.info(stragglers.toString());
     }
-    return new Result(results.get(0).parameters(), summary, results);
+    return new Result(results.get(0).parameters(), summary, results, startup);
   }
 }

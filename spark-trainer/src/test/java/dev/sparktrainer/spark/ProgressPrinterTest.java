@@ -79,6 +79,28 @@ class ProgressPrinterTest {
   }
 
   @Test
+  void validationFiguresAreLoggedAsTheyArriveAndTravelOverTheWire() throws Exception {
+    List<String> log = new ArrayList<>();
+    ByteArrayOutputStream bytes = new ByteArrayOutputStream();
+    ProgressPrinter bar = new ProgressPrinter(ProgressPrinter.Mode.BAR, 1, 64, new PrintStream(bytes, true,
+        StandardCharsets.UTF_8), log::add, () -> now);
+    bar.accept(step(0, 1, 0.5));
+    ProgressEvent.Validation v = new ProgressEvent.Validation(0, 1, 10_000, 0.31234, 0.8875);
+    bar.accept(v);
+    assertEquals(List.of("validation: epoch 2: loss 0.3123, accuracy 0.8875 (10,000 rows)"), log);
+    assertTrue(bytes.toString(StandardCharsets.UTF_8).endsWith("\r"), "the bar is cleared before the line");
+    new ProgressPrinter(ProgressPrinter.Mode.LOG, 1, 64, null, log::add, () -> now)
+        .accept(new ProgressEvent.Validation(0, 0, 50, 2.5, Double.NaN));
+    assertEquals("validation: epoch 1: loss 2.5000 (50 rows)", log.get(1)); // mse: no accuracy
+    new ProgressPrinter(ProgressPrinter.Mode.OFF, 1, 64, null, log::add, () -> now).accept(v);
+    assertEquals(2, log.size(), "mode off prints nothing");
+    // The frame carries every field; the server sets the rank from the connection.
+    byte[] frame = ProgressWire.encode(v);
+    ProgressEvent back = ProgressWire.read(new java.io.DataInputStream(new java.io.ByteArrayInputStream(frame)), 0);
+    assertEquals(v, back);
+  }
+
+  @Test
   void modeFromConf() {
     assertEquals(ProgressPrinter.Mode.BAR, ProgressPrinter.Mode.parse("auto", true));
     assertEquals(ProgressPrinter.Mode.LOG, ProgressPrinter.Mode.parse(null, false));
