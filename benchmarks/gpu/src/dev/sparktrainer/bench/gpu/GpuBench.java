@@ -95,10 +95,10 @@ public final class GpuBench {
         case "fmnist" -> emit(out, fmnist(world, Path.of(a.getOrDefault("fmnist",
             FashionMnist.DEFAULT_DIR.toString())), repeats, card, variant));
         case "small-cnn" -> emit(out, smallCnn(world, Path.of(a.getOrDefault("fmnist",
-            FashionMnist.DEFAULT_DIR.toString())), steps, repeats, card, variant));
+            FashionMnist.DEFAULT_DIR.toString())), steps, repeats, card, variant, a.containsKey("profile")));
         case "resnet50" -> emit(out, resnet50(world, Integer.parseInt(a.getOrDefault("resnet-batch",
             String.valueOf(RESNET_BATCH))), Integer.parseInt(a.getOrDefault("resnet-steps",
-            String.valueOf(RESNET_STEPS))), repeats, card, variant));
+            String.valueOf(RESNET_STEPS))), repeats, card, variant, a.containsKey("profile")));
         case "allreduce" -> {
           if (world >= 2) {
             for (Map<String, Object> r : allReduce(world, card, variant)) {
@@ -157,8 +157,8 @@ public final class GpuBench {
    * sampler as fmnist does (118 / 59 / 30 steps at W = 1 / 2 / 4), or, when {@code dir} is not a folder,
    * {@code steps} steps per epoch over a pool of 4 synthetic batches of 1x28x28 rows per rank.
    */
-  static Map<String, Object> smallCnn(int world, Path dir, int steps, int repeats, String card, String variant)
-      throws IOException {
+  static Map<String, Object> smallCnn(int world, Path dir, int steps, int repeats, String card, String variant,
+      boolean profile) throws IOException {
     ModelSpec spec = ModelZoo.fashionMnistCnn();
     TrainerConfig cfg = TrainerConfig.builder().epochs(1 + repeats).batchSize(SMALL_CNN_BATCH).seed(7)
         .optimizer(OptimizerConfig.sgd(0.01).withMomentum(0.9)).build();
@@ -168,12 +168,12 @@ public final class GpuBench {
       HeapRowStore train = FashionMnist.train(dir);
       SamplerPlan plan = new SamplerPlan(train.rows(), world, SMALL_CNN_BATCH, 7, false);
       rs = LocalLauncher.run(world, Cuda.deviceCount(), 1800, ctx ->
-          trainRank(ctx, spec, cfg, train, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch(), false));
+          trainRank(ctx, spec, cfg, train, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch(), profile));
     } else {
       int pool = 4 * SMALL_CNN_BATCH;
       rs = LocalLauncher.run(world, Cuda.deviceCount(), 1800, ctx -> {
         HeapRowStore store = synthetic(pool, FashionMnist.PIXELS, FashionMnist.CLASSES, 2000 + ctx.rank());
-        return trainRank(ctx, spec, cfg, store, cycle(steps * SMALL_CNN_BATCH, pool), steps, false);
+        return trainRank(ctx, spec, cfg, store, cycle(steps * SMALL_CNN_BATCH, pool), steps, profile);
       });
     }
     Map<String, Object> r = summarize("small-cnn", world, card, variant, cfg.batchSize(), rs, "samples/s");
@@ -188,14 +188,15 @@ public final class GpuBench {
    * synthetic 3x224x224 images, bf16, SGD momentum 0.9 (lr 0.01), per-GPU batch {@code batch}, {@code steps}
    * steps per epoch over a pool of 2 synthetic batches per rank (the host path copies every batch anyway).
    */
-  static Map<String, Object> resnet50(int world, int batch, int steps, int repeats, String card, String variant) {
+  static Map<String, Object> resnet50(int world, int batch, int steps, int repeats, String card, String variant,
+      boolean profile) {
     ModelSpec spec = ModelZoo.resnet50(RESNET_CLASSES);
     TrainerConfig cfg = TrainerConfig.builder().epochs(1 + repeats).batchSize(batch).seed(1)
         .optimizer(OptimizerConfig.sgd(0.01).withMomentum(0.9)).build();
     int pool = 2 * batch;
     List<RankResult> rs = LocalLauncher.run(world, Cuda.deviceCount(), 1800, ctx -> {
       HeapRowStore store = synthetic(pool, RESNET_DIM, RESNET_CLASSES, 3000 + ctx.rank());
-      return trainRank(ctx, spec, cfg, store, cycle(steps * batch, pool), steps, false);
+      return trainRank(ctx, spec, cfg, store, cycle(steps * batch, pool), steps, profile);
     });
     Map<String, Object> r = summarize("resnet50", world, card, variant, batch, rs, "img/s");
     r.put("model", "ResNet-50 (ModelZoo.resnet50, torchvision layout, 1000 classes), 3x224x224 synthetic,"
@@ -283,6 +284,20 @@ public final class GpuBench {
     for (int k = 0; k < names.length; k++) {
       r.put(names[k], median(ms[k]));
     }
+    // Per op (CudaDevice's op profile, Note [op profile]): milliseconds per step over 5 steps, ops serialized.
+    int opSteps = 5;
+    d.setOpProfiling(true);
+    for (int s = 0; s < opSteps; s++) {
+      m.zeroGrad();
+      Layer.Context ctx = new Layer.Context(true, 1, 100 + s);
+      Tensor out = m.forward(x, ctx);
+      Loss.CROSS_ENTROPY.compute(d, out, y, losses, dOut, 1f / b);
+      m.backward(dOut, ctx);
+      opt.step(0.0);
+    }
+    d.synchronize();
+    d.setOpProfiling(false);
+    d.opProfile().forEach((op, v) -> r.put("op:" + op + " (" + (int) (v[1] / opSteps) + " calls)", v[0] / opSteps));
     return r;
   }
 

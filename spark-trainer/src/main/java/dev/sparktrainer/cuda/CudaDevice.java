@@ -293,6 +293,63 @@ public final class CudaDevice implements Device {
   private void enter() {
     ensureOpen();
     makeCurrent();
+    if (opProfile != null) {
+      profileMark();
+    }
+  }
+
+  // ---- Note [op profile]: a diagnostic, off by default. While on, every op first waits for the work before
+  // it, and the wall time since the previous op began is charged to that previous op (its name: the outermost
+  // CudaDevice method on the stack, i.e. the op the caller asked for). Ops then do not overlap, so the totals
+  // show where a step's time goes, not how fast a real step is. No timing assert uses it; benchmarks print it.
+  private java.util.Map<String, long[]> opProfile; // op -> {nanos, calls}; null: off
+  private String profiledOp;
+  private long profiledSince;
+
+  /** Starts (clearing earlier figures) or stops the op profile (Note [op profile]). */
+  public synchronized void setOpProfiling(boolean on) {
+    if (on) {
+      opProfile = new java.util.LinkedHashMap<>();
+      profiledOp = null;
+    } else if (opProfile != null) {
+      profileMark(); // charge the last op
+      profiledOp = null;
+      frozenProfile = opProfile;
+      opProfile = null;
+    }
+  }
+
+  private java.util.Map<String, long[]> frozenProfile = java.util.Map.of();
+
+  /** Milliseconds and calls per op of the last profile (running or stopped), largest first. */
+  public synchronized java.util.Map<String, double[]> opProfile() {
+    java.util.Map<String, long[]> src = opProfile != null ? opProfile : frozenProfile;
+    java.util.Map<String, double[]> out = new java.util.LinkedHashMap<>();
+    src.entrySet().stream().sorted((a, b) -> Long.compare(b.getValue()[0], a.getValue()[0]))
+        .forEach(e -> out.put(e.getKey(), new double[] {e.getValue()[0] / 1e6, e.getValue()[1]}));
+    return out;
+  }
+
+  private void profileMark() {
+    compute.synchronize();
+    long now = System.nanoTime();
+    if (profiledOp != null) {
+      long[] v = opProfile.computeIfAbsent(profiledOp, k -> new long[2]);
+      v[0] += now - profiledSince;
+      v[1]++;
+    }
+    String op = StackWalker.getInstance().walk(frames -> {
+      String last = null;
+      for (StackWalker.StackFrame f : (Iterable<StackWalker.StackFrame>) frames::iterator) {
+        if (!f.getClassName().equals(CudaDevice.class.getName())) {
+          break;
+        }
+        last = f.getMethodName();
+      }
+      return last;
+    });
+    profiledOp = "setOpProfiling".equals(op) ? null : op;
+    profiledSince = now;
   }
 
   private CudaTensor t(Tensor x) {
@@ -1264,6 +1321,153 @@ public final class CudaDevice implements Device {
     }
   }
 
+  // ---------------------------------------------------------------- synchronised batch norm (bn_sync.cuh)
+  // Note [synchronised batch norm] in BatchNorm2d: the training forward and backward split where the layer
+  // all-reduces per-channel sums. The reductions run one block per channel (deterministic, no atomics); the
+  // elementwise passes mirror CpuConv's arithmetic (fmad off), so W = 1 matches the CPU engine to rounding.
+
+  /** Threads per block of the per-channel reductions (one block per channel). */
+  private static final int BN_BLOCK = 512;
+
+  /** (N, C, values per sample and channel) of an (N, C, spatial...) activation. */
+  private static long[] bnShape(Tensor x, String op) {
+    if (x.rank() < 2) {
+      throw new IllegalArgumentException(op + " expects (N, C, spatial...), got " + x);
+    }
+    long n = x.dim(0);
+    long c = x.dim(1);
+    return new long[] {n, c, n * c == 0 ? 0 : x.numel() / (n * c)};
+  }
+
+  /** x and the tensors that must match it: one shape, all FLOAT32 or all BFLOAT16. */
+  private CudaTensor bnActivation(Tensor x, String op, Tensor... same) {
+    CudaTensor cx = fl(x);
+    CudaTensor[] all = new CudaTensor[same.length + 1];
+    all[0] = cx;
+    for (int k = 0; k < same.length; k++) {
+      all[k + 1] = fl(same[k]);
+      if (!java.util.Arrays.equals(x.shape(), same[k].shape())) {
+        throw new IllegalArgumentException(op + ": " + same[k] + " must have the shape of x " + x);
+      }
+    }
+    activations(op, all);
+    return cx;
+  }
+
+  /** The number of reduction blocks for c channels (grid-stride over channels beyond it). */
+  private int channelGrid(long c) {
+    return (int) Math.max(1, Math.min(c, (long) smCount * 8));
+  }
+
+  @Override
+  public void batchNormStats(Tensor x, Tensor stats) {
+    enter();
+    String op = "batchNormStats";
+    CudaTensor cx = bnActivation(x, op);
+    long[] s = bnShape(x, op);
+    CudaTensor st = perChannel(x, fl(stats), Math.toIntExact(2 * s[1]), "stats", op);
+    noteWritten(st);
+    if (s[1] > 0) {
+      kernels.launch("st_bn_stats").l(cx.address()).i(code(cx)).l(st.address()).l(s[0]).l(s[1]).l(s[2])
+          .run(channelGrid(s[1]), BN_BLOCK, compute);
+    }
+  }
+
+  @Override
+  public void batchNormFinalizeStats(Tensor stats, long count, float momentum, float eps, Tensor mean,
+      Tensor invStd, Tensor runningMean, Tensor runningVar) {
+    enter();
+    String op = "batchNormFinalizeStats";
+    int c = mean.size();
+    if (count <= 1) {
+      throw new IllegalArgumentException(op + ": needs more than one value per channel, got " + count
+          + "; use a larger batch, or evaluation mode");
+    }
+    if ((runningMean == null) != (runningVar == null)) {
+      throw new IllegalArgumentException(op + ": runningMean and runningVar must both be given or both be null");
+    }
+    CudaTensor st = perChannel(stats, fl(stats), 2 * c, "stats", op);
+    CudaTensor m = perChannel(stats, fl(mean), c, "mean", op);
+    CudaTensor is = perChannel(stats, fl(invStd), c, "invStd", op);
+    CudaTensor rm = runningMean == null ? null : perChannel(stats, fl(runningMean), c, "runningMean", op);
+    CudaTensor rv = runningVar == null ? null : perChannel(stats, fl(runningVar), c, "runningVar", op);
+    for (CudaTensor o : new CudaTensor[] {m, is, rm, rv}) {
+      if (o != null) {
+        noteWritten(o);
+      }
+    }
+    if (c > 0) {
+      kernels.launch("st_bn_finalize").l(st.address()).l(c).l(count).f(momentum).f(eps).l(m.address())
+          .l(is.address()).l(rm == null ? 0 : rm.address()).l(rv == null ? 0 : rv.address())
+          .run(grid(c), BLOCK, compute);
+    }
+  }
+
+  @Override
+  public void batchNormApply(Tensor x, Tensor gamma, Tensor beta, Tensor mean, Tensor invStd, Tensor y) {
+    enter();
+    String op = "batchNormApply";
+    CudaTensor cx = bnActivation(x, op, y);
+    CudaTensor cy = fl(y);
+    long[] s = bnShape(x, op);
+    int c = Math.toIntExact(s[1]);
+    CudaTensor g = perChannel(x, fl(gamma), c, "gamma", op);
+    CudaTensor b = perChannel(x, fl(beta), c, "beta", op);
+    CudaTensor m = perChannel(x, fl(mean), c, "mean", op);
+    CudaTensor is = perChannel(x, fl(invStd), c, "invStd", op);
+    noteWritten(cy);
+    long n = x.numel();
+    if (n > 0) {
+      kernels.launch("st_bn_apply").l(cx.address()).i(code(cx)).l(cy.address()).i(code(cy)).l(g.address())
+          .l(b.address()).l(m.address()).l(is.address()).l(s[0]).l(s[1]).l(s[2]).run(grid(n), BLOCK, compute);
+    }
+  }
+
+  @Override
+  public void batchNormBackwardReduce(Tensor x, Tensor dy, Tensor mean, Tensor invStd, Tensor sums) {
+    enter();
+    String op = "batchNormBackwardReduce";
+    CudaTensor cx = bnActivation(x, op, dy);
+    CudaTensor cdy = fl(dy);
+    long[] s = bnShape(x, op);
+    int c = Math.toIntExact(s[1]);
+    CudaTensor m = perChannel(x, fl(mean), c, "mean", op);
+    CudaTensor is = perChannel(x, fl(invStd), c, "invStd", op);
+    CudaTensor sm = perChannel(x, fl(sums), 2 * c, "sums", op);
+    noteWritten(sm);
+    if (c > 0) {
+      kernels.launch("st_bn_bwd_reduce").l(cx.address()).i(code(cx)).l(cdy.address()).i(code(cdy))
+          .l(m.address()).l(is.address()).l(sm.address()).l(s[0]).l(s[1]).l(s[2])
+          .run(channelGrid(c), BN_BLOCK, compute);
+    }
+  }
+
+  @Override
+  public void batchNormBackwardApply(Tensor x, Tensor dy, Tensor gamma, Tensor mean, Tensor invStd, Tensor sums,
+      long count, Tensor dx) {
+    enter();
+    String op = "batchNormBackwardApply";
+    CudaTensor cx = bnActivation(x, op, dy, dx);
+    CudaTensor cdy = fl(dy);
+    CudaTensor cdx = fl(dx);
+    long[] s = bnShape(x, op);
+    int c = Math.toIntExact(s[1]);
+    if (count <= 0) {
+      throw new IllegalArgumentException(op + ": count must be > 0, got " + count);
+    }
+    CudaTensor g = perChannel(x, fl(gamma), c, "gamma", op);
+    CudaTensor m = perChannel(x, fl(mean), c, "mean", op);
+    CudaTensor is = perChannel(x, fl(invStd), c, "invStd", op);
+    CudaTensor sm = perChannel(x, fl(sums), 2 * c, "sums", op);
+    noteWritten(cdx);
+    long n = x.numel();
+    if (n > 0) {
+      kernels.launch("st_bn_bwd_apply").l(cx.address()).i(code(cx)).l(cdy.address()).i(code(cdy))
+          .l(g.address()).l(m.address()).l(is.address()).l(sm.address()).f((float) count).l(cdx.address())
+          .i(code(cdx)).l(s[0]).l(s[1]).l(s[2]).run(grid(n), BLOCK, compute);
+    }
+  }
+
   // ---------------------------------------------------------------- convolutional layers (cuDNN)
   // Note [cuDNN layers]: channels-first (N, C, H, W) tensors, FLOAT32 or BFLOAT16 activations (one dtype per
   // call), FLOAT32 per-channel parameters, statistics and gradients (Device's dtype contract). cuDNN picks the
@@ -1275,8 +1479,9 @@ public final class CudaDevice implements Device {
   static final long CUDNN_WORKSPACE_BYTES = Long.getLong("sparktrainer.cudnn.workspaceMiB", 512L) << 20;
   /**
    * -Dsparktrainer.cudnn.benchmark=true: choose convolution algorithms by timing them once per shape (as PyTorch's
-   * torch.backends.cudnn.benchmark), fastest first; default false: cuDNN's heuristics, the same algorithms on
-   * every run, so a seed gives the same bits.
+   * torch.backends.cudnn.benchmark with cudnn.deterministic off), fastest first, deterministic or not, so two runs
+   * may differ in the last bits; default false: cuDNN's heuristics and deterministic backward algorithms, the same
+   * algorithms on every run, so a seed gives the same bits.
    */
   static final int CUDNN_SEARCH = Boolean.getBoolean("sparktrainer.cudnn.benchmark") ? 1 : 0;
   private static final int NCHW = 0;
