@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The second of the two device calls (docs/gpu-scheduling.md, "On GPUs"): Spark local[2] trains Fashion-MNIST
-# with device cuda, one barrier task per GPU, NCCL bootstrapped through BarrierTaskContext.allGather.
+# with device cuda, one barrier task per GPU, NCCL bootstrapped through the driver's rendezvous endpoint
+# (RendezvousServer; through BarrierTaskContext.allGather when the run was recorded, and with
+# --conf spark.sparktrainer.rendezvous=barrier).
 # Call 1 (carry [".device/sched1"]):  xz -dc .device/sched1/part-1.tar.xz | tar -C /tmp/slim -xf -  (mkdir first)
 # Call 2 (carry [".device/sched2"]):  bash examples/device/spark-gpu-run.sh
 # Writes gpus.txt, cmake.log, spark-gpu.log and summary.txt under $OUT.

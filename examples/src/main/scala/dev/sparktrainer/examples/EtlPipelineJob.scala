@@ -60,6 +60,7 @@ object EtlPipelineJob {
       .setEpochs(epochs)
       .setSeed(7L)
       .setDevice(device)
+      .setPrecision("auto") // bf16 mixed precision on GPUs, fp32 on CPUs
       .setFeaturesCol("scaled")
       .setLabelCol("label")
     new Pipeline().setStages(Array(

@@ -50,6 +50,7 @@ class EtlPipelineJobSuite extends AnyFunSuite with BeforeAndAfterAll {
     assert(summary.epochs().size() === 3)
     assert(summary.worldSize() === 2)
     assert(summary.epochs().get(2).loss() < summary.epochs().get(0).loss())
+    assert(summary.precision() === "fp32", "precision auto trains in fp32 on the CPU")
 
     val loaded = PipelineModel.load(modelDir)
     val test = EtlPipelineJob.clean(spark, spark.read.option("header", "true").csv(csv.toString)).limit(50)
@@ -61,5 +62,7 @@ class EtlPipelineJobSuite extends AnyFunSuite with BeforeAndAfterAll {
       .findFirst().get()
     val back = TrainingSummary.load(stageDir.resolve(SparkTrainerModel.SUMMARY_DIR).toString)
     assert(back.epochs() === summary.epochs())
+    assert(back.precision() === "fp32")
+    assert(EtlPipelineJob.trainerStage(loaded).getPrecision === "fp32")
   }
 }

@@ -38,7 +38,8 @@ import org.apache.spark.sql.types.StructType;
  * ({@link #setFeatureCols}); labels are class indices in [0, classes) for cross-entropy, or numbers for MSE.
  * Bad input fails on the driver before any task starts, with a message that says what to fix. A validation
  * set ({@link #fit(Dataset, Dataset)} or {@link #setValidationIndicatorCol}) is evaluated after every epoch;
- * its loss and accuracy are in the model's summary.
+ * its loss and accuracy are in the model's summary. {@link #setPrecision} picks fp32 (default), bf16 mixed
+ * precision, or auto (bf16 on GPUs, fp32 on CPUs); the summary and the fitted model record which one trained.
  */
 public final class SparkTrainer extends Estimator<SparkTrainerModel> implements DefaultParamsWritable {
   private static final long serialVersionUID = 1L;
@@ -66,6 +67,11 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
   private final IntParam timeoutSeconds;
   private final Param<String> nonFinite;
   private final Param<String> validationIndicatorCol;
+  private final Param<String> precision;
+  private final BooleanParam cudnnBenchmark;
+
+  /** The values of the {@code precision} param. */
+  public static final String[] PRECISIONS = {"fp32", "bf16", "auto"};
 
   public SparkTrainer() {
     this(Identifiable$.MODULE$.randomUID("sparkTrainer"));
@@ -109,6 +115,17 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
     validationIndicatorCol = new Param<>(this, "validationIndicatorCol",
         "boolean column: rows where it is true are validation rows (evaluated after every epoch, not trained on), "
             + "the others training rows; empty = no validation set (or pass one to fit(train, validation))");
+    precision = new Param<>(this, "precision",
+        "fp32; bf16 (mixed precision: bf16 matmul/convolution inputs, fp32 accumulation, fp32 master weights, "
+            + "gradients and optimizer state; on cpu only the linear layers round their inputs, for checking "
+            + "numerics, with no speed-up); auto (bf16 on cuda, fp32 on cpu)",
+        ParamValidators.inArray(PRECISIONS));
+    cudnnBenchmark = new BooleanParam(this, "cudnnBenchmark",
+        "cuda: choose convolution algorithms by timing them once per shape (as torch.backends.cudnn.benchmark; "
+            + "sets -Dsparktrainer.cudnn.benchmark=true in the executor, read once per executor JVM); false: "
+            + "cuDNN's heuristics, unless the executors were started with that property");
+    setDefault(precision, "fp32");
+    setDefault(cudnnBenchmark, false);
     setDefault(validationIndicatorCol, "");
     setDefault(nonFinite, "fail");
     setDefault(featuresCol, "features");
@@ -227,6 +244,14 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
     return validationIndicatorCol;
   }
 
+  public Param<String> precision() {
+    return precision;
+  }
+
+  public BooleanParam cudnnBenchmark() {
+    return cudnnBenchmark;
+  }
+
   // ---- setters and getters ----
 
   public SparkTrainer setNonFinite(String v) {
@@ -241,6 +266,31 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
    */
   public SparkTrainer setValidationIndicatorCol(String v) {
     set(validationIndicatorCol, v);
+    return this;
+  }
+
+  /**
+   * The arithmetic of training: "fp32" (default), "bf16" or "auto" (bf16 on cuda, fp32 on cpu). bf16 is
+   * mixed precision as in PyTorch's autocast: matmuls and convolutions read bf16 copies of their inputs and
+   * weights and accumulate in fp32; the master weights, gradients, all-reduce and optimizer state stay fp32,
+   * and the fitted model's weights are fp32. On the CPU engine bf16 only rounds the linear layers' inputs (a
+   * way to check the numerics, no speed-up). Throws IllegalArgumentException for any other value.
+   */
+  public SparkTrainer setPrecision(String v) {
+    set(precision, checkPrecision(v));
+    return this;
+  }
+
+  /**
+   * cuda only: {@code true} times the cuDNN convolution algorithms once per shape and keeps the fastest (as
+   * {@code torch.backends.cudnn.benchmark}; faster CNN steps, results may differ in the last bits from run to
+   * run). It sets the system property {@code sparktrainer.cudnn.benchmark=true} in each executor before its
+   * first CUDA device is created; the property is read once per executor JVM, so an executor that already
+   * trained on the GPU with the other setting keeps it (the task logs a warning: use fresh executors, or set
+   * {@code -Dsparktrainer.cudnn.benchmark=true} in spark.executor.extraJavaOptions). Default false.
+   */
+  public SparkTrainer setCudnnBenchmark(boolean v) {
+    set(cudnnBenchmark, v);
     return this;
   }
 
@@ -370,6 +420,25 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
     return ModelSpec.fromJson($(modelSpec));
   }
 
+  /** "fp32", "bf16" or "auto" (see {@link #setPrecision}). */
+  public String getPrecision() {
+    return $(precision);
+  }
+
+  public boolean getCudnnBenchmark() {
+    return (Boolean) $(cudnnBenchmark);
+  }
+
+  /** {@code v} when it is a valid precision, else an IllegalArgumentException that lists the choices. */
+  public static String checkPrecision(String v) {
+    if (v == null || !java.util.Arrays.asList(PRECISIONS).contains(v)) {
+      throw new IllegalArgumentException("precision must be fp32, bf16 or auto, got " + (v == null ? "null"
+          : "'" + v + "'") + " (bf16: mixed precision, bf16 matmul/convolution inputs with fp32 master weights; "
+          + "auto: bf16 on cuda, fp32 on cpu)");
+    }
+    return v;
+  }
+
   public String getValidationIndicatorCol() {
     return $(validationIndicatorCol);
   }
@@ -450,6 +519,7 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
     transformSchema(train.schema());
     TrainingJob.Result r = TrainingJob.run(train, validation, this);
     SparkTrainerModel m = new SparkTrainerModel(uid, getModelSpec(), getLoss(), r.parameters(), r.summary());
+    m.withPrecision(r.summary().precision());
     m.setFeaturesCol(getFeaturesCol()).setFeatureCols(getFeatureCols())
         .setPredictionCol(getPredictionCol()).setProbabilityCol(getProbabilityCol());
     return m.setParent(this);

@@ -55,6 +55,7 @@ public final class SparkTrainerModel extends Model<SparkTrainerModel> implements
   private final Param<String> predictionCol;
   private final Param<String> probabilityCol;
   private final IntParam batchSize;
+  private final Param<String> precision;
 
   public SparkTrainerModel(String uid, ModelSpec spec, Loss loss, float[] parameters, TrainingSummary summary) {
     this.uid = uid;
@@ -71,7 +72,11 @@ public final class SparkTrainerModel extends Model<SparkTrainerModel> implements
     setDefault(featureCols, new String[0]);
     setDefault(predictionCol, "prediction");
     setDefault(probabilityCol, "probability");
+    precision = new Param<>(this, "precision", "the precision the model was trained in: fp32 or bf16 (the "
+        + "estimator's precision, auto resolved); the weights are fp32 either way and transform computes in fp32",
+        ParamValidators.inArray(new String[] {"fp32", "bf16"}));
     setDefault(batchSize, 1024);
+    setDefault(precision, "fp32");
   }
 
   @Override
@@ -97,6 +102,21 @@ public final class SparkTrainerModel extends Model<SparkTrainerModel> implements
 
   public IntParam batchSize() {
     return batchSize;
+  }
+
+  public Param<String> precision() {
+    return precision;
+  }
+
+  /** "fp32" or "bf16": how the model was trained (saved with the model's params; "fp32" for older models). */
+  public String getPrecision() {
+    return $(precision);
+  }
+
+  /** Records the precision the fit trained in (set by {@link SparkTrainer#fit}). */
+  SparkTrainerModel withPrecision(String v) {
+    set(precision, v);
+    return this;
   }
 
   public SparkTrainerModel setFeaturesCol(String v) {

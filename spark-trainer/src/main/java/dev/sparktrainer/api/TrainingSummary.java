@@ -53,14 +53,15 @@ public final class TrainingSummary implements Serializable {
   private final String device;
   private final int batchSize; // per worker; 0 = unknown
   private final long[] peakDeviceMemoryBytes; // by rank; -1 = not reported
+  private final String precision; // "fp32" or "bf16": what the ranks trained in
 
   public TrainingSummary(List<List<EpochStats>> perRank, double fitToFirstStepSeconds, double totalSeconds,
       String device) {
-    this(perRank, fitToFirstStepSeconds, totalSeconds, device, 0, null, List.of());
+    this(perRank, fitToFirstStepSeconds, totalSeconds, device, 0, null, List.of(), "fp32");
   }
 
   private TrainingSummary(List<List<EpochStats>> perRank, double fitToFirstStepSeconds, double totalSeconds,
-      String device, int batchSize, long[] peakDeviceMemoryBytes, List<Validation> validation) {
+      String device, int batchSize, long[] peakDeviceMemoryBytes, List<Validation> validation, String precision) {
     List<List<EpochStats>> ranks = new ArrayList<>();
     for (List<EpochStats> r : perRank) {
       ranks.add(List.copyOf(r));
@@ -70,6 +71,7 @@ public final class TrainingSummary implements Serializable {
     this.totalSeconds = totalSeconds;
     this.device = device;
     this.batchSize = batchSize;
+    this.precision = precision;
     long[] peak = new long[perRank.size()];
     Arrays.fill(peak, -1);
     if (peakDeviceMemoryBytes != null) {
@@ -111,19 +113,28 @@ public final class TrainingSummary implements Serializable {
   /** A copy that knows the per-worker batch size (the straggler report then speaks of time per step). */
   public TrainingSummary withBatchSize(int perWorkerBatch) {
     return new TrainingSummary(perRank, fitToFirstStepSeconds, totalSeconds, device, perWorkerBatch,
-        peakDeviceMemoryBytes, validation);
+        peakDeviceMemoryBytes, validation, precision);
   }
 
   /** A copy with each rank's peak device memory in bytes (-1 where a rank did not report it). */
   public TrainingSummary withPeakDeviceMemory(long[] bytesByRank) {
     return new TrainingSummary(perRank, fitToFirstStepSeconds, totalSeconds, device, batchSize, bytesByRank,
-        validation);
+        validation, precision);
   }
 
   /** A copy with per-epoch validation figures. */
   public TrainingSummary withValidation(List<Validation> perEpoch) {
     return new TrainingSummary(perRank, fitToFirstStepSeconds, totalSeconds, device, batchSize,
-        peakDeviceMemoryBytes, perEpoch);
+        peakDeviceMemoryBytes, perEpoch, precision);
+  }
+
+  /** A copy that records the precision the ranks trained in: "fp32" or "bf16" (the estimator's param). */
+  public TrainingSummary withPrecision(String trainedIn) {
+    if (!"fp32".equals(trainedIn) && !"bf16".equals(trainedIn)) {
+      throw new IllegalArgumentException("training summary: precision must be fp32 or bf16, got '" + trainedIn + "'");
+    }
+    return new TrainingSummary(perRank, fitToFirstStepSeconds, totalSeconds, device, batchSize,
+        peakDeviceMemoryBytes, validation, trainedIn);
   }
 
   /** Per-epoch figures over all ranks. */
@@ -170,6 +181,14 @@ public final class TrainingSummary implements Serializable {
     return device;
   }
 
+  /**
+   * The precision the ranks trained in: "fp32", or "bf16" (mixed precision; on the CPU engine only the linear
+   * layers' inputs are rounded). "auto" is resolved: bf16 on cuda, fp32 on cpu.
+   */
+  public String precision() {
+    return precision;
+  }
+
   /** Ranks whose busy time per step is at least 20% above the median (see {@link StragglerReport}). */
   public StragglerReport stragglers() {
     return StragglerReport.of(perRank, batchSize, StragglerReport.DEFAULT_THRESHOLD);
@@ -194,6 +213,7 @@ public final class TrainingSummary implements Serializable {
     ObjectNode root = JSON.createObjectNode();
     root.put("version", JSON_VERSION);
     root.put("device", device);
+    root.put("precision", precision);
     root.put("worldSize", worldSize());
     root.put("batchSize", batchSize);
     root.put("fitToFirstStepSeconds", fitToFirstStepSeconds);
@@ -279,7 +299,8 @@ public final class TrainingSummary implements Serializable {
       val.add(new Validation(v.path("epoch").asInt(), v.path("rows").asLong(), dbl(v, "loss"), dbl(v, "accuracy")));
     }
     return new TrainingSummary(perRank, dbl(root, "fitToFirstStepSeconds"), dbl(root, "totalSeconds"),
-        root.path("device").asText(""), root.path("batchSize").asInt(0), peak, val);
+        root.path("device").asText(""), root.path("batchSize").asInt(0), peak, val,
+        root.path("precision").asText("fp32")); // absent: written before the precision param, all fp32
   }
 
   /** One line per epoch: epoch (from 1), loss, accuracy, validation loss/accuracy, samples/s, seconds. */
@@ -340,8 +361,8 @@ public final class TrainingSummary implements Serializable {
       }
       b.append(String.format(Locale.ROOT, ", %.0f samples/s%n", e.samplesPerSecond()));
     }
-    b.append(String.format(Locale.ROOT, "fit -> first step %.2f s, total %.2f s on %d x %s", fitToFirstStepSeconds,
-        totalSeconds, perRank.size(), device));
+    b.append(String.format(Locale.ROOT, "fit -> first step %.2f s, total %.2f s on %d x %s, precision %s",
+        fitToFirstStepSeconds, totalSeconds, perRank.size(), device, precision));
     long maxPeak = Arrays.stream(peakDeviceMemoryBytes).max().orElse(-1);
     if (maxPeak >= 0) {
       b.append(String.format(Locale.ROOT, ", peak device memory %.1f MiB", maxPeak / 1048576.0));

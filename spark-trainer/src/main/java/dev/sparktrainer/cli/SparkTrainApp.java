@@ -15,7 +15,9 @@ import org.apache.spark.sql.SparkSession;
  * per-epoch summary, saves the model when asked, evaluates on the test data when given, and prints
  * {@code test accuracy: 0.xxxx} last. {@code --master URL} sets the master when not run by spark-submit;
  * {@code --cache} caches (and materialises) the training DataFrame before fit, as an ETL job would;
- * {@code --summary DIR} writes the training summary (JSON, CSV, PNG chart) to DIR. While training runs, the
+ * {@code --summary DIR} writes the training summary (JSON, CSV, PNG chart) to DIR. A validation set named in
+ * the job file (data.validationPath, validationFraction or validationIndicatorCol) is evaluated after every
+ * epoch and shows in the summary. While training runs, the
  * driver shows live progress (a bar on a terminal, log lines otherwise; Spark conf spark.sparktrainer.progress).
  */
 public final class SparkTrainApp {
@@ -48,6 +50,7 @@ public final class SparkTrainApp {
     try {
       Dataset<Row> train;
       Dataset<Row> test = null;
+      Dataset<Row> validation = null;
       if (job.format.equals("fashion-mnist")) {
         int parts = Math.max(2, spark.sparkContext().defaultParallelism());
         train = FashionMnistSource.load(spark, Path.of(job.path), "train", parts);
@@ -57,13 +60,17 @@ public final class SparkTrainApp {
         if (job.testPath != null) {
           test = read(spark, job.format, job.testPath);
         }
+        if (job.validationPath != null) {
+          validation = read(spark, job.format, job.validationPath);
+        }
       }
+      train = job.withValidationSplit(train); // data.validationFraction: before caching, so the split is drawn once
       if (cache) {
         long t0 = System.nanoTime();
         long n = train.cache().count();
         System.out.printf(Locale.ROOT, "cached %d training rows in %.2f s%n", n, (System.nanoTime() - t0) / 1e9);
       }
-      SparkTrainerModel model = job.trainer.fit(train);
+      SparkTrainerModel model = job.trainer.fit(train, validation);
       TrainingSummary s = model.summary();
       System.out.println(s);
       if (job.modelPath != null) {

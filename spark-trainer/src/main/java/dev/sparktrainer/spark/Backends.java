@@ -10,6 +10,7 @@ import dev.sparktrainer.cuda.CudaDevice;
 import dev.sparktrainer.cuda.GpuSelector;
 import dev.sparktrainer.cuda.NcclCommunicator;
 import dev.sparktrainer.cuda.NativeLoader;
+import dev.sparktrainer.engine.DType;
 import dev.sparktrainer.engine.Device;
 import java.time.Duration;
 
@@ -61,6 +62,28 @@ public final class Backends {
       case "cpu" -> new CpuDevice();
       case "cuda" -> new CudaDevice(GpuSelector.select(ctx));
       default -> throw new IllegalArgumentException("unknown device '" + resolved + "' (use cpu, cuda or auto)");
+    };
+  }
+
+  /**
+   * The precision a rank trains in for the estimator's {@code precision} ("fp32", "bf16" or "auto") on a
+   * resolved device ("cpu" or "cuda"): auto is bf16 on cuda and fp32 on cpu. Returns "fp32" or "bf16".
+   */
+  public static String resolvePrecision(String precision, String resolvedDevice) {
+    return switch (precision) {
+      case "fp32", "bf16" -> precision;
+      case "auto" -> "cuda".equals(resolvedDevice) ? "bf16" : "fp32";
+      default -> throw new IllegalArgumentException("precision must be fp32, bf16 or auto, got '" + precision + "'");
+    };
+  }
+
+  /** The compute dtype the model is built with for a resolved precision ("fp32" or "bf16"). */
+  public static DType computeDType(String resolvedPrecision) {
+    return switch (resolvedPrecision) {
+      case "fp32" -> DType.FLOAT32;
+      case "bf16" -> DType.BFLOAT16;
+      default -> throw new IllegalArgumentException("resolved precision must be fp32 or bf16, got '"
+          + resolvedPrecision + "'");
     };
   }
 

@@ -52,6 +52,8 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
   private ProgressEndpoint progress; // null: no live progress (issue 9)
   private RendezvousEndpoint rendezvous; // null: Spark's BarrierTaskContext.allGather
   private long validationRows = -1; // rows of the validation set; -1: the fit has none
+  private String precision = "fp32"; // fp32, bf16 or auto (bf16 on cuda, fp32 on cpu)
+  private boolean cudnnBenchmark; // cuda: timed cuDNN algorithm search (Note [cudnn benchmark per executor JVM])
 
   BarrierTrainFunction(String specJson, TrainerConfig cfg, String device, String token, int timeoutSeconds,
       int dim, int targetDim, int steps, long rowsPerRank, CheckpointPolicy checkpoints,
@@ -78,6 +80,16 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
   /** The fit has a validation set of {@code rows} rows, evaluated after every epoch (Note [validation sums]). */
   BarrierTrainFunction withValidation(long rows) {
     this.validationRows = rows;
+    return this;
+  }
+
+  /**
+   * The model computes in {@code precision} ("fp32", "bf16" or "auto"); {@code cudnnBenchmark} turns on the
+   * timed cuDNN algorithm search on cuda (Note [cudnn benchmark per executor JVM] in CudnnBenchmark).
+   */
+  BarrierTrainFunction withPrecision(String precision, boolean cudnnBenchmark) {
+    this.precision = precision;
+    this.cudnnBenchmark = cudnnBenchmark;
     return this;
   }
 
@@ -120,18 +132,28 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
         // costs ~1 s where the ranks meet through BarrierTaskContext.allGather).
         GpuPlacement.check(wc, wc.gpuPlacementKey());
       }
+      String trainedIn = Backends.resolvePrecision(precision, resolved); // every rank resolves alike
+      boolean searchExpected = "cuda".equals(resolved) && CudnnBenchmark.apply(cudnnBenchmark); // before the device
       long tResolved = System.currentTimeMillis();
       try (ProgressReporter reporter = ProgressReporter.start(progress, rank, wc.worldSize(),
               ProgressReporter.DEFAULT_MIN_INTERVAL_NANOS)
               .plan(cfg.epochs(), steps, cfg.accumulation(), cfg.batchSize());
           Device dev = Backends.openDevice(resolved, wc)) {
         long tDevice = System.currentTimeMillis();
+        if ("cuda".equals(resolved)) {
+          String warning = CudnnBenchmark.mismatch(cudnnBenchmark, searchExpected, CudnnBenchmark.inEffect());
+          if (warning != null) {
+            LOG.warn("rank " + rank + ": " + warning);
+            log.add(warning);
+          }
+        }
         Communicator comm = Backends.openCommunicator(dev, wc, wc.host(), Duration.ofSeconds(timeoutSeconds));
         long tComm = System.currentTimeMillis();
-        log.add("device " + dev.name() + ", communicator " + comm.getClass().getSimpleName() + " up");
+        log.add("device " + dev.name() + ", communicator " + comm.getClass().getSimpleName() + " up, precision "
+            + trainedIn);
         try {
           ModelSpec spec = ModelSpec.fromJson(specJson);
-          Model model = new Model(spec, dev);
+          Model model = new Model(spec, dev, Backends.computeDType(trainedIn));
           ValidationPass validation = data.validation() == null ? null
               : new ValidationPass(model, cfg.loss(), comm, data.validation(), cfg.batchSize(), validationRows);
           List<TrainingSummary.Validation> validated = new ArrayList<>();
@@ -178,7 +200,7 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
           // as in PyTorch DDP (Note [buffers] in ParameterSet), and rank 0's are the model's.
           float[] trained = java.util.Arrays.copyOf(params, Math.toIntExact(model.parameters().trainableElements()));
           result = new TaskResult(rank, stats, List.copyOf(validated), rank == 0 ? params : null, digest(trained),
-              start, dataReady, tComm, firstStep, System.currentTimeMillis(), dev.name());
+              start, dataReady, tComm, firstStep, System.currentTimeMillis(), dev.name(), trainedIn);
           comm.close();
         } catch (IOException e) {
           comm.abort();

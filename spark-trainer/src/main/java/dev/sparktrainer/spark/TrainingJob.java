@@ -95,6 +95,7 @@ public final class TrainingJob {
     // 1. Params and config: fail before touching data.
     ModelSpec spec = params.getModelSpec();
     TrainerConfig cfg = params.trainerConfig();
+    SparkTrainer.checkPrecision(params.getPrecision());
     Loss loss = cfg.loss();
     int world = params.getNumWorkers();
     Dataset<?> train = dataset;
@@ -413,6 +414,7 @@ public final class TrainingJob {
     // Live progress (issue 9): the ranks report to a driver-side endpoint authenticated by its own token.
     ProgressServer progress = ProgressServer.forDriver(sc, world, cfg.batchSize());
     fn.withProgress(progress == null ? null : progress.endpoint());
+    fn.withPrecision(params.getPrecision(), params.getCudnnBenchmark());
     if (validationFacts != null) {
       fn.withValidation(validationFacts.rows());
     }
@@ -454,6 +456,11 @@ public final class TrainingJob {
     }
     long digest0 = results.get(0).parameterDigest();
     for (TaskResult r : results) {
+      if (!r.precision().equals(results.get(0).precision())) {
+        throw new IllegalStateException("rank " + r.rank() + " trained in " + r.precision() + " but rank 0 in "
+            + results.get(0).precision() + " (precision auto on a mix of cpu and cuda ranks?); set precision to "
+            + "fp32 or bf16, or device to cpu or cuda");
+      }
       if (r.parameterDigest() != digest0) {
         throw new IllegalStateException("rank " + r.rank() + " ended with parameters that differ from rank 0's; "
             + "the ranks diverged (please report this as a bug)");
@@ -473,7 +480,8 @@ public final class TrainingJob {
     }
     TrainingSummary summary = new TrainingSummary(perRank, (firstStep - fitStart) / 1000.0,
         (end - fitStart) / 1000.0, results.get(0).device()).withBatchSize(cfg.batchSize())
-        .withPeakDeviceMemory(peakMemory).withValidation(results.get(0).validation());
+        .withPeakDeviceMemory(peakMemory).withValidation(results.get(0).validation())
+        .withPrecision(results.get(0).precision());
     dev.sparktrainer.api.StragglerReport stragglers = summary.stragglers();
     if (stragglers.hasStragglers()) {
       LOG.warn(stragglers.toString());

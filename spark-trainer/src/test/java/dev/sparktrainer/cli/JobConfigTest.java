@@ -22,7 +22,83 @@ class JobConfigTest {
     assertEquals(2, c.trainer.getNumWorkers());
     assertEquals(784, c.trainer.getModelSpec().inputSize());
     assertEquals(3, (int) c.trainer.trainerConfig().epochs());
+    assertEquals("fp32", c.trainer.getPrecision());
+    assertEquals(false, c.trainer.getCudnnBenchmark());
     assertEquals(true, Files.exists(Path.of("..", "conf", "fashion-mnist.json")));
+  }
+
+  @Test
+  void shippedCnnTemplateTrainsInBf16OnGpusOnly() throws Exception {
+    JobConfig c = JobConfig.load(Path.of("..", "conf", "fashion-mnist-cnn.json"));
+    assertEquals("auto", c.trainer.getPrecision());
+    assertEquals(false, c.trainer.getCudnnBenchmark());
+  }
+
+  static final String DATA = "\"data\": {\"format\": \"parquet\", \"path\": \"x\"}";
+
+  static JobConfig training(String keys) {
+    return JobConfig.parse("{" + DATA + ", " + MODEL + ", \"training\": {" + keys + "}}");
+  }
+
+  @Test
+  void precisionAndCudnnBenchmark() {
+    assertEquals("fp32", training("").trainer.getPrecision());
+    assertEquals(false, training("").trainer.getCudnnBenchmark());
+    JobConfig c = training("\"precision\": \"bf16\", \"cudnnBenchmark\": true");
+    assertEquals("bf16", c.trainer.getPrecision());
+    assertEquals(true, c.trainer.getCudnnBenchmark());
+    assertEquals("auto", training("\"precision\": \"auto\"").trainer.getPrecision());
+  }
+
+  @Test
+  void badPrecisionNamesTheChoices() {
+    assertEquals("training.precision must be fp32, bf16 or auto, got 'fp16' (bf16: mixed precision, bf16 "
+        + "matmul/convolution inputs with fp32 master weights; auto: bf16 on cuda, fp32 on cpu)",
+        fails("{" + DATA + ", " + MODEL + ", \"training\": {\"precision\": \"fp16\"}}"));
+    assertEquals("training.precision must be a string, got 16",
+        fails("{" + DATA + ", " + MODEL + ", \"training\": {\"precision\": 16}}"));
+    assertEquals("training.cudnnBenchmark must be true or false, got \"yes\"",
+        fails("{" + DATA + ", " + MODEL + ", \"training\": {\"cudnnBenchmark\": \"yes\"}}"));
+  }
+
+  static JobConfig data(String extra) {
+    return JobConfig.parse("{\"data\": {\"format\": \"parquet\", \"path\": \"x\", " + extra + "}, " + MODEL + "}");
+  }
+
+  @Test
+  void validationSetFromAPathAFractionOrAnIndicatorColumn() {
+    JobConfig none = JobConfig.parse("{" + DATA + ", " + MODEL + "}");
+    assertEquals(null, none.validationPath);
+    assertEquals(0.0, none.validationFraction);
+    assertEquals("", none.trainer.getValidationIndicatorCol());
+
+    JobConfig path = data("\"validationPath\": \"val.parquet\"");
+    assertEquals("val.parquet", path.validationPath);
+    assertEquals("", path.trainer.getValidationIndicatorCol());
+
+    JobConfig fraction = data("\"validationFraction\": 0.1");
+    assertEquals(0.1, fraction.validationFraction);
+    assertEquals(JobConfig.SPLIT_COL, fraction.trainer.getValidationIndicatorCol());
+
+    JobConfig indicator = data("\"validationIndicatorCol\": \"is_val\"");
+    assertEquals("is_val", indicator.trainer.getValidationIndicatorCol());
+    assertEquals(0.0, indicator.validationFraction);
+  }
+
+  @Test
+  void validationMistakes() {
+    assertEquals("data: give at most one of validationPath, validationFraction and validationIndicatorCol (they all "
+        + "name the validation set)", assertThrows(IllegalArgumentException.class,
+            () -> data("\"validationPath\": \"v\", \"validationFraction\": 0.1")).getMessage());
+    assertEquals("data.validationFraction must be between 0 and 1 (exclusive), got 1.5",
+        assertThrows(IllegalArgumentException.class, () -> data("\"validationFraction\": 1.5")).getMessage());
+    assertEquals("data.validationFraction must be between 0 and 1 (exclusive), got 0",
+        assertThrows(IllegalArgumentException.class, () -> data("\"validationFraction\": 0")).getMessage());
+    assertEquals("data.validationFraction must be a number, got \"10%\"",
+        assertThrows(IllegalArgumentException.class, () -> data("\"validationFraction\": \"10%\"")).getMessage());
+    assertEquals("data.validationPath does not apply to format fashion-mnist (its test set is read from data.path); "
+        + "use data.validationFraction, e.g. 0.1, to hold out training rows",
+        fails("{\"data\": {\"format\": \"fashion-mnist\", \"validationPath\": \"v\"}, " + MODEL + "}"));
   }
 
   @Test
@@ -34,8 +110,8 @@ class JobConfigTest {
   @Test
   void unknownTrainingKey() {
     assertEquals("training: unknown key 'epoch' (allowed: [accumulation, batchSize, checkpointInterval, "
-        + "checkpointPath, clipNorm, device, dropLast, epochs, loss, nonFinite, numWorkers, optimizer, schedule, seed, "
-        + "timeoutSeconds])",
+        + "checkpointPath, clipNorm, cudnnBenchmark, device, dropLast, epochs, loss, nonFinite, numWorkers, optimizer, "
+        + "precision, schedule, seed, timeoutSeconds])",
         fails("{\"data\": {\"format\": \"parquet\", \"path\": \"x\"}, " + MODEL + ", \"training\": {\"epoch\": 3}}"));
   }
 

@@ -130,4 +130,61 @@ class SparkTrainerTest {
     // 500 rows, W*B = 64: 8 steps of 32 per rank (padded by wrapping)
     assertEquals(8 * 32, s0);
   }
+
+  @Test
+  void precisionReachesTheRanksAndIsSavedWithTheModel(@TempDir Path dir) throws Exception {
+    Dataset<Row> df = blobs(600, 4).cache();
+    String property = System.getProperty("sparktrainer.cudnn.benchmark");
+    try {
+      SparkTrainerModel fp32 = trainer(2).fit(df);
+      SparkTrainerModel auto = trainer(2).setPrecision("auto").fit(df);
+      SparkTrainer est = trainer(2).setPrecision("bf16").setCudnnBenchmark(true);
+      SparkTrainerModel bf16 = est.fit(df);
+      assertEquals("fp32", fp32.summary().precision());
+      assertEquals("fp32", fp32.getPrecision());
+      assertEquals("fp32", auto.summary().precision(), "auto is fp32 on the CPU");
+      assertArrayEquals(fp32.parameters(), auto.parameters());
+      assertEquals("bf16", bf16.summary().precision());
+      assertEquals("bf16", bf16.getPrecision());
+      assertTrue(bf16.summary().toString().contains("on 2 x cpu, precision bf16"), bf16.summary().toString());
+      // On the CPU engine bf16 rounds the linear layers' inputs, so the weights differ from fp32's, slightly.
+      assertTrue(!java.util.Arrays.equals(fp32.parameters(), bf16.parameters()), "bf16 must reach the model");
+      double acc = accuracy(bf16.transform(df));
+      assertTrue(acc > 0.9, "accuracy " + acc);
+      assertEquals(property, System.getProperty("sparktrainer.cudnn.benchmark"), "cudnnBenchmark: cuda only");
+
+      String path = dir.resolve("bf16-model").toString();
+      bf16.write().overwrite().save(path);
+      SparkTrainerModel loaded = SparkTrainerModel.load(path);
+      assertEquals("bf16", loaded.getPrecision());
+      assertEquals("bf16", dev.sparktrainer.api.TrainingSummary.load(path + "/" + SparkTrainerModel.SUMMARY_DIR)
+          .precision());
+      est.write().overwrite().save(dir.resolve("bf16-est").toString());
+      SparkTrainer back = SparkTrainer.load(dir.resolve("bf16-est").toString());
+      assertEquals("bf16", back.getPrecision());
+      assertEquals(true, back.getCudnnBenchmark());
+    } finally {
+      df.unpersist();
+    }
+  }
+
+  @Test
+  void jobFileValidationFractionHoldsOutRows() {
+    dev.sparktrainer.cli.JobConfig job = dev.sparktrainer.cli.JobConfig.parse("{\"data\": {\"format\": \"parquet\", "
+        + "\"path\": \"unused\", \"featureCols\": [\"a\", \"b\", \"c\", \"d\"], \"validationFraction\": 0.25}, "
+        + "\"model\": {\"input\": [4], \"layers\": [{\"type\": \"linear\", \"units\": 16}, {\"type\": \"relu\"}, "
+        + "{\"type\": \"linear\", \"units\": 3}]}, \"training\": {\"epochs\": 2, \"batchSize\": 32, "
+        + "\"numWorkers\": 2, \"device\": \"cpu\", \"seed\": 5, \"precision\": \"bf16\"}}");
+    Dataset<Row> train = job.withValidationSplit(blobs(400, 5)).cache();
+    try {
+      long held = train.filter(train.col(dev.sparktrainer.cli.JobConfig.SPLIT_COL)).count();
+      assertTrue(held > 50 && held < 150, held + " of 400 rows held out for a fraction of 0.25");
+      SparkTrainerModel m = job.trainer.fit(train);
+      assertEquals(2, m.summary().validation().size());
+      assertEquals(held, m.summary().validation().get(0).rows());
+      assertEquals("bf16", m.summary().precision());
+    } finally {
+      train.unpersist();
+    }
+  }
 }
