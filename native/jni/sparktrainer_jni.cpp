@@ -888,6 +888,9 @@ struct BnPlan {
   DnnDescs d;
   cudnnTensorDescriptor_t x = nullptr, bn = nullptr;
   jint status = 0;
+  // Training mode: the persistent spatial kernels for NHWC (what PyTorch picks for channels_last), else the
+  // plain spatial ones. Inference always uses CUDNN_BATCHNORM_SPATIAL.
+  cudnnBatchNormMode_t trainMode = CUDNN_BATCHNORM_SPATIAL;
 };
 thread_local std::unordered_map<DnnKey, std::unique_ptr<BnPlan>, DnnKeyHash> t_bnPlans;
 
@@ -917,6 +920,7 @@ jint bnPlan(jint dtype, jint layout, jint n, jint c, jint h, jint w, BnPlan** ou
   }
   std::unique_ptr<BnPlan> np(new BnPlan());
   BnPlan* p = np.get();
+  p->trainMode = layout == 1 ? CUDNN_BATCHNORM_SPATIAL_PERSISTENT : CUDNN_BATCHNORM_SPATIAL;
   *out = p;
   t_bnPlans.emplace(key, std::move(np));
   cudnnStatus_t s = p->d.tensor(&p->x, layout, dtype, n, c, h, w);
@@ -985,7 +989,7 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnBnForwardTraining(
   if (eps < CUDNN_BN_MIN_EPSILON) return jniError(JNI_BAD_ARGUMENT);
   const float one = 1.0f, zero = 0.0f;
   return cudnn(g_cudnn.cudnnBatchNormalizationForwardTraining(
-      fromJ<cudnnHandle_t>(handle), CUDNN_BATCHNORM_SPATIAL, &one, &zero, p->x, fromJ<const void*>(x), p->x,
+      fromJ<cudnnHandle_t>(handle), p->trainMode, &one, &zero, p->x, fromJ<const void*>(x), p->x,
       fromJ<void*>(y), p->bn, fromJ<const void*>(gamma), fromJ<const void*>(beta), factor, fromJ<void*>(runningMean),
       fromJ<void*>(runningVar), eps, fromJ<void*>(saveMean), fromJ<void*>(saveInvStd)));
 }
@@ -1014,7 +1018,7 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnBnBackward(JNIEnv*
   if (eps < CUDNN_BN_MIN_EPSILON) return jniError(JNI_BAD_ARGUMENT);
   const float one = 1.0f, zero = 0.0f;
   return cudnn(g_cudnn.cudnnBatchNormalizationBackward(
-      fromJ<cudnnHandle_t>(handle), CUDNN_BATCHNORM_SPATIAL, &one, &zero, &one, &one, p->x, fromJ<const void*>(x),
+      fromJ<cudnnHandle_t>(handle), p->trainMode, &one, &zero, &one, &one, p->x, fromJ<const void*>(x),
       p->x, fromJ<const void*>(dy), p->x, fromJ<void*>(dx), p->bn, fromJ<const void*>(gamma), fromJ<void*>(dgamma),
       fromJ<void*>(dbeta), eps, fromJ<const void*>(saveMean), fromJ<const void*>(saveInvStd)));
 }

@@ -2,6 +2,7 @@ package dev.sparktrainer.cpu;
 
 import dev.ludovic.netlib.blas.BLAS;
 import dev.sparktrainer.engine.Conv2dDesc;
+import dev.sparktrainer.engine.DType;
 import dev.sparktrainer.engine.Pool2dDesc;
 
 /**
@@ -583,6 +584,120 @@ final class CpuConv {
         for (int j = 0; j < s; j++) {
           float xh = (x.f[x.offset + o + j] - mean) * inv;
           dx.f[dx.offset + o + j] = k * (mf * dy.f[dy.offset + o + j] - a - xh * bb);
+        }
+      }
+    }
+  }
+
+  // ---- synchronised batch norm (Device's SyncBatchNorm ops): the same arithmetic as the two functions
+  // ---- above, split where the layer all-reduces per-channel sums; the GPU kernels (bn_sync.cuh) mirror it.
+  // ---- x, y, dy, dx are FLOAT32 or BFLOAT16 (bf16 values held rounded; results rounded once when stored).
+
+  private static float out(CpuTensor t, float v) {
+    return t.dtype() == DType.BFLOAT16 ? CpuDevice.roundBf16(v) : v;
+  }
+
+  static void batchNormStats(CpuTensor x, CpuTensor stats) {
+    int n = x.dim(0);
+    int c = x.dim(1);
+    int s = x.size() / Math.max(1, n * c);
+    for (int ch = 0; ch < c; ch++) {
+      double sum = 0;
+      double sq = 0;
+      for (int b = 0; b < n; b++) {
+        int o = x.offset + (b * c + ch) * s;
+        for (int j = 0; j < s; j++) {
+          double v = x.f[o + j];
+          sum += v;
+          sq += v * v;
+        }
+      }
+      stats.f[stats.offset + ch] = (float) sum;
+      stats.f[stats.offset + c + ch] = (float) sq;
+    }
+  }
+
+  static void batchNormFinalizeStats(CpuTensor stats, long count, float momentum, float eps, CpuTensor mean,
+      CpuTensor invStd, CpuTensor runningMean, CpuTensor runningVar) {
+    int c = mean.size();
+    for (int ch = 0; ch < c; ch++) {
+      double mu = stats.f[stats.offset + ch] / (double) count;
+      double var = stats.f[stats.offset + c + ch] / (double) count - mu * mu;
+      if (var < 0) {
+        var = 0; // one-pass variance: rounding can leave a tiny negative value
+      }
+      mean.f[mean.offset + ch] = (float) mu;
+      invStd.f[invStd.offset + ch] = (float) (1.0 / Math.sqrt(var + eps));
+      if (runningMean != null) {
+        int r = runningMean.offset + ch;
+        runningMean.f[r] = (float) ((1.0 - momentum) * runningMean.f[r] + momentum * mu);
+        r = runningVar.offset + ch;
+        runningVar.f[r] = (float) ((1.0 - momentum) * runningVar.f[r]
+            + momentum * var * (double) count / (double) (count - 1));
+      }
+    }
+  }
+
+  static void batchNormApply(CpuTensor x, CpuTensor gamma, CpuTensor beta, CpuTensor mean, CpuTensor invStd,
+      CpuTensor y) {
+    int n = x.dim(0);
+    int c = x.dim(1);
+    int s = x.size() / Math.max(1, n * c);
+    for (int ch = 0; ch < c; ch++) {
+      float mu = mean.f[mean.offset + ch];
+      float inv = invStd.f[invStd.offset + ch];
+      float gm = gamma.f[gamma.offset + ch];
+      float bt = beta.f[beta.offset + ch];
+      for (int b = 0; b < n; b++) {
+        int o = (b * c + ch) * s;
+        for (int j = 0; j < s; j++) {
+          y.f[y.offset + o + j] = out(y, (x.f[x.offset + o + j] - mu) * inv * gm + bt);
+        }
+      }
+    }
+  }
+
+  static void batchNormBackwardReduce(CpuTensor x, CpuTensor dy, CpuTensor mean, CpuTensor invStd,
+      CpuTensor sums) {
+    int n = x.dim(0);
+    int c = x.dim(1);
+    int s = x.size() / Math.max(1, n * c);
+    for (int ch = 0; ch < c; ch++) {
+      float mu = mean.f[mean.offset + ch];
+      float inv = invStd.f[invStd.offset + ch];
+      double sdy = 0;
+      double sdyxh = 0;
+      for (int b = 0; b < n; b++) {
+        int o = (b * c + ch) * s;
+        for (int j = 0; j < s; j++) {
+          float g = dy.f[dy.offset + o + j];
+          sdy += g;
+          sdyxh += g * ((x.f[x.offset + o + j] - mu) * inv);
+        }
+      }
+      sums.f[sums.offset + ch] = (float) sdy;
+      sums.f[sums.offset + c + ch] = (float) sdyxh;
+    }
+  }
+
+  static void batchNormBackwardApply(CpuTensor x, CpuTensor dy, CpuTensor gamma, CpuTensor mean,
+      CpuTensor invStd, CpuTensor sums, long count, CpuTensor dx) {
+    int n = x.dim(0);
+    int c = x.dim(1);
+    int s = x.size() / Math.max(1, n * c);
+    float mf = count;
+    for (int ch = 0; ch < c; ch++) {
+      float mu = mean.f[mean.offset + ch];
+      float inv = invStd.f[invStd.offset + ch];
+      // dx = gamma * inv / M * (M dy - sum(dy) - xhat * sum(dy * xhat)), as batchNormBackward
+      float k = gamma.f[gamma.offset + ch] * inv / mf;
+      float a = sums.f[sums.offset + ch];
+      float bb = sums.f[sums.offset + c + ch];
+      for (int b = 0; b < n; b++) {
+        int o = (b * c + ch) * s;
+        for (int j = 0; j < s; j++) {
+          float xh = (x.f[x.offset + o + j] - mu) * inv;
+          dx.f[dx.offset + o + j] = out(dx, k * (mf * dy.f[dy.offset + o + j] - a - xh * bb));
         }
       }
     }

@@ -631,4 +631,86 @@ public final class CpuDevice implements Device {
     CpuConv.batchNormBackward(f32(x, op), f32(dy, op), f32(gamma, op), f32(saveMean, op), f32(saveInvStd, op),
         f32(dx, op), f32(dgamma, op), f32(dbeta, op));
   }
+
+  // ---- synchronised batch norm: kernels in CpuConv ----
+
+  /** x and the others: one activation dtype, FLOAT32 or BFLOAT16, one shape (N, C, ...). */
+  private CpuTensor act(Tensor x, String op, Tensor... same) {
+    CpuTensor c = fl(x);
+    if (c.rank() < 2) {
+      throw new IllegalArgumentException(op + ": x " + x + " must be (N, C, ...)");
+    }
+    for (Tensor t : same) {
+      if (t.dtype() != x.dtype() || !java.util.Arrays.equals(t.shape(), x.shape())) {
+        throw new IllegalArgumentException(op + ": " + t + " must have the dtype and shape of x " + x);
+      }
+      fl(t);
+    }
+    return c;
+  }
+
+  /** A FLOAT32 tensor of n elements (per channel: n = C; sums: n = 2C). */
+  private CpuTensor channels(Tensor t, int n, String what, String op) {
+    CpuTensor c = f32(t, op);
+    if (c.numel() != n) {
+      throw new IllegalArgumentException(op + ": " + what + " " + t + " must have " + n + " elements");
+    }
+    return c;
+  }
+
+  @Override
+  public void batchNormStats(Tensor x, Tensor stats) {
+    String op = "batchNormStats";
+    CpuConv.batchNormStats(act(x, op), channels(stats, 2 * x.dim(1), "stats", op));
+  }
+
+  @Override
+  public void batchNormFinalizeStats(Tensor stats, long count, float momentum, float eps, Tensor mean,
+      Tensor invStd, Tensor runningMean, Tensor runningVar) {
+    String op = "batchNormFinalizeStats";
+    int c = mean.size();
+    if (count <= 1) {
+      throw new IllegalArgumentException(op + ": needs more than one value per channel, got " + count
+          + "; use a larger batch, or evaluation mode");
+    }
+    if ((runningMean == null) != (runningVar == null)) {
+      throw new IllegalArgumentException(op + ": runningMean and runningVar must both be given or both be null");
+    }
+    CpuConv.batchNormFinalizeStats(channels(stats, 2 * c, "stats", op), count, momentum, eps,
+        channels(mean, c, "mean", op), channels(invStd, c, "invStd", op),
+        runningMean == null ? null : channels(runningMean, c, "runningMean", op),
+        runningVar == null ? null : channels(runningVar, c, "runningVar", op));
+  }
+
+  @Override
+  public void batchNormApply(Tensor x, Tensor gamma, Tensor beta, Tensor mean, Tensor invStd, Tensor y) {
+    String op = "batchNormApply";
+    CpuTensor cx = act(x, op, y);
+    int c = x.dim(1);
+    CpuConv.batchNormApply(cx, channels(gamma, c, "gamma", op), channels(beta, c, "beta", op),
+        channels(mean, c, "mean", op), channels(invStd, c, "invStd", op), fl(y));
+  }
+
+  @Override
+  public void batchNormBackwardReduce(Tensor x, Tensor dy, Tensor mean, Tensor invStd, Tensor sums) {
+    String op = "batchNormBackwardReduce";
+    CpuTensor cx = act(x, op, dy);
+    int c = x.dim(1);
+    CpuConv.batchNormBackwardReduce(cx, fl(dy), channels(mean, c, "mean", op),
+        channels(invStd, c, "invStd", op), channels(sums, 2 * c, "sums", op));
+  }
+
+  @Override
+  public void batchNormBackwardApply(Tensor x, Tensor dy, Tensor gamma, Tensor mean, Tensor invStd, Tensor sums,
+      long count, Tensor dx) {
+    String op = "batchNormBackwardApply";
+    CpuTensor cx = act(x, op, dy, dx);
+    int c = x.dim(1);
+    if (count <= 0) {
+      throw new IllegalArgumentException(op + ": count must be > 0, got " + count);
+    }
+    CpuConv.batchNormBackwardApply(cx, fl(dy), channels(gamma, c, "gamma", op),
+        channels(mean, c, "mean", op), channels(invStd, c, "invStd", op), channels(sums, 2 * c, "sums", op), count,
+        fl(dx));
+  }
 }

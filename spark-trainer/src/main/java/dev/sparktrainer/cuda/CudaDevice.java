@@ -787,6 +787,7 @@ public final class CudaDevice implements Device {
     CudaTensor s = t(src);
     CudaTensor d = t(dst);
     noteWritten(d);
+    adoptLayout("copy", s, d);
     long n = s.numel();
     if (n == 0) {
       return;
@@ -809,10 +810,29 @@ public final class CudaDevice implements Device {
     CudaTensor a = fl(x);
     CudaTensor b = fl(y);
     noteWritten(b);
+    sameLayout("axpy", a, b);
     long n = a.numel();
     if (n > 0) {
       kernels.launch("st_axpy").f(alpha).l(a.address()).i(code(a)).l(b.address()).i(code(b)).l(n)
           .run(grid(n), BLOCK, compute);
+    }
+  }
+
+  @Override
+  public void add(Tensor a, Tensor b, Tensor y) {
+    enter();
+    sameSize(a, y, "add");
+    sameSize(b, y, "add");
+    CudaTensor ca = fl(a);
+    CudaTensor cb = fl(b);
+    CudaTensor cy = fl(y);
+    sameLayout("add", ca, cb);
+    noteWritten(cy);
+    adoptLayout("add", ca, cy);
+    long n = ca.numel();
+    if (n > 0) {
+      kernels.launch("st_add2").l(ca.address()).i(code(ca)).l(cb.address()).i(code(cb)).l(cy.address()).i(code(cy))
+          .l(n).run(grid(n), BLOCK, compute);
     }
   }
 
@@ -1104,6 +1124,7 @@ public final class CudaDevice implements Device {
     CudaTensor a = fl(x);
     CudaTensor b = fl(y);
     noteWritten(b);
+    adoptLayout(kernel, a, b);
     long n = a.numel();
     if (n > 0) {
       kernels.launch(kernel).l(a.address()).i(code(a)).l(b.address()).i(code(b)).l(n).run(grid(n), BLOCK, compute);
@@ -1118,6 +1139,8 @@ public final class CudaDevice implements Device {
     CudaTensor g = fl(dy);
     CudaTensor o = fl(dx);
     noteWritten(o);
+    sameLayout(kernel, a, g);
+    adoptLayout(kernel, g, o);
     long n = a.numel();
     if (n > 0) {
       kernels.launch(kernel).l(a.address()).i(code(a)).l(g.address()).i(code(g)).l(o.address()).i(code(o)).l(n)
@@ -1152,6 +1175,7 @@ public final class CudaDevice implements Device {
     CudaTensor a = fl(x);
     CudaTensor b = fl(y);
     noteWritten(b);
+    adoptLayout("dropout", a, b);
     long n = a.numel();
     float s = 1f / (1f - p); // computed here in float, as CpuDevice does
     if (n > 0) {
@@ -1323,11 +1347,16 @@ public final class CudaDevice implements Device {
 
   // ---------------------------------------------------------------- synchronised batch norm (bn_sync.cuh)
   // Note [synchronised batch norm] in BatchNorm2d: the training forward and backward split where the layer
-  // all-reduces per-channel sums. The reductions run one block per channel (deterministic, no atomics); the
-  // elementwise passes mirror CpuConv's arithmetic (fmad off), so W = 1 matches the CPU engine to rounding.
+  // all-reduces per-channel sums. The reductions are deterministic (a fixed share per thread, added in a fixed
+  // order, no atomics; bn_sync.cuh says how per layout); the per-channel and elementwise passes mirror
+  // CpuConv's arithmetic (fmad off), so they give the CPU engine's bits for the same inputs. Activations may
+  // be channels-last (Note [channels-last tensors]): y and dx take x's layout.
 
-  /** Threads per block of the per-channel reductions (one block per channel). */
+  /** Threads per block of the NCHW per-channel reductions (one block per channel). */
   private static final int BN_BLOCK = 512;
+  private static final int BN_TILE = 32; // bn_sync.cuh: channels per block of the NHWC reduction
+  private static final int BN_ROWS = 16; // rows in flight per block of the NHWC reduction
+  private CudaBuffer bnPartials; // (chunks, C, 2) doubles of the NHWC reduction, grown on demand
 
   /** (N, C, values per sample and channel) of an (N, C, spatial...) activation. */
   private static long[] bnShape(Tensor x, String op) {
@@ -1354,9 +1383,44 @@ public final class CudaDevice implements Device {
     return cx;
   }
 
-  /** The number of reduction blocks for c channels (grid-stride over channels beyond it). */
-  private int channelGrid(long c) {
-    return (int) Math.max(1, Math.min(c, (long) smCount * 8));
+  /**
+   * out (2C) = per channel [sum, sum] over x's N * spatial values: mode 0 [x, x^2]; mode 1 [dy, dy * xhat]
+   * with mean and invStd. NCHW: one block per channel; NHWC: 32-channel tiles over row chunks, then the chunks.
+   */
+  private void bnReduce(int mode, CudaTensor x, CudaTensor dy, CudaTensor mean, CudaTensor invStd, CudaTensor out,
+      long[] s, int layout) {
+    long c = s[1];
+    if (c == 0) {
+      return;
+    }
+    long dyAddr = dy == null ? 0 : dy.address();
+    int dyCode = dy == null ? 0 : code(dy);
+    long meanAddr = mean == null ? 0 : mean.address();
+    long invAddr = invStd == null ? 0 : invStd.address();
+    if (layout != NHWC) {
+      kernels.launch("st_bn_reduce_nchw").i(mode).l(x.address()).i(code(x)).l(dyAddr).i(dyCode).l(meanAddr)
+          .l(invAddr).l(out.address()).l(s[0]).l(c).l(s[2])
+          .run((int) Math.max(1, Math.min(c, (long) smCount * 8)), BN_BLOCK, compute);
+      return;
+    }
+    long rows = s[0] * s[2];
+    long tiles = (c + BN_TILE - 1) / BN_TILE;
+    long want = Math.max(1, Math.min((rows + BN_ROWS - 1) / BN_ROWS, (2L * smCount + tiles - 1) / tiles));
+    long perChunk = Math.max(1, (rows + want - 1) / want);
+    long chunks = Math.max(1, (rows + perChunk - 1) / perChunk);
+    long need = chunks * c * 2 * 8;
+    if (bnPartials == null || bnPartials.bytes() < need) {
+      if (bnPartials != null) {
+        compute.synchronize(); // queued reductions may still read the old buffer
+        bnPartials.close();
+      }
+      bnPartials = arena.allocate(Math.max(need, 64L << 10), "sync batch norm partials");
+    }
+    kernels.launch("st_bn_partials_nhwc").i(mode).l(x.address()).i(code(x)).l(dyAddr).i(dyCode).l(meanAddr)
+        .l(invAddr).l(bnPartials.address()).l(rows).l(c).l(perChunk)
+        .run2d(Math.toIntExact(tiles), Math.toIntExact(chunks), BN_TILE, BN_ROWS, compute);
+    kernels.launch("st_bn_partials_final").l(bnPartials.address()).l(chunks).l(c).l(out.address())
+        .run(grid(c), BLOCK, compute);
   }
 
   @Override
@@ -1367,10 +1431,7 @@ public final class CudaDevice implements Device {
     long[] s = bnShape(x, op);
     CudaTensor st = perChannel(x, fl(stats), Math.toIntExact(2 * s[1]), "stats", op);
     noteWritten(st);
-    if (s[1] > 0) {
-      kernels.launch("st_bn_stats").l(cx.address()).i(code(cx)).l(st.address()).l(s[0]).l(s[1]).l(s[2])
-          .run(channelGrid(s[1]), BN_BLOCK, compute);
-    }
+    bnReduce(0, cx, null, null, null, st, s, layoutOf(op, cx));
   }
 
   @Override
@@ -1415,11 +1476,14 @@ public final class CudaDevice implements Device {
     CudaTensor b = perChannel(x, fl(beta), c, "beta", op);
     CudaTensor m = perChannel(x, fl(mean), c, "mean", op);
     CudaTensor is = perChannel(x, fl(invStd), c, "invStd", op);
+    int layout = layoutOf(op, cx);
     noteWritten(cy);
+    adopt(cy, layout);
     long n = x.numel();
     if (n > 0) {
       kernels.launch("st_bn_apply").l(cx.address()).i(code(cx)).l(cy.address()).i(code(cy)).l(g.address())
-          .l(b.address()).l(m.address()).l(is.address()).l(s[0]).l(s[1]).l(s[2]).run(grid(n), BLOCK, compute);
+          .l(b.address()).l(m.address()).l(is.address()).l(s[0]).l(s[1]).l(s[2]).i(layout)
+          .run(grid(n), BLOCK, compute);
     }
   }
 
@@ -1435,11 +1499,7 @@ public final class CudaDevice implements Device {
     CudaTensor is = perChannel(x, fl(invStd), c, "invStd", op);
     CudaTensor sm = perChannel(x, fl(sums), 2 * c, "sums", op);
     noteWritten(sm);
-    if (c > 0) {
-      kernels.launch("st_bn_bwd_reduce").l(cx.address()).i(code(cx)).l(cdy.address()).i(code(cdy))
-          .l(m.address()).l(is.address()).l(sm.address()).l(s[0]).l(s[1]).l(s[2])
-          .run(channelGrid(c), BN_BLOCK, compute);
-    }
+    bnReduce(1, cx, cdy, m, is, sm, s, layoutOf(op, cx, cdy));
   }
 
   @Override
@@ -1459,12 +1519,14 @@ public final class CudaDevice implements Device {
     CudaTensor m = perChannel(x, fl(mean), c, "mean", op);
     CudaTensor is = perChannel(x, fl(invStd), c, "invStd", op);
     CudaTensor sm = perChannel(x, fl(sums), 2 * c, "sums", op);
+    int layout = layoutOf(op, cx, cdy);
     noteWritten(cdx);
+    adopt(cdx, layout);
     long n = x.numel();
     if (n > 0) {
       kernels.launch("st_bn_bwd_apply").l(cx.address()).i(code(cx)).l(cdy.address()).i(code(cdy))
           .l(g.address()).l(m.address()).l(is.address()).l(sm.address()).f((float) count).l(cdx.address())
-          .i(code(cdx)).l(s[0]).l(s[1]).l(s[2]).run(grid(n), BLOCK, compute);
+          .i(code(cdx)).l(s[0]).l(s[1]).l(s[2]).i(layout).run(grid(n), BLOCK, compute);
     }
   }
 
@@ -1485,6 +1547,103 @@ public final class CudaDevice implements Device {
    */
   static final int CUDNN_SEARCH = Boolean.getBoolean("sparktrainer.cudnn.benchmark") ? 1 : 0;
   private static final int NCHW = 0;
+  private static final int NHWC = 1;
+
+  // Note [channels-last tensors]: a 4-D activation may be stored NHWC (CudaTensor.channelsLast), the layout
+  // cuDNN's bf16 tensor-core kernels and batch norm are fastest in (PyTorch's channels_last). Its logical shape
+  // stays (N, C, H, W), so layers and the CPU engine see the same shapes. The layout travels with the data: the
+  // convolution, pooling and batch-norm ops take it from their inputs and mark their outputs; elementwise ops
+  // (copy, axpy, ReLU, dropout) mark their output like their input. Tensors whose H * W is 1 are the same bytes
+  // in both layouts and mix freely; any other mix throws (convert with convertLayout), as does reshaping: a
+  // view is always row-major, so Flatten converts first. Conv filters follow the activations: NHWC
+  // activations need an NHWC filter (K, kh, kw, C), which the layer converts from its parameter each step;
+  // the fp32 filter gradient stays (K, C, kh, kw) (the op converts cuDNN's NHWC result while adding it).
+
+  /**
+   * -Dsparktrainer.cuda.channelsLast=true: the bf16 path keeps conv activations channels-last. Off by default:
+   * every op agrees with its channels-first run (CudaChannelsLastTest), but on an H100 a ResNet-50 step was
+   * 6x slower with it (314 vs 1942 img/s): the op profile put 750 ms of a step in cuDNN's NHWC batch norm
+   * (persistent spatial mode, legacy API) against 46 ms channels-first, and the NHWC convolutions were no
+   * faster than the NCHW ones (75 vs 64 ms). An experiment until batch norm has a fast NHWC path (docs/gpu.md).
+   */
+  @Override
+  public boolean supportsChannelsLast() {
+    return "true".equalsIgnoreCase(System.getProperty("sparktrainer.cuda.channelsLast"));
+  }
+
+  private static int layout(CudaTensor t) {
+    return t.rank() == 4 && t.channelsLast() ? NHWC : NCHW;
+  }
+
+  /** True when both layouts of t are the same bytes (not 4-D, or H * W == 1). */
+  private static boolean layoutFree(CudaTensor t) {
+    return t.rank() != 4 || (long) t.dim(2) * t.dim(3) == 1;
+  }
+
+  private static String layoutName(int layout) {
+    return layout == NHWC ? "channels-last (NHWC)" : "channels-first (NCHW)";
+  }
+
+  /** The layout of {@code main}; every other tensor must have it too (or be layout-free). */
+  private static int layoutOf(String op, CudaTensor main, CudaTensor... others) {
+    int l = layout(main);
+    for (CudaTensor o : others) {
+      if (o != null && layout(o) != l && !layoutFree(o)) {
+        throw new IllegalArgumentException(op + ": " + main + " is " + layoutName(l) + " but " + o + " is "
+            + layoutName(layout(o)) + "; convert one with convertLayout");
+      }
+    }
+    return l;
+  }
+
+  private static void adopt(CudaTensor out, int layout) {
+    if (out.rank() == 4) {
+      out.setChannelsLast(layout == NHWC);
+    }
+  }
+
+  /** dst, written elementwise from src, takes src's layout (a channels-last src must keep its shape). */
+  private static void adoptLayout(String op, CudaTensor src, CudaTensor dst) {
+    if (layout(src) == NHWC && !layoutFree(src) && !java.util.Arrays.equals(src.shape(), dst.shape())) {
+      throw new IllegalArgumentException(op + ": " + src + " is channels-last and " + dst + " has another shape;"
+          + " convert it with convertLayout first (Note [channels-last tensors])");
+    }
+    adopt(dst, layout(src));
+  }
+
+  /** y += x elementwise: both in one layout. */
+  private static void sameLayout(String op, CudaTensor a, CudaTensor b) {
+    if (layout(a) != layout(b) && !layoutFree(a) && !layoutFree(b)) {
+      throw new IllegalArgumentException(op + ": " + a + " is " + layoutName(layout(a)) + " but " + b + " is "
+          + layoutName(layout(b)) + "; convert one with convertLayout");
+    }
+  }
+
+  @Override
+  public void markChannelsLast(Tensor x, boolean on) {
+    adopt(t(x), on ? NHWC : NCHW);
+  }
+
+  @Override
+  public void convertLayout(Tensor src, Tensor dst, boolean toChannelsLast, boolean accumulate) {
+    enter();
+    CudaTensor s = fl(src);
+    CudaTensor d = fl(dst);
+    check4d(src, "convertLayout");
+    if (!java.util.Arrays.equals(src.shape(), dst.shape())) {
+      throw new IllegalArgumentException("convertLayout: " + src + " and " + dst + " must have one (N, C, H, W) shape");
+    }
+    noteWritten(d);
+    int from = layout(s);
+    int to = toChannelsLast ? NHWC : NCHW;
+    long n = s.numel();
+    if (n > 0) {
+      kernels.launch("st_layout_convert").l(s.address()).i(code(s)).l(d.address()).i(code(d)).l(src.dim(0))
+          .l(src.dim(1)).l((long) src.dim(2) * src.dim(3)).i(from == to ? -1 : to).i(accumulate ? 1 : 0)
+          .run(grid(n), BLOCK, compute);
+    }
+    adopt(d, to);
+  }
   private CudaBuffer cudnnWorkspace;
   private final java.util.Map<String, CudaTensor> convScratch = new java.util.HashMap<>();
 
@@ -1553,12 +1712,14 @@ public final class CudaDevice implements Device {
     desc.check(x.shape(), w.shape(), y.shape(), "conv2dForward");
     DType d = activations("conv2dForward", cx, cw, cy);
     CudaTensor cb = bias == null ? null : perChannel(x, fl(bias), w.dim(0), "bias", "conv2dForward");
+    int layout = layoutOf("conv2dForward", cx, cw);
     noteWritten(cy);
+    adopt(cy, layout);
     if (x.dim(0) == 0) {
       return;
     }
     CudaBuffer ws = cudnnWorkspace();
-    int st = Native.cudnnConvForward(cudnn().handle(), d.ordinal(), NCHW, convDims(x.shape(), w.shape(), y.shape(),
+    int st = Native.cudnnConvForward(cudnn().handle(), d.ordinal(), layout, convDims(x.shape(), w.shape(), y.shape(),
         desc), computeMode(d), CUDNN_SEARCH, cx.address(), cw.address(), cy.address(), 0f, ws.address(), ws.bytes());
     if (st != 0) {
       Native.check(st, convWhat("cudnnConvolutionForward", x.shape(), w.shape(), y.shape(), desc, d));
@@ -1567,7 +1728,7 @@ public final class CudaDevice implements Device {
       long n = y.dim(0);
       long hw = (long) y.dim(2) * y.dim(3);
       kernels.launch("st_channel_bias").l(cy.address()).i(code(cy)).l(cb.address()).l(n).l(y.dim(1)).l(hw)
-          .i(NCHW).run(grid(y.numel()), BLOCK, compute);
+          .i(layout).run(grid(y.numel()), BLOCK, compute);
     }
   }
 
@@ -1579,12 +1740,14 @@ public final class CudaDevice implements Device {
     CudaTensor cdx = fl(dx);
     desc.check(dx.shape(), w.shape(), dy.shape(), "conv2dBackwardData");
     DType d = activations("conv2dBackwardData", cdy, cw, cdx);
+    int layout = layoutOf("conv2dBackwardData", cdy, cw);
     noteWritten(cdx);
+    adopt(cdx, layout);
     if (dx.dim(0) == 0) {
       return;
     }
     CudaBuffer ws = cudnnWorkspace();
-    int st = Native.cudnnConvBackwardData(cudnn().handle(), d.ordinal(), NCHW, convDims(dx.shape(), w.shape(),
+    int st = Native.cudnnConvBackwardData(cudnn().handle(), d.ordinal(), layout, convDims(dx.shape(), w.shape(),
         dy.shape(), desc), computeMode(d), CUDNN_SEARCH, cdy.address(), cw.address(), cdx.address(), 0f,
         ws.address(), ws.bytes());
     if (st != 0) {
@@ -1600,6 +1763,7 @@ public final class CudaDevice implements Device {
     CudaTensor cdw = fl(dw);
     desc.check(x.shape(), dw.shape(), dy.shape(), "conv2dBackwardFilter");
     DType d = activations("conv2dBackwardFilter", cx, cdy);
+    int layout = layoutOf("conv2dBackwardFilter", cx, cdy);
     if (cdw.dtype() != DType.FLOAT32) {
       throw new IllegalArgumentException("conv2dBackwardFilter: dw must be FLOAT32 (the fp32 gradient), got " + dw);
     }
@@ -1613,8 +1777,18 @@ public final class CudaDevice implements Device {
     }
     CudaBuffer ws = cudnnWorkspace();
     int[] dims = convDims(x.shape(), dw.shape(), dy.shape(), desc);
-    if (d == DType.FLOAT32) {
-      int st = Native.cudnnConvBackwardFilter(cudnn().handle(), d.ordinal(), NCHW, dims, computeMode(d),
+    if (layout == NHWC && (long) dw.dim(2) * dw.dim(3) > 1) {
+      // cuDNN writes an NHWC filter gradient (K, kh, kw, C): compute it apart, then add it converted.
+      CudaTensor tmp = convScratch.computeIfAbsent("dw" + d + Shape.str(dw.shape()), k -> allocate(d, dw.shape()));
+      int st = Native.cudnnConvBackwardFilter(cudnn().handle(), d.ordinal(), layout, dims, computeMode(d),
+          CUDNN_SEARCH, cx.address(), cdy.address(), tmp.address(), 0f, ws.address(), ws.bytes());
+      if (st != 0) {
+        Native.check(st, convWhat("cudnnConvolutionBackwardFilter", x.shape(), dw.shape(), dy.shape(), desc, d));
+      }
+      adopt(tmp, NHWC);
+      convertLayout(tmp, cdw, false, true);
+    } else if (d == DType.FLOAT32) {
+      int st = Native.cudnnConvBackwardFilter(cudnn().handle(), d.ordinal(), layout, dims, computeMode(d),
           CUDNN_SEARCH, cx.address(), cdy.address(), cdw.address(), 1f, ws.address(), ws.bytes()); // dw += result
       if (st != 0) {
         Native.check(st, convWhat("cudnnConvolutionBackwardFilter", x.shape(), dw.shape(), dy.shape(), desc, d));
@@ -1623,7 +1797,7 @@ public final class CudaDevice implements Device {
       // cuDNN's filter gradient has the activations' dtype: compute it in bf16, then add it to the fp32 gradient.
       CudaTensor tmp = convScratch.computeIfAbsent("dw" + Shape.str(dw.shape()),
           k -> allocate(DType.BFLOAT16, dw.shape()));
-      int st = Native.cudnnConvBackwardFilter(cudnn().handle(), d.ordinal(), NCHW, dims, computeMode(d),
+      int st = Native.cudnnConvBackwardFilter(cudnn().handle(), d.ordinal(), layout, dims, computeMode(d),
           CUDNN_SEARCH, cx.address(), cdy.address(), tmp.address(), 0f, ws.address(), ws.bytes());
       if (st != 0) {
         Native.check(st, convWhat("cudnnConvolutionBackwardFilter", x.shape(), dw.shape(), dy.shape(), desc, d));
@@ -1634,7 +1808,7 @@ public final class CudaDevice implements Device {
       long hw = (long) dy.dim(2) * dy.dim(3);
       int channels = dy.dim(1);
       kernels.launch("st_channel_bias_grad").l(cdy.address()).i(code(cdy)).l(cdb.address()).l(dy.dim(0))
-          .l(channels).l(hw).i(NCHW).run((int) Math.min(channels, (long) smCount * 8), BLOCK, compute);
+          .l(channels).l(hw).i(layout).run((int) Math.min(channels, (long) smCount * 8), BLOCK, compute);
     }
   }
 
@@ -1657,9 +1831,11 @@ public final class CudaDevice implements Device {
     CudaTensor cy = fl(y);
     int[] dims = poolDims(x, y, desc, op);
     DType d = activations(op, cx, cy);
+    int layout = layoutOf(op, cx);
     noteWritten(cy);
+    adopt(cy, layout);
     if (x.numel() > 0) {
-      dnn(Native.cudnnPoolForward(cudnn().handle(), d.ordinal(), NCHW, mode, dims, cx.address(),
+      dnn(Native.cudnnPoolForward(cudnn().handle(), d.ordinal(), layout, mode, dims, cx.address(),
           cy.address()), () -> "cudnnPoolingForward " + op + " x " + x + ", " + desc);
     }
   }
@@ -1676,9 +1852,12 @@ public final class CudaDevice implements Device {
           + " must have the same shapes");
     }
     DType d = activations(op, cx, cy, cdy, cdx);
+    // Max pooling takes the layout from x; average pooling's x is dx, whose layout the layer declared.
+    int layout = layoutOf(op, cx, cy, cdy);
     noteWritten(cdx);
+    adopt(cdx, layout);
     if (dx.numel() > 0) {
-      dnn(Native.cudnnPoolBackward(cudnn().handle(), d.ordinal(), NCHW, mode, dims, cy.address(),
+      dnn(Native.cudnnPoolBackward(cudnn().handle(), d.ordinal(), layout, mode, dims, cy.address(),
           cdy.address(), cx.address(), cdx.address()), () -> "cudnnPoolingBackward " + op + " x " + x + ", " + desc);
     }
   }
@@ -1736,6 +1915,8 @@ public final class CudaDevice implements Device {
       throw new IllegalArgumentException(op + ": needs more than one value per channel, got " + x);
     }
     DType d = activations(op, cx, cy);
+    int layout = layoutOf(op, cx);
+    adopt(cy, layout);
     CudaTensor g = perChannel(x, fl(gamma), n[1], "gamma", op);
     CudaTensor b = perChannel(x, fl(beta), n[1], "beta", op);
     CudaTensor rm = perChannel(x, fl(runningMean), n[1], "runningMean", op);
@@ -1747,7 +1928,7 @@ public final class CudaDevice implements Device {
       noteWritten(o);
     }
     bnEps.put(si.address(), e);
-    dnn(Native.cudnnBnForwardTraining(cudnn().handle(), d.ordinal(), NCHW, n[0], n[1], n[2], n[3],
+    dnn(Native.cudnnBnForwardTraining(cudnn().handle(), d.ordinal(), layout, n[0], n[1], n[2], n[3],
         cx.address(), cy.address(), g.address(), b.address(), momentum, rm.address(), rv.address(), e,
         sm.address(), si.address()), () -> "cudnnBatchNormalizationForwardTraining x " + x);
   }
@@ -1764,6 +1945,8 @@ public final class CudaDevice implements Device {
       throw new IllegalArgumentException(op + ": y " + y + " must have x's shape " + x);
     }
     DType d = activations(op, cx, cy);
+    int layout = layoutOf(op, cx);
+    adopt(cy, layout);
     CudaTensor g = perChannel(x, fl(gamma), n[1], "gamma", op);
     CudaTensor b = perChannel(x, fl(beta), n[1], "beta", op);
     CudaTensor rm = perChannel(x, fl(runningMean), n[1], "runningMean", op);
@@ -1771,7 +1954,7 @@ public final class CudaDevice implements Device {
     double e = bnEps(eps, op);
     noteWritten(cy);
     if (x.numel() > 0) {
-      dnn(Native.cudnnBnForwardInference(cudnn().handle(), d.ordinal(), NCHW, n[0], n[1], n[2], n[3],
+      dnn(Native.cudnnBnForwardInference(cudnn().handle(), d.ordinal(), layout, n[0], n[1], n[2], n[3],
           cx.address(), cy.address(), g.address(), b.address(), rm.address(), rv.address(), e),
           () -> "cudnnBatchNormalizationForwardInference x " + x);
     }
@@ -1793,6 +1976,8 @@ public final class CudaDevice implements Device {
       throw new IllegalArgumentException(op + ": x " + x + ", dy " + dy + " and dx " + dx + " must have one shape");
     }
     DType d = activations(op, cx, cdy, cdx);
+    int layout = layoutOf(op, cx, cdy);
+    adopt(cdx, layout);
     CudaTensor g = perChannel(x, fl(gamma), n[1], "gamma", op);
     CudaTensor sm = perChannel(x, fl(saveMean), n[1], "saveMean", op);
     CudaTensor si = perChannel(x, fl(saveInvStd), n[1], "saveInvStd", op);
@@ -1806,7 +1991,7 @@ public final class CudaDevice implements Device {
       throw new IllegalArgumentException(op + ": saveInvStd " + saveInvStd + " was not written by"
           + " batchNormForwardTraining on " + name);
     }
-    dnn(Native.cudnnBnBackward(cudnn().handle(), d.ordinal(), NCHW, n[0], n[1], n[2], n[3], cx.address(),
+    dnn(Native.cudnnBnBackward(cudnn().handle(), d.ordinal(), layout, n[0], n[1], n[2], n[3], cx.address(),
         cdy.address(), cdx.address(), g.address(), dg.address(), db.address(), eps, sm.address(),
         si.address()), () -> "cudnnBatchNormalizationBackward x " + x);
   }

@@ -14,6 +14,7 @@ public final class CudaTensor extends Tensor {
   private final CudaDevice device;
   private final CudaBuffer buffer;
   private final long byteOffset;
+  private boolean channelsLast; // Note [channels-last tensors] in CudaDevice
 
   CudaTensor(CudaDevice device, CudaBuffer buffer, long byteOffset, DType dtype, int[] shape) {
     super(dtype, shape);
@@ -47,6 +48,17 @@ public final class CudaTensor extends Tensor {
     return numel() * dtype().bytes();
   }
 
+  /** Whether this 4-D tensor holds its elements in NHWC order (Note [channels-last tensors] in CudaDevice). */
+  @Override
+  public boolean channelsLast() {
+    return channelsLast;
+  }
+
+  void setChannelsLast(boolean on) {
+    this.channelsLast = on;
+  }
+
+  /** A view of another shape or offset: always channels-first (row-major); see Note [channels-last tensors]. */
   @Override
   public CudaTensor view(long elementOffset, int... shape) {
     if (elementOffset < 0 || elementOffset + Shape.numel(shape) > numel()) {

@@ -53,6 +53,18 @@ public interface Device extends AutoCloseable {
   /** y[i] += alpha * x[i]. */
   void axpy(float alpha, Tensor x, Tensor y);
 
+  /** y[i] = a[i] + b[i] (same element count; y may be a or b). Default: copy then axpy. */
+  default void add(Tensor a, Tensor b, Tensor y) {
+    if (y == b) {
+      axpy(1f, a, y);
+      return;
+    }
+    if (y != a) {
+      copy(a, y);
+    }
+    axpy(1f, b, y);
+  }
+
   /** x[i] *= alpha. */
   void scale(Tensor x, float alpha);
 
@@ -230,6 +242,32 @@ public interface Device extends AutoCloseable {
   @Override
   void close();
 
+  // ---- channels-last layout (GPU performance): see Tensor#channelsLast ----
+
+  /** Whether this device can hold 4-D activations channels-last (NHWC) for its convolutional ops. */
+  default boolean supportsChannelsLast() {
+    return false;
+  }
+
+  /**
+   * dst (=, or += when {@code accumulate}) = src, the same logical (N, C, H, W) tensor stored in dst's layout
+   * ({@code toChannelsLast}; dst is marked so), from src's layout ({@link Tensor#channelsLast()}), converting
+   * the dtype too. Conv filters (K, C, kh, kw) convert the same way (NHWC filters are (K, kh, kw, C)).
+   */
+  default void convertLayout(Tensor src, Tensor dst, boolean toChannelsLast, boolean accumulate) {
+    throw new UnsupportedOperationException(name() + " has no channels-last layout");
+  }
+
+  /**
+   * Declares the layout an op should write {@code t} in when its inputs do not say (average pooling's backward
+   * reads only dy). Default: only channels-first exists.
+   */
+  default void markChannelsLast(Tensor t, boolean on) {
+    if (on) {
+      throw new UnsupportedOperationException(name() + " has no channels-last layout");
+    }
+  }
+
   // ---- convolutional layers (issue 6): channels-first (N, C, H, W), FLOAT32 ----
   // Defaults throw, so a backend without them still compiles; the CPU backend implements all of them.
 
@@ -300,5 +338,45 @@ public interface Device extends AutoCloseable {
   default void batchNormBackward(Tensor x, Tensor dy, Tensor gamma, Tensor saveMean, Tensor saveInvStd,
       Tensor dx, Tensor dgamma, Tensor dbeta) {
     throw new UnsupportedOperationException(name() + " does not implement batchNormBackward yet");
+  }
+
+  // ---- synchronised batch norm (SyncBatchNorm): the training forward and backward split at the two places
+  // ---- where a layer all-reduces per-channel sums across ranks (Note [synchronised batch norm] in BatchNorm2d).
+  // x, y, dy, dx: (N, C, spatial...), FLOAT32 or BFLOAT16 (one dtype per call); every per-channel tensor
+  // FLOAT32. Sums are accumulated in double and rounded to float once, in a fixed order (deterministic).
+
+  /** stats (2C) = per channel c: [sum x, sum x^2] over the N * spatial values of channel c (overwritten). */
+  default void batchNormStats(Tensor x, Tensor stats) {
+    throw new UnsupportedOperationException(name() + " does not implement batchNormStats yet");
+  }
+
+  /**
+   * From stats (2C) = [sum x, sum x^2] over {@code count} values per channel (all ranks' after the all-reduce),
+   * in double: mean = s / count, biased var = max(ss / count - mean^2, 0); mean (C) = mean, invStd (C) =
+   * 1 / sqrt(var + eps); when runningMean and runningVar (C) are not null they become (1 - momentum) running +
+   * momentum stat with the unbiased variance var * count / (count - 1). Needs count > 1.
+   */
+  default void batchNormFinalizeStats(Tensor stats, long count, float momentum, float eps, Tensor mean,
+      Tensor invStd, Tensor runningMean, Tensor runningVar) {
+    throw new UnsupportedOperationException(name() + " does not implement batchNormFinalizeStats yet");
+  }
+
+  /** y = gamma (x - mean) invStd + beta per channel (overwritten; the training forward's normalisation). */
+  default void batchNormApply(Tensor x, Tensor gamma, Tensor beta, Tensor mean, Tensor invStd, Tensor y) {
+    throw new UnsupportedOperationException(name() + " does not implement batchNormApply yet");
+  }
+
+  /** sums (2C) = per channel: [sum dy, sum dy * xhat], xhat = (x - mean) invStd (overwritten). */
+  default void batchNormBackwardReduce(Tensor x, Tensor dy, Tensor mean, Tensor invStd, Tensor sums) {
+    throw new UnsupportedOperationException(name() + " does not implement batchNormBackwardReduce yet");
+  }
+
+  /**
+   * dx (overwritten) = gamma invStd / M (M dy - sum_dy - xhat sum_dy_xhat) per channel, with [sum_dy,
+   * sum_dy_xhat] = sums (2C) over M = {@code count} values (all ranks' after the all-reduce).
+   */
+  default void batchNormBackwardApply(Tensor x, Tensor dy, Tensor gamma, Tensor mean, Tensor invStd, Tensor sums,
+      long count, Tensor dx) {
+    throw new UnsupportedOperationException(name() + " does not implement batchNormBackwardApply yet");
   }
 }

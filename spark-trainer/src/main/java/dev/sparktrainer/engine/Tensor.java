@@ -45,6 +45,16 @@ public abstract class Tensor {
   /** The device whose memory this tensor views. */
   public abstract Device device();
 
+  /**
+   * Whether this 4-D (N, C, H, W) tensor stores its elements channels-last (NHWC order) instead of row-major.
+   * Only devices whose {@link Device#supportsChannelsLast()} is true produce such tensors; their ops carry the
+   * layout from inputs to outputs, and {@link #view}/{@link #reshape} always give row-major views (convert
+   * first with {@link Device#convertLayout}). False by default.
+   */
+  public boolean channelsLast() {
+    return false;
+  }
+
   /** A view of {@code shape} starting {@code elementOffset} elements into this tensor's memory. */
   public abstract Tensor view(long elementOffset, int... shape);
 

@@ -42,6 +42,8 @@ public final class Conv2d extends Layer {
   private Tensor db; // (K)
   private Tensor x; // (N, C, H, W), saved by forward (bf16 on the mixed-precision path)
   private Tensor wLow; // bf16 view of the model's parameter mirror, or null: fp32 compute
+  private boolean channelsLast; // mixed path with NHWC activations (Note [channels-last tensors] in CudaDevice)
+  private Tensor wUsed; // the filter the last forward used (wLow, or its NHWC copy)
 
   /**
    * @param filters output channels K
@@ -148,7 +150,8 @@ public final class Conv2d extends Layer {
    * activations and {@code weightMirror} (the bf16 copy of this layer's weight), accumulate in fp32 and write
    * bf16 outputs; the weight gradient (and the bias and its gradient) stay fp32.
    */
-  void enableMixed(Tensor weightMirror) {
+  void enableMixed(Tensor weightMirror, boolean channelsLast) {
+    this.channelsLast = channelsLast;
     if (weightMirror.dtype() != dev.sparktrainer.engine.DType.BFLOAT16 || weightMirror.numel() != w.numel()) {
       throw new IllegalArgumentException("conv2d " + name + ": the weight mirror must be BFLOAT16 of "
           + w.numel() + " elements, got " + weightMirror);
@@ -165,9 +168,21 @@ public final class Conv2d extends Layer {
     int[] s = x.shape();
     int[] ys = {s[0], filters, desc.outH(s[2], kh), desc.outW(s[3], kw)};
     if (wLow != null) {
-      this.x = as("xLow", x, dev.sparktrainer.engine.DType.BFLOAT16);
-      Tensor y = buffer("y", dev.sparktrainer.engine.DType.BFLOAT16, ys);
-      device.conv2dForward(this.x, wLow, bias ? b : null, y, desc);
+      dev.sparktrainer.engine.DType bf16 = dev.sparktrainer.engine.DType.BFLOAT16;
+      wUsed = wLow;
+      if (channelsLast && !x.channelsLast() && (long) s[2] * s[3] > 1) {
+        Tensor xl = buffer("xLowNhwc", bf16, s); // the model's input (or a channels-first tensor): convert once
+        device.convertLayout(x, xl, true, false);
+        this.x = xl;
+      } else {
+        this.x = as("xLow", x, bf16);
+      }
+      if (this.x.channelsLast() && (long) kh * kw > 1) {
+        wUsed = buffer("wNhwc", bf16, w.shape()); // (K, kh, kw, C/groups) in memory, refreshed every step
+        device.convertLayout(wLow, wUsed, true, false);
+      }
+      Tensor y = buffer("y", bf16, ys);
+      device.conv2dForward(this.x, wUsed, bias ? b : null, y, desc);
       return y;
     }
     this.x = x;
@@ -184,7 +199,7 @@ public final class Conv2d extends Layer {
       return null;
     }
     Tensor dx = buffer("dx", x.dtype(), x.shape());
-    device.conv2dBackwardData(g, wLow != null ? wLow : w, dx, desc);
+    device.conv2dBackwardData(g, wLow != null ? wUsed : w, dx, desc);
     return dx;
   }
 }

@@ -12,6 +12,7 @@ public final class GlobalAvgPool extends Layer {
   private Pool2dDesc desc;
   private int[] inShape;
   private dev.sparktrainer.engine.DType inDType = dev.sparktrainer.engine.DType.FLOAT32;
+  private boolean inChannelsLast;
 
   @Override
   public int[] outputShape(int[] in) {
@@ -28,6 +29,7 @@ public final class GlobalAvgPool extends Layer {
       desc = new Pool2dDesc(inShape[2], inShape[3], 1, 1, 0, 0);
     }
     inDType = x.dtype();
+    inChannelsLast = x.channelsLast();
     Tensor y = buffer("y", x.dtype(), new int[] {inShape[0], inShape[1], 1, 1});
     device.avgPool2dForward(x, y, desc);
     return y;
@@ -40,6 +42,7 @@ public final class GlobalAvgPool extends Layer {
     }
     dy = as("dyCast", dy, inDType); // mixed precision: the op takes one activation dtype
     Tensor dx = buffer("dx", inDType, inShape);
+    device.markChannelsLast(dx, inChannelsLast); // dx in the input's layout (the op reads only dy)
     device.avgPool2dBackward(dy, dx, desc);
     return dx;
   }

@@ -1,5 +1,6 @@
 package dev.sparktrainer.nn;
 
+import dev.sparktrainer.comm.Communicator;
 import dev.sparktrainer.engine.Device;
 import dev.sparktrainer.engine.ParameterSet;
 import dev.sparktrainer.engine.Shape;
@@ -100,11 +101,28 @@ public abstract class Layer {
     final boolean training;
     final long seed;
     final long step;
+    final Communicator comm;
 
+    /** A context without a communicator (one rank, or layers that never talk to other ranks). */
     public Context(boolean training, long seed, long step) {
+      this(training, seed, step, null);
+    }
+
+    /**
+     * {@code comm}: the job's communicator (the trainer passes its own), for layers that reduce across ranks
+     * during forward/backward (synchronised batch norm); null = none, such layers then work on this rank's
+     * batch alone. Every rank must run the same layers in the same order with it (collective order).
+     */
+    public Context(boolean training, long seed, long step, Communicator comm) {
       this.training = training;
       this.seed = seed;
       this.step = step;
+      this.comm = comm;
+    }
+
+    /** The job's communicator, or null. */
+    public Communicator comm() {
+      return comm;
     }
 
     public boolean training() {

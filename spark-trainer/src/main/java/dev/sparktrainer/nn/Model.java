@@ -105,7 +105,7 @@ public final class Model {
   private void enableMixedConvolutions(Layer l) {
     if (l instanceof Conv2d conv) {
       ParameterSet.Entry we = params.entries().get(conv.weightIndex());
-      conv.enableMixed(mirror.view(we.offset(), we.shape()));
+      conv.enableMixed(mirror.view(we.offset(), we.shape()), device.supportsChannelsLast());
     } else if (l instanceof Sequential seq) {
       for (Layer c : seq.layers()) {
         enableMixedConvolutions(c);

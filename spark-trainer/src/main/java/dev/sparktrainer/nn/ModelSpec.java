@@ -28,7 +28,9 @@ import java.util.TreeSet;
  *
  * Layer types: linear (units, bias = true), relu, gelu, dropout (p), flatten, and for images (input
  * [C, H, W], channels first): conv2d (filters, kernel, stride = 1, padding = 0, dilation = 1, groups = 1,
- * bias = true, init = "uniform" | "kaiming_normal"), batchnorm2d (momentum = 0.1, eps = 1e-5), maxpool2d and
+ * bias = true, init = "uniform" | "kaiming_normal"), batchnorm2d (momentum = 0.1, eps = 1e-5, sync = false:
+ * true synchronises the training statistics across ranks as torch.nn.SyncBatchNorm, see Note [synchronised
+ * batch norm] in {@link BatchNorm2d}; {@link #withSyncBatchNorm()} turns it on for every one), maxpool2d and
  * avgpool2d (kernel, stride = kernel, padding = 0), globalavgpool, and residual (layers: the main path,
  * shortcut: its layers, identity when absent or empty; the two are added). kernel, stride, padding and
  * dilation are an integer or [height, width]. E.g. a ResNet basic block:
@@ -40,7 +42,8 @@ import java.util.TreeSet;
  * {"type": "relu"}</pre>
  *
  * Validation happens when the spec is built or parsed, with a message naming the bad field. Ready-made
- * specs: {@link ModelZoo}, also by name in JSON: {@code {"zoo": "resnet50", "classes": 1000}}.
+ * specs: {@link ModelZoo}, also by name in JSON: {@code {"zoo": "resnet50", "classes": 1000}} (add
+ * {@code "syncBatchNorm": true} for synchronised batch norm in every layer).
  */
 public final class ModelSpec implements Serializable {
   private static final long serialVersionUID = 1L;
@@ -106,9 +109,21 @@ public final class ModelSpec implements Serializable {
     }
   }
 
-  /** batchnorm2d settings (PyTorch's defaults: momentum 0.1, eps 1e-5). */
-  public record Norm(float momentum, float eps) implements Serializable {
+  /**
+   * batchnorm2d settings (PyTorch's defaults: momentum 0.1, eps 1e-5); {@code sync}: statistics over all ranks'
+   * batches (Note [synchronised batch norm] in {@link BatchNorm2d}), default false (per rank).
+   */
+  public record Norm(float momentum, float eps, boolean sync) implements Serializable {
     public static final Norm DEFAULT = new Norm(0.1f, 1e-5f);
+
+    /** Per-rank statistics. */
+    public Norm(float momentum, float eps) {
+      this(momentum, eps, false);
+    }
+
+    public Norm withSync(boolean s) {
+      return new Norm(momentum, eps, s);
+    }
   }
 
   private final int[] input;
@@ -202,7 +217,12 @@ public final class ModelSpec implements Serializable {
     }
 
     public Builder batchNorm2d(float momentum, float eps) {
-      return layer(new LayerSpec("batchnorm2d", 0, false, 0f, null, null, new Norm(momentum, eps), null, null));
+      return batchNorm2d(new Norm(momentum, eps));
+    }
+
+    /** batchnorm2d with these settings (e.g. {@code Norm.DEFAULT.withSync(true)}: synchronised batch norm). */
+    public Builder batchNorm2d(Norm norm) {
+      return layer(new LayerSpec("batchnorm2d", 0, false, 0f, null, null, norm, null, null));
     }
 
     public Builder maxPool2d(int kernel, int stride, int padding) {
@@ -273,6 +293,32 @@ public final class ModelSpec implements Serializable {
     return Math.toIntExact(Shape.numel(outputShape()));
   }
 
+  /**
+   * This spec with every batchnorm2d layer (inside residual blocks too) synchronised across ranks, as
+   * torch.nn.SyncBatchNorm.convert_sync_batchnorm (Note [synchronised batch norm] in {@link BatchNorm2d}).
+   * Same layers, parameters and names; only the training statistics change.
+   */
+  public ModelSpec withSyncBatchNorm() {
+    return new ModelSpec(input, syncNorms(layers));
+  }
+
+  private static List<LayerSpec> syncNorms(List<LayerSpec> in) {
+    List<LayerSpec> out = new ArrayList<>();
+    for (LayerSpec l : in) {
+      if ("batchnorm2d".equals(l.type())) {
+        Norm n = l.norm() == null ? Norm.DEFAULT : l.norm();
+        out.add(new LayerSpec(l.type(), l.units(), l.bias(), l.p(), l.conv(), l.pool(), n.withSync(true), l.layers(),
+            l.shortcut()));
+      } else if ("residual".equals(l.type())) {
+        out.add(new LayerSpec(l.type(), l.units(), l.bias(), l.p(), l.conv(), l.pool(), l.norm(), syncNorms(l.layers()),
+            syncNorms(l.shortcut())));
+      } else {
+        out.add(l);
+      }
+    }
+    return out;
+  }
+
   /** Fresh, unbound layer objects for this spec. */
   public List<Layer> newLayers() {
     List<Layer> out = new ArrayList<>();
@@ -301,7 +347,7 @@ public final class ModelSpec implements Serializable {
       }
       case "batchnorm2d" -> {
         Norm n = l.norm() == null ? Norm.DEFAULT : l.norm();
-        yield new BatchNorm2d(n.momentum(), n.eps());
+        yield new BatchNorm2d(n.momentum(), n.eps(), n.sync());
       }
       case "maxpool2d", "avgpool2d" -> {
         Pool pool = require(l.pool(), type, "a Pool (kernel, stride, padding)");
@@ -378,6 +424,9 @@ public final class ModelSpec implements Serializable {
           Norm n = l.norm() == null ? Norm.DEFAULT : l.norm();
           o.put("momentum", n.momentum());
           o.put("eps", n.eps());
+          if (n.sync()) {
+            o.put("sync", true); // written only when on: per-rank specs keep their JSON (and equality)
+          }
         }
         case "maxpool2d", "avgpool2d" -> {
           Pool p = l.pool();
@@ -453,10 +502,12 @@ public final class ModelSpec implements Serializable {
   /**
    * A ready-made model by name, {@code {"zoo": "resnet50", "classes": 1000, "input": [3, 224, 224]}} (classes
    * and input optional; defaults 10 and [1, 28, 28] for fashion_mnist_cnn, 1000 and [3, 224, 224] for the
-   * ResNets). The spec is the expanded one (its JSON lists every layer).
+   * ResNets; {@code "syncBatchNorm": true}: {@link #withSyncBatchNorm()}). The spec is the expanded one (its JSON
+   * lists every layer).
    */
   private static ModelSpec fromZoo(JsonNode root) {
-    checkKeys(root, Set.of("zoo", "classes", "input"), "model spec");
+    checkKeys(root, Set.of("zoo", "classes", "input", "syncBatchNorm"), "model spec");
+    boolean syncBn = boolField(root, "syncBatchNorm", false, "model spec");
     JsonNode z = root.get("zoo");
     String name = z.isTextual() ? z.asText() : String.valueOf(z);
     int classes = root.has("classes") ? intField(root.get("classes"), "model spec: classes") : -1;
@@ -477,12 +528,13 @@ public final class ModelSpec implements Serializable {
           throw new IllegalArgumentException("model spec: zoo model 'fashion_mnist_cnn' has input [1, 28, 28] and 10"
               + " classes; write its layers out to change them");
         }
-        return ModelZoo.fashionMnistCnn();
+        return ModelZoo.fashionMnistCnn(); // no batch norm: syncBatchNorm changes nothing
       }
       case "resnet18", "resnet50" -> {
         int c = classes == -1 ? 1000 : classes;
         int[] shape = input == null ? new int[] {3, 224, 224} : input;
-        return name.equals("resnet18") ? ModelZoo.resnet18(c, shape) : ModelZoo.resnet50(c, shape);
+        ModelSpec spec = name.equals("resnet18") ? ModelZoo.resnet18(c, shape) : ModelZoo.resnet50(c, shape);
+        return syncBn ? spec.withSyncBatchNorm() : spec;
       }
       default -> throw new IllegalArgumentException("model spec: unknown zoo model " + z
           + " (known: fashion_mnist_cnn, resnet18, resnet50)");
@@ -553,9 +605,9 @@ public final class ModelSpec implements Serializable {
         return new LayerSpec("conv2d", 0, boolField(l, "bias", true, where), 0f, c, null, null, null, null);
       }
       case "batchnorm2d" -> {
-        checkKeys(l, Set.of("type", "momentum", "eps"), where);
+        checkKeys(l, Set.of("type", "momentum", "eps", "sync"), where);
         Norm n = new Norm(floatField(l, "momentum", Norm.DEFAULT.momentum(), where),
-            floatField(l, "eps", Norm.DEFAULT.eps(), where));
+            floatField(l, "eps", Norm.DEFAULT.eps(), where), boolField(l, "sync", false, where));
         return new LayerSpec("batchnorm2d", 0, false, 0f, null, null, n, null, null);
       }
       case "maxpool2d", "avgpool2d" -> {

@@ -9,7 +9,9 @@ import java.util.List;
  * same parameter counts (11,689,512 and 25,557,032 for 1000 classes) and the same initialisation
  * (convolutions kaiming_normal_ fan_out, batch norm weight 1 and bias 0, the final linear layer PyTorch's
  * default). Names differ: torchvision's {@code layer1.0.conv1.weight} is here
- * {@code 4.residual.main.0.conv2d.weight} (a block is a residual layer followed by its ReLU).
+ * {@code 4.residual.main.0.conv2d.weight} (a block is a residual layer followed by its ReLU). Batch norm is
+ * per rank as in DDP; {@code ModelZoo.resnet50(1000).withSyncBatchNorm()} (JSON: {@code "syncBatchNorm": true})
+ * synchronises it across ranks as torch.nn.SyncBatchNorm.convert_sync_batchnorm would.
  */
 public final class ModelZoo {
   private ModelZoo() {}

@@ -63,6 +63,7 @@ abstract class Pool2d extends Layer {
     dy = as("dyCast", dy, x.dtype()); // mixed precision: the op takes one activation dtype
     Tensor dx = buffer("dx", x.dtype(), x.shape());
     if (average) {
+      device.markChannelsLast(dx, x.channelsLast()); // dx in the input's layout (the op reads only dy)
       device.avgPool2dBackward(dy, dx, desc);
     } else {
       device.maxPool2dBackward(x, y, dy, dx, desc);

@@ -94,8 +94,7 @@ public final class Residual extends Layer {
     Tensor m = main.forward(x, ctx);
     Tensor s = shortcut == null ? x : shortcut.forward(x, ctx);
     Tensor y = buffer("y", m.dtype(), m.shape());
-    device.copy(m, y);
-    device.axpy(1f, s, y);
+    device.add(m, s, y);
     return y;
   }
 
@@ -107,8 +106,7 @@ public final class Residual extends Layer {
       return null;
     }
     Tensor dx = buffer("dx", dm.dtype(), dm.shape());
-    device.copy(dm, dx);
-    device.axpy(1f, ds, dx);
+    device.add(dm, ds, dx);
     return dx;
   }
 }

@@ -211,7 +211,7 @@ public final class Trainer {
           if (micro == 0 && !overwrite) {
             model.zeroGrad();
           }
-          Layer.Context ctx = new Layer.Context(true, config.seed(), optimizerStep * accum + micro);
+          Layer.Context ctx = new Layer.Context(true, config.seed(), optimizerStep * accum + micro, comm);
           Tensor out = model.forward(x, ctx);
           float scale = gradScale;
           loss.compute(device, out, y, losses, dOut, scale);

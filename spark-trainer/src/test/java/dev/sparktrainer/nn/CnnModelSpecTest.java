@@ -119,7 +119,7 @@ class CnnModelSpecTest {
     assertEquals(ModelZoo.fashionMnistCnn(), ModelSpec.fromJson("{\"zoo\": \"fashion_mnist_cnn\"}"));
     assertEquals("model spec: unknown zoo model \"vgg16\" (known: fashion_mnist_cnn, resnet18, resnet50)",
         jsonError("{\"zoo\": \"vgg16\"}"));
-    assertEquals("model spec: unknown key 'layers' (allowed: [classes, input, zoo])",
+    assertEquals("model spec: unknown key 'layers' (allowed: [classes, input, syncBatchNorm, zoo])",
         jsonError("{\"zoo\": \"resnet18\", \"layers\": []}"));
     assertEquals("model spec: classes must be an integer, got \"10\"",
         jsonError("{\"zoo\": \"resnet18\", \"classes\": \"10\"}"));
@@ -193,7 +193,7 @@ class CnnModelSpecTest {
         jsonError(spec("{\"type\": \"batchnorm2d\", \"momentum\": 2}")));
     assertEquals("model spec: layer 0: batchnorm2d: eps must be > 0, got -1.0",
         jsonError(spec("{\"type\": \"batchnorm2d\", \"eps\": -1}")));
-    assertEquals("model spec: layers[0]: unknown key 'affine' (allowed: [eps, momentum, type])",
+    assertEquals("model spec: layers[0]: unknown key 'affine' (allowed: [eps, momentum, sync, type])",
         jsonError(spec("{\"type\": \"batchnorm2d\", \"affine\": false}")));
     assertEquals("model spec: layer 0 (batchnorm2d): batchnorm2d expects (channels, height, width) or (channels),"
         + " got (3, 8)", error(() -> ModelSpec.builder().input(3, 8).batchNorm2d().build()));
