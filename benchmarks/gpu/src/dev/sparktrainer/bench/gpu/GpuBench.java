@@ -221,7 +221,8 @@ public final class GpuBench {
             : NcclCommunicator.create(ctx, d, Duration.ofMinutes(5))) {
       Model m = new Model(spec, d, DType.BFLOAT16);
       // Note: the non-finite check (a reduction + host wait per step) is off, as in the PyTorch reference.
-      Trainer t = new Trainer(m, cfg, c).checkNonFinite(false);
+      Trainer t = new Trainer(m, cfg, c).checkNonFinite(false)
+          .bf16GradientAllReduce(Boolean.getBoolean("sparktrainer.bench.bf16Grads")); // DDP's bf16 compression hook
       t.initializeWeights();
       List<EpochStats> st = t.fit(store, local, steps);
       long peak = d.arena().peakBytes(); // before the profile, which allocates a second optimizer
