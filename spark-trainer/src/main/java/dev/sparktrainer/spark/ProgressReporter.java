@@ -3,12 +3,8 @@ package dev.sparktrainer.spark;
 import dev.sparktrainer.cuda.CudaDevice;
 import dev.sparktrainer.engine.Device;
 import dev.sparktrainer.train.EpochStats;
-import java.io.BufferedInputStream;
-import java.io.BufferedOutputStream;
-import java.io.DataInputStream;
 import java.io.DataOutputStream;
 import java.io.IOException;
-import java.net.InetSocketAddress;
 import java.net.Socket;
 import java.util.concurrent.LinkedBlockingQueue;
 import java.util.concurrent.atomic.AtomicInteger;
@@ -173,22 +169,15 @@ public final class ProgressReporter implements AutoCloseable {
       if (closed && queue.size() <= 1 && queue.peek() == POISON) {
         return; // closed before anything was reported
       }
-      s.connect(new InetSocketAddress(endpoint.host(), endpoint.port()), CONNECT_TIMEOUT_MILLIS);
-      s.setSoTimeout(CONNECT_TIMEOUT_MILLIS);
-      s.setTcpNoDelay(true);
-      DataInputStream in = new DataInputStream(new BufferedInputStream(s.getInputStream()));
-      DataOutputStream out = new DataOutputStream(new BufferedOutputStream(s.getOutputStream()));
-      if (in.readInt() != ProgressWire.MAGIC || in.readInt() != ProgressWire.VERSION) {
+      DriverHandshake.Streams io = DriverHandshake.open(s, endpoint.host(), endpoint.port(), CONNECT_TIMEOUT_MILLIS);
+      byte[] nonce = ProgressWire.HANDSHAKE.readChallenge(io.in());
+      if (nonce == null) {
         throw new IOException("the driver's progress endpoint speaks another protocol");
       }
-      byte[] nonce = new byte[ProgressWire.NONCE_BYTES];
-      in.readFully(nonce);
-      out.writeInt(rank);
-      out.write(ProgressWire.mac(endpoint.token(), nonce, rank, world));
-      out.flush();
-      if (in.read() != 1) {
+      if (!ProgressWire.HANDSHAKE.answer(io, endpoint.token(), nonce, rank, world)) {
         throw new IOException("the driver's progress endpoint rejected this rank's token");
       }
+      DataOutputStream out = io.out();
       while (true) {
         byte[] frame = queue.take();
         if (frame == POISON) {

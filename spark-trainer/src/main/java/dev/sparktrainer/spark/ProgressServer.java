@@ -1,22 +1,11 @@
 package dev.sparktrainer.spark;
 
-import java.io.BufferedInputStream;
-import java.io.BufferedOutputStream;
 import java.io.DataInputStream;
 import java.io.DataOutputStream;
 import java.io.IOException;
-import java.net.InetAddress;
-import java.net.InetSocketAddress;
 import java.net.ServerSocket;
-import java.net.Socket;
-import java.security.MessageDigest;
-import java.security.SecureRandom;
 import java.time.Duration;
 import java.util.Arrays;
-import java.util.Base64;
-import java.util.Set;
-import java.util.concurrent.ConcurrentHashMap;
-import java.util.concurrent.atomic.AtomicInteger;
 
 /**
  * The driver-side endpoint of live progress: a small TCP server, one per fit, to which every rank's
@@ -28,44 +17,26 @@ import java.util.concurrent.atomic.AtomicInteger;
  * <p>Progress is best effort: nothing in training waits for this server, and a rank that cannot reach it
  * trains on without reporting.
  */
-public final class ProgressServer implements AutoCloseable {
+public final class ProgressServer extends AuthenticatedServer {
   private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(ProgressServer.class);
-  private static final SecureRandom RANDOM = new SecureRandom();
-  /** Connections at once beyond the ranks' own (stage retries reconnect; anything more is refused). */
-  private static final int EXTRA_CONNECTIONS = 16;
 
   /** Tests: also receives the events of every fit's server (set before fit, cleared after). */
   static volatile ProgressListener testListener;
 
-  private final ServerSocket server;
   private final ProgressEndpoint endpoint;
-  private final int world;
   private final ProgressListener listener;
-  private final int handshakeMillis;
-  private final Thread acceptor;
-  private final Set<Socket> open = ConcurrentHashMap.newKeySet();
-  private final AtomicInteger rejected = new AtomicInteger();
-  private final Object lock = new Object();
-  private final long[] peakMemory;
-  private final boolean[] done;
-  private volatile boolean closed;
+  private final long[] peakMemory; // guarded by lock
+  private final boolean[] done; // guarded by lock
 
   private ProgressServer(ServerSocket server, String advertisedHost, int world, ProgressListener listener,
-      int handshakeMillis) {
-    this.server = server;
-    byte[] secret = new byte[32];
-    RANDOM.nextBytes(secret);
-    this.endpoint = new ProgressEndpoint(advertisedHost, server.getLocalPort(),
-        Base64.getEncoder().encodeToString(secret));
-    this.world = world;
+      Duration handshake) {
+    super(server, ProgressWire.HANDSHAKE, "progress", "progress server", world, handshake);
+    this.endpoint = new ProgressEndpoint(advertisedHost, port(), token());
     this.listener = listener;
-    this.handshakeMillis = handshakeMillis;
     this.peakMemory = new long[world];
     Arrays.fill(peakMemory, -1);
     this.done = new boolean[world];
-    this.acceptor = new Thread(this::acceptLoop, "spark-trainer-progress-accept");
-    acceptor.setDaemon(true);
-    acceptor.start();
+    startAccepting();
   }
 
   /**
@@ -80,17 +51,7 @@ public final class ProgressServer implements AutoCloseable {
   /** As {@link #start(String, String, int, ProgressListener)}; a client must authenticate within {@code handshake}. */
   static ProgressServer start(String bindHost, String advertisedHost, int world, ProgressListener listener,
       Duration handshake) throws IOException {
-    if (world <= 0) {
-      throw new IllegalArgumentException("world size must be > 0, got " + world);
-    }
-    ServerSocket s = new ServerSocket();
-    try {
-      s.bind(new InetSocketAddress(InetAddress.getByName(bindHost), 0), world + EXTRA_CONNECTIONS);
-    } catch (IOException e) {
-      s.close();
-      throw e;
-    }
-    return new ProgressServer(s, advertisedHost, world, listener, Math.toIntExact(handshake.toMillis()));
+    return new ProgressServer(bind(bindHost, world), advertisedHost, world, listener, handshake);
   }
 
   /**
@@ -138,11 +99,6 @@ public final class ProgressServer implements AutoCloseable {
     return endpoint;
   }
 
-  /** Connections refused so far (wrong token, unknown rank, bad protocol, too many). */
-  public int rejectedConnections() {
-    return rejected.get();
-  }
-
   /** Each rank's peak device memory from its Done event; -1 where none arrived or the device has none. */
   public long[] peakDeviceMemory() {
     synchronized (lock) {
@@ -155,17 +111,7 @@ public final class ProgressServer implements AutoCloseable {
    * (false).
    */
   public boolean awaitDone(Duration timeout) throws InterruptedException {
-    long deadline = System.nanoTime() + timeout.toNanos();
-    synchronized (lock) {
-      while (!allDone()) {
-        long left = deadline - System.nanoTime();
-        if (left <= 0 || closed) {
-          return false;
-        }
-        lock.wait(Math.max(1, left / 1_000_000));
-      }
-      return true;
-    }
+    return awaitLocked(this::allDone, timeout);
   }
 
   private boolean allDone() {
@@ -177,82 +123,21 @@ public final class ProgressServer implements AutoCloseable {
     return true;
   }
 
-  private void acceptLoop() {
-    while (!closed) {
-      Socket s;
-      try {
-        s = server.accept();
-      } catch (IOException e) {
-        if (!closed) {
-          LOG.warn("progress server stopped accepting: " + e);
-        }
-        return;
-      }
-      if (open.size() >= world + EXTRA_CONNECTIONS) {
-        rejected.incrementAndGet();
-        LOG.warn("progress server: refused a connection from " + s.getRemoteSocketAddress() + " (too many open)");
-        closeQuietly(s);
-        continue;
-      }
-      open.add(s);
-      Thread t = new Thread(() -> serve(s), "spark-trainer-progress-" + s.getPort());
-      t.setDaemon(true);
-      t.start();
-    }
-  }
-
-  private void serve(Socket s) {
-    int rank = -1;
+  @Override
+  void session(int rank, int[] claims, DataInputStream in, DataOutputStream out) throws IOException {
     try {
-      s.setSoTimeout(handshakeMillis);
-      s.setTcpNoDelay(true);
-      DataInputStream in = new DataInputStream(new BufferedInputStream(s.getInputStream()));
-      DataOutputStream out = new DataOutputStream(new BufferedOutputStream(s.getOutputStream()));
-      byte[] nonce = new byte[ProgressWire.NONCE_BYTES];
-      RANDOM.nextBytes(nonce);
-      out.writeInt(ProgressWire.MAGIC);
-      out.writeInt(ProgressWire.VERSION);
-      out.write(nonce);
-      out.flush();
-      int claimed = in.readInt();
-      byte[] mac = new byte[ProgressWire.MAC_BYTES];
-      in.readFully(mac);
-      boolean ok = claimed >= 0 && claimed < world
-          && MessageDigest.isEqual(ProgressWire.mac(endpoint.token(), nonce, claimed, world), mac);
-      if (!ok) {
-        rejected.incrementAndGet();
-        LOG.warn("progress server: rejected a connection from " + s.getRemoteSocketAddress() + " (it did not "
-            + "prove it holds this fit's token)");
-        out.writeByte(0);
-        out.flush();
-        return;
-      }
-      rank = claimed;
-      out.writeByte(1);
-      out.flush();
-      s.setSoTimeout(0);
       ProgressEvent e;
       while ((e = ProgressWire.read(in, rank)) != null) {
         deliver(e);
       }
-    } catch (IOException e) {
-      if (!closed) {
-        if (rank < 0) {
-          rejected.incrementAndGet();
-        }
-        LOG.debug("progress connection from " + s.getRemoteSocketAddress() + " ended: " + e);
-      }
     } catch (RuntimeException e) {
       LOG.warn("progress listener failed; rank " + rank + "'s progress is no longer shown", e);
-    } finally {
-      open.remove(s);
-      closeQuietly(s);
     }
   }
 
   private void deliver(ProgressEvent e) {
     synchronized (lock) {
-      if (closed) {
+      if (isClosed()) {
         return;
       }
       if (e instanceof ProgressEvent.Done d) {
@@ -267,35 +152,11 @@ public final class ProgressServer implements AutoCloseable {
     }
   }
 
-  /** Stops accepting, drops open connections. Idempotent. */
+  /** Closes the listener once the connections are gone (no event reaches it after). */
   @Override
-  public void close() {
-    synchronized (lock) {
-      if (closed) {
-        return;
-      }
-      closed = true;
-      lock.notifyAll();
-    }
-    closeQuietly(server);
-    for (Socket s : open) {
-      closeQuietly(s);
-    }
+  void onClose() {
     synchronized (lock) {
       listener.close();
-    }
-    try {
-      acceptor.join(2000);
-    } catch (InterruptedException e) {
-      Thread.currentThread().interrupt();
-    }
-  }
-
-  private static void closeQuietly(AutoCloseable c) {
-    try {
-      c.close();
-    } catch (Exception ignored) {
-      // closing
     }
   }
 }

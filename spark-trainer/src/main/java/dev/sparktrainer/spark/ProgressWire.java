@@ -5,11 +5,6 @@ import java.io.ByteArrayOutputStream;
 import java.io.DataInputStream;
 import java.io.DataOutputStream;
 import java.io.IOException;
-import java.nio.ByteBuffer;
-import java.nio.charset.StandardCharsets;
-import java.security.GeneralSecurityException;
-import javax.crypto.Mac;
-import javax.crypto.spec.SecretKeySpec;
 
 /**
  * The progress protocol (big-endian, java.io.Data* encoding).
@@ -29,9 +24,9 @@ import javax.crypto.spec.SecretKeySpec;
 final class ProgressWire {
   static final int MAGIC = 0x53545047; // "STPG"
   static final int VERSION = 2; // 2: VALIDATION frames
-  static final int NONCE_BYTES = 32;
-  static final int MAC_BYTES = 32;
   static final String PURPOSE = "spark-trainer progress v1: client";
+  /** The handshake: a client states its rank only. */
+  static final DriverHandshake HANDSHAKE = new DriverHandshake(MAGIC, VERSION, PURPOSE, 0);
   static final byte STEP = 1;
   static final byte EPOCH = 2;
   static final byte DONE = 3;
@@ -40,26 +35,7 @@ final class ProgressWire {
   private ProgressWire() {}
 
   static byte[] mac(String token, byte[] nonce, int rank, int world) {
-    return mac(token, PURPOSE, nonce, rank, world);
-  }
-
-  /** HMAC-SHA256(token, purpose || 0 || nonce || values as big-endian ints): a client's proof to a driver endpoint. */
-  static byte[] mac(String token, String purpose, byte[] nonce, int... values) {
-    try {
-      Mac m = Mac.getInstance("HmacSHA256");
-      m.init(new SecretKeySpec(token.getBytes(StandardCharsets.UTF_8), "HmacSHA256"));
-      m.update(purpose.getBytes(StandardCharsets.US_ASCII));
-      m.update((byte) 0);
-      m.update(nonce);
-      ByteBuffer b = ByteBuffer.allocate(4 * values.length);
-      for (int v : values) {
-        b.putInt(v);
-      }
-      m.update(b.array());
-      return m.doFinal();
-    } catch (GeneralSecurityException e) {
-      throw new IllegalStateException("HmacSHA256 is not available in this JVM", e);
-    }
+    return HANDSHAKE.mac(token, nonce, rank, world);
   }
 
   static byte[] encode(ProgressEvent e) {

@@ -1,12 +1,9 @@
 package dev.sparktrainer.spark;
 
 import dev.sparktrainer.comm.CommunicatorException;
-import java.io.BufferedInputStream;
-import java.io.BufferedOutputStream;
 import java.io.DataInputStream;
 import java.io.DataOutputStream;
 import java.io.IOException;
-import java.net.InetSocketAddress;
 import java.net.Socket;
 import java.net.SocketTimeoutException;
 import java.nio.charset.StandardCharsets;
@@ -38,13 +35,14 @@ final class RendezvousClient implements AutoCloseable {
   private int seq;
   private String broken; // why the connection can no longer be used; null while it can
 
-  private RendezvousClient(int rank, int world, RendezvousEndpoint endpoint, Socket socket) throws IOException {
+  private RendezvousClient(int rank, int world, RendezvousEndpoint endpoint, Socket socket,
+      DriverHandshake.Streams io) {
     this.rank = rank;
     this.world = world;
     this.endpoint = endpoint;
     this.socket = socket;
-    this.in = new DataInputStream(new BufferedInputStream(socket.getInputStream()));
-    this.out = new DataOutputStream(new BufferedOutputStream(socket.getOutputStream()));
+    this.in = io.in();
+    this.out = io.out();
   }
 
   /**
@@ -56,24 +54,16 @@ final class RendezvousClient implements AutoCloseable {
     Socket s = new Socket();
     boolean ok = false;
     try {
-      s.connect(new InetSocketAddress(endpoint.host(), endpoint.port()), CONNECT_MILLIS);
-      s.setSoTimeout(CONNECT_MILLIS);
-      s.setTcpNoDelay(true);
-      RendezvousClient c = new RendezvousClient(rank, world, endpoint, s);
-      if (c.in.readInt() != RendezvousServer.MAGIC || c.in.readInt() != RendezvousServer.VERSION) {
+      DriverHandshake.Streams io = DriverHandshake.open(s, endpoint.host(), endpoint.port(), CONNECT_MILLIS);
+      byte[] nonce = RendezvousServer.HANDSHAKE.readChallenge(io.in());
+      if (nonce == null) {
         throw new IOException("the process at " + endpoint + " is not this spark-trainer version's rendezvous");
       }
-      byte[] nonce = new byte[RendezvousServer.NONCE_BYTES];
-      c.in.readFully(nonce);
-      c.out.writeInt(rank);
-      c.out.writeInt(attempt);
-      c.out.write(RendezvousServer.mac(endpoint.token(), nonce, rank, world, attempt));
-      c.out.flush();
-      if (c.in.read() != 1) {
+      if (!RendezvousServer.HANDSHAKE.answer(io, endpoint.token(), nonce, rank, world, attempt)) {
         throw new IOException("the driver's rendezvous rejected this rank's token");
       }
       ok = true;
-      return c;
+      return new RendezvousClient(rank, world, endpoint, s, io);
     } catch (IOException e) {
       throw new CommunicatorException("rank " + rank + ": cannot reach the driver's rendezvous at " + endpoint + " ("
           + e + "). The executors must be able to connect to the driver's address on ephemeral ports (as for "

@@ -1,27 +1,16 @@
 package dev.sparktrainer.spark;
 
-import java.io.BufferedInputStream;
-import java.io.BufferedOutputStream;
 import java.io.DataInputStream;
 import java.io.DataOutputStream;
 import java.io.IOException;
-import java.net.InetAddress;
-import java.net.InetSocketAddress;
 import java.net.ServerSocket;
-import java.net.Socket;
 import java.nio.charset.StandardCharsets;
-import java.security.MessageDigest;
-import java.security.SecureRandom;
 import java.time.Duration;
 import java.util.ArrayList;
-import java.util.Base64;
 import java.util.HashMap;
 import java.util.Iterator;
 import java.util.List;
 import java.util.Map;
-import java.util.Set;
-import java.util.concurrent.ConcurrentHashMap;
-import java.util.concurrent.atomic.AtomicInteger;
 
 /**
  * The driver-side rendezvous of one fit: the ranks' all-gathers (the ring's peer addresses, the NCCL unique
@@ -52,35 +41,24 @@ import java.util.concurrent.atomic.AtomicInteger;
  * server -> client  byte OK, int world, world x (int length, bytes)  |  byte FAILED, UTF reason
  * </pre>
  */
-public final class RendezvousServer implements AutoCloseable {
+public final class RendezvousServer extends AuthenticatedServer {
   private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(RendezvousServer.class);
   /** The Spark conf that picks the rendezvous: {@code driver} (default) or {@code barrier} (Spark's allGather). */
   public static final String CONF = "spark.sparktrainer.rendezvous";
   static final int MAGIC = 0x53545256; // "STRV"
   static final int VERSION = 1;
-  static final int NONCE_BYTES = 32;
-  static final int MAC_BYTES = 32;
   static final String PURPOSE = "spark-trainer rendezvous v1: client";
+  /** The handshake: after its rank a client states its stage attempt. */
+  static final DriverHandshake HANDSHAKE = new DriverHandshake(MAGIC, VERSION, PURPOSE, 1);
   static final byte OK = 1;
   static final byte FAILED = 2;
   static final int MAX_MESSAGE_BYTES = 1 << 20;
-  /** Connections beyond the ranks' own (stage retries reconnect; anything more is refused). */
-  private static final int EXTRA_CONNECTIONS = 16;
-  private static final SecureRandom RANDOM = new SecureRandom();
 
-  private final ServerSocket server;
   private final RendezvousEndpoint endpoint;
-  private final int world;
-  private final int handshakeMillis;
-  private final Thread acceptor;
-  private final Set<Socket> open = ConcurrentHashMap.newKeySet();
-  private final AtomicInteger rejected = new AtomicInteger();
-  private final Object lock = new Object();
   private final Map<Long, Gather> gathers = new HashMap<>(); // by (attempt, seq); guarded by lock
   private int newestAttempt = -1; // guarded by lock
   private int completed; // guarded by lock
   private int arrivals; // guarded by lock
-  private volatile boolean closed;
 
   /** One all-gather of one stage attempt. */
   private final class Gather {
@@ -107,17 +85,10 @@ public final class RendezvousServer implements AutoCloseable {
     }
   }
 
-  private RendezvousServer(ServerSocket server, String advertisedHost, int world, int handshakeMillis) {
-    this.server = server;
-    byte[] secret = new byte[32];
-    RANDOM.nextBytes(secret);
-    this.endpoint = new RendezvousEndpoint(advertisedHost, server.getLocalPort(),
-        Base64.getEncoder().encodeToString(secret));
-    this.world = world;
-    this.handshakeMillis = handshakeMillis;
-    this.acceptor = new Thread(this::acceptLoop, "spark-trainer-rendezvous-accept");
-    acceptor.setDaemon(true);
-    acceptor.start();
+  private RendezvousServer(ServerSocket server, String advertisedHost, int world, Duration handshake) {
+    super(server, HANDSHAKE, "rendezvous", "rendezvous", world, handshake);
+    this.endpoint = new RendezvousEndpoint(advertisedHost, port(), token());
+    startAccepting();
   }
 
   /** Starts a server for {@code world} ranks on an ephemeral port of {@code bindHost}, advertised as given. */
@@ -128,17 +99,7 @@ public final class RendezvousServer implements AutoCloseable {
   /** As {@link #start(String, String, int)}; a client must authenticate within {@code handshake}. */
   static RendezvousServer start(String bindHost, String advertisedHost, int world, Duration handshake)
       throws IOException {
-    if (world <= 0) {
-      throw new IllegalArgumentException("world size must be > 0, got " + world);
-    }
-    ServerSocket s = new ServerSocket();
-    try {
-      s.bind(new InetSocketAddress(InetAddress.getByName(bindHost), 0), world + EXTRA_CONNECTIONS);
-    } catch (IOException e) {
-      s.close();
-      throw e;
-    }
-    return new RendezvousServer(s, advertisedHost, world, Math.toIntExact(handshake.toMillis()));
+    return new RendezvousServer(bind(bindHost, world), advertisedHost, world, handshake);
   }
 
   /**
@@ -171,11 +132,6 @@ public final class RendezvousServer implements AutoCloseable {
     return endpoint;
   }
 
-  /** Connections refused so far (wrong token, unknown rank, bad protocol, too many). */
-  public int rejectedConnections() {
-    return rejected.get();
-  }
-
   /** All-gathers completed so far (every rank contributed). */
   public int completedGathers() {
     synchronized (lock) {
@@ -185,129 +141,56 @@ public final class RendezvousServer implements AutoCloseable {
 
   /** Tests: waits until {@code n} messages in all have arrived (true), or the timeout passed (false). */
   boolean awaitArrivals(int n, Duration timeout) throws InterruptedException {
-    long deadline = System.nanoTime() + timeout.toNanos();
-    synchronized (lock) {
-      while (arrivals < n) {
-        long left = deadline - System.nanoTime();
-        if (left <= 0) {
-          return false;
-        }
-        lock.wait(Math.max(1, left / 1_000_000));
-      }
-      return true;
-    }
-  }
-
-  private void acceptLoop() {
-    while (!closed) {
-      Socket s;
-      try {
-        s = server.accept();
-      } catch (IOException e) {
-        if (!closed) {
-          LOG.warn("rendezvous server stopped accepting: " + e);
-        }
-        return;
-      }
-      if (open.size() >= world + EXTRA_CONNECTIONS) {
-        rejected.incrementAndGet();
-        LOG.warn("rendezvous: refused a connection from " + s.getRemoteSocketAddress() + " (too many open)");
-        closeQuietly(s);
-        continue;
-      }
-      open.add(s);
-      Thread t = new Thread(() -> serve(s), "spark-trainer-rendezvous-" + s.getPort());
-      t.setDaemon(true);
-      t.start();
-    }
+    return awaitLocked(() -> arrivals >= n, timeout);
   }
 
   static byte[] mac(String token, byte[] nonce, int rank, int world, int attempt) {
-    return ProgressWire.mac(token, PURPOSE, nonce, rank, world, attempt);
+    return HANDSHAKE.mac(token, nonce, rank, world, attempt);
   }
 
-  private void serve(Socket s) {
-    int rank = -1;
-    try {
-      s.setSoTimeout(handshakeMillis);
-      s.setTcpNoDelay(true);
-      DataInputStream in = new DataInputStream(new BufferedInputStream(s.getInputStream()));
-      DataOutputStream out = new DataOutputStream(new BufferedOutputStream(s.getOutputStream()));
-      byte[] nonce = new byte[NONCE_BYTES];
-      RANDOM.nextBytes(nonce);
-      out.writeInt(MAGIC);
-      out.writeInt(VERSION);
-      out.write(nonce);
-      out.flush();
-      int claimed = in.readInt();
-      int attempt = in.readInt();
-      byte[] mac = new byte[MAC_BYTES];
-      in.readFully(mac);
-      boolean ok = claimed >= 0 && claimed < world && attempt >= 0
-          && MessageDigest.isEqual(mac(endpoint.token(), nonce, claimed, world, attempt), mac);
-      if (!ok) {
-        rejected.incrementAndGet();
-        LOG.warn("rendezvous: rejected a connection from " + s.getRemoteSocketAddress() + " (it did not prove it "
-            + "holds this fit's token)");
-        out.writeByte(0);
-        out.flush();
+  @Override
+  void session(int rank, int[] claims, DataInputStream in, DataOutputStream out) throws IOException {
+    int attempt = claims[0];
+    while (true) {
+      int seq;
+      try {
+        seq = in.readInt();
+      } catch (java.io.EOFException end) {
+        return; // the task is done with the rendezvous
+      }
+      int timeoutMillis = in.readInt();
+      int length = in.readInt();
+      if (length < 0 || length > MAX_MESSAGE_BYTES || timeoutMillis <= 0) {
+        throw new IOException("rank " + rank + " sent a malformed request (length " + length + ", timeout "
+            + timeoutMillis + " ms)");
+      }
+      byte[] msg = new byte[length];
+      in.readFully(msg);
+      String failure;
+      List<String> all;
+      try {
+        all = gather(rank, attempt, seq, new String(msg, StandardCharsets.UTF_8), timeoutMillis);
+        failure = null;
+      } catch (RendezvousException e) {
+        all = null;
+        failure = e.getMessage();
+      } catch (InterruptedException e) {
+        Thread.currentThread().interrupt();
         return;
       }
-      rank = claimed;
-      out.writeByte(1);
+      if (failure != null) {
+        out.writeByte(FAILED);
+        out.writeUTF(failure.length() > 8000 ? failure.substring(0, 8000) : failure);
+      } else {
+        out.writeByte(OK);
+        out.writeInt(all.size());
+        for (String m : all) {
+          byte[] b = m.getBytes(StandardCharsets.UTF_8);
+          out.writeInt(b.length);
+          out.write(b);
+        }
+      }
       out.flush();
-      s.setSoTimeout(0); // a rank sends its next gather when it gets there (data loading may take long)
-      while (true) {
-        int seq;
-        try {
-          seq = in.readInt();
-        } catch (java.io.EOFException end) {
-          return; // the task is done with the rendezvous
-        }
-        int timeoutMillis = in.readInt();
-        int length = in.readInt();
-        if (length < 0 || length > MAX_MESSAGE_BYTES || timeoutMillis <= 0) {
-          throw new IOException("rank " + rank + " sent a malformed request (length " + length + ", timeout "
-              + timeoutMillis + " ms)");
-        }
-        byte[] msg = new byte[length];
-        in.readFully(msg);
-        String failure;
-        List<String> all;
-        try {
-          all = gather(rank, attempt, seq, new String(msg, StandardCharsets.UTF_8), timeoutMillis);
-          failure = null;
-        } catch (RendezvousException e) {
-          all = null;
-          failure = e.getMessage();
-        } catch (InterruptedException e) {
-          Thread.currentThread().interrupt();
-          return;
-        }
-        if (failure != null) {
-          out.writeByte(FAILED);
-          out.writeUTF(failure.length() > 8000 ? failure.substring(0, 8000) : failure);
-        } else {
-          out.writeByte(OK);
-          out.writeInt(all.size());
-          for (String m : all) {
-            byte[] b = m.getBytes(StandardCharsets.UTF_8);
-            out.writeInt(b.length);
-            out.write(b);
-          }
-        }
-        out.flush();
-      }
-    } catch (IOException e) {
-      if (!closed) {
-        if (rank < 0) {
-          rejected.incrementAndGet();
-        }
-        LOG.debug("rendezvous connection from " + s.getRemoteSocketAddress() + " (rank " + rank + ") ended: " + e);
-      }
-    } finally {
-      open.remove(s);
-      closeQuietly(s);
     }
   }
 
@@ -326,7 +209,7 @@ public final class RendezvousServer implements AutoCloseable {
     long deadline = System.nanoTime() + timeoutMillis * 1_000_000L;
     String what = "rendezvous #" + seq + " of stage attempt " + attempt;
     synchronized (lock) {
-      if (closed) {
+      if (isClosed()) {
         throw new RendezvousException(what + ": the fit already ended on the driver");
       }
       if (attempt < newestAttempt) {
@@ -359,7 +242,7 @@ public final class RendezvousServer implements AutoCloseable {
       if (g.arrived == world) {
         completed++;
       }
-      while (g.arrived < world && g.failure == null && !closed) {
+      while (g.arrived < world && g.failure == null && !isClosed()) {
         long left = deadline - System.nanoTime();
         if (left <= 0) {
           g.failure = what + ": timed out after " + timeoutMillis / 1000.0 + " s waiting for rank(s) " + g.missing()
@@ -377,35 +260,6 @@ public final class RendezvousServer implements AutoCloseable {
         gathers.remove(key);
       }
       return List.of(g.messages);
-    }
-  }
-
-  /** Stops accepting, fails the gathers in progress, drops the connections. Idempotent. */
-  @Override
-  public void close() {
-    synchronized (lock) {
-      if (closed) {
-        return;
-      }
-      closed = true;
-      lock.notifyAll();
-    }
-    closeQuietly(server);
-    for (Socket s : open) {
-      closeQuietly(s);
-    }
-    try {
-      acceptor.join(2000);
-    } catch (InterruptedException e) {
-      Thread.currentThread().interrupt();
-    }
-  }
-
-  private static void closeQuietly(AutoCloseable c) {
-    try {
-      c.close();
-    } catch (Exception ignored) {
-      // closing
     }
   }
 }

@@ -118,7 +118,7 @@ class ProgressServerTest {
         DataOutputStream out = new DataOutputStream(s.getOutputStream());
         assertEquals(ProgressWire.MAGIC, in.readInt());
         assertEquals(ProgressWire.VERSION, in.readInt());
-        byte[] nonce = new byte[ProgressWire.NONCE_BYTES];
+        byte[] nonce = new byte[DriverHandshake.NONCE_BYTES];
         in.readFully(nonce);
         out.writeInt(0);
         out.write(ProgressWire.mac("not-the-token", nonce, 0, 2));
@@ -134,7 +134,7 @@ class ProgressServerTest {
         DataOutputStream out = new DataOutputStream(s.getOutputStream());
         in.readInt();
         in.readInt();
-        byte[] nonce = new byte[ProgressWire.NONCE_BYTES];
+        byte[] nonce = new byte[DriverHandshake.NONCE_BYTES];
         in.readFully(nonce);
         out.writeInt(5);
         out.write(ProgressWire.mac(ep.token(), nonce, 5, 2));
@@ -163,7 +163,7 @@ class ProgressServerTest {
         DataInputStream in = new DataInputStream(s.getInputStream());
         in.readInt();
         in.readInt();
-        in.readFully(new byte[ProgressWire.NONCE_BYTES]);
+        in.readFully(new byte[DriverHandshake.NONCE_BYTES]);
         assertEquals(-1, in.read(), "the server must hang up on a client that never answers");
       }
     }

@@ -85,7 +85,7 @@ class RendezvousTest {
       DataInputStream in = new DataInputStream(s.getInputStream());
       assertEquals(RendezvousServer.MAGIC, in.readInt());
       assertEquals(RendezvousServer.VERSION, in.readInt());
-      in.readFully(new byte[RendezvousServer.NONCE_BYTES]);
+      in.readFully(new byte[DriverHandshake.NONCE_BYTES]);
       // Say nothing: the server drops the connection after its handshake timeout.
       assertEquals(-1, in.read());
       assertEquals(1, server.rejectedConnections());
