@@ -631,6 +631,20 @@ struct DnnKey {
   int v[24];
   bool operator==(const DnnKey& o) const { return std::memcmp(v, o.v, sizeof(v)) == 0; }
 };
+// Zeroes a key (padding takes part in hashing) and fills its common head: kind (1 convolution, 2 pooling,
+// 3 batch norm), the current device, dtype and layout. The caller adds its own fields from v[4] on.
+jint dnnKey(int kind, jint dtype, jint layout, DnnKey* key) {
+  std::memset(key, 0, sizeof(*key));
+  int dev = 0;
+  cudaError_t ce = cudaGetDevice(&dev);
+  if (ce != cudaSuccess) return cudart(ce);
+  key->v[0] = kind;
+  key->v[1] = dev;
+  key->v[2] = dtype;
+  key->v[3] = layout;
+  return 0;
+}
+
 struct DnnKeyHash {
   size_t operator()(const DnnKey& k) const {
     size_t h = 1469598103934665603ull;
@@ -754,14 +768,8 @@ jint runConv(JNIEnv* env, jlong handle, jint dtype, jint layout, jintArray dimsA
     return jniError(JNI_BAD_ARGUMENT);
   }
   DnnKey key;
-  std::memset(&key, 0, sizeof(key));
-  int dev = 0;
-  cudaError_t ce = cudaGetDevice(&dev);
-  if (ce != cudaSuccess) return cudart(ce);
-  key.v[0] = 1;  // kind: convolution
-  key.v[1] = dev;
-  key.v[2] = dtype;
-  key.v[3] = layout;
+  jint kst = dnnKey(1, dtype, layout, &key);  // kind: convolution
+  if (kst != 0) return kst;
   key.v[4] = computeMode;
   key.v[5] = (int)(wsBytes >> 20);
   key.v[22] = search;
@@ -861,14 +869,8 @@ jint poolPlan(JNIEnv* env, jint dtype, jint layout, jint mode, jintArray dimsArr
     return jniError(JNI_BAD_ARGUMENT);
   }
   DnnKey key;
-  std::memset(&key, 0, sizeof(key));
-  int dev = 0;
-  cudaError_t ce = cudaGetDevice(&dev);
-  if (ce != cudaSuccess) return cudart(ce);
-  key.v[0] = 2;  // kind: pooling
-  key.v[1] = dev;
-  key.v[2] = dtype;
-  key.v[3] = layout;
+  jint kst = dnnKey(2, dtype, layout, &key);  // kind: pooling
+  if (kst != 0) return kst;
   key.v[4] = mode;
   for (int i = 0; i < POOL_DIMS; i++) key.v[6 + i] = d[i];
   auto it = t_poolPlans.find(key);
@@ -901,14 +903,8 @@ jint bnPlan(jint dtype, jint layout, jint n, jint c, jint h, jint w, BnPlan** ou
     return jniError(JNI_BAD_ARGUMENT);
   }
   DnnKey key;
-  std::memset(&key, 0, sizeof(key));
-  int dev = 0;
-  cudaError_t ce = cudaGetDevice(&dev);
-  if (ce != cudaSuccess) return cudart(ce);
-  key.v[0] = 3;  // kind: batch norm
-  key.v[1] = dev;
-  key.v[2] = dtype;
-  key.v[3] = layout;
+  jint kst = dnnKey(3, dtype, layout, &key);  // kind: batch norm
+  if (kst != 0) return kst;
   key.v[6] = n;
   key.v[7] = c;
   key.v[8] = h;

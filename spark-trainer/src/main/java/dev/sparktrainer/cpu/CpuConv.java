@@ -489,13 +489,73 @@ final class CpuConv {
   }
 
   // ---- batch normalisation: x (N, C, spatial...), statistics per channel over N * spatial values ----
+  // The per-channel passes below serve both the per-rank ops and the synchronised ones (Device's SyncBatchNorm
+  // ops split them where the layer all-reduces the per-channel sums); the GPU kernels (bn_sync.cuh) mirror
+  // them. x, y, dy, dx of the synchronised ops are FLOAT32 or BFLOAT16 (bf16 values held rounded; results
+  // rounded once when stored); the per-rank ops take FLOAT32 only, where storing rounds nothing.
+
+  /** Values per channel and sample (the product of the spatial dims). */
+  private static int spatial(CpuTensor x) {
+    return x.size() / Math.max(1, x.dim(0) * x.dim(1));
+  }
+
+  private static float out(CpuTensor t, float v) {
+    return t.dtype() == DType.BFLOAT16 ? CpuDevice.roundBf16(v) : v;
+  }
+
+  /** y[:, ch, :] = (x - mean) * inv * gm + bt. */
+  private static void normalize(CpuTensor x, CpuTensor y, int ch, float mean, float inv, float gm, float bt) {
+    int n = x.dim(0);
+    int c = x.dim(1);
+    int s = spatial(x);
+    for (int b = 0; b < n; b++) {
+      int o = (b * c + ch) * s;
+      for (int j = 0; j < s; j++) {
+        y.f[y.offset + o + j] = out(y, (x.f[x.offset + o + j] - mean) * inv * gm + bt);
+      }
+    }
+  }
+
+  /** {sum dy, sum dy * xhat} over channel ch, xhat = (x - mean) * inv, summed in double. */
+  private static double[] gradientSums(CpuTensor x, CpuTensor dy, int ch, float mean, float inv) {
+    int n = x.dim(0);
+    int c = x.dim(1);
+    int s = spatial(x);
+    double sdy = 0;
+    double sdyxh = 0;
+    for (int b = 0; b < n; b++) {
+      int o = (b * c + ch) * s;
+      for (int j = 0; j < s; j++) {
+        float g = dy.f[dy.offset + o + j];
+        sdy += g;
+        sdyxh += g * ((x.f[x.offset + o + j] - mean) * inv);
+      }
+    }
+    return new double[] {sdy, sdyxh};
+  }
+
+  /** dx[:, ch, :] = gamma * inv / M * (M dy - sumDy - xhat * sumDyXhat), M = count. */
+  private static void gradientApply(CpuTensor x, CpuTensor dy, CpuTensor dx, int ch, float mean, float inv,
+      float gamma, float count, float sumDy, float sumDyXhat) {
+    int n = x.dim(0);
+    int c = x.dim(1);
+    int s = spatial(x);
+    float k = gamma * inv / count;
+    for (int b = 0; b < n; b++) {
+      int o = (b * c + ch) * s;
+      for (int j = 0; j < s; j++) {
+        float xh = (x.f[x.offset + o + j] - mean) * inv;
+        dx.f[dx.offset + o + j] = out(dx, k * (count * dy.f[dy.offset + o + j] - sumDy - xh * sumDyXhat));
+      }
+    }
+  }
 
   static void batchNormForwardTraining(CpuTensor x, CpuTensor gamma, CpuTensor beta, CpuTensor y,
       CpuTensor runningMean, CpuTensor runningVar, float momentum, float eps, CpuTensor saveMean,
       CpuTensor saveInvStd) {
     int n = x.dim(0);
     int c = x.dim(1);
-    int s = x.size() / Math.max(1, n * c);
+    int s = spatial(x);
     long m = (long) n * s;
     for (int ch = 0; ch < c; ch++) {
       double sum = 0;
@@ -517,14 +577,7 @@ final class CpuConv {
       double var = sq / m;
       float meanF = (float) mean;
       float inv = (float) (1.0 / Math.sqrt(var + eps));
-      float gm = gamma.f[gamma.offset + ch];
-      float bt = beta.f[beta.offset + ch];
-      for (int b = 0; b < n; b++) {
-        int o = (b * c + ch) * s;
-        for (int j = 0; j < s; j++) {
-          y.f[y.offset + o + j] = (x.f[x.offset + o + j] - meanF) * inv * gm + bt;
-        }
-      }
+      normalize(x, y, ch, meanF, inv, gamma.f[gamma.offset + ch], beta.f[beta.offset + ch]);
       saveMean.f[saveMean.offset + ch] = meanF;
       saveInvStd.f[saveInvStd.offset + ch] = inv;
       int r = runningMean.offset + ch;
@@ -536,71 +589,30 @@ final class CpuConv {
 
   static void batchNormForwardInference(CpuTensor x, CpuTensor gamma, CpuTensor beta, CpuTensor runningMean,
       CpuTensor runningVar, float eps, CpuTensor y) {
-    int n = x.dim(0);
-    int c = x.dim(1);
-    int s = x.size() / Math.max(1, n * c);
-    for (int ch = 0; ch < c; ch++) {
-      float mean = runningMean.f[runningMean.offset + ch];
+    for (int ch = 0; ch < x.dim(1); ch++) {
       float inv = (float) (1.0 / Math.sqrt(runningVar.f[runningVar.offset + ch] + (double) eps));
-      float gm = gamma.f[gamma.offset + ch];
-      float bt = beta.f[beta.offset + ch];
-      for (int b = 0; b < n; b++) {
-        int o = (b * c + ch) * s;
-        for (int j = 0; j < s; j++) {
-          y.f[y.offset + o + j] = (x.f[x.offset + o + j] - mean) * inv * gm + bt;
-        }
-      }
+      normalize(x, y, ch, runningMean.f[runningMean.offset + ch], inv, gamma.f[gamma.offset + ch],
+          beta.f[beta.offset + ch]);
     }
   }
 
   static void batchNormBackward(CpuTensor x, CpuTensor dy, CpuTensor gamma, CpuTensor saveMean,
       CpuTensor saveInvStd, CpuTensor dx, CpuTensor dgamma, CpuTensor dbeta) {
-    int n = x.dim(0);
-    int c = x.dim(1);
-    int s = x.size() / Math.max(1, n * c);
-    long m = (long) n * s;
-    for (int ch = 0; ch < c; ch++) {
+    float m = (long) x.dim(0) * spatial(x);
+    for (int ch = 0; ch < x.dim(1); ch++) {
       float mean = saveMean.f[saveMean.offset + ch];
       float inv = saveInvStd.f[saveInvStd.offset + ch];
-      double sdy = 0;
-      double sdyxh = 0;
-      for (int b = 0; b < n; b++) {
-        int o = (b * c + ch) * s;
-        for (int j = 0; j < s; j++) {
-          float g = dy.f[dy.offset + o + j];
-          sdy += g;
-          sdyxh += g * ((x.f[x.offset + o + j] - mean) * inv);
-        }
-      }
-      dbeta.f[dbeta.offset + ch] += (float) sdy;
-      dgamma.f[dgamma.offset + ch] += (float) sdyxh;
-      // dx = gamma * inv / M * (M dy - sum(dy) - xhat * sum(dy * xhat))
-      float k = gamma.f[gamma.offset + ch] * inv / m;
-      float mf = m;
-      float a = (float) sdy;
-      float bb = (float) sdyxh;
-      for (int b = 0; b < n; b++) {
-        int o = (b * c + ch) * s;
-        for (int j = 0; j < s; j++) {
-          float xh = (x.f[x.offset + o + j] - mean) * inv;
-          dx.f[dx.offset + o + j] = k * (mf * dy.f[dy.offset + o + j] - a - xh * bb);
-        }
-      }
+      double[] sums = gradientSums(x, dy, ch, mean, inv);
+      dbeta.f[dbeta.offset + ch] += (float) sums[0];
+      dgamma.f[dgamma.offset + ch] += (float) sums[1];
+      gradientApply(x, dy, dx, ch, mean, inv, gamma.f[gamma.offset + ch], m, (float) sums[0], (float) sums[1]);
     }
-  }
-
-  // ---- synchronised batch norm (Device's SyncBatchNorm ops): the same arithmetic as the two functions
-  // ---- above, split where the layer all-reduces per-channel sums; the GPU kernels (bn_sync.cuh) mirror it.
-  // ---- x, y, dy, dx are FLOAT32 or BFLOAT16 (bf16 values held rounded; results rounded once when stored).
-
-  private static float out(CpuTensor t, float v) {
-    return t.dtype() == DType.BFLOAT16 ? CpuDevice.roundBf16(v) : v;
   }
 
   static void batchNormStats(CpuTensor x, CpuTensor stats) {
     int n = x.dim(0);
     int c = x.dim(1);
-    int s = x.size() / Math.max(1, n * c);
+    int s = spatial(x);
     for (int ch = 0; ch < c; ch++) {
       double sum = 0;
       double sq = 0;
@@ -640,66 +652,28 @@ final class CpuConv {
 
   static void batchNormApply(CpuTensor x, CpuTensor gamma, CpuTensor beta, CpuTensor mean, CpuTensor invStd,
       CpuTensor y) {
-    int n = x.dim(0);
-    int c = x.dim(1);
-    int s = x.size() / Math.max(1, n * c);
-    for (int ch = 0; ch < c; ch++) {
-      float mu = mean.f[mean.offset + ch];
-      float inv = invStd.f[invStd.offset + ch];
-      float gm = gamma.f[gamma.offset + ch];
-      float bt = beta.f[beta.offset + ch];
-      for (int b = 0; b < n; b++) {
-        int o = (b * c + ch) * s;
-        for (int j = 0; j < s; j++) {
-          y.f[y.offset + o + j] = out(y, (x.f[x.offset + o + j] - mu) * inv * gm + bt);
-        }
-      }
+    for (int ch = 0; ch < x.dim(1); ch++) {
+      normalize(x, y, ch, mean.f[mean.offset + ch], invStd.f[invStd.offset + ch], gamma.f[gamma.offset + ch],
+          beta.f[beta.offset + ch]);
     }
   }
 
   static void batchNormBackwardReduce(CpuTensor x, CpuTensor dy, CpuTensor mean, CpuTensor invStd,
       CpuTensor sums) {
-    int n = x.dim(0);
     int c = x.dim(1);
-    int s = x.size() / Math.max(1, n * c);
     for (int ch = 0; ch < c; ch++) {
-      float mu = mean.f[mean.offset + ch];
-      float inv = invStd.f[invStd.offset + ch];
-      double sdy = 0;
-      double sdyxh = 0;
-      for (int b = 0; b < n; b++) {
-        int o = (b * c + ch) * s;
-        for (int j = 0; j < s; j++) {
-          float g = dy.f[dy.offset + o + j];
-          sdy += g;
-          sdyxh += g * ((x.f[x.offset + o + j] - mu) * inv);
-        }
-      }
-      sums.f[sums.offset + ch] = (float) sdy;
-      sums.f[sums.offset + c + ch] = (float) sdyxh;
+      double[] g = gradientSums(x, dy, ch, mean.f[mean.offset + ch], invStd.f[invStd.offset + ch]);
+      sums.f[sums.offset + ch] = (float) g[0];
+      sums.f[sums.offset + c + ch] = (float) g[1];
     }
   }
 
   static void batchNormBackwardApply(CpuTensor x, CpuTensor dy, CpuTensor gamma, CpuTensor mean,
       CpuTensor invStd, CpuTensor sums, long count, CpuTensor dx) {
-    int n = x.dim(0);
     int c = x.dim(1);
-    int s = x.size() / Math.max(1, n * c);
-    float mf = count;
     for (int ch = 0; ch < c; ch++) {
-      float mu = mean.f[mean.offset + ch];
-      float inv = invStd.f[invStd.offset + ch];
-      // dx = gamma * inv / M * (M dy - sum(dy) - xhat * sum(dy * xhat)), as batchNormBackward
-      float k = gamma.f[gamma.offset + ch] * inv / mf;
-      float a = sums.f[sums.offset + ch];
-      float bb = sums.f[sums.offset + c + ch];
-      for (int b = 0; b < n; b++) {
-        int o = (b * c + ch) * s;
-        for (int j = 0; j < s; j++) {
-          float xh = (x.f[x.offset + o + j] - mu) * inv;
-          dx.f[dx.offset + o + j] = out(dx, k * (mf * dy.f[dy.offset + o + j] - a - xh * bb));
-        }
-      }
+      gradientApply(x, dy, dx, ch, mean.f[mean.offset + ch], invStd.f[invStd.offset + ch],
+          gamma.f[gamma.offset + ch], count, sums.f[sums.offset + ch], sums.f[sums.offset + c + ch]);
     }
   }
 }

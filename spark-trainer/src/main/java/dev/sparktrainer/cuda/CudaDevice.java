@@ -909,17 +909,10 @@ public final class CudaDevice implements Device {
   @Override
   public void matmul(Tensor a, boolean transA, Tensor b, boolean transB, Tensor c, float alpha, float beta) {
     enter();
-    if (a.rank() != 2 || b.rank() != 2 || c.rank() != 2) {
-      throw new IllegalArgumentException("matmul needs 2-D tensors, got " + a + ", " + b + ", " + c);
-    }
-    int m = transA ? a.dim(1) : a.dim(0);
-    int k = transA ? a.dim(0) : a.dim(1);
-    int kb = transB ? b.dim(1) : b.dim(0);
-    int n = transB ? b.dim(0) : b.dim(1);
-    if (k != kb || c.dim(0) != m || c.dim(1) != n) {
-      throw new IllegalArgumentException("matmul shapes do not agree: op(A)=(" + m + ", " + k + "), op(B)=("
-          + kb + ", " + n + "), C=" + Shape.str(c.shape()));
-    }
+    int[] mnk = Shape.checkMatmul(a, transA, b, transB, c);
+    int m = mnk[0];
+    int n = mnk[1];
+    int k = mnk[2];
     CudaTensor ca = fl(a);
     CudaTensor cb = fl(b);
     CudaTensor cc = fl(c);
@@ -1440,13 +1433,7 @@ public final class CudaDevice implements Device {
     enter();
     String op = "batchNormFinalizeStats";
     int c = mean.size();
-    if (count <= 1) {
-      throw new IllegalArgumentException(op + ": needs more than one value per channel, got " + count
-          + "; use a larger batch, or evaluation mode");
-    }
-    if ((runningMean == null) != (runningVar == null)) {
-      throw new IllegalArgumentException(op + ": runningMean and runningVar must both be given or both be null");
-    }
+    Shape.checkBatchNormFinalize(count, runningMean, runningVar, op);
     CudaTensor st = perChannel(stats, fl(stats), 2 * c, "stats", op);
     CudaTensor m = perChannel(stats, fl(mean), c, "mean", op);
     CudaTensor is = perChannel(stats, fl(invStd), c, "invStd", op);

@@ -47,6 +47,39 @@ public final class Shape {
     return b.append(')').toString();
   }
 
+  /**
+   * The shape contract of {@link Device#matmul}: A, B, C 2-D, op(A) (m, k), op(B) (k, n), C (m, n). Returns
+   * {m, n, k}; throws IllegalArgumentException naming the shapes otherwise.
+   */
+  public static int[] checkMatmul(Tensor a, boolean transA, Tensor b, boolean transB, Tensor c) {
+    if (a.rank() != 2 || b.rank() != 2 || c.rank() != 2) {
+      throw new IllegalArgumentException("matmul needs 2-D tensors, got " + a + ", " + b + ", " + c);
+    }
+    int m = transA ? a.dim(1) : a.dim(0);
+    int k = transA ? a.dim(0) : a.dim(1);
+    int kb = transB ? b.dim(1) : b.dim(0);
+    int n = transB ? b.dim(0) : b.dim(1);
+    if (k != kb || c.dim(0) != m || c.dim(1) != n) {
+      throw new IllegalArgumentException("matmul shapes do not agree: op(A)=(" + m + ", " + k + "), op(B)=("
+          + kb + ", " + n + "), C=" + str(c.shape()));
+    }
+    return new int[] {m, n, k};
+  }
+
+  /**
+   * The argument contract of {@link Device#batchNormFinalizeStats}: more than one value per channel, and the
+   * running statistics both given or both null.
+   */
+  public static void checkBatchNormFinalize(long count, Tensor runningMean, Tensor runningVar, String op) {
+    if (count <= 1) {
+      throw new IllegalArgumentException(op + ": needs more than one value per channel, got " + count
+          + "; use a larger batch, or evaluation mode");
+    }
+    if ((runningMean == null) != (runningVar == null)) {
+      throw new IllegalArgumentException(op + ": runningMean and runningVar must both be given or both be null");
+    }
+  }
+
   /** The shape contract of the ops over class scores: logits (N, C) and one label/index per row (N). */
   public static void checkLogits(Tensor logits, Tensor labels, String op) {
     if (logits.rank() != 2 || labels.numel() != logits.dim(0)) {
