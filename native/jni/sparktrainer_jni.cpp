@@ -14,7 +14,8 @@
 #include <jni.h>
 
 // The legacy (v7-style) convolution, pooling and batch-norm entry points are deprecated in cuDNN 9 but
-// supported through 9.x; they are what this layer binds (Note [cuDNN ops]).
+// supported through 9.x; they are what this layer binds (Note [cuDNN ops]). The convolutions also have a
+// second implementation on cuDNN 9's backend (graph) API (Note [cuDNN graph convolutions]).
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 
 #include <cublasLt.h>
@@ -23,6 +24,7 @@
 #include <dlfcn.h>
 #include <nccl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -45,6 +47,7 @@ constexpr int JNI_NO_CUDNN = 2;
 constexpr int JNI_NO_ALGORITHM = 3;
 constexpr int JNI_ARRAY = 4;
 constexpr int JNI_NO_CUDNN_ALGORITHM = 5;
+constexpr int JNI_NO_CUDNN_ENGINE = 6;
 
 inline jint status(int lib, int code) { return code == 0 ? 0 : (jint)((lib << 24) | (code & 0xffffff)); }
 inline jint nccl(ncclResult_t r) { return status(LIB_NCCL, (int)r); }
@@ -80,6 +83,7 @@ bool putInt(JNIEnv* env, jintArray out, jint v) {
   X(cudnnCreate)                                      \
   X(cudnnDestroy)                                     \
   X(cudnnSetStream)                                   \
+  X(cudnnGetStream)                                   \
   X(cudnnGetVersion)                                  \
   X(cudnnGetErrorString)                              \
   X(cudnnCreateTensorDescriptor)                      \
@@ -113,7 +117,13 @@ bool putInt(JNIEnv* env, jintArray out, jint v) {
   X(cudnnDeriveBNTensorDescriptor)                    \
   X(cudnnBatchNormalizationForwardTraining)           \
   X(cudnnBatchNormalizationForwardInference)          \
-  X(cudnnBatchNormalizationBackward)
+  X(cudnnBatchNormalizationBackward)                  \
+  X(cudnnBackendCreateDescriptor)                     \
+  X(cudnnBackendDestroyDescriptor)                    \
+  X(cudnnBackendSetAttribute)                         \
+  X(cudnnBackendGetAttribute)                         \
+  X(cudnnBackendFinalize)                             \
+  X(cudnnBackendExecute)
 
 struct CudnnTable {
 #define DECLARE(name) decltype(&::name) name = nullptr;
@@ -225,6 +235,10 @@ JNIEXPORT jstring JNICALL Java_dev_sparktrainer_cuda_Native_errorString(JNIEnv* 
         case JNI_NO_CUDNN_ALGORITHM:
           s = "cuDNN: no convolution algorithm fits this shape within the workspace limit (deterministic "
               "algorithms only for the backward passes); raise -Dsparktrainer.cudnn.workspaceMiB";
+          break;
+        case JNI_NO_CUDNN_ENGINE:
+          s = "cuDNN graph API: no engine runs this convolution within the workspace limit and the numerical "
+              "rules of Note [cuDNN graph convolutions] (the caller falls back to the legacy API)";
           break;
         case JNI_ARRAY: s = "sparktrainer_jni: output array too small"; break;
         default: s = "sparktrainer_jni: error " + std::to_string(code);
@@ -574,10 +588,11 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnSetStream(JNIEnv*,
 // ---------------------------------------------------------------- cuDNN ops
 //
 // Note [cuDNN ops]: convolution (forward, backward data, backward filter), pooling and batch norm through
-// cuDNN's legacy descriptor API. Tensors arrive as raw device addresses with a dtype code (FLOAT32 0,
-// BFLOAT16 2; Note [dtype codes] in kernels/common.cuh) and a layout (0 NCHW, 1 NHWC; the logical dims are
-// always n, c, h, w). Descriptors and the chosen algorithms are built once per shape key and cached per
-// thread, like the matmul plans (one device is driven by one thread at a time; plans are never freed).
+// cuDNN's legacy descriptor API (the convolutions also through the graph API: Note [cuDNN graph
+// convolutions]). Tensors arrive as raw device addresses with a dtype code (FLOAT32 0, BFLOAT16 2; Note
+// [dtype codes] in kernels/common.cuh) and a layout (0 NCHW, 1 NHWC; the logical dims are always n, c, h,
+// w). Descriptors and the chosen algorithms are built once per shape key and cached per thread, like the
+// matmul plans (one device is driven by one thread at a time; plans are never freed).
 //
 // Algorithm choice: cuDNN's heuristics (Get*Algorithm_v7; search 0, the default: the same algorithms every
 // run) or timed trials (Find*Algorithm, search 1, as PyTorch's cudnn.benchmark: fastest first, cuDNN
@@ -628,11 +643,12 @@ struct DnnDescs {
 
 // The integer key of a plan: kind, device, dtype, layout, the dims, the geometry and the limits.
 struct DnnKey {
-  int v[24];
+  int v[30];
   bool operator==(const DnnKey& o) const { return std::memcmp(v, o.v, sizeof(v)) == 0; }
 };
 // Zeroes a key (padding takes part in hashing) and fills its common head: kind (1 convolution, 2 pooling,
-// 3 batch norm), the current device, dtype and layout. The caller adds its own fields from v[4] on.
+// 3 batch norm, 4 graph convolution), the current device, dtype and layout. The caller adds its own fields
+// from v[4] on.
 jint dnnKey(int kind, jint dtype, jint layout, DnnKey* key) {
   std::memset(key, 0, sizeof(*key));
   int dev = 0;
@@ -755,6 +771,12 @@ bool readInts(JNIEnv* env, jintArray a, int* out, int n) {
   return !env->ExceptionCheck();
 }
 
+// The arguments both convolution implementations accept (d: the conv dims).
+bool convArgsOk(jint dtype, jint layout, jint computeMode, jint search, jlong wsBytes, const int* d) {
+  return (dtype == 0 || dtype == 2) && (layout == 0 || layout == 1) && computeMode >= 0 && computeMode <= 2 &&
+         (search == 0 || search == 1) && wsBytes >= 0 && d[13] > 0 && d[1] % d[13] == 0 && d[4] % d[13] == 0;
+}
+
 // Runs one convolution direction: dir 0 y = conv(x, w) (a = x, b = w, c = y), dir 1 dx = convT(dy, w)
 // (a = dy, b = w, c = dx), dir 2 dw = dconv(x, dy) (a = x, b = dy, c = dw); c = alpha * result + beta * c.
 jint runConv(JNIEnv* env, jlong handle, jint dtype, jint layout, jintArray dimsArray, jint computeMode, jint search,
@@ -763,10 +785,7 @@ jint runConv(JNIEnv* env, jlong handle, jint dtype, jint layout, jintArray dimsA
   if (!t.ok) return jniError(JNI_NO_CUDNN);
   int d[CONV_DIMS];
   if (!readInts(env, dimsArray, d, CONV_DIMS)) return jniError(JNI_BAD_ARGUMENT);
-  if ((dtype != 0 && dtype != 2) || (layout != 0 && layout != 1) || computeMode < 0 || computeMode > 2 ||
-      (search != 0 && search != 1) || wsBytes < 0 || d[13] <= 0 || d[1] % d[13] != 0 || d[4] % d[13] != 0) {
-    return jniError(JNI_BAD_ARGUMENT);
-  }
+  if (!convArgsOk(dtype, layout, computeMode, search, wsBytes, d)) return jniError(JNI_BAD_ARGUMENT);
   DnnKey key;
   jint kst = dnnKey(1, dtype, layout, &key);  // kind: convolution
   if (kst != 0) return kst;
@@ -1017,6 +1036,456 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnBnBackward(JNIEnv*
       fromJ<cudnnHandle_t>(handle), p->trainMode, &one, &zero, &one, &one, p->x, fromJ<const void*>(x),
       p->x, fromJ<const void*>(dy), p->x, fromJ<void*>(dx), p->bn, fromJ<const void*>(gamma), fromJ<void*>(dgamma),
       fromJ<void*>(dbeta), eps, fromJ<const void*>(saveMean), fromJ<const void*>(saveInvStd)));
+}
+
+}  // extern "C"
+
+// ---------------------------------------------------------------- cuDNN graph convolutions
+//
+// Note [cuDNN graph convolutions]: the three convolution directions of Note [cuDNN ops] (same dims, dtype,
+// layout, computeMode, search and beta; a, b, c as runConv's) through cuDNN 9's backend (graph) API, whose
+// engine list holds kernels the legacy entry points never pick (the sm90 NHWC bf16 engines PyTorch's
+// convolutions run on). CudaDevice picks the API per process (-Dsparktrainer.cudnn.api, default legacy) and
+// answers JNI_NO_CUDNN_ENGINE with the legacy API for that shape.
+//
+// A plan per key, cached per thread and never freed like the others; the key is the legacy one plus the
+// direction, beta, the byte alignment of the three pointers and the handle (the graph and the execution plan
+// are bound to it). A plan holds:
+//  - tensors x, w, y (uids 'x', 'w', 'y'; the layout's strides, an NHWC filter being (K, kh, kw, C/groups);
+//    the alignment the pointers really have: views into flat buffers may be 4-byte aligned), a convolution
+//    (fp32 compute, cross-correlation, 2 spatial dims, symmetric padding; groups follow from x's C over w's
+//    C/groups), one operation (forward, backward data or backward filter; alpha 1, the caller's beta) and the
+//    operation graph holding it;
+//  - the candidates: the engine configs of heuristic mode A in its order, then, once those are used up, the
+//    fallback mode's, keeping only the configs whose engine's notes fit. Never down-converted inputs or a
+//    reduced-precision reduction (every mode accumulates in fp32); for fp32 data with computeMode 0 no tensor
+//    cores (no TF32: results match the CPU engine to rounding); for the backward directions under search 0
+//    nothing non-deterministic (a seed gives the same bits, as with the legacy API); never an engine that
+//    compiles its kernel at run time (NVRTC: seconds per shape inside a training step, and a library the
+//    machine may lack);
+//  - the execution plan in use. search 0: the first candidate whose plan finalizes and needs no more
+//    workspace than the caller's buffer. search 1 (cudnn.benchmark): up to 8 such plans, each run once to warm
+//    up and 3 times between CUDA events on the handle's stream, the median compared, the fastest kept. Timed
+//    runs write c; when beta != 0 (c accumulates) they write to the tail of the workspace instead and get
+//    only the rest as workspace (if c takes more than half of it, the first plan that fits is used untimed).
+// A call binds its pointers in a variant pack built per call (finalized descriptors are read-only). A plan
+// whose execution reports NOT_SUPPORTED gives way to the next candidate. When no candidate is left, or cuDNN
+// does not support the graph itself, the key keeps JNI_NO_CUDNN_ENGINE and returns it at once from then on.
+namespace {
+
+// Owns one backend descriptor (destroyed with its owner); movable so that vectors can hold them.
+struct BackendDesc {
+  cudnnBackendDescriptor_t d = nullptr;
+  BackendDesc() = default;
+  BackendDesc(const BackendDesc&) = delete;
+  BackendDesc& operator=(const BackendDesc&) = delete;
+  BackendDesc(BackendDesc&& o) noexcept : d(o.d) { o.d = nullptr; }
+  BackendDesc& operator=(BackendDesc&& o) noexcept {
+    if (this != &o) {
+      reset();
+      d = o.d;
+      o.d = nullptr;
+    }
+    return *this;
+  }
+  ~BackendDesc() { reset(); }
+  void reset() {
+    if (d != nullptr) g_cudnn.cudnnBackendDestroyDescriptor(d);
+    d = nullptr;
+  }
+  cudnnStatus_t create(cudnnBackendDescriptorType_t type) {
+    reset();
+    return g_cudnn.cudnnBackendCreateDescriptor(type, &d);
+  }
+  cudnnStatus_t set(cudnnBackendAttributeName_t name, cudnnBackendAttributeType_t type, int64_t n,
+                    const void* values) const {
+    return g_cudnn.cudnnBackendSetAttribute(d, name, type, n, values);
+  }
+  cudnnStatus_t set(cudnnBackendAttributeName_t name, const BackendDesc& value) const {
+    return set(name, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &value.d);
+  }
+  cudnnStatus_t finalize() const { return g_cudnn.cudnnBackendFinalize(d); }
+};
+
+#define TRY_CUDART(call)                         \
+  do {                                           \
+    cudaError_t e_ = (call);                     \
+    if (e_ != cudaSuccess) {                     \
+      return cudart(e_);                         \
+    }                                            \
+  } while (0)
+
+bool notSupported(cudnnStatus_t s) { return CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_NOT_SUPPORTED; }
+
+// A status of building the graph that means "cuDNN cannot do this graph" becomes JNI_NO_CUDNN_ENGINE.
+jint orNoEngine(jint st) {
+  bool unsupported = ((st >> 24) & 0xff) == LIB_CUDNN && notSupported((cudnnStatus_t)(st & 0xffffff));
+  return unsupported ? jniError(JNI_NO_CUDNN_ENGINE) : st;
+}
+
+constexpr int64_t UID_X = 'x', UID_W = 'w', UID_Y = 'y';
+// The tensor that each of a, b, c is, per direction (runConv's order).
+constexpr int64_t GRAPH_UIDS[3][3] = {{UID_X, UID_W, UID_Y}, {UID_Y, UID_W, UID_X}, {UID_X, UID_Y, UID_W}};
+constexpr size_t GRAPH_MAX_TIMED = 8;
+
+// The operation descriptor of each direction and its attributes for x, w, y, the convolution, alpha, beta.
+struct ConvOpAttrs {
+  cudnnBackendDescriptorType_t type;
+  cudnnBackendAttributeName_t x, w, y, conv, alpha, beta;
+};
+const ConvOpAttrs CONV_OPS[3] = {
+    {CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X,
+     CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y,
+     CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA,
+     CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA},
+    {CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX,
+     CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY,
+     CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA,
+     CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA},
+    {CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X,
+     CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY,
+     CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA,
+     CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA},
+};
+
+struct GraphConvPlan {
+  BackendDesc x, w, y, conv, op, graph;  // declared first: destroyed after the configs and plan that use them
+  std::vector<BackendDesc> candidates;   // engine configs that pass the Note's filters, in heuristic order
+  bool fallbackListed = false;           // the fallback mode's configs have been appended
+  size_t next = 0;                       // the candidate the plan in use came from, or the next one to try
+  BackendDesc plan;                      // the execution plan in use; null until chosen
+  jint status = 0;  // non-zero: building failed with this status, or JNI_NO_CUDNN_ENGINE (returned again)
+};
+
+thread_local std::unordered_map<DnnKey, std::unique_ptr<GraphConvPlan>, DnnKeyHash> t_graphConvPlans;
+
+// A finalized tensor (n, c, h, w) of the dtype in the layout: strides NCHW (chw, hw, w, 1), NHWC (hwc, 1, wc, c).
+jint graphTensor(BackendDesc* t, int64_t uid, jint dtype, jint layout, int64_t n, int64_t c, int64_t h, int64_t w,
+                 int64_t align) {
+  const int64_t dims[4] = {n, c, h, w};
+  const int64_t nchw[4] = {c * h * w, h * w, w, 1};
+  const int64_t nhwc[4] = {h * w * c, 1, w * c, c};
+  const cudnnDataType_t type = dnnType(dtype);
+  TRY_CUDNN(t->create(CUDNN_BACKEND_TENSOR_DESCRIPTOR));
+  TRY_CUDNN(t->set(CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &type));
+  TRY_CUDNN(t->set(CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, 4, dims));
+  TRY_CUDNN(t->set(CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, 4, layout == 1 ? nhwc : nchw));
+  TRY_CUDNN(t->set(CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid));
+  TRY_CUDNN(t->set(CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align));
+  TRY_CUDNN(t->finalize());
+  return 0;
+}
+
+// Builds the tensors, convolution, operation and operation graph of one direction (d: the conv dims; align:
+// the byte alignment of a, b, c).
+jint buildGraphConv(cudnnHandle_t h, GraphConvPlan* p, int dir, jint dtype, jint layout, const int* d, float beta,
+                    const int64_t* align) {
+  auto alignOf = [&](int64_t uid) {
+    for (int i = 0; i < 3; i++) {
+      if (GRAPH_UIDS[dir][i] == uid) return align[i];
+    }
+    return (int64_t)1;
+  };
+  const int64_t n = d[0], c = d[1], k = d[4], groupC = d[1] / d[13];
+  jint st = graphTensor(&p->x, UID_X, dtype, layout, n, c, d[2], d[3], alignOf(UID_X));
+  if (st == 0) st = graphTensor(&p->w, UID_W, dtype, layout, k, groupC, d[5], d[6], alignOf(UID_W));
+  if (st == 0) st = graphTensor(&p->y, UID_Y, dtype, layout, n, k, d[14], d[15], alignOf(UID_Y));
+  if (st != 0) return st;
+  const cudnnDataType_t compute = CUDNN_DATA_FLOAT;
+  const cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+  const int64_t spatial = 2;
+  const int64_t pads[2] = {d[7], d[8]}, strides[2] = {d[9], d[10]}, dilations[2] = {d[11], d[12]};
+  TRY_CUDNN(p->conv.create(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR));
+  TRY_CUDNN(p->conv.set(CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &compute));
+  TRY_CUDNN(p->conv.set(CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode));
+  TRY_CUDNN(p->conv.set(CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, CUDNN_TYPE_INT64, 1, &spatial));
+  TRY_CUDNN(p->conv.set(CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, CUDNN_TYPE_INT64, 2, pads));
+  TRY_CUDNN(p->conv.set(CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, CUDNN_TYPE_INT64, 2, pads));
+  TRY_CUDNN(p->conv.set(CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, CUDNN_TYPE_INT64, 2, strides));
+  TRY_CUDNN(p->conv.set(CUDNN_ATTR_CONVOLUTION_DILATIONS, CUDNN_TYPE_INT64, 2, dilations));
+  TRY_CUDNN(p->conv.finalize());
+  const ConvOpAttrs& a = CONV_OPS[dir];
+  const float alpha = 1.0f;
+  TRY_CUDNN(p->op.create(a.type));
+  TRY_CUDNN(p->op.set(a.x, p->x));
+  TRY_CUDNN(p->op.set(a.w, p->w));
+  TRY_CUDNN(p->op.set(a.y, p->y));
+  TRY_CUDNN(p->op.set(a.conv, p->conv));
+  TRY_CUDNN(p->op.set(a.alpha, CUDNN_TYPE_FLOAT, 1, &alpha));
+  TRY_CUDNN(p->op.set(a.beta, CUDNN_TYPE_FLOAT, 1, &beta));
+  TRY_CUDNN(p->op.finalize());
+  TRY_CUDNN(p->graph.create(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR));
+  TRY_CUDNN(p->graph.set(CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &h));
+  TRY_CUDNN(p->graph.set(CUDNN_ATTR_OPERATIONGRAPH_OPS, p->op));
+  TRY_CUDNN(p->graph.finalize());
+  return 0;
+}
+
+// *ok = cfg's engine may run under the Note's rules (its numerical and behaviour notes).
+jint engineAllowed(const BackendDesc& cfg, int dir, jint dtype, jint computeMode, jint search, bool* ok) {
+  const CudnnTable& t = g_cudnn;
+  BackendDesc engine;
+  TRY_CUDNN(engine.create(CUDNN_BACKEND_ENGINE_DESCRIPTOR));
+  int64_t n = 0;
+  TRY_CUDNN(t.cudnnBackendGetAttribute(cfg.d, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n,
+                                       &engine.d));
+  cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
+  TRY_CUDNN(t.cudnnBackendGetAttribute(engine.d, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
+                                       CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &n, notes));
+  *ok = true;
+  for (int64_t i = 0; i < n; i++) {
+    switch (notes[i]) {
+      case CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS:
+      case CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION:
+        *ok = false;
+        break;
+      case CUDNN_NUMERICAL_NOTE_TENSOR_CORE:
+        if (dtype == 0 && computeMode == 0) *ok = false;  // TF32
+        break;
+      case CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC:
+        if (dir != 0 && search == 0) *ok = false;
+        break;
+      default:
+        break;
+    }
+  }
+  cudnnBackendBehaviorNote_t behaviour[CUDNN_BEHAVIOR_NOTE_TYPE_COUNT];
+  TRY_CUDNN(t.cudnnBackendGetAttribute(engine.d, CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE,
+                                       CUDNN_BEHAVIOR_NOTE_TYPE_COUNT, &n, behaviour));
+  for (int64_t i = 0; i < n; i++) {
+    if (behaviour[i] == CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION) *ok = false;
+  }
+  return 0;
+}
+
+// Appends the engine configs of one heuristic mode that pass engineAllowed to p->candidates.
+jint listEngines(GraphConvPlan* p, cudnnBackendHeurMode_t mode, int dir, jint dtype, jint computeMode, jint search) {
+  const CudnnTable& t = g_cudnn;
+  BackendDesc heur;
+  TRY_CUDNN(heur.create(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR));
+  TRY_CUDNN(heur.set(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, p->graph));
+  TRY_CUDNN(heur.set(CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode));
+  cudnnStatus_t s = heur.finalize();
+  if (notSupported(s)) return 0;  // this mode has nothing for the graph
+  TRY_CUDNN(s);
+  int64_t count = 0;
+  TRY_CUDNN(t.cudnnBackendGetAttribute(heur.d, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count,
+                                       nullptr));
+  if (count <= 0) return 0;
+  std::vector<BackendDesc> configs((size_t)count);
+  std::vector<cudnnBackendDescriptor_t> raw((size_t)count);
+  for (size_t i = 0; i < configs.size(); i++) {
+    TRY_CUDNN(configs[i].create(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR));
+    raw[i] = configs[i].d;
+  }
+  int64_t got = 0;
+  TRY_CUDNN(t.cudnnBackendGetAttribute(heur.d, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, count,
+                                       &got, raw.data()));
+  for (int64_t i = 0; i < got && i < count; i++) {
+    bool ok = false;
+    jint st = engineAllowed(configs[(size_t)i], dir, dtype, computeMode, search, &ok);
+    if (st != 0) return st;
+    if (ok) p->candidates.push_back(std::move(configs[(size_t)i]));
+  }
+  return 0;
+}
+
+// Finalizes an execution plan for cfg; *need = its workspace bytes, or -1 when this config cannot run the graph.
+jint makeExecutionPlan(cudnnHandle_t h, const BackendDesc& cfg, BackendDesc* plan, int64_t* need) {
+  *need = -1;
+  TRY_CUDNN(plan->create(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR));
+  TRY_CUDNN(plan->set(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &h));
+  TRY_CUDNN(plan->set(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfg));
+  if (plan->finalize() != CUDNN_STATUS_SUCCESS) return 0;  // skipped, whatever the reason
+  int64_t n = 0;
+  TRY_CUDNN(g_cudnn.cudnnBackendGetAttribute(plan->d, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1,
+                                             &n, need));
+  return 0;
+}
+
+// From candidate p->next on (appending the fallback mode's configs once the others are used up), the first
+// whose plan finalizes with at most budget bytes of workspace: into *plan, p->next pointing at it; else
+// JNI_NO_CUDNN_ENGINE.
+jint nextFittingPlan(cudnnHandle_t h, GraphConvPlan* p, int dir, jint dtype, jint computeMode, jint search,
+                     int64_t budget, BackendDesc* plan) {
+  while (true) {
+    if (p->next >= p->candidates.size()) {
+      if (p->fallbackListed) return jniError(JNI_NO_CUDNN_ENGINE);
+      p->fallbackListed = true;
+      jint st = listEngines(p, CUDNN_HEUR_MODE_FALLBACK, dir, dtype, computeMode, search);
+      if (st != 0) return st;
+      continue;
+    }
+    int64_t need = -1;
+    jint st = makeExecutionPlan(h, p->candidates[p->next], plan, &need);
+    if (st != 0) return st;
+    if (need >= 0 && need <= budget) return 0;
+    plan->reset();
+    p->next++;
+  }
+}
+
+// A finalized variant pack binding a, b, c (the direction's tensors) and the workspace.
+jint variantPack(int dir, void* const* ptrs, void* workspace, BackendDesc* vp) {
+  TRY_CUDNN(vp->create(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR));
+  TRY_CUDNN(vp->set(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 3, GRAPH_UIDS[dir]));
+  TRY_CUDNN(vp->set(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 3, ptrs));
+  TRY_CUDNN(vp->set(CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace));
+  TRY_CUDNN(vp->finalize());
+  return 0;
+}
+
+// Two CUDA events for timing, destroyed with their owner.
+struct TimingEvents {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  ~TimingEvents() {
+    if (start) cudaEventDestroy(start);
+    if (stop) cudaEventDestroy(stop);
+  }
+};
+
+// *ms = the median of 3 timed runs of plan (after a warm-up run), or -1 when it reports NOT_SUPPORTED.
+jint timePlan(cudnnHandle_t h, const BackendDesc& plan, const BackendDesc& vp, cudaStream_t stream,
+              const TimingEvents& ev, float* ms) {
+  const CudnnTable& t = g_cudnn;
+  *ms = -1;
+  cudnnStatus_t s = t.cudnnBackendExecute(h, plan.d, vp.d);
+  if (notSupported(s)) return 0;
+  TRY_CUDNN(s);
+  float runs[3];
+  for (float& r : runs) {
+    TRY_CUDART(cudaEventRecord(ev.start, stream));
+    TRY_CUDNN(t.cudnnBackendExecute(h, plan.d, vp.d));
+    TRY_CUDART(cudaEventRecord(ev.stop, stream));
+    TRY_CUDART(cudaEventSynchronize(ev.stop));
+    TRY_CUDART(cudaEventElapsedTime(&r, ev.start, ev.stop));
+  }
+  std::sort(runs, runs + 3);
+  *ms = runs[1];
+  return 0;
+}
+
+// Chooses p->plan (Note [cuDNN graph convolutions]): ptrs = a, b, c; outBytes = the bytes of c's tensor.
+jint chooseGraphPlan(cudnnHandle_t h, GraphConvPlan* p, int dir, jint dtype, jint computeMode, jint search,
+                     void* const* ptrs, size_t outBytes, jfloat beta, jlong workspace, jlong wsBytes,
+                     const BackendDesc& vp) {
+  if (search == 0 || (beta != 0.0f && outBytes > (size_t)wsBytes / 2)) {
+    return nextFittingPlan(h, p, dir, dtype, computeMode, search, wsBytes, &p->plan);
+  }
+  // Timed runs with beta != 0 write to the workspace's tail (256-byte aligned); the rest is their workspace.
+  BackendDesc redirected;
+  int64_t budget = wsBytes;
+  if (beta != 0.0f) {
+    uintptr_t tail = ((uintptr_t)workspace + (size_t)wsBytes - outBytes) & ~(uintptr_t)255;
+    budget = (int64_t)(tail - (uintptr_t)workspace);
+    void* const timed[3] = {ptrs[0], ptrs[1], reinterpret_cast<void*>(tail)};
+    jint st = variantPack(dir, timed, fromJ<void*>(workspace), &redirected);
+    if (st != 0) return st;
+  }
+  const BackendDesc& timedVp = beta != 0.0f ? redirected : vp;
+  cudaStream_t stream = nullptr;
+  TRY_CUDNN(g_cudnn.cudnnGetStream(h, &stream));
+  TimingEvents ev;
+  TRY_CUDART(cudaEventCreate(&ev.start));
+  TRY_CUDART(cudaEventCreate(&ev.stop));
+  const size_t first = p->next;
+  size_t best = SIZE_MAX;
+  float bestMs = 0;
+  for (size_t tried = 0; tried < GRAPH_MAX_TIMED; tried++, p->next++) {
+    BackendDesc plan;
+    jint st = nextFittingPlan(h, p, dir, dtype, computeMode, search, budget, &plan);
+    if (st == jniError(JNI_NO_CUDNN_ENGINE)) break;
+    if (st != 0) return st;
+    float ms = -1;
+    st = timePlan(h, plan, timedVp, stream, ev, &ms);
+    if (st != 0) return st;
+    if (ms >= 0 && (best == SIZE_MAX || ms < bestMs)) {
+      best = p->next;
+      bestMs = ms;
+      p->plan = std::move(plan);
+    }
+  }
+  // No plan was timed (none fits the timing budget, or none ran): the first that fits the whole workspace.
+  p->next = best == SIZE_MAX ? first : best;
+  if (best == SIZE_MAX) return nextFittingPlan(h, p, dir, dtype, computeMode, search, wsBytes, &p->plan);
+  return 0;
+}
+
+// Bytes of the tensor with this uid (d: the conv dims).
+size_t graphTensorBytes(int64_t uid, jint dtype, const int* d) {
+  size_t elems = uid == UID_X   ? (size_t)d[0] * d[1] * d[2] * d[3]
+                 : uid == UID_W ? (size_t)d[4] * (d[1] / d[13]) * d[5] * d[6]
+                                : (size_t)d[0] * d[4] * d[14] * d[15];
+  return elems * (dtype == 2 ? 2 : 4);
+}
+
+// Runs one direction through the graph API (Note [cuDNN graph convolutions]); arguments as runConv's.
+jint runGraphConv(JNIEnv* env, jlong handle, jint dir, jint dtype, jint layout, jintArray dimsArray, jint computeMode,
+                  jint search, jlong a, jlong b, jlong c, jfloat beta, jlong workspace, jlong wsBytes) {
+  const CudnnTable& t = cudnnTable();
+  if (!t.ok) return jniError(JNI_NO_CUDNN);
+  int d[CONV_DIMS];
+  if (!readInts(env, dimsArray, d, CONV_DIMS)) return jniError(JNI_BAD_ARGUMENT);
+  if (dir < 0 || dir > 2 || !convArgsOk(dtype, layout, computeMode, search, wsBytes, d)) {
+    return jniError(JNI_BAD_ARGUMENT);
+  }
+  const jlong ptr[3] = {a, b, c};
+  DnnKey key;
+  jint kst = dnnKey(4, dtype, layout, &key);  // kind: graph convolution
+  if (kst != 0) return kst;
+  key.v[4] = computeMode;
+  key.v[5] = (int)(wsBytes >> 20);
+  for (int i = 0; i < CONV_DIMS; i++) key.v[6 + i] = d[i];
+  key.v[22] = search;
+  key.v[23] = dir;
+  std::memcpy(&key.v[24], &beta, sizeof(beta));
+  int64_t align[3];
+  for (int i = 0; i < 3; i++) {
+    align[i] = alignment(ptr[i]);
+    key.v[25 + i] = (int)align[i];
+  }
+  std::memcpy(&key.v[28], &handle, sizeof(handle));
+  cudnnHandle_t h = fromJ<cudnnHandle_t>(handle);
+  auto it = t_graphConvPlans.find(key);
+  GraphConvPlan* p;
+  if (it == t_graphConvPlans.end()) {
+    std::unique_ptr<GraphConvPlan> np(new GraphConvPlan());
+    np->status = orNoEngine(buildGraphConv(h, np.get(), dir, dtype, layout, d, beta, align));
+    if (np->status == 0) np->status = listEngines(np.get(), CUDNN_HEUR_MODE_A, dir, dtype, computeMode, search);
+    p = np.get();
+    t_graphConvPlans.emplace(key, std::move(np));
+  } else {
+    p = it->second.get();
+  }
+  if (p->status != 0) return p->status;
+  void* const ptrs[3] = {fromJ<void*>(a), fromJ<void*>(b), fromJ<void*>(c)};
+  BackendDesc vp;
+  jint st = variantPack(dir, ptrs, fromJ<void*>(workspace), &vp);
+  if (st != 0) return st;
+  while (true) {
+    if (p->plan.d == nullptr) {
+      st = chooseGraphPlan(h, p, dir, dtype, computeMode, search, ptrs, graphTensorBytes(GRAPH_UIDS[dir][2], dtype, d),
+                           beta, workspace, wsBytes, vp);
+      if (st == jniError(JNI_NO_CUDNN_ENGINE)) p->status = st;
+      if (st != 0) return st;
+    }
+    cudnnStatus_t s = t.cudnnBackendExecute(h, p->plan.d, vp.d);
+    if (!notSupported(s)) return cudnn(s);
+    p->plan.reset();  // this engine cannot run the call after all: try the next candidate
+    p->next++;
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// dir 0 forward (a x, b w, c y), 1 backward data (a dy, b w, c dx), 2 backward filter (a x, b dy, c dw);
+// c = result + beta * c. JNI_NO_CUDNN_ENGINE: no engine for this shape, use cudnnConv* (the legacy API).
+JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnGraphConv(JNIEnv* env, jclass, jlong handle, jint dir,
+    jint dtype, jint layout, jintArray dims, jint computeMode, jint search, jlong a, jlong b, jlong c, jfloat beta,
+    jlong workspace, jlong wsBytes) {
+  return runGraphConv(env, handle, dir, dtype, layout, dims, computeMode, search, a, b, c, beta, workspace, wsBytes);
 }
 
 }  // extern "C"

@@ -1,8 +1,11 @@
-// Synchronised batch norm (SyncBatchNorm): the training forward and backward of batch normalisation split at
-// the two points where the layer all-reduces per-channel sums across ranks (Note [synchronised batch norm] in
-// dev.sparktrainer.nn.BatchNorm2d). Launchers: CudaDevice.batchNormStats / batchNormFinalizeStats /
-// batchNormApply / batchNormBackwardReduce / batchNormBackwardApply; the CPU reference is CpuConv's
-// functions of the same names, and these kernels mirror its arithmetic operation by operation.
+// Batch norm on the project's own kernels, per rank and synchronised (SyncBatchNorm): the training forward
+// and backward split at the two points where the synchronised layer all-reduces per-channel sums across ranks
+// (Note [synchronised batch norm] in dev.sparktrainer.nn.BatchNorm2d); the per-rank ops run the same kernels
+// without the all-reduce, optionally with the ReLU that follows fused in (Note [fused batch norm + ReLU] in
+// CudaDevice). Launchers: CudaDevice.batchNormStats / batchNormFinalizeStats / batchNormApply /
+// batchNormBackwardReduce / batchNormBackwardApply / batchNormForwardTraining / batchNormBackward, and the
+// convolution bias (gradient) of CudaDevice.conv2dForward / conv2dBackwardFilter; the CPU reference is
+// CpuConv's functions of the same names, and these kernels mirror its arithmetic operation by operation.
 //
 // x, y, dy, dx: logical (n, c, hw), fp32 or bf16 (dtype codes, Note [dtype codes]), stored channels-first
 // (layout 0, NCHW: [n][c][hw]) or channels-last (layout 1, NHWC: [n][hw][c]; Note [channels-last tensors] in
@@ -10,121 +13,278 @@
 //
 // Reductions (sums over the n * hw values of each channel, in double, rounded to float once) are
 // deterministic, without atomics: every thread sums a fixed share of the values, and the shares are added in
-// a fixed order, so a shape gives the same bits on every run.
-//   NCHW: one block per channel (grid-stride over channels); block_sum adds the threads' shares.
+// a fixed order, so a shape gives the same bits on every run. Both layouts write one double partial per
+// (chunk, channel) and st_bn_partials_final adds the chunks; chunks exist so that the grid fills the GPU
+// when channels are few (64 channels would otherwise be 64 blocks on 132 SMs).
+//   NCHW: block (channel, chunk of samples); the threads walk the chunk's planes (contiguous hw values).
 //   NHWC: a channel's values are c apart, so one block per channel would read a 32-byte sector per value.
-//         Instead st_bn_partials_nhwc gives each block 32 adjacent channels (a warp reads 32 consecutive
-//         values of one row) over one chunk of rows; the warps' shares are added in warp order and written as
-//         one double partial per (chunk, channel), and st_bn_partials_final adds the chunks in order.
+//         Instead a block of 256 threads covers up to 256 groups of V adjacent channels (V = 8 vectorised, else
+//         1) and 256 / groups rows at a time, so a warp reads whole rows; each thread keeps its channels while
+//         it strides the chunk's rows, and the threads' shares are added in row order through shared memory.
+// With vec (vec.cuh: 16-byte aligned pointers, planes (NCHW) or rows (NHWC) a multiple of 8 values) threads
+// load 8 values at a time, two loads in flight. Pass 2 (st_bn_partials_final) gives each channel a warp whose
+// lanes take fixed shares of the chunks, added by warp_sum's fixed tree (a loop of one thread per channel over
+// hundreds of chunks was latency-bound: ~0.2 ms per call).
+// Elementwise passes (apply, backward apply, conv bias) load a thread's per-channel parameters once: NCHW
+// grids run over (plane, part of the plane), NHWC blocks as the reduction's.
 #pragma once
 #include "common.cuh"
 #include "reduce.cuh"
+#include "vec.cuh"
 
-__device__ __forceinline__ int64_t bn_channel(int64_t i, int64_t c, int64_t hw, int layout) {
-  return layout == 1 ? i % c : (i / hw) % c;
-}
-
-// Calls f(i) for every element index i of channel ch of an NCHW tensor, each thread of the block taking a
-// fixed share: with hw >= blockDim.x the threads stride each sample's contiguous run of hw values; with
-// smaller planes (7x7, 1x1, (N, C) input) they stride the channel's n * hw values as one range.
-template <typename F>
-__device__ __forceinline__ void bn_for_channel(int64_t ch, int64_t n, int64_t c, int64_t hw, F f) {
-  if (hw >= (int64_t)blockDim.x) {
-    for (int64_t b = 0; b < n; b++) {
-      int64_t base = (b * c + ch) * hw;
-      for (int64_t j = threadIdx.x; j < hw; j += blockDim.x) {
-        f(base + j);
-      }
-    }
-  } else {
-    for (int64_t m = threadIdx.x; m < n * hw; m += blockDim.x) {
-      int64_t b = m / hw;
-      f((b * c + ch) * hw + (m - b * hw));
-    }
-  }
-}
-
-// The two sums of one value i: mode 0 (statistics) [x, x^2]; mode 1 (backward) [dy, dy * xhat] with
-// xhat = (x - mu) * inv in float, as CpuConv.batchNormBackwardReduce.
+// The two sums of one value i, by mode: 0 (statistics) [x, x^2]; 1 (backward) [dy, dy * xhat] with
+// xhat = (x - mu) * inv in float, as CpuConv.batchNormBackwardReduce; 2 (backward through a fused ReLU) as 1
+// with dy replaced by 0 where the forward's output relu(xhat * gam + bet) was 0; 3 (a bias gradient) [dy, 0].
 __device__ __forceinline__ void bn_terms(int mode, const void* x, int tx, const void* dy, int tdy, float mu,
-                                         float inv, int64_t i, double& s, double& q) {
+                                         float inv, float gam, float bet, int64_t i, double& s, double& q) {
   if (mode == 0) {
     double v = (double)ld(x, tx, i);
     s += v;
     q += v * v;
+  } else if (mode == 3) {
+    s += (double)ld(dy, tdy, i);
   } else {
     float g = ld(dy, tdy, i);
     float xh = (ld(x, tx, i) - mu) * inv;
+    if (mode == 2 && !(xh * gam + bet > 0.f)) {
+      g = 0.f;
+    }
     s += (double)g;
     q += (double)(g * xh);
   }
 }
 
-// NCHW: out(2c) = per channel [sum, sum] of bn_terms (mode 0: x; mode 1: dy, with mean and inv_std).
-extern "C" __global__ void st_bn_reduce_nchw(int mode, const void* x, int tx, const void* dy, int tdy,
-                                             const float* mean, const float* inv_std, float* out, int64_t n,
-                                             int64_t c, int64_t hw) {
-  for (int64_t ch = blockIdx.x; ch < c; ch += gridDim.x) {
-    float mu = mode == 1 ? mean[ch] : 0.f;
-    float inv = mode == 1 ? inv_std[ch] : 0.f;
-    double s = 0.0;
-    double q = 0.0;
-    bn_for_channel(ch, n, c, hw, [&](int64_t i) { bn_terms(mode, x, tx, dy, tdy, mu, inv, i, s, q); });
-    s = block_sum(s);
-    q = block_sum(q);
-    if (threadIdx.x == 0) {
-      out[ch] = (float)s;
-      out[c + ch] = (float)q;
+// Per-channel parameters of bn_terms (null pointers read as 0: modes 0 and 3 need none).
+__device__ __forceinline__ void bn_channel_params(int64_t ch, const float* mean, const float* inv_std,
+                                                  const float* gamma, const float* beta, float& mu, float& inv,
+                                                  float& gam, float& bet) {
+  mu = mean != nullptr ? mean[ch] : 0.f;
+  inv = inv_std != nullptr ? inv_std[ch] : 0.f;
+  gam = gamma != nullptr ? gamma[ch] : 0.f;
+  bet = beta != nullptr ? beta[ch] : 0.f;
+}
+
+// bn_terms for a value already loaded (the vectorised paths): v = x, d = dy; the same arithmetic.
+__device__ __forceinline__ void bn_terms_v(int mode, float v, float d, float mu, float inv, float gam, float bet,
+                                           double& s, double& q) {
+  if (mode == 0) {
+    double w = (double)v;
+    s += w;
+    q += w * w;
+  } else if (mode == 3) {
+    s += (double)d;
+  } else {
+    float xh = (v - mu) * inv;
+    float g = d;
+    if (mode == 2 && !(xh * gam + bet > 0.f)) {
+      g = 0.f;
     }
-    __syncthreads();
+    s += (double)g;
+    q += (double)(g * xh);
   }
 }
 
-#define BN_TILE 32  // channels per block (blockDim.x) of the NHWC reduction
-#define BN_ROWS 16  // rows in flight per block (blockDim.y)
+#define BN_THREADS 256  // threads per block of the NHWC reduction and of the NHWC elementwise passes
 
-// NHWC, pass 1: block (blockIdx.x, blockIdx.y) takes channels [32 bx, 32 bx + 32) over the rows (the n * hw
-// positions) [by * rows_per_chunk, ...); partials[(by * c + ch) * 2 + k] = the chunk's sum k in double.
-extern "C" __global__ void st_bn_partials_nhwc(int mode, const void* x, int tx, const void* dy, int tdy,
-                                               const float* mean, const float* inv_std, double* partials,
-                                               int64_t rows, int64_t c, int64_t rows_per_chunk) {
-  __shared__ double sh[2][BN_ROWS][BN_TILE];
-  int64_t ch = (int64_t)blockIdx.x * BN_TILE + threadIdx.x;
-  int64_t r0 = (int64_t)blockIdx.y * rows_per_chunk;
-  int64_t r1 = min(rows, r0 + rows_per_chunk);
+// NCHW, pass 1: block (ch = blockIdx.x, chunk = blockIdx.y) sums bn_terms over samples [chunk * per_chunk, ...)
+// of channel ch; partials[(chunk * c + ch) * 2 + k] = sum k in double. Scalar: planes of hw >= blockDim.x are
+// strided by the threads; smaller planes split the block into blockDim.x / hw groups of hw threads, group j
+// taking samples j, j + groups, ... (no division per value). vec: the chunk's 8-value vectors in order.
+extern "C" __global__ void st_bn_partials_nchw(int mode, const void* x, int tx, const void* dy, int tdy,
+                                               const float* mean, const float* inv_std, const float* gamma,
+                                               const float* beta, double* partials, int64_t n, int64_t c,
+                                               int64_t hw, int64_t per_chunk, int vec) {
+  int64_t ch = blockIdx.x;
+  int64_t b0 = (int64_t)blockIdx.y * per_chunk;
+  int64_t b1 = min(n, b0 + per_chunk);
+  float mu, inv, gam, bet;
+  bn_channel_params(ch, mean, inv_std, gamma, beta, mu, inv, gam, bet);
   double s = 0.0;
   double q = 0.0;
-  if (ch < c) {
-    float mu = mode == 1 ? mean[ch] : 0.f;
-    float inv = mode == 1 ? inv_std[ch] : 0.f;
-    for (int64_t r = r0 + threadIdx.y; r < r1; r += BN_ROWS) {
-      bn_terms(mode, x, tx, dy, tdy, mu, inv, r * c + ch, s, q);
+  if (vec) {
+    int64_t nv = hw / VEC;  // vectors per plane
+    int64_t total = (b1 - b0) * nv;
+    for (int64_t m = threadIdx.x; m < total; m += 2 * (int64_t)blockDim.x) {
+      float xv[2][VEC], dv[2][VEC];
+      int64_t i[2];
+      bool has1 = m + blockDim.x < total;
+#pragma unroll
+      for (int u = 0; u < 2; u++) {
+        int64_t mm = m + u * (int64_t)blockDim.x;
+        if (u == 0 || has1) {
+          int64_t b = b0 + mm / nv;
+          i[u] = (b * c + ch) * hw + (mm % nv) * VEC;
+          if (mode != 3) ldv(x, tx, i[u], xv[u]);
+          if (mode != 0) ldv(dy, tdy, i[u], dv[u]);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < 2; u++) {
+        if (u == 0 || has1) {
+#pragma unroll
+          for (int k = 0; k < VEC; k++) {
+            bn_terms_v(mode, mode != 3 ? xv[u][k] : 0.f, mode != 0 ? dv[u][k] : 0.f, mu, inv, gam, bet, s, q);
+          }
+        }
+      }
+    }
+  } else if (hw >= (int64_t)blockDim.x) {
+    for (int64_t b = b0; b < b1; b++) {
+      int64_t base = (b * c + ch) * hw;
+      for (int64_t p = threadIdx.x; p < hw; p += blockDim.x) {
+        bn_terms(mode, x, tx, dy, tdy, mu, inv, gam, bet, base + p, s, q);
+      }
+    }
+  } else {
+    int64_t groups = blockDim.x / hw;
+    int64_t g = threadIdx.x / hw;
+    int64_t p = threadIdx.x - g * hw;
+    if (g < groups) {
+      for (int64_t b = b0 + g; b < b1; b += groups) {
+        bn_terms(mode, x, tx, dy, tdy, mu, inv, gam, bet, (b * c + ch) * hw + p, s, q);
+      }
     }
   }
-  sh[0][threadIdx.y][threadIdx.x] = s;
-  sh[1][threadIdx.y][threadIdx.x] = q;
-  __syncthreads();
-  if (threadIdx.y == 0 && ch < c) {
-    for (int k = 1; k < BN_ROWS; k++) {  // fixed order
-      s += sh[0][k][threadIdx.x];
-      q += sh[1][k][threadIdx.x];
-    }
+  s = block_sum(s);
+  q = block_sum(q);
+  if (threadIdx.x == 0) {
     partials[((int64_t)blockIdx.y * c + ch) * 2] = s;
     partials[((int64_t)blockIdx.y * c + ch) * 2 + 1] = q;
   }
 }
 
-// NHWC, pass 2: out(2c) = per channel the chunks' partials added in chunk order, rounded to float once.
-extern "C" __global__ void st_bn_partials_final(const double* partials, int64_t chunks, int64_t c, float* out) {
-  GRID_STRIDE(ch, c) {
+// The NHWC thread layout (see the header): groups of V channels per row, gpb groups per block (block tile
+// blockIdx.x), rpi rows at a time; thread (ro, lg) takes group g = blockIdx.x * gpb + lg from row offset ro.
+struct NhwcLanes {
+  int gpb, rpi, ro, lg;
+  int64_t g;
+  bool active;
+  __device__ NhwcLanes(int64_t c, int v) {
+    int64_t groups = c / v;
+    gpb = (int)min(groups, (int64_t)BN_THREADS);
+    rpi = BN_THREADS / gpb;
+    ro = threadIdx.x / gpb;
+    lg = threadIdx.x - ro * gpb;
+    g = (int64_t)blockIdx.x * gpb + lg;
+    active = ro < rpi && g < groups;
+  }
+};
+
+// NHWC, pass 1: block (channel tile blockIdx.x, row chunk blockIdx.y) over rows [by * rows_per_chunk, ...);
+// partials[(by * c + ch) * 2 + k] = the chunk's sum k of channel ch, in double. vec: V = 8 channels per thread.
+template <int V>
+__device__ __forceinline__ void bn_partials_nhwc(int mode, const void* x, int tx, const void* dy, int tdy,
+                                                 const float* mean, const float* inv_std, const float* gamma,
+                                                 const float* beta, double* partials, int64_t rows, int64_t c,
+                                                 int64_t rows_per_chunk, double (*sh)[BN_THREADS * VEC]) {
+  NhwcLanes L(c, V);
+  int64_t r0 = (int64_t)blockIdx.y * rows_per_chunk;
+  int64_t r1 = min(rows, r0 + rows_per_chunk);
+  double s[V], q[V];
+  float mu[V], inv[V], gam[V], bet[V];
+#pragma unroll
+  for (int k = 0; k < V; k++) {
+    s[k] = 0.0;
+    q[k] = 0.0;
+    if (L.active) {
+      bn_channel_params(L.g * V + k, mean, inv_std, gamma, beta, mu[k], inv[k], gam[k], bet[k]);
+    }
+  }
+  if (L.active) {
+    int64_t ch0 = L.g * V;
+    for (int64_t r = r0 + L.ro; r < r1; r += 2 * (int64_t)L.rpi) {
+      bool has1 = r + L.rpi < r1;
+      float xv[2][V], dv[2][V];
+#pragma unroll
+      for (int u = 0; u < 2; u++) {
+        if (u == 0 || has1) {
+          int64_t i = (r + u * L.rpi) * c + ch0;
+          if (V == VEC) {
+            if (mode != 3) ldv(x, tx, i, xv[u]);
+            if (mode != 0) ldv(dy, tdy, i, dv[u]);
+          } else {
+            if (mode != 3) xv[u][0] = ld(x, tx, i);
+            if (mode != 0) dv[u][0] = ld(dy, tdy, i);
+          }
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < V; k++) {
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+          if (u == 0 || has1) {
+            bn_terms_v(mode, mode != 3 ? xv[u][k] : 0.f, mode != 0 ? dv[u][k] : 0.f, mu[k], inv[k], gam[k], bet[k],
+                       s[k], q[k]);
+          }
+        }
+      }
+    }
+  }
+  int width = L.gpb * V;  // channels of this tile
+  if (L.active) {
+#pragma unroll
+    for (int k = 0; k < V; k++) {
+      sh[0][L.ro * width + L.lg * V + k] = s[k];
+      sh[1][L.ro * width + L.lg * V + k] = q[k];
+    }
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < width; j += BN_THREADS) {
+    int64_t ch = (int64_t)blockIdx.x * width + j;
+    if (ch < c) {
+      double ss = 0.0, qq = 0.0;
+      for (int o = 0; o < L.rpi; o++) {  // fixed order
+        ss += sh[0][o * width + j];
+        qq += sh[1][o * width + j];
+      }
+      partials[((int64_t)blockIdx.y * c + ch) * 2] = ss;
+      partials[((int64_t)blockIdx.y * c + ch) * 2 + 1] = qq;
+    }
+  }
+}
+
+extern "C" __global__ void st_bn_partials_nhwc(int mode, const void* x, int tx, const void* dy, int tdy,
+                                               const float* mean, const float* inv_std, const float* gamma,
+                                               const float* beta, double* partials, int64_t rows, int64_t c,
+                                               int64_t rows_per_chunk, int vec) {
+  __shared__ double sh[2][BN_THREADS * VEC];  // the threads' sums, [sum k][row offset * width + channel]
+  if (vec) {
+    bn_partials_nhwc<VEC>(mode, x, tx, dy, tdy, mean, inv_std, gamma, beta, partials, rows, c, rows_per_chunk, sh);
+  } else {
+    bn_partials_nhwc<1>(mode, x, tx, dy, tdy, mean, inv_std, gamma, beta, partials, rows, c, rows_per_chunk, sh);
+  }
+}
+
+// Pass 2 (both layouts): per channel (one warp) the chunks' partials added in a fixed order (each lane a fixed
+// share, then warp_sum's tree), rounded to float once:
+// out(2c) = [sums 0, sums 1] when out is not null; acc0(c) += sums 0 and acc1(c) += sums 1 when not null
+// (a gradient: dbeta and dgamma, or a convolution's dbias).
+extern "C" __global__ void st_bn_partials_final(const double* partials, int64_t chunks, int64_t c, float* out,
+                                                float* acc0, float* acc1) {
+  int lane = threadIdx.x & 31;
+  int64_t warps = ((int64_t)gridDim.x * blockDim.x) >> 5;
+  for (int64_t ch = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; ch < c; ch += warps) {
     double s = 0.0;
     double q = 0.0;
-    for (int64_t k = 0; k < chunks; k++) {
+    for (int64_t k = lane; k < chunks; k += 32) {
       s += partials[(k * c + ch) * 2];
       q += partials[(k * c + ch) * 2 + 1];
     }
-    out[ch] = (float)s;
-    out[c + ch] = (float)q;
+    s = warp_sum(s);
+    q = warp_sum(q);
+    if (lane != 0) {
+      continue;
+    }
+    if (out != nullptr) {
+      out[ch] = (float)s;
+      out[c + ch] = (float)q;
+    }
+    if (acc0 != nullptr) {
+      acc0[ch] = acc0[ch] + (float)s;
+    }
+    if (acc1 != nullptr) {
+      acc1[ch] = acc1[ch] + (float)q;
+    }
   }
 }
 
@@ -149,25 +309,140 @@ extern "C" __global__ void st_bn_finalize(const float* stats, int64_t c, int64_t
   }
 }
 
-// y = (x - mean) * inv_std * gamma + beta per channel, in float (rounded once to y's dtype); y in x's layout.
-extern "C" __global__ void st_bn_apply(const void* x, int tx, void* y, int ty, const float* gamma, const float* beta,
-                                       const float* mean, const float* inv_std, int64_t n, int64_t c, int64_t hw,
-                                       int layout) {
-  GRID_STRIDE(i, n * c * hw) {
-    int64_t ch = bn_channel(i, c, hw, layout);
-    st(y, ty, i, (ld(x, tx, i) - mean[ch]) * inv_std[ch] * gamma[ch] + beta[ch]);
+// Elementwise per-channel passes. prep(ch0, step) loads the per-channel parameters of a thread's values once
+// (value k of a group of V has channel ch0 + k * step), then f(i) transforms the V values i .. i + V - 1
+// (V = 8 with vec, else 1): NCHW grid (planes, parts of a plane), the plane n * c + ch0 = blockIdx.x, step 0;
+// NHWC blocks of BN_THREADS as the reduction's (NhwcLanes), grid (channel tiles, row chunks), each thread
+// keeping its channels while it strides the rows, step 1.
+template <int V, typename P, typename F>
+__device__ __forceinline__ void per_channel(int64_t n, int64_t c, int64_t hw, int layout, P prep, F f) {
+  if (layout == 0) {
+    int64_t plane = blockIdx.x;
+    prep(plane % c, 0);
+    int64_t base = plane * hw;
+    for (int64_t p = ((int64_t)blockIdx.y * blockDim.x + threadIdx.x) * V; p < hw;
+         p += (int64_t)gridDim.y * blockDim.x * V) {
+      f(base + p);
+    }
+  } else {
+    NhwcLanes L(c, V);
+    if (!L.active) {
+      return;
+    }
+    prep(L.g * V, 1);
+    int64_t rows = n * hw;
+    for (int64_t r = (int64_t)blockIdx.y * L.rpi + L.ro; r < rows; r += (int64_t)gridDim.y * L.rpi) {
+      f(r * c + L.g * V);
+    }
   }
 }
 
-// dx = k * (mf * dy - sum_dy - xhat * sum_dy_xhat), k = gamma * inv_std / mf, mf = (float) M; in float.
+// V values at i as float (vectorised when V == 8), and back.
+template <int V>
+__device__ __forceinline__ void ld_n(const void* p, int t, int64_t i, float* v) {
+  if (V == VEC) {
+    ldv(p, t, i, v);
+  } else {
+    v[0] = ld(p, t, i);
+  }
+}
+template <int V>
+__device__ __forceinline__ void st_n(void* p, int t, int64_t i, const float* v) {
+  if (V == VEC) {
+    stv(p, t, i, v);
+  } else {
+    st(p, t, i, v[0]);
+  }
+}
+
+template <int V>
+__device__ __forceinline__ void bn_apply(const void* x, int tx, void* y, int ty, const float* gamma,
+                                         const float* beta, const float* mean, const float* inv_std, int64_t n,
+                                         int64_t c, int64_t hw, int layout, int relu) {
+  float mu[V], inv[V], gam[V], bet[V];
+  per_channel<V>(
+      n, c, hw, layout,
+      [&](int64_t ch0, int step) {
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+          int64_t ch = ch0 + k * step;
+          mu[k] = mean[ch];
+          inv[k] = inv_std[ch];
+          gam[k] = gamma[ch];
+          bet[k] = beta[ch];
+        }
+      },
+      [&](int64_t i) {
+        float v[V];
+        ld_n<V>(x, tx, i, v);
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+          float o = (v[k] - mu[k]) * inv[k] * gam[k] + bet[k];
+          v[k] = relu && !(o > 0.f) ? 0.f : o;
+        }
+        st_n<V>(y, ty, i, v);
+      });
+}
+
+// y = (x - mean) * inv_std * gamma + beta per channel, in float (rounded once to y's dtype), then max(y, 0)
+// when relu; y in x's layout (may be x itself).
+extern "C" __global__ void st_bn_apply(const void* x, int tx, void* y, int ty, const float* gamma, const float* beta,
+                                       const float* mean, const float* inv_std, int64_t n, int64_t c, int64_t hw,
+                                       int layout, int relu, int vec) {
+  if (vec) {
+    bn_apply<VEC>(x, tx, y, ty, gamma, beta, mean, inv_std, n, c, hw, layout, relu);
+  } else {
+    bn_apply<1>(x, tx, y, ty, gamma, beta, mean, inv_std, n, c, hw, layout, relu);
+  }
+}
+
+template <int V>
+__device__ __forceinline__ void bn_bwd_apply(const void* x, int tx, const void* dy, int tdy, const float* gamma,
+                                             const float* beta, const float* mean, const float* inv_std,
+                                             const float* sums, float mf, void* dx, int tdx, int64_t n, int64_t c,
+                                             int64_t hw, int layout, int relu) {
+  float mu[V], inv[V], gam[V], bet[V], s0[V], s1[V];
+  per_channel<V>(
+      n, c, hw, layout,
+      [&](int64_t ch0, int step) {
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+          int64_t ch = ch0 + k * step;
+          mu[k] = mean[ch];
+          inv[k] = inv_std[ch];
+          gam[k] = gamma[ch];
+          bet[k] = relu ? beta[ch] : 0.f;
+          s0[k] = sums[ch];
+          s1[k] = sums[c + ch];
+        }
+      },
+      [&](int64_t i) {
+        float xv[V], g[V];
+        ld_n<V>(x, tx, i, xv);
+        ld_n<V>(dy, tdy, i, g);
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+          float kk = gam[k] * inv[k] / mf;
+          float xh = (xv[k] - mu[k]) * inv[k];
+          float gk = g[k];
+          if (relu && !(xh * gam[k] + bet[k] > 0.f)) {
+            gk = 0.f;
+          }
+          g[k] = kk * (mf * gk - s0[k] - xh * s1[k]);
+        }
+        st_n<V>(dx, tdx, i, g);
+      });
+}
+
+// dx = k * (mf * g - sum_dy - xhat * sum_dy_xhat), k = gamma * inv_std / mf, mf = (float) M; in float; g = dy,
+// or (relu: the forward fused a ReLU, beta given) 0 where the forward's output was 0. dx may be dy itself.
 extern "C" __global__ void st_bn_bwd_apply(const void* x, int tx, const void* dy, int tdy, const float* gamma,
-                                           const float* mean, const float* inv_std, const float* sums, float mf,
-                                           void* dx, int tdx, int64_t n, int64_t c, int64_t hw, int layout) {
-  GRID_STRIDE(i, n * c * hw) {
-    int64_t ch = bn_channel(i, c, hw, layout);
-    float inv = inv_std[ch];
-    float k = gamma[ch] * inv / mf;
-    float xh = (ld(x, tx, i) - mean[ch]) * inv;
-    st(dx, tdx, i, k * (mf * ld(dy, tdy, i) - sums[ch] - xh * sums[c + ch]));
+                                           const float* beta, const float* mean, const float* inv_std,
+                                           const float* sums, float mf, void* dx, int tdx, int64_t n, int64_t c,
+                                           int64_t hw, int layout, int relu, int vec) {
+  if (vec) {
+    bn_bwd_apply<VEC>(x, tx, dy, tdy, gamma, beta, mean, inv_std, sums, mf, dx, tdx, n, c, hw, layout, relu);
+  } else {
+    bn_bwd_apply<1>(x, tx, dy, tdy, gamma, beta, mean, inv_std, sums, mf, dx, tdx, n, c, hw, layout, relu);
   }
 }

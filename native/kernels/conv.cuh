@@ -1,36 +1,42 @@
 // Kernels of the convolutional layers that cuDNN does not cover the way the layers need: the per-channel
-// bias of a convolution (forward) and its gradient (a deterministic per-channel sum, accumulated in fp32).
-// Launchers: CudaDevice.conv2dForward / conv2dBackwardFilter. Layout 0 = NCHW, 1 = NHWC.
+// bias of a convolution (forward, optionally with the ReLU that follows), layout conversion, the residual add.
+// Launchers: CudaDevice.conv2dForward / convertLayout / add. Layout 0 = NCHW, 1 = NHWC.
 #pragma once
 #include "common.cuh"
-#include "reduce.cuh"
+#include "bn_sync.cuh"
 
-__device__ __forceinline__ int64_t channel_of(int64_t i, int64_t c, int64_t hw, int layout) {
-  return layout == 1 ? i % c : (i / hw) % c;
+template <int V>
+__device__ __forceinline__ void channel_bias(void* y, int ty, const float* bias, int64_t n, int64_t c, int64_t hw,
+                                             int layout, int relu) {
+  float b[V];
+  per_channel<V>(
+      n, c, hw, layout,
+      [&](int64_t ch0, int step) {
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+          b[k] = bias[ch0 + k * step];
+        }
+      },
+      [&](int64_t i) {
+        float v[V];
+        ld_n<V>(y, ty, i, v);
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+          float o = v[k] + b[k];
+          v[k] = relu && !(o > 0.f) ? 0.f : o;
+        }
+        st_n<V>(y, ty, i, v);
+      });
 }
 
-// y(n, c, hw) += bias(c), y fp32 or bf16 (rounded once), bias fp32.
+// y(n, c, hw) += bias(c), then max(y, 0) when relu; y fp32 or bf16 (rounded once), bias fp32. Grid as
+// bn_sync.cuh's per_channel. (The bias gradient is bn_sync.cuh's reduction in mode 3.)
 extern "C" __global__ void st_channel_bias(void* y, int ty, const float* bias, int64_t n, int64_t c, int64_t hw,
-                                           int layout) {
-  GRID_STRIDE(i, n * c * hw) { st(y, ty, i, ld(y, ty, i) + bias[channel_of(i, c, hw, layout)]); }
-}
-
-// dbias(c) += sum of dy over (n, hw) for channel blockIdx.x (grid-stride over channels); one block per channel
-// at a time, threads take a fixed share of the values and block_sum adds them in a fixed order: the same bits
-// on every run (no atomics).
-extern "C" __global__ void st_channel_bias_grad(const void* dy, int tdy, float* dbias, int64_t n, int64_t c,
-                                                int64_t hw, int layout) {
-  for (int64_t ch = blockIdx.x; ch < c; ch += gridDim.x) {
-    double s = 0.0;
-    for (int64_t m = threadIdx.x; m < n * hw; m += blockDim.x) {
-      int64_t i = layout == 1 ? m * c + ch : ((m / hw) * c + ch) * hw + (m % hw);
-      s += (double)ld(dy, tdy, i);
-    }
-    s = block_sum(s);
-    if (threadIdx.x == 0) {
-      dbias[ch] = dbias[ch] + (float)s;
-    }
-    __syncthreads();
+                                           int layout, int relu, int vec) {
+  if (vec) {
+    channel_bias<VEC>(y, ty, bias, n, c, hw, layout, relu);
+  } else {
+    channel_bias<1>(y, ty, bias, n, c, hw, layout, relu);
   }
 }
 
@@ -62,7 +68,25 @@ extern "C" __global__ void st_layout_convert(const void* src, int ts, void* dst,
 }
 
 // y = a + b elementwise (the residual add of ResNet blocks, forward and backward), any float dtypes; one pass
-// instead of a copy and an axpy.
-extern "C" __global__ void st_add2(const void* a, int ta, const void* b, int tb, void* y, int ty, int64_t n) {
-  GRID_STRIDE(i, n) { st(y, ty, i, ld(a, ta, i) + ld(b, tb, i)); }
+// instead of a copy and an axpy; then max(y, 0) when relu (a residual block's final ReLU, fused).
+extern "C" __global__ void st_add2(const void* a, int ta, const void* b, int tb, void* y, int ty, int64_t n,
+                                   int relu, int vec) {
+  if (vec) {  // n a multiple of 8, 16-byte aligned pointers (vec.cuh)
+    GRID_STRIDE(j, n / VEC) {
+      float u[VEC], w[VEC];
+      ldv(a, ta, j * VEC, u);
+      ldv(b, tb, j * VEC, w);
+#pragma unroll
+      for (int k = 0; k < VEC; k++) {
+        float v = u[k] + w[k];
+        u[k] = relu && !(v > 0.f) ? 0.f : v;
+      }
+      stv(y, ty, j * VEC, u);
+    }
+    return;
+  }
+  GRID_STRIDE(i, n) {
+    float v = ld(a, ta, i) + ld(b, tb, i);
+    st(y, ty, i, relu && !(v > 0.f) ? 0.f : v);
+  }
 }

@@ -2,6 +2,7 @@
 // Each kernel is a grid-stride loop over n elements; launchers live in CudaDevice.java.
 #pragma once
 #include "common.cuh"
+#include "vec.cuh"
 
 #define SQRT_2_OVER_PI 0.7978845608028654f
 
@@ -49,7 +50,20 @@ extern "C" __global__ void st_relu(const void* x, int tx, void* y, int ty, int64
 }
 
 extern "C" __global__ void st_relu_bwd(const void* x, int tx, const void* dy, int tdy, void* dx, int tdx,
-                                       int64_t n) {
+                                       int64_t n, int vec) {
+  if (vec) {  // n a multiple of 8, 16-byte aligned pointers (vec.cuh)
+    GRID_STRIDE(j, n / VEC) {
+      float u[VEC], g[VEC];
+      ldv(x, tx, j * VEC, u);
+      ldv(dy, tdy, j * VEC, g);
+#pragma unroll
+      for (int k = 0; k < VEC; k++) {
+        g[k] = u[k] > 0 ? g[k] : 0.0f;
+      }
+      stv(dx, tdx, j * VEC, g);
+    }
+    return;
+  }
   GRID_STRIDE(i, n) { st(dx, tdx, i, ld(x, tx, i) > 0 ? ld(dy, tdy, i) : 0.0f); }
 }
 

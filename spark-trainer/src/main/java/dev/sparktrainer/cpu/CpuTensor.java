@@ -35,6 +35,11 @@ public final class CpuTensor extends Tensor {
   }
 
   @Override
+  public Object storage() {
+    return f != null ? f : i;
+  }
+
+  @Override
   public CpuTensor view(long elementOffset, int... shape) {
     if (elementOffset < 0 || elementOffset + Shape.numel(shape) > numel()) {
       throw new IndexOutOfBoundsException("view at " + elementOffset + " of shape " + Shape.str(shape)

@@ -820,6 +820,11 @@ public final class CudaDevice implements Device {
 
   @Override
   public void add(Tensor a, Tensor b, Tensor y) {
+    add(a, b, y, false);
+  }
+
+  @Override
+  public void add(Tensor a, Tensor b, Tensor y, boolean relu) {
     enter();
     sameSize(a, y, "add");
     sameSize(b, y, "add");
@@ -831,8 +836,9 @@ public final class CudaDevice implements Device {
     adoptLayout("add", ca, cy);
     long n = ca.numel();
     if (n > 0) {
+      boolean v = vec8(n, ca, cb, cy);
       kernels.launch("st_add2").l(ca.address()).i(code(ca)).l(cb.address()).i(code(cb)).l(cy.address()).i(code(cy))
-          .l(n).run(grid(n), BLOCK, compute);
+          .l(n).i(relu ? 1 : 0).i(v ? 1 : 0).run(grid(v ? n / 8 : n), BLOCK, compute);
     }
   }
 
@@ -1136,9 +1142,31 @@ public final class CudaDevice implements Device {
     adoptLayout(kernel, g, o);
     long n = a.numel();
     if (n > 0) {
-      kernels.launch(kernel).l(a.address()).i(code(a)).l(g.address()).i(code(g)).l(o.address()).i(code(o)).l(n)
-          .run(grid(n), BLOCK, compute);
+      Kernels.Launch l = kernels.launch(kernel).l(a.address()).i(code(a)).l(g.address()).i(code(g)).l(o.address())
+          .i(code(o)).l(n);
+      if (kernel.equals("st_relu_bwd")) { // the vectorised one (vec.cuh)
+        boolean v = vec8(n, a, g, o);
+        l.i(v ? 1 : 0).run(grid(v ? n / 8 : n), BLOCK, compute);
+      } else {
+        l.run(grid(n), BLOCK, compute);
+      }
     }
+  }
+
+  /**
+   * Whether a kernel may take 8 values per access (vec.cuh): the vectorised dimension {@code len} is a multiple of
+   * 8 and every tensor's address is 16-byte aligned (views at odd offsets are not).
+   */
+  private static boolean vec8(long len, CudaTensor... ts) {
+    if (len % 8 != 0) {
+      return false;
+    }
+    for (CudaTensor t : ts) {
+      if (t != null && t.address() % 16 != 0) {
+        return false;
+      }
+    }
+    return true;
   }
 
   @Override
@@ -1347,8 +1375,7 @@ public final class CudaDevice implements Device {
 
   /** Threads per block of the NCHW per-channel reductions (one block per channel). */
   private static final int BN_BLOCK = 512;
-  private static final int BN_TILE = 32; // bn_sync.cuh: channels per block of the NHWC reduction
-  private static final int BN_ROWS = 16; // rows in flight per block of the NHWC reduction
+  private static final int BN_THREADS = 256; // bn_sync.cuh: threads per block of the NHWC passes
   private CudaBuffer bnPartials; // (chunks, C, 2) doubles of the NHWC reduction, grown on demand
 
   /** (N, C, values per sample and channel) of an (N, C, spatial...) activation. */
@@ -1377,44 +1404,120 @@ public final class CudaDevice implements Device {
   }
 
   /**
-   * out (2C) = per channel [sum, sum] over x's N * spatial values: mode 0 [x, x^2]; mode 1 [dy, dy * xhat]
-   * with mean and invStd. NCHW: one block per channel; NHWC: 32-channel tiles over row chunks, then the chunks.
+   * Per channel [sum, sum] over x's N * spatial values, by mode (bn_sync.cuh's bn_terms): 0 [x, x^2]; 1 [dy,
+   * dy * xhat] with mean and invStd; 2 as 1 through a fused ReLU (gamma and beta give the forward's output);
+   * 3 [dy, 0]. Written to out (2C) when not null, added to acc0 (C) and acc1 (C) when not null. Both layouts
+   * reduce into (chunk, channel) partials, then add the chunks in order (deterministic).
    */
-  private void bnReduce(int mode, CudaTensor x, CudaTensor dy, CudaTensor mean, CudaTensor invStd, CudaTensor out,
-      long[] s, int layout) {
+  private void bnReduce(int mode, CudaTensor x, CudaTensor dy, CudaTensor mean, CudaTensor invStd, CudaTensor gamma,
+      CudaTensor beta, CudaTensor out, CudaTensor acc0, CudaTensor acc1, long[] s, int layout) {
     long c = s[1];
     if (c == 0) {
       return;
     }
+    CudaTensor in = x != null ? x : dy;
+    boolean vec = vec8(layout == NHWC ? c : s[2], x, dy);
+    long xAddr = x == null ? 0 : x.address();
+    int xCode = x == null ? 0 : code(x);
     long dyAddr = dy == null ? 0 : dy.address();
     int dyCode = dy == null ? 0 : code(dy);
-    long meanAddr = mean == null ? 0 : mean.address();
-    long invAddr = invStd == null ? 0 : invStd.address();
-    if (layout != NHWC) {
-      kernels.launch("st_bn_reduce_nchw").i(mode).l(x.address()).i(code(x)).l(dyAddr).i(dyCode).l(meanAddr)
-          .l(invAddr).l(out.address()).l(s[0]).l(c).l(s[2])
-          .run((int) Math.max(1, Math.min(c, (long) smCount * 8)), BN_BLOCK, compute);
-      return;
-    }
     long rows = s[0] * s[2];
-    long tiles = (c + BN_TILE - 1) / BN_TILE;
-    long want = Math.max(1, Math.min((rows + BN_ROWS - 1) / BN_ROWS, (2L * smCount + tiles - 1) / tiles));
-    long perChunk = Math.max(1, (rows + want - 1) / want);
-    long chunks = Math.max(1, (rows + perChunk - 1) / perChunk);
+    long chunks;
+    long perChunk;
+    if (layout != NHWC) {
+      // Blocks of (channel, chunk of samples): enough chunks for ~4 blocks per SM, each chunk >= 1 sample.
+      long want = Math.max(1, Math.min(s[0], (4L * smCount + c - 1) / c));
+      perChunk = (s[0] + want - 1) / want;
+      chunks = Math.max(1, (s[0] + perChunk - 1) / perChunk);
+    } else {
+      long[] t = nhwcTiles(c, vec);
+      long want = Math.max(1, Math.min((rows + 2 * t[1] - 1) / (2 * t[1]), (4L * smCount + t[0] - 1) / t[0]));
+      perChunk = Math.max(1, (rows + want - 1) / want);
+      chunks = Math.max(1, (rows + perChunk - 1) / perChunk);
+    }
+    if (chunks > 65535) {
+      throw new IllegalArgumentException("batch norm reduction over " + in + ": too many chunks (" + chunks + ")");
+    }
     long need = chunks * c * 2 * 8;
     if (bnPartials == null || bnPartials.bytes() < need) {
       if (bnPartials != null) {
         compute.synchronize(); // queued reductions may still read the old buffer
         bnPartials.close();
       }
-      bnPartials = arena.allocate(Math.max(need, 64L << 10), "sync batch norm partials");
+      bnPartials = arena.allocate(Math.max(need, 64L << 10), "batch norm partials");
     }
-    kernels.launch("st_bn_partials_nhwc").i(mode).l(x.address()).i(code(x)).l(dyAddr).i(dyCode).l(meanAddr)
-        .l(invAddr).l(bnPartials.address()).l(rows).l(c).l(perChunk)
-        .run2d(Math.toIntExact(tiles), Math.toIntExact(chunks), BN_TILE, BN_ROWS, compute);
-    kernels.launch("st_bn_partials_final").l(bnPartials.address()).l(chunks).l(c).l(out.address())
-        .run(grid(c), BLOCK, compute);
+    long[] p = {mean == null ? 0 : mean.address(), invStd == null ? 0 : invStd.address(),
+        gamma == null ? 0 : gamma.address(), beta == null ? 0 : beta.address()};
+    if (layout != NHWC) {
+      int block = s[2] >= 512 ? BN_BLOCK : s[2] >= 256 ? 256 : 128;
+      kernels.launch("st_bn_partials_nchw").i(mode).l(xAddr).i(xCode).l(dyAddr).i(dyCode).l(p[0]).l(p[1]).l(p[2])
+          .l(p[3]).l(bnPartials.address()).l(s[0]).l(c).l(s[2]).l(perChunk).i(vec ? 1 : 0)
+          .run2d(Math.toIntExact(c), Math.toIntExact(chunks), block, 1, compute);
+    } else {
+      kernels.launch("st_bn_partials_nhwc").i(mode).l(xAddr).i(xCode).l(dyAddr).i(dyCode).l(p[0]).l(p[1]).l(p[2])
+          .l(p[3]).l(bnPartials.address()).l(rows).l(c).l(perChunk).i(vec ? 1 : 0)
+          .run2d(Math.toIntExact(nhwcTiles(c, vec)[0]), Math.toIntExact(chunks), BN_THREADS, 1, compute);
+    }
+    kernels.launch("st_bn_partials_final").l(bnPartials.address()).l(chunks).l(c)
+        .l(out == null ? 0 : out.address()).l(acc0 == null ? 0 : acc0.address()).l(acc1 == null ? 0 : acc1.address())
+        .run(grid(32L * c), BLOCK, compute); // a warp per channel
   }
+
+  /**
+   * bn_sync.cuh's NHWC thread layout for c channels: {channel tiles, rows per block at a time}; groups of 8
+   * channels per thread when vectorised, else 1, up to 256 groups per block.
+   */
+  private static long[] nhwcTiles(long c, boolean vec) {
+    long groups = vec ? c / 8 : c;
+    long perBlock = Math.min(groups, BN_THREADS);
+    return new long[] {(groups + perBlock - 1) / perBlock, BN_THREADS / perBlock};
+  }
+
+  /**
+   * Launches a per-channel elementwise kernel (bn_sync.cuh's per_channel) over (n, c, hw), adding its last
+   * argument, vec: vectorised when the tensors allow it (planes (NCHW) or channels (NHWC) a multiple of 8, aligned
+   * addresses). NCHW: a grid of (planes, parts of a plane), ~2 iterations per thread; NHWC: blocks of 256 threads
+   * as the reduction's, ~4 rows per thread.
+   */
+  private void perChannelLaunch(Kernels.Launch launch, long[] s, int layout, CudaTensor... tensors) {
+    long n = s[0];
+    long c = s[1];
+    long hw = s[2];
+    if (n * c * hw == 0) {
+      return;
+    }
+    boolean vec = vec8(layout == NHWC ? c : hw, tensors);
+    launch.i(vec ? 1 : 0);
+    int per = vec ? 8 : 1;
+    if (layout != NHWC) {
+      if (n * c > Integer.MAX_VALUE) {
+        throw new IllegalArgumentException("per-channel op over " + n * c + " planes: more than the grid holds");
+      }
+      long items = hw / per;
+      int block = items >= 256 ? 256 : items >= 128 ? 128 : items >= 64 ? 64 : 32;
+      long parts = Math.min(65535, Math.max(1, (items + 2L * block - 1) / (2L * block)));
+      launch.run2d(Math.toIntExact(n * c), Math.toIntExact(parts), block, 1, compute);
+    } else {
+      long[] t = nhwcTiles(c, vec);
+      long rows = n * hw;
+      long gy = Math.min(65535, Math.max(1, (rows + 4L * t[1] - 1) / (4L * t[1])));
+      launch.run2d(Math.toIntExact(t[0]), Math.toIntExact(gy), BN_THREADS, 1, compute);
+    }
+  }
+
+  /** Per-call (2C) float scratch for the per-rank batch norm's statistics and backward sums. */
+  private CudaTensor bnSums(long c) {
+    if (bnSums == null || bnSums.numel() < 2 * c) {
+      if (bnSums != null) {
+        compute.synchronize(); // queued kernels may still read the old buffer
+        bnSums.buffer().close();
+      }
+      bnSums = allocate(DType.FLOAT32, Math.toIntExact(Math.max(2 * c, 4096)));
+    }
+    return bnSums;
+  }
+
+  private CudaTensor bnSums; // see bnSums(long)
 
   @Override
   public void batchNormStats(Tensor x, Tensor stats) {
@@ -1424,7 +1527,7 @@ public final class CudaDevice implements Device {
     long[] s = bnShape(x, op);
     CudaTensor st = perChannel(x, fl(stats), Math.toIntExact(2 * s[1]), "stats", op);
     noteWritten(st);
-    bnReduce(0, cx, null, null, null, st, s, layoutOf(op, cx));
+    bnReduce(0, cx, null, null, null, null, null, st, null, null, s, layoutOf(op, cx));
   }
 
   @Override
@@ -1466,12 +1569,9 @@ public final class CudaDevice implements Device {
     int layout = layoutOf(op, cx);
     noteWritten(cy);
     adopt(cy, layout);
-    long n = x.numel();
-    if (n > 0) {
-      kernels.launch("st_bn_apply").l(cx.address()).i(code(cx)).l(cy.address()).i(code(cy)).l(g.address())
-          .l(b.address()).l(m.address()).l(is.address()).l(s[0]).l(s[1]).l(s[2]).i(layout)
-          .run(grid(n), BLOCK, compute);
-    }
+    perChannelLaunch(kernels.launch("st_bn_apply").l(cx.address()).i(code(cx)).l(cy.address()).i(code(cy))
+        .l(g.address()).l(b.address()).l(m.address()).l(is.address()).l(s[0]).l(s[1]).l(s[2]).i(layout).i(0),
+        s, layout, cx, cy);
   }
 
   @Override
@@ -1486,7 +1586,7 @@ public final class CudaDevice implements Device {
     CudaTensor is = perChannel(x, fl(invStd), c, "invStd", op);
     CudaTensor sm = perChannel(x, fl(sums), 2 * c, "sums", op);
     noteWritten(sm);
-    bnReduce(1, cx, cdy, m, is, sm, s, layoutOf(op, cx, cdy));
+    bnReduce(1, cx, cdy, m, is, null, null, sm, null, null, s, layoutOf(op, cx, cdy));
   }
 
   @Override
@@ -1509,12 +1609,9 @@ public final class CudaDevice implements Device {
     int layout = layoutOf(op, cx, cdy);
     noteWritten(cdx);
     adopt(cdx, layout);
-    long n = x.numel();
-    if (n > 0) {
-      kernels.launch("st_bn_bwd_apply").l(cx.address()).i(code(cx)).l(cdy.address()).i(code(cdy))
-          .l(g.address()).l(m.address()).l(is.address()).l(sm.address()).f((float) count).l(cdx.address())
-          .i(code(cdx)).l(s[0]).l(s[1]).l(s[2]).i(layout).run(grid(n), BLOCK, compute);
-    }
+    perChannelLaunch(kernels.launch("st_bn_bwd_apply").l(cx.address()).i(code(cx)).l(cdy.address())
+        .i(code(cdy)).l(g.address()).l(0L).l(m.address()).l(is.address()).l(sm.address()).f((float) count)
+        .l(cdx.address()).i(code(cdx)).l(s[0]).l(s[1]).l(s[2]).i(layout).i(0), s, layout, cx, cdy, cdx);
   }
 
   // ---------------------------------------------------------------- convolutional layers (cuDNN)
@@ -1547,15 +1644,15 @@ public final class CudaDevice implements Device {
   // the fp32 filter gradient stays (K, C, kh, kw) (the op converts cuDNN's NHWC result while adding it).
 
   /**
-   * -Dsparktrainer.cuda.channelsLast=true: the bf16 path keeps conv activations channels-last. Off by default:
-   * every op agrees with its channels-first run (CudaChannelsLastTest), but on an H100 a ResNet-50 step was
-   * 6x slower with it (314 vs 1942 img/s): the op profile put 750 ms of a step in cuDNN's NHWC batch norm
-   * (persistent spatial mode, legacy API) against 46 ms channels-first, and the NHWC convolutions were no
-   * faster than the NCHW ones (75 vs 64 ms). An experiment until batch norm has a fast NHWC path (docs/gpu.md).
+   * The bf16 path keeps conv activations channels-last (NHWC, as PyTorch's channels_last) unless
+   * -Dsparktrainer.cuda.channelsLast=false. Every op agrees with its channels-first run (CudaChannelsLastTest).
+   * Measured on an H100 (ResNet-50, batch 256, bf16, docs/gpu.md): channels-first 2,069 img/s, channels-last 2,966
+   * img/s with the project's batch-norm kernels (Note [fused batch norm + ReLU]); with cuDNN's legacy NHWC batch
+   * norm it had been 314 img/s.
    */
   @Override
   public boolean supportsChannelsLast() {
-    return "true".equalsIgnoreCase(System.getProperty("sparktrainer.cuda.channelsLast"));
+    return !"false".equalsIgnoreCase(System.getProperty("sparktrainer.cuda.channelsLast"));
   }
 
   private static int layout(CudaTensor t) {
@@ -1690,8 +1787,82 @@ public final class CudaDevice implements Device {
     }
   }
 
+  /**
+   * -Dsparktrainer.cudnn.api: {@code graph} (the default) runs convolutions through cuDNN's backend (graph) API
+   * with engine heuristics, or timed engine choice under sparktrainer.cudnn.benchmark (Note [cuDNN graph
+   * convolutions]), which reaches the sm90 NHWC bf16 engines the legacy API does not; a shape the graph API has
+   * no engine for runs on the legacy API (logged once per shape). {@code legacy} runs them all through cuDNN's
+   * legacy entry points (Note [cuDNN ops] in sparktrainer_jni.cpp). Measured on an H100 (bf16, channels-last,
+   * timed choice): ResNet-50's convolutions took 23 ms of a step on the graph API against 44 ms on the legacy one,
+   * and the Fashion-MNIST CNN's step went from 2.6 to 1.2 ms (docs/gpu.md).
+   */
+  static final String CUDNN_API = System.getProperty("sparktrainer.cudnn.api", "graph");
+  private static final int CONV_FORWARD = 0;
+  private static final int CONV_BACKWARD_DATA = 1;
+  private static final int CONV_BACKWARD_FILTER = 2;
+  private boolean cudnnGraph = cudnnGraphApi(CUDNN_API);
+  private final java.util.Set<String> cudnnGraphFallbacks = java.util.concurrent.ConcurrentHashMap.newKeySet();
+
+  private static boolean cudnnGraphApi(String api) {
+    return switch (api) {
+      case "legacy" -> false;
+      case "graph" -> true;
+      default -> throw new IllegalArgumentException(
+          "-Dsparktrainer.cudnn.api must be graph (the default) or legacy, got '" + api + "'");
+    };
+  }
+
+  /** Switches this device's convolutions between the legacy and the graph API (tests run every case on both). */
+  void useCudnnGraph(boolean graph) {
+    cudnnGraph = graph;
+  }
+
+  /** The convolutions (as convWhat names them, plus the layout) that the graph API left to the legacy one. */
+  java.util.Set<String> cudnnGraphFallbacks() {
+    return java.util.Set.copyOf(cudnnGraphFallbacks);
+  }
+
+  /**
+   * One cuDNN convolution direction, c = result + beta * c: CONV_FORWARD (a x, b w, c y), CONV_BACKWARD_DATA (a dy,
+   * b w, c dx), CONV_BACKWARD_FILTER (a x, b dy, c dw), through this device's API (CUDNN_API); a failure throws
+   * with what's text.
+   */
+  private void cudnnConv(int dir, DType d, int layout, int[] dims, long a, long b, long c, float beta,
+      java.util.function.Supplier<String> what) {
+    CudaBuffer ws = cudnnWorkspace();
+    long h = cudnn().handle();
+    int mode = computeMode(d);
+    if (cudnnGraph) {
+      int st = Native.cudnnGraphConv(h, dir, d.ordinal(), layout, dims, mode, CUDNN_SEARCH, a, b, c, beta,
+          ws.address(), ws.bytes());
+      if (st != Native.NO_CUDNN_ENGINE) {
+        dnn(st, () -> what.get() + " through the cuDNN graph API");
+        return;
+      }
+      String shape = what.get() + (layout == NHWC ? ", NHWC" : "");
+      if (cudnnGraphFallbacks.add(shape)) {
+        LOG.log(System.Logger.Level.INFO, "{0}: no cuDNN graph engine for {1}; it runs on the legacy API", name,
+            shape);
+      }
+    }
+    int st = switch (dir) {
+      case CONV_FORWARD -> Native.cudnnConvForward(h, d.ordinal(), layout, dims, mode, CUDNN_SEARCH, a, b, c, beta,
+          ws.address(), ws.bytes());
+      case CONV_BACKWARD_DATA -> Native.cudnnConvBackwardData(h, d.ordinal(), layout, dims, mode, CUDNN_SEARCH, a, b,
+          c, beta, ws.address(), ws.bytes());
+      default -> Native.cudnnConvBackwardFilter(h, d.ordinal(), layout, dims, mode, CUDNN_SEARCH, a, b, c, beta,
+          ws.address(), ws.bytes());
+    };
+    dnn(st, what);
+  }
+
   @Override
   public void conv2dForward(Tensor x, Tensor w, Tensor bias, Tensor y, Conv2dDesc desc) {
+    conv2dForward(x, w, bias, y, desc, false);
+  }
+
+  @Override
+  public void conv2dForward(Tensor x, Tensor w, Tensor bias, Tensor y, Conv2dDesc desc, boolean relu) {
     enter();
     CudaTensor cx = fl(x);
     CudaTensor cw = fl(w);
@@ -1705,17 +1876,16 @@ public final class CudaDevice implements Device {
     if (x.dim(0) == 0) {
       return;
     }
-    CudaBuffer ws = cudnnWorkspace();
-    int st = Native.cudnnConvForward(cudnn().handle(), d.ordinal(), layout, convDims(x.shape(), w.shape(), y.shape(),
-        desc), computeMode(d), CUDNN_SEARCH, cx.address(), cw.address(), cy.address(), 0f, ws.address(), ws.bytes());
-    if (st != 0) {
-      Native.check(st, convWhat("cudnnConvolutionForward", x.shape(), w.shape(), y.shape(), desc, d));
-    }
-    if (cb != null) {
-      long n = y.dim(0);
-      long hw = (long) y.dim(2) * y.dim(3);
-      kernels.launch("st_channel_bias").l(cy.address()).i(code(cy)).l(cb.address()).l(n).l(y.dim(1)).l(hw)
-          .i(layout).run(grid(y.numel()), BLOCK, compute);
+    cudnnConv(CONV_FORWARD, d, layout, convDims(x.shape(), w.shape(), y.shape(), desc), cx.address(), cw.address(),
+        cy.address(), 0f, () -> convWhat("cudnnConvolutionForward", x.shape(), w.shape(), y.shape(), desc, d));
+    if (cb != null || relu) {
+      long[] s = {y.dim(0), y.dim(1), (long) y.dim(2) * y.dim(3)};
+      if (cb != null) {
+        perChannelLaunch(kernels.launch("st_channel_bias").l(cy.address()).i(code(cy)).l(cb.address()).l(s[0])
+            .l(s[1]).l(s[2]).i(layout).i(relu ? 1 : 0), s, layout, cy);
+      } else {
+        relu(cy, cy);
+      }
     }
   }
 
@@ -1733,13 +1903,9 @@ public final class CudaDevice implements Device {
     if (dx.dim(0) == 0) {
       return;
     }
-    CudaBuffer ws = cudnnWorkspace();
-    int st = Native.cudnnConvBackwardData(cudnn().handle(), d.ordinal(), layout, convDims(dx.shape(), w.shape(),
-        dy.shape(), desc), computeMode(d), CUDNN_SEARCH, cdy.address(), cw.address(), cdx.address(), 0f,
-        ws.address(), ws.bytes());
-    if (st != 0) {
-      Native.check(st, convWhat("cudnnConvolutionBackwardData", dx.shape(), w.shape(), dy.shape(), desc, d));
-    }
+    cudnnConv(CONV_BACKWARD_DATA, d, layout, convDims(dx.shape(), w.shape(), dy.shape(), desc), cdy.address(),
+        cw.address(), cdx.address(), 0f,
+        () -> convWhat("cudnnConvolutionBackwardData", dx.shape(), w.shape(), dy.shape(), desc, d));
   }
 
   @Override
@@ -1762,40 +1928,27 @@ public final class CudaDevice implements Device {
     if (x.dim(0) == 0) {
       return;
     }
-    CudaBuffer ws = cudnnWorkspace();
     int[] dims = convDims(x.shape(), dw.shape(), dy.shape(), desc);
+    java.util.function.Supplier<String> what =
+        () -> convWhat("cudnnConvolutionBackwardFilter", x.shape(), dw.shape(), dy.shape(), desc, d);
     if (layout == NHWC && (long) dw.dim(2) * dw.dim(3) > 1) {
       // cuDNN writes an NHWC filter gradient (K, kh, kw, C): compute it apart, then add it converted.
       CudaTensor tmp = convScratch.computeIfAbsent("dw" + d + Shape.str(dw.shape()), k -> allocate(d, dw.shape()));
-      int st = Native.cudnnConvBackwardFilter(cudnn().handle(), d.ordinal(), layout, dims, computeMode(d),
-          CUDNN_SEARCH, cx.address(), cdy.address(), tmp.address(), 0f, ws.address(), ws.bytes());
-      if (st != 0) {
-        Native.check(st, convWhat("cudnnConvolutionBackwardFilter", x.shape(), dw.shape(), dy.shape(), desc, d));
-      }
+      cudnnConv(CONV_BACKWARD_FILTER, d, layout, dims, cx.address(), cdy.address(), tmp.address(), 0f, what);
       adopt(tmp, NHWC);
       convertLayout(tmp, cdw, false, true);
     } else if (d == DType.FLOAT32) {
-      int st = Native.cudnnConvBackwardFilter(cudnn().handle(), d.ordinal(), layout, dims, computeMode(d),
-          CUDNN_SEARCH, cx.address(), cdy.address(), cdw.address(), 1f, ws.address(), ws.bytes()); // dw += result
-      if (st != 0) {
-        Native.check(st, convWhat("cudnnConvolutionBackwardFilter", x.shape(), dw.shape(), dy.shape(), desc, d));
-      }
+      cudnnConv(CONV_BACKWARD_FILTER, d, layout, dims, cx.address(), cdy.address(), cdw.address(), 1f, what); // +=
     } else {
       // cuDNN's filter gradient has the activations' dtype: compute it in bf16, then add it to the fp32 gradient.
       CudaTensor tmp = convScratch.computeIfAbsent("dw" + Shape.str(dw.shape()),
           k -> allocate(DType.BFLOAT16, dw.shape()));
-      int st = Native.cudnnConvBackwardFilter(cudnn().handle(), d.ordinal(), layout, dims, computeMode(d),
-          CUDNN_SEARCH, cx.address(), cdy.address(), tmp.address(), 0f, ws.address(), ws.bytes());
-      if (st != 0) {
-        Native.check(st, convWhat("cudnnConvolutionBackwardFilter", x.shape(), dw.shape(), dy.shape(), desc, d));
-      }
+      cudnnConv(CONV_BACKWARD_FILTER, d, layout, dims, cx.address(), cdy.address(), tmp.address(), 0f, what);
       axpy(1f, tmp, cdw);
     }
     if (cdb != null) {
-      long hw = (long) dy.dim(2) * dy.dim(3);
-      int channels = dy.dim(1);
-      kernels.launch("st_channel_bias_grad").l(cdy.address()).i(code(cdy)).l(cdb.address()).l(dy.dim(0))
-          .l(channels).l(hw).i(layout).run((int) Math.min(channels, (long) smCount * 8), BLOCK, compute);
+      long[] s = {dy.dim(0), dy.dim(1), (long) dy.dim(2) * dy.dim(3)};
+      bnReduce(3, null, cdy, null, null, null, null, null, cdb, null, s, layout); // dbias += sum of dy
     }
   }
 
@@ -1887,37 +2040,54 @@ public final class CudaDevice implements Device {
     return eps;
   }
 
+  // Note [fused batch norm + ReLU]: the per-rank training forward and backward run on the project's kernels
+  // (bn_sync.cuh), not cuDNN's: its legacy batch norm took 46 ms of a ResNet-50 step on an H100 channels-first
+  // and 750 ms channels-last (NHWC), and these kernels also take the ReLU that follows (nn.Model fuses
+  // "batchnorm2d, relu" pairs): forward = statistics (a chunked per-channel reduction), finalize, one apply
+  // pass writing relu(bn(x)); backward = one reduction of [g, g * xhat] (g = dy, zeroed where the output was 0,
+  // recomputed from x, so the ReLU's output need not be read) that also adds dbeta and dgamma, then one apply
+  // pass. The arithmetic is that of the synchronised ops (and CpuConv), so results are deterministic and
+  // agree with the CPU engine to rounding. Evaluation mode keeps cuDNN's inference kernel.
+
   @Override
   public void batchNormForwardTraining(Tensor x, Tensor gamma, Tensor beta, Tensor y, Tensor runningMean,
       Tensor runningVar, float momentum, float eps, Tensor saveMean, Tensor saveInvStd) {
+    batchNormForwardTraining(x, gamma, beta, y, runningMean, runningVar, momentum, eps, saveMean, saveInvStd, false);
+  }
+
+  @Override
+  public void batchNormForwardTraining(Tensor x, Tensor gamma, Tensor beta, Tensor y, Tensor runningMean,
+      Tensor runningVar, float momentum, float eps, Tensor saveMean, Tensor saveInvStd, boolean relu) {
     enter();
     String op = "batchNormForwardTraining";
-    CudaTensor cx = fl(x);
+    CudaTensor cx = bnActivation(x, op, y);
     CudaTensor cy = fl(y);
-    int[] n = bnDims(x, op);
-    if (!java.util.Arrays.equals(x.shape(), y.shape())) {
-      throw new IllegalArgumentException(op + ": y " + y + " must have x's shape " + x);
-    }
-    if ((long) n[0] * n[2] * n[3] < 2) {
+    long[] s = bnShape(x, op);
+    if (s[0] * s[2] < 2) {
       throw new IllegalArgumentException(op + ": needs more than one value per channel, got " + x);
     }
-    DType d = activations(op, cx, cy);
+    if (!(eps > 0f) || Float.isInfinite(eps)) {
+      throw new IllegalArgumentException(op + ": eps must be > 0, got " + eps);
+    }
+    int c = Math.toIntExact(s[1]);
     int layout = layoutOf(op, cx);
-    adopt(cy, layout);
-    CudaTensor g = perChannel(x, fl(gamma), n[1], "gamma", op);
-    CudaTensor b = perChannel(x, fl(beta), n[1], "beta", op);
-    CudaTensor rm = perChannel(x, fl(runningMean), n[1], "runningMean", op);
-    CudaTensor rv = perChannel(x, fl(runningVar), n[1], "runningVar", op);
-    CudaTensor sm = perChannel(x, fl(saveMean), n[1], "saveMean", op);
-    CudaTensor si = perChannel(x, fl(saveInvStd), n[1], "saveInvStd", op);
-    double e = bnEps(eps, op);
+    CudaTensor g = perChannel(x, fl(gamma), c, "gamma", op);
+    CudaTensor b = perChannel(x, fl(beta), c, "beta", op);
+    CudaTensor rm = perChannel(x, fl(runningMean), c, "runningMean", op);
+    CudaTensor rv = perChannel(x, fl(runningVar), c, "runningVar", op);
+    CudaTensor sm = perChannel(x, fl(saveMean), c, "saveMean", op);
+    CudaTensor si = perChannel(x, fl(saveInvStd), c, "saveInvStd", op);
     for (CudaTensor o : new CudaTensor[] {cy, rm, rv, sm, si}) {
       noteWritten(o);
     }
-    bnEps.put(si.address(), e);
-    dnn(Native.cudnnBnForwardTraining(cudnn().handle(), d.ordinal(), layout, n[0], n[1], n[2], n[3],
-        cx.address(), cy.address(), g.address(), b.address(), momentum, rm.address(), rv.address(), e,
-        sm.address(), si.address()), () -> "cudnnBatchNormalizationForwardTraining x " + x);
+    adopt(cy, layout);
+    CudaTensor stats = bnSums(c);
+    bnReduce(0, cx, null, null, null, null, null, stats, null, null, s, layout);
+    kernels.launch("st_bn_finalize").l(stats.address()).l(c).l(s[0] * s[2]).f(momentum).f(eps).l(sm.address())
+        .l(si.address()).l(rm.address()).l(rv.address()).run(grid(c), BLOCK, compute);
+    perChannelLaunch(kernels.launch("st_bn_apply").l(cx.address()).i(code(cx)).l(cy.address()).i(code(cy))
+        .l(g.address()).l(b.address()).l(sm.address()).l(si.address()).l(s[0]).l(s[1]).l(s[2]).i(layout)
+        .i(relu ? 1 : 0), s, layout, cx, cy);
   }
 
   @Override
@@ -1947,40 +2117,48 @@ public final class CudaDevice implements Device {
     }
   }
 
-  // cuDNN asks the backward for the forward's eps: remembered per saveInvStd buffer by the training forward.
-  private final java.util.Map<Long, Double> bnEps = new java.util.HashMap<>();
-
   @Override
   public void batchNormBackward(Tensor x, Tensor dy, Tensor gamma, Tensor saveMean, Tensor saveInvStd,
       Tensor dx, Tensor dgamma, Tensor dbeta) {
+    bnBackward(x, null, dy, gamma, null, saveMean, saveInvStd, dx, dgamma, dbeta);
+  }
+
+  @Override
+  public void batchNormBackwardRelu(Tensor x, Tensor y, Tensor dy, Tensor gamma, Tensor beta, Tensor saveMean,
+      Tensor saveInvStd, Tensor dx, Tensor dgamma, Tensor dbeta) {
+    if (!java.util.Arrays.equals(x.shape(), y.shape())) {
+      throw new IllegalArgumentException("batchNormBackwardRelu: y " + y + " must have x's shape " + x);
+    }
+    bnBackward(x, y, dy, gamma, fl(beta), saveMean, saveInvStd, dx, dgamma, dbeta);
+  }
+
+  /** Per-rank batch-norm backward, through the fused ReLU when beta is given (Note [fused batch norm + ReLU]). */
+  private void bnBackward(Tensor x, Tensor y, Tensor dy, Tensor gamma, CudaTensor beta, Tensor saveMean,
+      Tensor saveInvStd, Tensor dx, Tensor dgamma, Tensor dbeta) {
     enter();
-    String op = "batchNormBackward";
-    CudaTensor cx = fl(x);
+    String op = beta != null ? "batchNormBackwardRelu" : "batchNormBackward";
+    CudaTensor cx = bnActivation(x, op, dy, dx);
     CudaTensor cdy = fl(dy);
     CudaTensor cdx = fl(dx);
-    int[] n = bnDims(x, op);
-    if (!java.util.Arrays.equals(x.shape(), dy.shape()) || !java.util.Arrays.equals(x.shape(), dx.shape())) {
-      throw new IllegalArgumentException(op + ": x " + x + ", dy " + dy + " and dx " + dx + " must have one shape");
-    }
-    DType d = activations(op, cx, cdy, cdx);
+    long[] s = bnShape(x, op);
+    int c = Math.toIntExact(s[1]);
     int layout = layoutOf(op, cx, cdy);
-    adopt(cdx, layout);
-    CudaTensor g = perChannel(x, fl(gamma), n[1], "gamma", op);
-    CudaTensor sm = perChannel(x, fl(saveMean), n[1], "saveMean", op);
-    CudaTensor si = perChannel(x, fl(saveInvStd), n[1], "saveInvStd", op);
-    CudaTensor dg = perChannel(x, fl(dgamma), n[1], "dgamma", op);
-    CudaTensor db = perChannel(x, fl(dbeta), n[1], "dbeta", op);
+    CudaTensor g = perChannel(x, fl(gamma), c, "gamma", op);
+    CudaTensor b = beta == null ? null : perChannel(x, beta, c, "beta", op);
+    CudaTensor sm = perChannel(x, fl(saveMean), c, "saveMean", op);
+    CudaTensor si = perChannel(x, fl(saveInvStd), c, "saveInvStd", op);
+    CudaTensor dg = perChannel(x, fl(dgamma), c, "dgamma", op);
+    CudaTensor db = perChannel(x, fl(dbeta), c, "dbeta", op);
     for (CudaTensor o : new CudaTensor[] {cdx, dg, db}) {
       noteWritten(o);
     }
-    Double eps = bnEps.get(si.address());
-    if (eps == null) {
-      throw new IllegalArgumentException(op + ": saveInvStd " + saveInvStd + " was not written by"
-          + " batchNormForwardTraining on " + name);
-    }
-    dnn(Native.cudnnBnBackward(cudnn().handle(), d.ordinal(), layout, n[0], n[1], n[2], n[3], cx.address(),
-        cdy.address(), cdx.address(), g.address(), dg.address(), db.address(), eps, sm.address(),
-        si.address()), () -> "cudnnBatchNormalizationBackward x " + x);
+    adopt(cdx, layout);
+    CudaTensor sums = bnSums(c);
+    bnReduce(b != null ? 2 : 1, cx, cdy, sm, si, g, b, sums, db, dg, s, layout);
+    perChannelLaunch(kernels.launch("st_bn_bwd_apply").l(cx.address()).i(code(cx)).l(cdy.address())
+        .i(code(cdy)).l(g.address()).l(b == null ? 0L : b.address()).l(sm.address()).l(si.address())
+        .l(sums.address()).f((float) (s[0] * s[2])).l(cdx.address()).i(code(cdx)).l(s[0]).l(s[1]).l(s[2])
+        .i(layout).i(b != null ? 1 : 0), s, layout, cx, cdy, cdx);
   }
 
   @Override

@@ -48,6 +48,11 @@ public final class CudaTensor extends Tensor {
     return numel() * dtype().bytes();
   }
 
+  @Override
+  public Object storage() {
+    return buffer;
+  }
+
   /** Whether this 4-D tensor holds its elements in NHWC order (Note [channels-last tensors] in CudaDevice). */
   @Override
   public boolean channelsLast() {

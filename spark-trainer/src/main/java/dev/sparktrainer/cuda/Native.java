@@ -20,6 +20,12 @@ final class Native {
   /** ncclInProgress: a non-blocking NCCL call is still running (poll ncclCommGetAsyncError). */
   static final int NCCL_IN_PROGRESS = 7;
 
+  /**
+   * JNI_NO_CUDNN_ENGINE of the binding: the cuDNN graph API has no engine for a convolution (use the legacy
+   * API for that shape).
+   */
+  static final int NO_CUDNN_ENGINE = (LIB_JNI << 24) | 6;
+
   /** NCCL reduction codes of the binding. */
   static final int OP_SUM = 0;
   static final int OP_AVG = 4;
@@ -125,6 +131,14 @@ final class Native {
 
   static native int cudnnConvBackwardFilter(long handle, int dtype, int layout, int[] dims, int computeMode,
       int search, long x, long dy, long dw, float beta, long workspace, long workspaceBytes);
+
+  /**
+   * The same convolutions through cuDNN's backend (graph) API (Note [cuDNN graph convolutions]): dir 0
+   * forward (a x, b w, c y), 1 backward data (a dy, b w, c dx), 2 backward filter (a x, b dy, c dw); the other
+   * arguments as above. {@link #NO_CUDNN_ENGINE}: no engine for this shape (remembered per shape natively).
+   */
+  static native int cudnnGraphConv(long handle, int dir, int dtype, int layout, int[] dims, int computeMode,
+      int search, long a, long b, long c, float beta, long workspace, long workspaceBytes);
 
   /** Pooling; mode 0 max, 1 average counting padding; dims: n, c, h, w, kh, kw, padH, padW, strideH, strideW, oh, ow. */
   static native int cudnnPoolForward(long handle, int dtype, int layout, int mode, int[] dims, long x, long y);

@@ -65,6 +65,17 @@ public interface Device extends AutoCloseable {
     axpy(1f, b, y);
   }
 
+  /**
+   * y[i] = a[i] + b[i], then max(y[i], 0) when {@code relu} (a residual block and the ReLU after it, in one pass
+   * where the backend fuses them). Default: {@link #add(Tensor, Tensor, Tensor)} then {@link #relu}.
+   */
+  default void add(Tensor a, Tensor b, Tensor y, boolean relu) {
+    add(a, b, y);
+    if (relu) {
+      relu(y, y);
+    }
+  }
+
   /** x[i] *= alpha. */
   void scale(Tensor x, float alpha);
 
@@ -280,6 +291,18 @@ public interface Device extends AutoCloseable {
     throw new UnsupportedOperationException(name() + " does not implement conv2dForward yet");
   }
 
+  /**
+   * {@link #conv2dForward(Tensor, Tensor, Tensor, Tensor, Conv2dDesc)} followed by y = max(y, 0) when
+   * {@code relu} (the ReLU after a convolution, fused into its bias pass where the backend can). Default: the
+   * two ops.
+   */
+  default void conv2dForward(Tensor x, Tensor w, Tensor bias, Tensor y, Conv2dDesc desc, boolean relu) {
+    conv2dForward(x, w, bias, y, desc);
+    if (relu) {
+      relu(y, y);
+    }
+  }
+
   /** dx (N, C, H, W) = dL/dx of {@link #conv2dForward} for dy (N, K, OH, OW) (overwritten, not accumulated). */
   default void conv2dBackwardData(Tensor dy, Tensor w, Tensor dx, Conv2dDesc desc) {
     throw new UnsupportedOperationException(name() + " does not implement conv2dBackwardData yet");
@@ -338,6 +361,31 @@ public interface Device extends AutoCloseable {
   default void batchNormBackward(Tensor x, Tensor dy, Tensor gamma, Tensor saveMean, Tensor saveInvStd,
       Tensor dx, Tensor dgamma, Tensor dbeta) {
     throw new UnsupportedOperationException(name() + " does not implement batchNormBackward yet");
+  }
+
+  /**
+   * {@link #batchNormForwardTraining(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, float, float, Tensor,
+   * Tensor)} followed by y = max(y, 0) when {@code relu} (batch norm and the ReLU after it, one pass where the
+   * backend fuses them). Default: the two ops.
+   */
+  default void batchNormForwardTraining(Tensor x, Tensor gamma, Tensor beta, Tensor y, Tensor runningMean,
+      Tensor runningVar, float momentum, float eps, Tensor saveMean, Tensor saveInvStd, boolean relu) {
+    batchNormForwardTraining(x, gamma, beta, y, runningMean, runningVar, momentum, eps, saveMean, saveInvStd);
+    if (relu) {
+      relu(y, y);
+    }
+  }
+
+  /**
+   * Backward of the fused batch norm + ReLU ({@code relu} true above), whose output was y: dx (overwritten) =
+   * dL/dx for dy = dL/dy, dgamma and dbeta accumulated as in {@link #batchNormBackward}. Default: the ReLU's
+   * backward into dx, then batchNormBackward with dx as its dy (so batchNormBackward must allow dy == dx, as
+   * the CPU engine's does: each channel's sums are taken before its dx is written).
+   */
+  default void batchNormBackwardRelu(Tensor x, Tensor y, Tensor dy, Tensor gamma, Tensor beta, Tensor saveMean,
+      Tensor saveInvStd, Tensor dx, Tensor dgamma, Tensor dbeta) {
+    reluBackward(y, dy, dx);
+    batchNormBackward(x, dx, gamma, saveMean, saveInvStd, dx, dgamma, dbeta);
   }
 
   // ---- synchronised batch norm (SyncBatchNorm): the training forward and backward split at the two places

@@ -55,6 +55,9 @@ public abstract class Tensor {
     return false;
   }
 
+  /** The allocation this tensor is a view of: tensors that share memory return the same object. */
+  public abstract Object storage();
+
   /** A view of {@code shape} starting {@code elementOffset} elements into this tensor's memory. */
   public abstract Tensor view(long elementOffset, int... shape);
 

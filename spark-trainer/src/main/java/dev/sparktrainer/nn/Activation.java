@@ -9,6 +9,7 @@ public final class Activation extends Layer {
 
   private final Kind kind;
   private Tensor x;
+  private boolean absorbed; // the layer before computes this ReLU (Note [fused ReLU] in Model)
 
   public Activation(Kind kind) {
     this.kind = kind;
@@ -18,6 +19,19 @@ public final class Activation extends Layer {
     return kind;
   }
 
+  /** The layer before applies this ReLU itself: forward and backward pass their tensor through unchanged. */
+  void absorbIntoPrevious() {
+    if (kind != Kind.RELU) {
+      throw new IllegalStateException("only a ReLU can be fused into the layer before it, not " + kind);
+    }
+    absorbed = true;
+  }
+
+  /** Whether the layer before computes this activation (Note [fused ReLU] in Model). */
+  public boolean absorbed() {
+    return absorbed;
+  }
+
   @Override
   public int[] outputShape(int[] inputShape) {
     return inputShape.clone();
@@ -25,6 +39,9 @@ public final class Activation extends Layer {
 
   @Override
   public Tensor forward(Tensor x, Context ctx) {
+    if (absorbed) {
+      return x;
+    }
     this.x = x;
     Tensor y = buffer("y", x.dtype(), x.shape());
     if (kind == Kind.RELU) {
@@ -40,7 +57,10 @@ public final class Activation extends Layer {
     if (!needInputGrad) {
       return null;
     }
-    Tensor dx = buffer("dx", dy.dtype(), dy.shape());
+    if (absorbed) {
+      return dy;
+    }
+    Tensor dx = gradBuffer("dx", dy.dtype(), dy.shape());
     if (kind == Kind.RELU) {
       device.reluBackward(x, dy, dx);
     } else {

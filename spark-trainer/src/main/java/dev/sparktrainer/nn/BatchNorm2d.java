@@ -60,6 +60,8 @@ public final class BatchNorm2d extends Layer {
   private Tensor saveMean; // (C), batch mean of the last training forward
   private Tensor saveInvStd; // (C), 1 / sqrt(batch var + eps) of the last training forward
   private Tensor x; // (N, C, H, W), saved by forward
+  private Tensor y; // (N, C, H, W), the last forward's output (relu(bn(x)) when the ReLU is fused)
+  private boolean relu; // the ReLU after this layer runs inside it (Note [fused ReLU] in Model)
   private long syncCount; // M of the last synchronised training forward: values per channel over all ranks
 
   /** Per-rank batch norm (Note [batch norm across ranks]). */
@@ -86,6 +88,14 @@ public final class BatchNorm2d extends Layer {
 
   public float eps() {
     return eps;
+  }
+
+  /** Computes the ReLU that follows in the same ops (Note [fused ReLU] in Model); not with {@code sync}. */
+  void fuseRelu() {
+    if (sync) {
+      throw new IllegalStateException("batchnorm2d " + name + ": a synchronised batch norm keeps its ReLU apart");
+    }
+    relu = true;
   }
 
   /** Whether training-mode statistics are synchronised across ranks. */
@@ -141,10 +151,14 @@ public final class BatchNorm2d extends Layer {
       syncForward(x, y, ctx.comm());
     } else if (ctx.training()) {
       device.batchNormForwardTraining(x, gamma, beta, y, runningMean, runningVar, momentum, eps, saveMean,
-          saveInvStd);
+          saveInvStd, relu);
     } else {
       device.batchNormForwardInference(x, gamma, beta, runningMean, runningVar, eps, y);
+      if (relu) {
+        device.relu(y, y);
+      }
     }
+    this.y = y;
     return y;
   }
 
@@ -153,14 +167,27 @@ public final class BatchNorm2d extends Layer {
     if (!ctx.training()) {
       throw new IllegalStateException("batchnorm2d " + name + ": backward needs a training-mode forward");
     }
-    dy = as("dyCast", dy, x.dtype()); // mixed precision: the op takes one activation dtype
+    Tensor g = gradAs("dyCast", dy, x.dtype()); // mixed precision: the op takes one activation dtype
+    Tensor dx;
     if (sync) {
-      return syncBackward(dy, ctx.comm(), needInputGrad);
+      dx = syncBackward(g, ctx.comm(), needInputGrad);
+    } else {
+      // The op always produces dx; when the caller needs none it is given back at once.
+      dx = gradBuffer("dx", x.dtype(), x.shape());
+      if (relu) {
+        device.batchNormBackwardRelu(x, y, g, gamma, beta, saveMean, saveInvStd, dx, dgamma, dbeta);
+      } else {
+        device.batchNormBackward(x, g, gamma, saveMean, saveInvStd, dx, dgamma, dbeta);
+      }
+      if (!needInputGrad) {
+        releaseGrad(dx);
+        dx = null;
+      }
     }
-    // The op always produces dx; when the caller needs none it lands in a scratch buffer.
-    Tensor dx = buffer("dx", x.dtype(), x.shape());
-    device.batchNormBackward(x, dy, gamma, saveMean, saveInvStd, dx, dgamma, dbeta);
-    return needInputGrad ? dx : null;
+    if (g != dy) {
+      releaseGrad(g);
+    }
+    return dx;
   }
 
   /** The communicator to synchronise over, or null when there is no other rank. */
@@ -204,7 +231,7 @@ public final class BatchNorm2d extends Layer {
     if (peers != null) {
       peers.allReduceSum(sums);
     }
-    Tensor dx = buffer("dx", x.dtype(), x.shape());
+    Tensor dx = gradBuffer("dx", x.dtype(), x.shape());
     device.batchNormBackwardApply(x, dy, gamma, saveMean, saveInvStd, sums, count, dx);
     return dx;
   }

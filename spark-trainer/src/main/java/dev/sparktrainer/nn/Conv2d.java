@@ -44,6 +44,8 @@ public final class Conv2d extends Layer {
   private Tensor wLow; // bf16 view of the model's parameter mirror, or null: fp32 compute
   private boolean channelsLast; // mixed path with NHWC activations (Note [channels-last tensors] in CudaDevice)
   private Tensor wUsed; // the filter the last forward used (wLow, or its NHWC copy)
+  private Tensor y; // (N, K, OH, OW), the last forward's output (after the ReLU when it is fused)
+  private boolean relu; // the ReLU after this layer runs in its bias pass (Note [fused ReLU] in Model)
 
   /**
    * @param filters output channels K
@@ -181,25 +183,41 @@ public final class Conv2d extends Layer {
         wUsed = buffer("wNhwc", bf16, w.shape()); // (K, kh, kw, C/groups) in memory, refreshed every step
         device.convertLayout(wLow, wUsed, true, false);
       }
-      Tensor y = buffer("y", bf16, ys);
-      device.conv2dForward(this.x, wUsed, bias ? b : null, y, desc);
+      y = buffer("y", bf16, ys);
+      device.conv2dForward(this.x, wUsed, bias ? b : null, y, desc, relu);
       return y;
     }
     this.x = x;
-    Tensor y = buffer("y", ys);
-    device.conv2dForward(x, w, bias ? b : null, y, desc);
+    y = buffer("y", ys);
+    device.conv2dForward(x, w, bias ? b : null, y, desc, relu);
     return y;
+  }
+
+  /** Computes the ReLU that follows in the bias pass (Note [fused ReLU] in Model). */
+  void fuseRelu() {
+    relu = true;
   }
 
   @Override
   public Tensor backward(Tensor dy, Context ctx, boolean needInputGrad) {
-    Tensor g = as("dyCast", dy, x.dtype());
-    device.conv2dBackwardFilter(x, g, dw, bias ? db : null, desc);
-    if (!needInputGrad) {
-      return null;
+    Tensor cast = gradAs("dyCast", dy, x.dtype());
+    Tensor g = cast;
+    if (relu) {
+      g = gradBuffer("dyRelu", cast.dtype(), cast.shape());
+      device.reluBackward(y, cast, g);
+      if (cast != dy) {
+        releaseGrad(cast);
+      }
     }
-    Tensor dx = buffer("dx", x.dtype(), x.shape());
-    device.conv2dBackwardData(g, wLow != null ? wUsed : w, dx, desc);
+    device.conv2dBackwardFilter(x, g, dw, bias ? db : null, desc);
+    Tensor dx = null;
+    if (needInputGrad) {
+      dx = gradBuffer("dx", x.dtype(), x.shape());
+      device.conv2dBackwardData(g, wLow != null ? wUsed : w, dx, desc);
+    }
+    if (g != dy) {
+      releaseGrad(g); // the cast or the masked dy (Note [transient gradient buffers])
+    }
     return dx;
   }
 }

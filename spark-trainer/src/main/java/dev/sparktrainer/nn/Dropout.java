@@ -55,7 +55,7 @@ public final class Dropout extends Layer {
     if (!ctx.training() || p == 0f) {
       return dy;
     }
-    Tensor dx = buffer("dx", dy.dtype(), dy.shape());
+    Tensor dx = gradBuffer("dx", dy.dtype(), dy.shape());
     device.dropoutBackward(dy, dx, p, seed(ctx), 0);
     return dx;
   }

@@ -35,7 +35,7 @@ public final class Flatten extends Layer {
       return null;
     }
     if (convert) {
-      Tensor dx = buffer("dx", dy.dtype(), inShape);
+      Tensor dx = gradBuffer("dx", dy.dtype(), inShape);
       device.convertLayout(dy.reshape(inShape), dx, true, false);
       return dx;
     }

@@ -40,10 +40,13 @@ public final class GlobalAvgPool extends Layer {
     if (!needInputGrad) {
       return null;
     }
-    dy = as("dyCast", dy, inDType); // mixed precision: the op takes one activation dtype
-    Tensor dx = buffer("dx", inDType, inShape);
+    Tensor g = gradAs("dyCast", dy, inDType); // mixed precision: the op takes one activation dtype
+    Tensor dx = gradBuffer("dx", inDType, inShape);
     device.markChannelsLast(dx, inChannelsLast); // dx in the input's layout (the op reads only dy)
-    device.avgPool2dBackward(dy, dx, desc);
+    device.avgPool2dBackward(g, dx, desc);
+    if (g != dy) {
+      releaseGrad(g);
+    }
     return dx;
   }
 }

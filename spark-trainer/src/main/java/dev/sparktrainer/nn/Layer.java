@@ -21,6 +21,7 @@ public abstract class Layer {
   protected String name;
   private final Map<String, Tensor> buffers = new HashMap<>();
   private Runnable gradientsReadyListener;
+  GradientPool pool; // the model's transient gradient buffers, or null (a layer used on its own)
 
   /** Per-sample output shape for a per-sample input shape; throws with a clear message when invalid. */
   public abstract int[] outputShape(int[] inputShape);
@@ -79,6 +80,46 @@ public abstract class Layer {
       buffers.put(k, t);
     }
     return t;
+  }
+
+  /**
+   * A transient gradient buffer (Note [transient gradient buffers] in GradientPool): from the model's pool, or,
+   * for a layer used outside a model, this layer's own buffer {@code key}.
+   */
+  protected Tensor gradBuffer(String key, dev.sparktrainer.engine.DType dtype, int[] shape) {
+    return pool != null ? pool.acquire(dtype, shape) : buffer(key, dtype, shape);
+  }
+
+  /** Gives back a gradient buffer this layer is done with (no-op for tensors that are not the pool's). */
+  protected void releaseGrad(Tensor t) {
+    if (pool != null) {
+      pool.release(t);
+    }
+  }
+
+  /** One more reference to a pooled gradient (a second consumer). */
+  protected void retainGrad(Tensor t) {
+    if (pool != null) {
+      pool.retain(t);
+    }
+  }
+
+  /**
+   * {@code t} itself when it has {@code dtype}, else a converted copy in a transient gradient buffer (given back
+   * with {@link #releaseGrad} unless it is {@code t}).
+   */
+  protected Tensor gradAs(String key, Tensor t, dev.sparktrainer.engine.DType dtype) {
+    if (t.dtype() == dtype) {
+      return t;
+    }
+    Tensor c = gradBuffer(key, dtype, t.shape());
+    device.copy(t, c);
+    return c;
+  }
+
+  /** Uses {@code pool} for this layer's transient gradients (and its children's). */
+  void attachPool(GradientPool pool) {
+    this.pool = pool;
   }
 
   /**

@@ -196,7 +196,7 @@ public final class Linear extends Layer {
     if (!needInputGrad) {
       return null;
     }
-    Tensor dx = buffer("dx", new int[] {dy.dim(0), in});
+    Tensor dx = gradBuffer("dx", dev.sparktrainer.engine.DType.FLOAT32, new int[] {dy.dim(0), in});
     device.matmul(dyIn, false, compute == DType.BFLOAT16 ? wLow : w, false, dx, 1f, 0f); // dx = dy W
     return dx;
   }

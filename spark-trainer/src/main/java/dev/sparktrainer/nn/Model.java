@@ -26,6 +26,7 @@ public final class Model {
   private final long[] stepOffsets; // per step: the lowest flat offset of its parameters, or -1: none
   private final List<Layer> steps; // layers that run, in order
   private final Tensor[] dxSlots = new Tensor[2];
+  private GradientPool pool; // transient gradients between layers (Note [transient gradient buffers]), or null
   private int maxIn;
   private boolean overwritable; // every parameter entry belongs to a fused linear
 
@@ -38,6 +39,11 @@ public final class Model {
    * (bf16 matmul inputs, fp32 accumulation; parameters, gradients and optimizer state stay fp32).
    */
   public Model(ModelSpec spec, Device device, dev.sparktrainer.engine.DType computeDType) {
+    this(spec, device, computeDType, FUSE_RELU);
+  }
+
+  /** {@code fuseRelu}: whether ReLUs are fused into the layer before them (Note [fused ReLU]). */
+  Model(ModelSpec spec, Device device, dev.sparktrainer.engine.DType computeDType, boolean fuseRelu) {
     this.spec = spec;
     this.device = device;
     this.net = new Sequential(spec.newLayers());
@@ -45,6 +51,11 @@ public final class Model {
     net.declare("", spec.input(), b);
     this.params = b.build(device);
     net.bind(device, params);
+    if (fuseRelu) {
+      fuseRelus(net);
+    }
+    pool = new GradientPool(device);
+    net.attachPool(pool);
     for (Layer l : net.layers()) {
       if (l instanceof Linear lin) {
         lin.setComputeDType(computeDType);
@@ -101,6 +112,46 @@ public final class Model {
     }
   }
 
+  // Note [fused ReLU]: a ReLU right after a convolution, a per-rank batch norm or a residual block (in the same
+  // Sequential) is computed by that layer: in the convolution's bias pass, in batch norm's normalising pass
+  // (and its backward, through Device#batchNormBackwardRelu), in the residual add; the Activation layer stays
+  // in the model (names, parameters and checkpoints are unchanged) and passes its tensor through. That saves a
+  // pass over the activation each way and the ReLU's two buffers. The numbers are the same as unfused: the
+  // ReLU's backward masks with its output y > 0, which is where its input was > 0. Synchronised batch norm
+  // keeps its ReLU apart. -Dsparktrainer.nn.fuseRelu=false turns the fusion off (for comparisons).
+  static final boolean FUSE_RELU = Boolean.parseBoolean(System.getProperty("sparktrainer.nn.fuseRelu", "true"));
+
+  /** Fuses every (convolution | per-rank batch norm | residual block, ReLU) pair inside {@code seq}. */
+  static void fuseRelus(Sequential seq) {
+    List<Layer> ls = seq.layers();
+    for (int k = 0; k < ls.size(); k++) {
+      Layer l = ls.get(k);
+      if (l instanceof Sequential inner) {
+        fuseRelus(inner);
+      } else if (l instanceof Residual r) {
+        fuseRelus(r.main());
+        if (r.shortcut() != null) {
+          fuseRelus(r.shortcut());
+        }
+      }
+      if (k + 1 < ls.size() && ls.get(k + 1) instanceof Activation a && a.kind() == Activation.Kind.RELU) {
+        boolean fused = true;
+        if (l instanceof Conv2d conv) {
+          conv.fuseRelu();
+        } else if (l instanceof BatchNorm2d bn && !bn.sync()) {
+          bn.fuseRelu();
+        } else if (l instanceof Residual r) {
+          r.fuseRelu();
+        } else {
+          fused = false;
+        }
+        if (fused) {
+          a.absorbIntoPrevious();
+        }
+      }
+    }
+  }
+
   /** Mixed precision for every convolution inside {@code l} (Note [mixed-precision convolutions] in Conv2d). */
   private void enableMixedConvolutions(Layer l) {
     if (l instanceof Conv2d conv) {
@@ -150,6 +201,22 @@ public final class Model {
     float[] host = new float[Math.toIntExact(params.totalElements())];
     net.initialize(params, host, new SplittableRandom(seed));
     device.upload(host, 0, params.params());
+  }
+
+  /** Layers keep their own gradient buffers instead of the pool's (tests compare the two). */
+  void detachGradientPool() {
+    net.attachPool(null);
+    pool = null;
+  }
+
+  /** The gradient pool, or null (tests). */
+  GradientPool gradientPool() {
+    return pool;
+  }
+
+  /** The top-level layers, in order (tests look inside). */
+  List<Layer> layers() {
+    return net.layers();
   }
 
   public ModelSpec spec() {
@@ -202,6 +269,9 @@ public final class Model {
         l.onGradientsReady(null);
       }
       net.backward(dOut, ctx, false);
+      if (pool != null) {
+        pool.checkAllReturned();
+      }
       return;
     }
     Tensor dy = dOut;
@@ -214,10 +284,17 @@ public final class Model {
         long offset = params.entries().get(lin.weightIndex()).offset();
         lin.onGradientsReady(readyFrom == null ? null : () -> readyFrom.accept(offset));
       }
-      dy = l.backward(dy, ctx, k > 0);
+      Tensor next = l.backward(dy, ctx, k > 0);
+      if (dy != dOut && pool != null && !GradientPool.sameStorage(next, dy)) {
+        pool.release(dy); // Note [transient gradient buffers]
+      }
+      dy = next;
       if (!(l instanceof Linear) && readyFrom != null && stepOffsets[k] >= 0) {
         readyFrom.accept(stepOffsets[k]); // this step's parameters (and all after them) are final
       }
+    }
+    if (pool != null) {
+      pool.checkAllReturned();
     }
   }
 

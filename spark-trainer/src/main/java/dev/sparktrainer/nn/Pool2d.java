@@ -60,13 +60,16 @@ abstract class Pool2d extends Layer {
     if (!needInputGrad) {
       return null;
     }
-    dy = as("dyCast", dy, x.dtype()); // mixed precision: the op takes one activation dtype
-    Tensor dx = buffer("dx", x.dtype(), x.shape());
+    Tensor g = gradAs("dyCast", dy, x.dtype()); // mixed precision: the op takes one activation dtype
+    Tensor dx = gradBuffer("dx", x.dtype(), x.shape());
     if (average) {
       device.markChannelsLast(dx, x.channelsLast()); // dx in the input's layout (the op reads only dy)
-      device.avgPool2dBackward(dy, dx, desc);
+      device.avgPool2dBackward(g, dx, desc);
     } else {
-      device.maxPool2dBackward(x, y, dy, dx, desc);
+      device.maxPool2dBackward(x, y, g, dx, desc);
+    }
+    if (g != dy) {
+      releaseGrad(g);
     }
     return dx;
   }

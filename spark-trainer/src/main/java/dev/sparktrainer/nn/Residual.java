@@ -19,6 +19,8 @@ import java.util.SplittableRandom;
 public final class Residual extends Layer {
   private final Sequential main;
   private final Sequential shortcut; // null: identity
+  private boolean relu; // the ReLU after the block runs inside its add (Note [fused ReLU] in Model)
+  private Tensor y; // the last forward's output
 
   /** @param shortcut the shortcut's layers; empty for the identity */
   public Residual(List<Layer> main, List<Layer> shortcut) {
@@ -31,6 +33,11 @@ public final class Residual extends Layer {
 
   public Sequential main() {
     return main;
+  }
+
+  /** Computes the ReLU that follows the block in its add (Note [fused ReLU] in Model). */
+  void fuseRelu() {
+    relu = true;
   }
 
   /** The shortcut path, or null for the identity. */
@@ -94,19 +101,43 @@ public final class Residual extends Layer {
     Tensor m = main.forward(x, ctx);
     Tensor s = shortcut == null ? x : shortcut.forward(x, ctx);
     Tensor y = buffer("y", m.dtype(), m.shape());
-    device.add(m, s, y);
+    device.add(m, s, y, relu);
+    this.y = y;
     return y;
   }
 
   @Override
-  public Tensor backward(Tensor dy, Context ctx, boolean needInputGrad) {
-    Tensor dm = main.backward(dy, ctx, needInputGrad);
-    Tensor ds = shortcut == null ? dy : shortcut.backward(dy, ctx, needInputGrad);
-    if (!needInputGrad) {
-      return null;
+  void attachPool(GradientPool pool) {
+    super.attachPool(pool);
+    main.attachPool(pool);
+    if (shortcut != null) {
+      shortcut.attachPool(pool);
     }
-    Tensor dx = buffer("dx", dm.dtype(), dm.shape());
-    device.add(dm, ds, dx);
+  }
+
+  @Override
+  public Tensor backward(Tensor dy, Context ctx, boolean needInputGrad) {
+    Tensor g = dy; // dL/d(main + shortcut): dy, or dy masked by the fused ReLU
+    if (relu) {
+      g = gradBuffer("dyRelu", dy.dtype(), dy.shape());
+      device.reluBackward(y, dy, g);
+    }
+    Tensor dm = main.backward(g, ctx, needInputGrad);
+    Tensor ds = shortcut == null ? g : shortcut.backward(g, ctx, needInputGrad);
+    Tensor dx = null;
+    if (needInputGrad) {
+      dx = gradBuffer("dx", dm.dtype(), dm.shape());
+      device.add(dm, ds, dx);
+    }
+    // Note [transient gradient buffers]: give back what the paths returned (unless it is g itself), then g.
+    for (Tensor t : new Tensor[] {dm, ds}) {
+      if (!GradientPool.sameStorage(t, g)) {
+        releaseGrad(t);
+      }
+    }
+    if (g != dy) {
+      releaseGrad(g);
+    }
     return dx;
   }
 }

@@ -64,9 +64,23 @@ public final class Sequential extends Layer {
   }
 
   @Override
+  void attachPool(GradientPool pool) {
+    super.attachPool(pool);
+    for (Layer l : layers) {
+      l.attachPool(pool);
+    }
+  }
+
+  /** The gradients between the layers go back to the pool once used (Note [transient gradient buffers]). */
+  @Override
   public Tensor backward(Tensor dy, Context ctx, boolean needInputGrad) {
+    Tensor incoming = dy;
     for (int k = layers.size() - 1; k >= 0; k--) {
-      dy = layers.get(k).backward(dy, ctx, needInputGrad || k > 0);
+      Tensor next = layers.get(k).backward(dy, ctx, needInputGrad || k > 0);
+      if (dy != incoming && !GradientPool.sameStorage(next, dy)) {
+        releaseGrad(dy);
+      }
+      dy = next;
     }
     return dy;
   }

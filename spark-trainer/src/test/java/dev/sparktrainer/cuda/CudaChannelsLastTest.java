@@ -18,6 +18,8 @@ import java.util.function.Consumer;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.EnumSource;
 
 /**
  * Channels-last (NHWC) activations (Note [channels-last tensors] in CudaDevice) against the channels-first
@@ -42,6 +44,7 @@ class CudaChannelsLastTest {
     if (gpu == null) {
       gpu = new CudaDevice(0);
     }
+    gpu.useCudnnGraph("graph".equals(CudaDevice.CUDNN_API)); // the process's API unless a test picks one
   }
 
   @AfterAll
@@ -135,11 +138,14 @@ class CudaChannelsLastTest {
           new Conv2dDesc(1, 1, 2, 2, 2, 2, 2), true),
   };
 
-  @Test
-  void convolutionsMatchChannelsFirst() {
+  /** Both layouts through the same cuDNN API, for each API. */
+  @ParameterizedTest(name = "{0}")
+  @EnumSource(CudaConvOpsTest.CudnnApi.class)
+  void convolutionsMatchChannelsFirst(CudaConvOpsTest.CudnnApi api) {
+    api.use(gpu);
     for (DType dt : new DType[] {F32, BF16}) {
       for (ConvCase cc : CONVS) {
-        String name = cc.name() + ", " + dt;
+        String name = cc.name() + ", " + dt + ", " + api;
         int[] xs = {cc.n(), cc.c(), cc.h(), cc.w()};
         int[] ws = {cc.k(), cc.c() / cc.desc().groups(), cc.kh(), cc.kw()};
         int[] ys = {cc.n(), cc.k(), cc.desc().outH(cc.h(), cc.kh()), cc.desc().outW(cc.w(), cc.kw())};

@@ -30,7 +30,8 @@ import org.junit.jupiter.params.provider.MethodSource;
  * CPU engine, element by element (both channels-first), fp32 and bf16, on seeded random inputs over a table
  * of geometries: stride 1/2, padding 0/1/3, dilation 2, groups 2 and depthwise, odd and non-square sizes,
  * 1x1, 3x3, 5x3 and 7x7 kernels (the ResNet stem 7x7/2 pad 3 at 224x224), with and without bias, batch 1,
- * 2, 3 and 5.
+ * 2, 3 and 5. Every convolution test runs through both cuDNN APIs (legacy and graph, CudaDevice.CUDNN_API) with
+ * the same tolerances.
  *
  * <p>The dtype contract tested (Device's conv section, GPU side): conv2dForward x, w, y all FLOAT32 or all
  * BFLOAT16, bias FLOAT32 or null; conv2dBackwardData dy, w, dx one dtype; conv2dBackwardFilter x, dy one
@@ -92,11 +93,14 @@ class CudaConvOpsTest {
       CudaTestLog.note("# CudaConvOpsTest on " + Cuda.deviceName(0) + ", cuDNN " + gpu.cudnn().version()
           + ", TF32 " + gpu.options().tf32() + ", CPU BLAS " + cpu.blasName());
     }
+    gpu.useCudnnGraph("graph".equals(CudaDevice.CUDNN_API)); // the process's API unless a test picks one
   }
 
   @AfterAll
   static void close() {
     if (gpu != null) {
+      CudaTestLog.note("# CudaConvOpsTest: convolutions the cuDNN graph API left to the legacy API: "
+          + gpu.cudnnGraphFallbacks());
       gpu.close();
       cpu.close();
       gpu = null;
@@ -190,6 +194,26 @@ class CudaConvOpsTest {
     return out.stream();
   }
 
+  /** The two implementations of the convolutions (CudaDevice.CUDNN_API); every convolution test runs on both. */
+  enum CudnnApi {
+    LEGACY,
+    GRAPH;
+
+    /** Makes gpu's convolutions use this API. */
+    void use(CudaDevice gpu) {
+      gpu.useCudnnGraph(this == GRAPH);
+    }
+  }
+
+  /** Each argument list of args once per API (the API last). */
+  static Stream<Arguments> byApi(Stream<Arguments> args) {
+    return args.flatMap(a -> Stream.of(CudnnApi.values()).map(api -> {
+      Object[] with = java.util.Arrays.copyOf(a.get(), a.get().length + 1);
+      with[with.length - 1] = api;
+      return Arguments.of(with);
+    }));
+  }
+
   // ---------------------------------------------------------------- convolution
 
   /** x (n, c, h, w), filters k of kh x kw, geometry d. */
@@ -246,17 +270,21 @@ class CudaConvOpsTest {
         new ConvCase("ResNet 3x3 128->128 s2 p1, batch 2, 28x28", 2, 128, 28, 28, 128, 3, 3, conv(2, 1, 1, 1), false));
   }
 
-  static Stream<Arguments> convCasesByDtype() {
-    return byDtype(convCases());
+  static Stream<Arguments> convCasesByDtypeAndApi() {
+    return byApi(byDtype(convCases()));
   }
 
   /**
    * Forward (y overwritten), backward data (dx overwritten) and backward filter (dw, dbias accumulated onto
-   * nonzero values) of one geometry, against the CPU.
+   * nonzero values) of one geometry, against the CPU, through one cuDNN API. On the graph API the ResNet
+   * geometries (what the graph API is for) must find engines in every direction; any other shape that falls
+   * back to the legacy API is listed in the GPU report.
    */
-  @ParameterizedTest(name = "{0}, {1}")
-  @MethodSource("convCasesByDtype")
-  void conv2dMatchesTheCpu(ConvCase cc, DType dt) {
+  @ParameterizedTest(name = "{0}, {1}, {2}")
+  @MethodSource("convCasesByDtypeAndApi")
+  void conv2dMatchesTheCpu(ConvCase cc, DType dt, CudnnApi api) {
+    api.use(gpu);
+    java.util.Set<String> fellBack = new java.util.HashSet<>(gpu.cudnnGraphFallbacks());
     long seed = cc.name().hashCode();
     int[] xs = cc.xShape();
     int[] ws = cc.wShape();
@@ -270,7 +298,7 @@ class CudaConvOpsTest {
     float[] db0 = uniform(cc.k(), seed + 5, -0.1, 0.1);
     double tol = dt == F32 ? CONV_FP32_TOL : CONV_BF16_TOL;
     double floor = dt == F32 ? 1 : 0;
-    String tag = "conv2d " + cc + ", " + dt;
+    String tag = "conv2d " + cc + ", " + dt + ", " + api;
 
     Tensor cx = cpuT(x, xs);
     Tensor cw = cpuT(w, ws);
@@ -303,12 +331,21 @@ class CudaConvOpsTest {
     if (cc.bias()) {
       check(tag + ": backward filter dbias (+= onto nonzero)", host(cpu, cdb), host(gpu, gdb), tol, floor);
     }
+    java.util.Set<String> added = new java.util.TreeSet<>(gpu.cudnnGraphFallbacks());
+    added.removeAll(fellBack);
+    if (!added.isEmpty()) {
+      CudaTestLog.note("# " + tag + ": on the legacy API: " + added);
+    }
+    if (api == CudnnApi.GRAPH && cc.name().startsWith("ResNet")) {
+      assertTrue(added.isEmpty(), tag + ": the cuDNN graph API found no engine for " + added);
+    }
   }
 
   /** dw and dbias accumulate: two calls from zero give twice one call. */
-  @ParameterizedTest(name = "{0}")
-  @MethodSource("dtypes")
-  void backwardFilterAccumulates(DType dt) {
+  @ParameterizedTest(name = "{0}, {1}")
+  @MethodSource("dtypesAndApis")
+  void backwardFilterAccumulates(DType dt, CudnnApi api) {
+    api.use(gpu);
     for (ConvCase cc : List.of(convCases().get(0), convCases().get(11), convCases().get(14))) {
       long seed = 77 + cc.name().hashCode();
       Tensor gx = gpuT(dt, uniform(numel(cc.xShape()), seed, -1, 1), cc.xShape());
@@ -330,8 +367,9 @@ class CudaConvOpsTest {
       // The same call twice: equal up to the order of a nondeterministic algorithm's atomics (fp32 dw) or one
       // bf16 rounding of an intermediate; "overwritten instead of added" would give an error of 0.5.
       double tol = dt == F32 ? 1e-5 : BF16_OUT_TOL;
-      check("conv2dBackwardFilter " + cc + ", " + dt + ": dw after 2 calls = 2 x one call", once, twice, tol, 0);
-      check("conv2dBackwardFilter " + cc + ", " + dt + ": dbias after 2 calls = 2 x one call", onceB, twiceB, tol, 0);
+      String tag = "conv2dBackwardFilter " + cc + ", " + dt + ", " + api;
+      check(tag + ": dw after 2 calls = 2 x one call", once, twice, tol, 0);
+      check(tag + ": dbias after 2 calls = 2 x one call", onceB, twiceB, tol, 0);
     }
   }
 
@@ -339,13 +377,18 @@ class CudaConvOpsTest {
     return Stream.of(F32, BF16);
   }
 
+  static Stream<Arguments> dtypesAndApis() {
+    return byApi(dtypes().map(dt -> Arguments.of(dt)));
+  }
+
   /**
    * The model's layout: weights and their gradients are views at aligned offsets into one flat buffer (and
    * the bf16 weights views into the bf16 mirror), activations separate buffers.
    */
-  @ParameterizedTest(name = "{0}")
-  @MethodSource("dtypes")
-  void viewsIntoFlatBuffersAsTheModelLaysThemOut(DType dt) {
+  @ParameterizedTest(name = "{0}, {1}")
+  @MethodSource("dtypesAndApis")
+  void viewsIntoFlatBuffersAsTheModelLaysThemOut(DType dt, CudnnApi api) {
+    api.use(gpu);
     ConvCase cc = new ConvCase("3x3 p1 bias, views", 3, 5, 9, 11, 7, 3, 3, conv(1, 1, 1, 1), true);
     int wn = numel(cc.wShape());
     int wOff = 64;
@@ -385,7 +428,7 @@ class CudaConvOpsTest {
     cpu.conv2dBackwardFilter(cx, cdy, cdw, cdb, cc.d());
     double tol = dt == F32 ? CONV_FP32_TOL : CONV_BF16_TOL;
     double floor = dt == F32 ? 1 : 0;
-    String tag = "conv2d on views into flat buffers, " + dt;
+    String tag = "conv2d on views into flat buffers, " + dt + ", " + api;
     check(tag + ": y", host(cpu, cy), host(gpu, gy), tol, floor);
     check(tag + ": dx", host(cpu, cdx), host(gpu, gdx), tol, floor);
     check(tag + ": dw", host(cpu, cdw), host(gpu, gdw), tol, floor);
@@ -629,7 +672,9 @@ class CudaConvOpsTest {
         new BnCase("batch 1 (1, 3, 7, 9), M = 63", new int[] {1, 3, 7, 9}),
         new BnCase("M = 4 (2, 4, 1, 2): unbiased running variance x 4/3", new int[] {2, 4, 1, 2}),
         new BnCase("1x1 spatial (16, 32, 1, 1)", new int[] {16, 32, 1, 1}),
-        new BnCase("2-D (N, C) = (32, 16)", new int[] {32, 16}));
+        new BnCase("2-D (N, C) = (32, 16)", new int[] {32, 16}),
+        new BnCase("many chunks, small planes (40, 8, 7, 7)", new int[] {40, 8, 7, 7}),
+        new BnCase("planes of 300 values (3, 5, 15, 20)", new int[] {3, 5, 15, 20}));
   }
 
   static Stream<Arguments> bnCasesByDtype() {
@@ -718,6 +763,94 @@ class CudaConvOpsTest {
     check(tag + ": backward dx", cdx, gdx, outTol);
     check(tag + ": backward dgamma (+= onto nonzero)", cdg, gdg, statTol);
     check(tag + ": backward dbeta (+= onto nonzero)", cdb, gdb, statTol);
+  }
+
+  /**
+   * The fused batch norm + ReLU (Note [fused batch norm + ReLU] in CudaDevice) against the CPU engine's two ops
+   * (Device's defaults): forward y = relu(bn(x)) and the statistics, backward through the ReLU (dgamma, dbeta
+   * accumulated), and dx written over dy itself (the default's aliasing).
+   */
+  @ParameterizedTest(name = "{0}, {1}")
+  @MethodSource("bnCasesByDtype")
+  void batchNormWithFusedReluMatchesTheCpu(BnCase bc, DType dt) {
+    long seed = bc.name().hashCode() + 17;
+    int c = bc.channels();
+    int[] xs = bc.shape();
+    float[] x = as(dt, bnInput(bc, seed));
+    float[] gamma = uniform(c, seed + 1, 0.5, 1.5);
+    float[] beta = uniform(c, seed + 2, -0.5, 0.5);
+    float[] dy = as(dt, uniform(numel(xs), seed + 5, -1, 1));
+    float[] dg0 = uniform(c, seed + 6, -0.1, 0.1);
+    float[] db0 = uniform(c, seed + 7, -0.1, 0.1);
+    double outTol = dt == F32 ? BN_FP32_TOL : BF16_OUT_TOL;
+    double statTol = dt == F32 ? BN_FP32_TOL : BF16_STATS_TOL;
+    String tag = "batchNorm + ReLU " + bc + ", " + dt;
+
+    Tensor cx = cpuT(x, xs);
+    Tensor cg = cpuT(gamma, c);
+    Tensor cb = cpuT(beta, c);
+    Tensor cy = cpu.allocate(F32, xs);
+    Tensor csm = cpu.allocate(F32, c);
+    Tensor csi = cpu.allocate(F32, c);
+    cpu.batchNormForwardTraining(cx, cg, cb, cy, cpuT(new float[c], c), cpuT(new float[c], c), BN_MOMENTUM, BN_EPS,
+        csm, csi, true);
+    Tensor gx = gpuT(dt, x, xs);
+    Tensor gg = gpuT(F32, gamma, c);
+    Tensor gb = gpuT(F32, beta, c);
+    Tensor gy = gpuDirty(dt, xs);
+    Tensor gsm = gpuDirty(F32, c);
+    Tensor gsi = gpuDirty(F32, c);
+    gpu.batchNormForwardTraining(gx, gg, gb, gy, gpuT(F32, new float[c], c), gpuT(F32, new float[c], c),
+        BN_MOMENTUM, BN_EPS, gsm, gsi, true);
+    float[] hy = host(gpu, gy);
+    int zeros = 0;
+    for (float v : hy) {
+      assertTrue(v >= 0f, tag + ": a fused ReLU output is negative: " + v);
+      zeros += v == 0f ? 1 : 0;
+    }
+    assertTrue(zeros > 0 && zeros < hy.length, tag + ": the ReLU should zero some values but not all: " + zeros);
+    check(tag + ": y", cy, gy, outTol);
+    check(tag + ": saveMean", csm, gsm, statTol);
+
+    Tensor cdx = cpuT(dy, xs); // the default writes dx over dy: start from dy, as the GPU call below does
+    Tensor cdg = cpuT(dg0, c);
+    Tensor cdb = cpuT(db0, c);
+    cpu.batchNormBackwardRelu(cx, cy, cdx, cg, cb, csm, csi, cdx, cdg, cdb);
+    Tensor gdx = gpuT(dt, dy, xs);
+    Tensor gdg = gpuT(F32, dg0, c);
+    Tensor gdb = gpuT(F32, db0, c);
+    gpu.batchNormBackwardRelu(gx, gy, gdx, gg, gb, gsm, gsi, gdx, gdg, gdb);
+    check(tag + ": backward dx (written over dy)", cdx, gdx, outTol);
+    check(tag + ": backward dgamma (+= onto nonzero)", cdg, gdg, statTol);
+    check(tag + ": backward dbeta (+= onto nonzero)", cdb, gdb, statTol);
+  }
+
+  /** The residual add with its ReLU fused, and the convolution's bias pass with its ReLU, against the CPU. */
+  @ParameterizedTest(name = "{0}")
+  @MethodSource("dtypes")
+  void addAndConvolutionWithFusedReluMatchTheCpu(DType dt) {
+    int[] xs = {3, 8, 9, 11};
+    float[] a = as(dt, uniform(numel(xs), 41, -1, 1));
+    float[] b = as(dt, uniform(numel(xs), 42, -1, 1));
+    Tensor cy = cpu.allocate(F32, xs);
+    cpu.add(cpuT(a, xs), cpuT(b, xs), cy, true);
+    Tensor gy = gpuDirty(dt, xs);
+    gpu.add(gpuT(dt, a, xs), gpuT(dt, b, xs), gy, true);
+    check("add + ReLU " + dt, cy, gy, dt == F32 ? 0 : BF16_OUT_TOL);
+
+    Conv2dDesc desc = new Conv2dDesc(1, 1, 1, 1, 1, 1, 1);
+    int[] ws = {6, 8, 3, 3};
+    int[] ys = {3, 6, 9, 11};
+    float[] w = as(dt, uniform(numel(ws), 43, -0.3, 0.3));
+    float[] bias = uniform(6, 44, -0.5, 0.5);
+    Tensor ccy = cpu.allocate(F32, ys);
+    cpu.conv2dForward(cpuT(a, xs), cpuT(w, ws), cpuT(bias, 6), ccy, desc, true);
+    Tensor gcy = gpuDirty(dt, ys);
+    gpu.conv2dForward(gpuT(dt, a, xs), gpuT(dt, w, ws), gpuT(F32, bias, 6), gcy, desc, true);
+    for (float v : host(gpu, gcy)) {
+      assertTrue(v >= 0f, "conv + bias + ReLU " + dt + ": negative output " + v);
+    }
+    check("conv + bias + ReLU " + dt, ccy, gcy, dt == F32 ? CONV_FP32_TOL : CONV_BF16_TOL);
   }
 
   /** The running statistics follow the contract's formula (checked here directly, not only against the CPU). */
