@@ -14,7 +14,8 @@
 #   repeated, 1), TESTS=1 (run the dev.sparktrainer.cuda tests first; TEST_SELECT picks others, e.g.
 #   "--select-class dev.sparktrainer.cuda.CudaConvOpsTest"), TEST_TIMEOUT (s, 420), BENCH_TIMEOUT (s per engine
 #   and W, 400), PROFILE=1 (ours: phase breakdown of the mlp step), TORCH=0 (skip PyTorch), LABEL,
-#   BENCH_JAVA_OPTS (extra JVM options for ours, e.g. -Dsparktrainer.cuda.channelsLast=true).
+#   BENCH_JAVA_OPTS (extra JVM options for ours, e.g. -Dsparktrainer.cuda.channelsLast=false), TEST_JAVA_OPTS
+#   (the same for the tests, e.g. -Dsparktrainer.cudnn.benchmark=true).
 # CNN example (one call, kind nvidia-h100-x2):
 #   STAGE_DIR=.device/perf BENCHES=small-cnn,resnet50 WORLDS="1 2" COMMIT=<sha> bash benchmarks/gpu/run-suite.sh
 # Output under $OUT: log is the caller's tee; per run <label>-runN.json/.md (+ -throughput.png/-scaling.png
@@ -50,7 +51,7 @@ echo "== ready after $(( $(date +%s) - t_start )) s"
 if [ "${TESTS:-0}" = 1 ]; then
   echo "== GPU tests (dev.sparktrainer.cuda)"
   baseline=$(grep -s '^sparktrainer.cpu.accuracy=' "$stage/cpu-baseline.properties" | head -1)
-  timeout "${TEST_TIMEOUT:-420}" java -Xmx16g -Dsparktrainer.gpu.required=true -Dsparktrainer.jni.path="$jni" \
+  timeout "${TEST_TIMEOUT:-420}" java -Xmx16g -Dsparktrainer.gpu.required=true -Dsparktrainer.jni.path="$jni" ${TEST_JAVA_OPTS:-} \
     -Dsparktrainer.fmnist.dir=/tmp/st-data/fashion-mnist -Dsparktrainer.gpu.report=/tmp/gpu-test-numbers.txt \
     ${baseline:+-D$baseline} -jar "$stage/junit-platform-console-standalone-1.14.1.jar" execute \
     --class-path "$cp" ${TEST_SELECT:---select-package dev.sparktrainer.cuda} --include-classname '.*Test' \

@@ -98,6 +98,12 @@ public final class BatchNorm2d extends Layer {
     relu = true;
   }
 
+  /** The output is read back only through a fused ReLU (its mask on the CPU engine). */
+  @Override
+  boolean backwardReadsOutput() {
+    return relu;
+  }
+
   /** Whether training-mode statistics are synchronised across ranks. */
   public boolean sync() {
     return sync;

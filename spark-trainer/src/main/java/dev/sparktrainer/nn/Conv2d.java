@@ -193,6 +193,12 @@ public final class Conv2d extends Layer {
     return y;
   }
 
+  /** The output is read back only through a fused ReLU (its mask). */
+  @Override
+  boolean backwardReadsOutput() {
+    return relu;
+  }
+
   /** Computes the ReLU that follows in the bias pass (Note [fused ReLU] in Model). */
   void fuseRelu() {
     relu = true;

@@ -4,9 +4,10 @@ import dev.sparktrainer.engine.DType;
 import dev.sparktrainer.engine.Device;
 import dev.sparktrainer.engine.Tensor;
 import java.util.ArrayDeque;
-import java.util.HashMap;
+import java.util.EnumMap;
 import java.util.IdentityHashMap;
 import java.util.Map;
+import java.util.TreeMap;
 
 /**
  * Note [transient gradient buffers]: the gradients that flow backward between layers (dL/dx of one layer is
@@ -22,24 +23,24 @@ import java.util.Map;
  *   <li>a gradient used by two consumers (a residual block's dy, read by both paths) is retained once more.
  * </ul>
  * Reuse is safe because every op runs in stream order on one device: a buffer given back is only written by
- * ops queued after the last reader of its old contents. Buffers are keyed by (dtype, element count), reshaped
- * on the way out; views of a pooled buffer count as the buffer (Tensor#storage). After a model's backward every
+ * ops queued after the last reader of its old contents. A request takes the smallest free buffer of its dtype
+ * that holds it, if that is at most twice its size (best fit, so a model's few large gradients and many small
+ * ones share buffers), viewed in the requested shape; views of a pooled buffer count as the buffer
+ * (Tensor#storage). After a model's backward every
  * buffer must be back ({@link #checkAllReturned}); a leak would grow memory every step, so it throws instead.
  */
 final class GradientPool {
   private final Device device;
-  private final Map<String, ArrayDeque<Tensor>> free = new HashMap<>(); // "dtype:numel" -> buffers not in use
+  private final Map<DType, TreeMap<Long, ArrayDeque<Tensor>>> free = new EnumMap<>(DType.class); // by capacity
   private final Map<Object, Lease> live = new IdentityHashMap<>(); // storage -> buffer in use
   private int allocated;
 
   private static final class Lease {
     final Tensor root;
-    final String key;
     int refs = 1;
 
-    Lease(Tensor root, String key) {
+    Lease(Tensor root) {
       this.root = root;
-      this.key = key;
     }
   }
 
@@ -49,15 +50,20 @@ final class GradientPool {
 
   /** A buffer of {@code shape} not in use, with one reference (contents undefined). */
   Tensor acquire(DType dtype, int[] shape) {
-    long numel = dev.sparktrainer.engine.Shape.numel(shape);
-    String key = dtype + ":" + numel;
-    ArrayDeque<Tensor> q = free.get(key);
-    Tensor root = q == null ? null : q.poll();
-    if (root == null) {
-      root = device.allocate(dtype, Math.toIntExact(Math.max(1, numel)));
+    long numel = Math.max(1, dev.sparktrainer.engine.Shape.numel(shape));
+    TreeMap<Long, ArrayDeque<Tensor>> byCap = free.computeIfAbsent(dtype, d -> new TreeMap<>());
+    Map.Entry<Long, ArrayDeque<Tensor>> fit = byCap.ceilingEntry(numel);
+    Tensor root;
+    if (fit != null && fit.getKey() <= 2 * numel) {
+      root = fit.getValue().pop();
+      if (fit.getValue().isEmpty()) {
+        byCap.remove(fit.getKey());
+      }
+    } else {
+      root = device.allocate(dtype, Math.toIntExact(numel));
       allocated++;
     }
-    live.put(root.storage(), new Lease(root, key));
+    live.put(root.storage(), new Lease(root));
     return root.view(0, shape);
   }
 
@@ -77,7 +83,8 @@ final class GradientPool {
     }
     if (--l.refs == 0) {
       live.remove(t.storage());
-      free.computeIfAbsent(l.key, k -> new ArrayDeque<>()).push(l.root);
+      free.computeIfAbsent(l.root.dtype(), d -> new TreeMap<>()).computeIfAbsent(l.root.numel(),
+          k -> new ArrayDeque<>()).push(l.root);
     }
   }
 

@@ -117,6 +117,15 @@ public abstract class Layer {
     return c;
   }
 
+  /**
+   * Whether this layer's backward reads the output its last forward returned. Default true; layers that answer
+   * false let a residual block add its shortcut into their output in place (Residual, Note [in-place residual
+   * add]).
+   */
+  boolean backwardReadsOutput() {
+    return true;
+  }
+
   /** Uses {@code pool} for this layer's transient gradients (and its children's). */
   void attachPool(GradientPool pool) {
     this.pool = pool;

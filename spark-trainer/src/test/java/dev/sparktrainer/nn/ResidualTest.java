@@ -2,12 +2,16 @@ package dev.sparktrainer.nn;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotSame;
 import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertSame;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 
 import dev.sparktrainer.cpu.CpuDevice;
 import dev.sparktrainer.engine.Conv2dDesc;
 import dev.sparktrainer.engine.ParameterSet;
+import dev.sparktrainer.engine.Pool2dDesc;
+import dev.sparktrainer.engine.Tensor;
 import java.util.List;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;
@@ -91,6 +95,25 @@ class ResidualTest {
     CnnGradientHarness.Case c = h.layerCase(r, 2, new int[] {2, 3, 3}, TRAIN);
     c.forward();
     assertNull(r.backward(c.dy, TRAIN, false));
+  }
+
+  /**
+   * Note [in-place residual add]: with a last layer that never reads its output back (batch norm, a convolution
+   * without a fused ReLU), the block's output is written over it (the gradient checks above cover that path);
+   * a last layer that reads its output (GELU's backward reads its input, which here is the previous output,
+   * so take max pooling, whose backward reads y) keeps its own.
+   */
+  @Test
+  void theSumIsWrittenOverTheMainPathsOutputOnlyWhenItsBackwardDoesNotReadIt() {
+    Residual bn = new Residual(List.of(conv(2, 3, 1, 1), new BatchNorm2d(0.1f, 1e-5f)), List.of());
+    CnnGradientHarness.Case c = h.layerCase(bn, 2, new int[] {2, 4, 4}, TRAIN);
+    Tensor y = c.forward();
+    assertSame(bn.main().forward(c.xt, TRAIN).storage(), y.storage(), "written over the batch norm's output");
+    Residual pool = new Residual(List.of(conv(2, 3, 1, 1), new MaxPool2d(Pool2dDesc.of(1, 1, 0))), List.of());
+    CnnGradientHarness.Case p = h.layerCase(pool, 2, new int[] {2, 4, 4}, TRAIN);
+    Tensor yp = p.forward();
+    assertNotSame(pool.main().forward(p.xt, TRAIN).storage(), yp.storage(), "max pooling reads its output back");
+    p.check("residual over max pooling (own output buffer)");
   }
 
   @Test
