@@ -310,19 +310,21 @@ extern "C" __global__ void st_bn_finalize(const float* stats, int64_t c, int64_t
 }
 
 // Elementwise per-channel passes. prep(ch0, step) loads the per-channel parameters of a thread's values once
-// (value k of a group of V has channel ch0 + k * step), then f(i) transforms the V values i .. i + V - 1
-// (V = 8 with vec, else 1): NCHW grid (planes, parts of a plane), the plane n * c + ch0 = blockIdx.x, step 0;
-// NHWC blocks of BN_THREADS as the reduction's (NhwcLanes), grid (channel tiles, row chunks), each thread
-// keeping its channels while it strides the rows, step 1.
+// (value k of a group of V has channel ch0 + k * step), then f(i0, i1) transforms the V values from i0 and,
+// when i1 >= 0, those from i1 (two groups per call, loaded before either is stored, so two loads are in
+// flight even where the output may alias the input); V = 8 with vec, else 1. NCHW grid (planes, parts of a
+// plane), the plane n * c + ch0 = blockIdx.x, step 0; NHWC blocks of BN_THREADS as the reduction's
+// (NhwcLanes), grid (channel tiles, row chunks), each thread keeping its channels while it strides the rows,
+// step 1.
 template <int V, typename P, typename F>
 __device__ __forceinline__ void per_channel(int64_t n, int64_t c, int64_t hw, int layout, P prep, F f) {
   if (layout == 0) {
     int64_t plane = blockIdx.x;
     prep(plane % c, 0);
     int64_t base = plane * hw;
-    for (int64_t p = ((int64_t)blockIdx.y * blockDim.x + threadIdx.x) * V; p < hw;
-         p += (int64_t)gridDim.y * blockDim.x * V) {
-      f(base + p);
+    int64_t stride = (int64_t)gridDim.y * blockDim.x * V;
+    for (int64_t p = ((int64_t)blockIdx.y * blockDim.x + threadIdx.x) * V; p < hw; p += 2 * stride) {
+      f(base + p, p + stride < hw ? base + p + stride : -1);
     }
   } else {
     NhwcLanes L(c, V);
@@ -331,8 +333,9 @@ __device__ __forceinline__ void per_channel(int64_t n, int64_t c, int64_t hw, in
     }
     prep(L.g * V, 1);
     int64_t rows = n * hw;
-    for (int64_t r = (int64_t)blockIdx.y * L.rpi + L.ro; r < rows; r += (int64_t)gridDim.y * L.rpi) {
-      f(r * c + L.g * V);
+    int64_t stride = (int64_t)gridDim.y * L.rpi;
+    for (int64_t r = (int64_t)blockIdx.y * L.rpi + L.ro; r < rows; r += 2 * stride) {
+      f(r * c + L.g * V, r + stride < rows ? (r + stride) * c + L.g * V : -1);
     }
   }
 }
@@ -372,15 +375,20 @@ __device__ __forceinline__ void bn_apply(const void* x, int tx, void* y, int ty,
           bet[k] = beta[ch];
         }
       },
-      [&](int64_t i) {
-        float v[V];
-        ld_n<V>(x, tx, i, v);
+      [&](int64_t i0, int64_t i1) {
+        float v[2][V];
+        ld_n<V>(x, tx, i0, v[0]);
+        if (i1 >= 0) ld_n<V>(x, tx, i1, v[1]);
 #pragma unroll
-        for (int k = 0; k < V; k++) {
-          float o = (v[k] - mu[k]) * inv[k] * gam[k] + bet[k];
-          v[k] = relu && !(o > 0.f) ? 0.f : o;
+        for (int u = 0; u < 2; u++) {
+#pragma unroll
+          for (int k = 0; k < V; k++) {
+            float o = (v[u][k] - mu[k]) * inv[k] * gam[k] + bet[k];
+            v[u][k] = relu && !(o > 0.f) ? 0.f : o;
+          }
         }
-        st_n<V>(y, ty, i, v);
+        st_n<V>(y, ty, i0, v[0]);
+        if (i1 >= 0) st_n<V>(y, ty, i1, v[1]);
       });
 }
 
@@ -401,7 +409,7 @@ __device__ __forceinline__ void bn_bwd_apply(const void* x, int tx, const void* 
                                              const float* beta, const float* mean, const float* inv_std,
                                              const float* sums, float mf, void* dx, int tdx, int64_t n, int64_t c,
                                              int64_t hw, int layout, int relu) {
-  float mu[V], inv[V], gam[V], bet[V], s0[V], s1[V];
+  float mu[V], inv[V], gam[V], bet[V], s0[V], s1[V], kk[V];
   per_channel<V>(
       n, c, hw, layout,
       [&](int64_t ch0, int step) {
@@ -414,23 +422,31 @@ __device__ __forceinline__ void bn_bwd_apply(const void* x, int tx, const void* 
           bet[k] = relu ? beta[ch] : 0.f;
           s0[k] = sums[ch];
           s1[k] = sums[c + ch];
+          kk[k] = gam[k] * inv[k] / mf;  // per channel: the same float operations as per value
         }
       },
-      [&](int64_t i) {
-        float xv[V], g[V];
-        ld_n<V>(x, tx, i, xv);
-        ld_n<V>(dy, tdy, i, g);
-#pragma unroll
-        for (int k = 0; k < V; k++) {
-          float kk = gam[k] * inv[k] / mf;
-          float xh = (xv[k] - mu[k]) * inv[k];
-          float gk = g[k];
-          if (relu && !(xh * gam[k] + bet[k] > 0.f)) {
-            gk = 0.f;
-          }
-          g[k] = kk * (mf * gk - s0[k] - xh * s1[k]);
+      [&](int64_t i0, int64_t i1) {
+        float xv[2][V], g[2][V];
+        ld_n<V>(x, tx, i0, xv[0]);
+        ld_n<V>(dy, tdy, i0, g[0]);
+        if (i1 >= 0) {
+          ld_n<V>(x, tx, i1, xv[1]);
+          ld_n<V>(dy, tdy, i1, g[1]);
         }
-        st_n<V>(dx, tdx, i, g);
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+#pragma unroll
+          for (int k = 0; k < V; k++) {
+            float xh = (xv[u][k] - mu[k]) * inv[k];
+            float gk = g[u][k];
+            if (relu && !(xh * gam[k] + bet[k] > 0.f)) {
+              gk = 0.f;
+            }
+            g[u][k] = kk[k] * (mf * gk - s0[k] - xh * s1[k]);
+          }
+        }
+        st_n<V>(dx, tdx, i0, g[0]);
+        if (i1 >= 0) st_n<V>(dx, tdx, i1, g[1]);
       });
 }
 

@@ -17,15 +17,20 @@ __device__ __forceinline__ void channel_bias(void* y, int ty, const float* bias,
           b[k] = bias[ch0 + k * step];
         }
       },
-      [&](int64_t i) {
-        float v[V];
-        ld_n<V>(y, ty, i, v);
+      [&](int64_t i0, int64_t i1) {
+        float v[2][V];
+        ld_n<V>(y, ty, i0, v[0]);
+        if (i1 >= 0) ld_n<V>(y, ty, i1, v[1]);
 #pragma unroll
-        for (int k = 0; k < V; k++) {
-          float o = v[k] + b[k];
-          v[k] = relu && !(o > 0.f) ? 0.f : o;
+        for (int u = 0; u < 2; u++) {
+#pragma unroll
+          for (int k = 0; k < V; k++) {
+            float o = v[u][k] + b[k];
+            v[u][k] = relu && !(o > 0.f) ? 0.f : o;
+          }
         }
-        st_n<V>(y, ty, i, v);
+        st_n<V>(y, ty, i0, v[0]);
+        if (i1 >= 0) st_n<V>(y, ty, i1, v[1]);
       });
 }
 
