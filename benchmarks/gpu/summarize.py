@@ -87,7 +87,7 @@ def main():
                 ent[eng + "_scaling"] = r["value"] / (w * one["value"])
         if o:
             for k in ("data_wait_share_max_rank", "comm_wait_share_max_rank", "profile_ms_rank0",
-                      "device_used_bytes", "data"):
+                      "device_used_bytes", "data", "cuda_graphs", "graph_steps_rank0", "cuda_graphs_off"):
                 if k in o:
                     ent["ours_" + k] = o[k]
         if t:

@@ -12,6 +12,7 @@
 #include "gemm_ref.cuh"
 #include "conv.cuh"
 #include "bn_sync.cuh"
+#include "pool.cuh"
 
 // Version tag the Java side checks, so a stale fatbin is reported instead of failing on a missing kernel.
 extern "C" __global__ void st_abi_version(int* out) { out[0] = 1; }

@@ -60,7 +60,10 @@ import java.util.SplittableRandom;
  * result is one JSON line appended to the output file. Peak memory: the largest peak of the ranks' device
  * arenas ({@code peak_mem_bytes}: what the engine allocated through its arena) and, as a second figure, total
  * minus free device memory after training ({@code device_used_bytes}: also the CUDA context, library handles
- * and any workspace allocated outside the arena).
+ * and any workspace allocated outside the arena). With {@code -Dsparktrainer.cuda.graphs=true} (through
+ * BENCH_JAVA_OPTS) the trainers capture each step as a CUDA graph and replay it (Note [CUDA graphs] in
+ * Trainer); the result then says {@code cuda_graphs}, the steps rank 0 ran from graphs, and why graphs went
+ * off, if they did.
  */
 public final class GpuBench {
   static final int MLP_BATCH = 4096;
@@ -116,7 +119,8 @@ public final class GpuBench {
   // ---------------------------------------------------------------- training benchmarks
 
   /** What one rank reports: epoch statistics, arena peak, total - free device memory after training. */
-  record RankResult(List<EpochStats> stats, long peakBytes, long deviceUsedBytes, Map<String, Double> profile) {}
+  record RankResult(List<EpochStats> stats, long peakBytes, long deviceUsedBytes, Map<String, Double> profile,
+      long graphSteps, String graphsOff) {}
 
   static Map<String, Object> mlp(int world, int steps, int repeats, String card, String variant, boolean profile) {
     ModelSpec spec = ModelSpec.mlp(MLP_IN, new int[] {8192, 8192, 8192, 8192}, MLP_CLASSES, "relu", 0f);
@@ -222,13 +226,14 @@ public final class GpuBench {
       Model m = new Model(spec, d, DType.BFLOAT16);
       // Note: the non-finite check (a reduction + host wait per step) is off, as in the PyTorch reference.
       Trainer t = new Trainer(m, cfg, c).checkNonFinite(false)
-          .bf16GradientAllReduce(Boolean.getBoolean("sparktrainer.bench.bf16Grads")); // DDP's bf16 compression hook
+          .bf16GradientAllReduce(Boolean.getBoolean("sparktrainer.bench.bf16Grads")) // DDP's bf16 compression hook
+          .cudaGraphs(cudaGraphs()); // Note [CUDA graphs]: BENCH_JAVA_OPTS=-Dsparktrainer.cuda.graphs=true
       t.initializeWeights();
       List<EpochStats> st = t.fit(store, local, steps);
       long peak = d.arena().peakBytes(); // before the profile, which allocates a second optimizer
       long[] mem = d.memoryInfo();
       Map<String, Double> prof = profile ? profileSteps(d, m, store, local, cfg) : Map.of();
-      return new RankResult(st, peak, mem[1] - mem[0], prof);
+      return new RankResult(st, peak, mem[1] - mem[0], prof, t.graphSteps(), t.graphsOffReason());
     }
   }
 
@@ -359,7 +364,19 @@ public final class GpuBench {
     if (!rs.get(0).profile().isEmpty()) {
       m.put("profile_ms_rank0", rs.get(0).profile());
     }
+    m.put("cuda_graphs", cudaGraphs());
+    if (cudaGraphs()) {
+      m.put("graph_steps_rank0", rs.get(0).graphSteps()); // of all epochs, warm-up included
+      if (rs.get(0).graphsOff() != null) {
+        m.put("cuda_graphs_off", rs.get(0).graphsOff());
+      }
+    }
     return m;
+  }
+
+  /** -Dsparktrainer.cuda.graphs=true: the trainers capture and replay their steps (Note [CUDA graphs]). */
+  static boolean cudaGraphs() {
+    return Boolean.getBoolean(Trainer.CUDA_GRAPHS_PROPERTY);
   }
 
   // ---------------------------------------------------------------- all-reduce

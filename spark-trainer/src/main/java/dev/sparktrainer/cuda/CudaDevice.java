@@ -309,6 +309,7 @@ public final class CudaDevice implements Device {
   /** Starts (clearing earlier figures) or stops the op profile (Note [op profile]). */
   public synchronized void setOpProfiling(boolean on) {
     if (on) {
+      checkNotCapturing("turning the op profile on (it waits for the device after every op)");
       opProfile = new java.util.LinkedHashMap<>();
       profiledOp = null;
     } else if (opProfile != null) {
@@ -408,6 +409,7 @@ public final class CudaDevice implements Device {
   @Override
   public CudaTensor allocate(DType dtype, int... shape) {
     enter();
+    checkNotCapturing("allocate(" + dtype + Shape.str(shape) + ")");
     long numel = Shape.numel(shape);
     CudaBuffer b = arena.allocate(numel * dtype.bytes(), dtype.wireName() + Shape.str(shape));
     Cuda.check(cuMemsetD8Async(Cuda.ptr(b.address()), (byte) 0, b.bytes(), compute.cu()), "cuMemsetD8Async");
@@ -419,6 +421,7 @@ public final class CudaDevice implements Device {
     @Override
     public long allocate(long bytes) {
       makeCurrent();
+      checkNotCapturing("cuMemAlloc(" + bytes + " bytes)");
       Cuda.AllocatedPtr p = new Cuda.AllocatedPtr();
       Cuda.check(cuMemAlloc(p, bytes), "cuMemAlloc(" + bytes + " bytes) on " + name);
       return p.address();
@@ -427,6 +430,8 @@ public final class CudaDevice implements Device {
     @Override
     public void free(long address) {
       makeCurrent();
+      checkNotCapturing("cuMemFree");
+      memoryFrees++; // a CUDA graph captured before this may point at the memory (CudaGraph.freesAtCapture)
       // cuMemFree synchronises with the device, so no queued kernel still uses the memory.
       Cuda.check(cuMemFree(Cuda.ptr(address)), "cuMemFree on " + name);
     }
@@ -441,6 +446,7 @@ public final class CudaDevice implements Device {
    * {@code stream} and the call returns once the last chunk is queued (the caller's data is already staged).
    */
   private void stagedUpload(long dstAddress, long bytes, CudaStream stream, ChunkWriter fill) {
+    checkNotCapturing("a host-to-device transfer (upload)");
     long done = 0;
     int k = 0;
     while (done < bytes) {
@@ -460,6 +466,7 @@ public final class CudaDevice implements Device {
 
   /** Device to host through the staging buffers; {@code read} consumes one chunk. Waits for the data. */
   private void stagedDownload(long srcAddress, long bytes, ChunkReader read) {
+    checkNotCapturing("a device-to-host transfer (download)");
     long done = 0;
     int k = 0;
     while (done < bytes) {
@@ -669,6 +676,7 @@ public final class CudaDevice implements Device {
    * copy is done, so the host stays a few batches ahead without waiting for the GPU.
    */
   private void prefetchBytes(CudaTensor d, long bytes, java.util.function.Consumer<ByteBuffer> fill) {
+    checkNotCapturing("prefetch (a host-to-device copy on the copy stream)");
     noteWritten(d);
     if (bytes == 0) {
       return;
@@ -706,10 +714,237 @@ public final class CudaDevice implements Device {
   @Override
   public void awaitPrefetch() {
     enter();
+    checkNotCapturing("awaitPrefetch (a wait for the copy stream)");
     if (prefetchPending) {
       prefetchDone.record(copy);
       compute.waitFor(prefetchDone);
       prefetchPending = false;
+    }
+  }
+
+  // ---------------------------------------------------------------- CUDA graphs (Note [CUDA graphs] in train.Trainer)
+  // captureGraph records the compute stream's work by stream capture: the project's kernels (cuLaunchKernel
+  // copies their arguments into the graph), memsets, device-to-device copies, and what cuBLASLt and cuDNN queue
+  // on the stream (their handles are bound to it). While a capture runs, whatever here would allocate or free
+  // device memory, move data between the host and the device, or wait on the host throws (checkNotCapturing)
+  // instead of hanging, failing deep inside CUDA, or baking a staging buffer into the graph; the capture is then
+  // ended, its graph dropped, and GraphCaptureException says why. The one piece of this device's host state a
+  // step changes (whether the parameters' bf16 mirror is current) is put back when a capture fails and carried
+  // forward by each replay (CudaGraph).
+
+  /**
+   * -Dsparktrainer.cuda.graphs.captureMode: {@code threadLocal} (the default: CUDA fails this thread's unsafe
+   * calls while it captures and leaves other threads alone, e.g. the other ranks of a local launcher), {@code
+   * global} (every thread's unsafe calls fail while any capture runs), or {@code relaxed} (CUDA checks nothing;
+   * the checks of this class still apply).
+   */
+  static final String CAPTURE_MODE = System.getProperty("sparktrainer.cuda.graphs.captureMode", "threadLocal");
+  private volatile String capturing; // null, or what is being captured (for messages)
+  private volatile long memoryFrees; // device allocations freed so far (CudaGraph.freesAtCapture)
+  private boolean captureSkippedRefresh; // refreshMirror found the mirror current during the capture
+  private boolean captureRefreshedMirror; // refreshMirror copied during the capture
+  private final Set<CudaGraph> graphs = new LinkedHashSet<>(); // open graphs, destroyed when the device closes
+  private long graphLaunches;
+
+  private static int captureMode(String mode) {
+    return switch (mode) {
+      case "threadLocal" -> jcuda.driver.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+      case "global" -> jcuda.driver.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_GLOBAL;
+      case "relaxed" -> jcuda.driver.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_RELAXED;
+      default -> throw new IllegalArgumentException(
+          "-Dsparktrainer.cuda.graphs.captureMode must be threadLocal (the default), global or relaxed, got '" + mode
+              + "'");
+    };
+  }
+
+  /**
+   * Throws while this device captures a CUDA graph: {@code what} (an allocation, a free, a host transfer or a
+   * host wait) cannot be part of a replayable step. Called by the allocator, the host transfers, and the
+   * streams' and events' host waits.
+   */
+  void checkNotCapturing(String what) {
+    String c = capturing;
+    if (c != null) {
+      throw new IllegalStateException(name + ": " + what + " while capturing a CUDA graph (" + c + "). A captured"
+          + " step may only queue work on the compute stream: no allocation or free of device memory, no transfer"
+          + " to or from the host, no wait for the device. Run the step eagerly until its buffers, workspaces and"
+          + " plans exist (the trainer's warm-up steps), and keep host reads out of the captured work (Note [CUDA"
+          + " graphs] in train.Trainer)");
+    }
+  }
+
+  /** Whether a CUDA graph capture is running on this device. */
+  public boolean isCapturing() {
+    return capturing != null;
+  }
+
+  /** Graph launches so far (each capture's first run and every replay); tests check that graphs ran. */
+  public long graphLaunches() {
+    return graphLaunches;
+  }
+
+  /**
+   * {@link Device#captureGraph} on the compute stream: begins stream capture, runs {@code work}, ends the capture,
+   * instantiates the graph and launches it once (so the work has run, as without a graph). Throws {@link
+   * dev.sparktrainer.engine.GraphCaptureException}, with the compute stream back to normal, nothing of the work run and the mirror's state
+   * as before, when the work throws (checkNotCapturing, or a library call that failed under capture), when CUDA
+   * invalidated the capture (an unsafe call), or when the graph cannot be instantiated; and, without running the
+   * work, while the op profile is on.
+   */
+  @Override
+  public dev.sparktrainer.engine.StepGraph captureGraph(Runnable work) {
+    enter();
+    if (capturing != null) {
+      throw new IllegalStateException(name + ": captureGraph called inside a capture (" + capturing + ")");
+    }
+    if (opProfile != null) {
+      throw new dev.sparktrainer.engine.GraphCaptureException(name + ": no CUDA graph while the op profile is on (it"
+          + " waits for the device after every op, which a capture cannot); turn it off with setOpProfiling(false)",
+          null);
+    }
+    int mode = captureMode(CAPTURE_MODE);
+    boolean mirrorBefore = mirrorFresh;
+    captureSkippedRefresh = false;
+    captureRefreshedMirror = false;
+    int begun;
+    try {
+      begun = jcuda.driver.JCudaDriver.cuStreamBeginCapture(compute.cu(), mode);
+    } catch (LinkageError e) { // a JCuda native library without graph support: run without graphs
+      throw new dev.sparktrainer.engine.GraphCaptureException(name + ": JCuda cannot capture: " + e, null);
+    }
+    if (begun != jcuda.driver.CUresult.CUDA_SUCCESS) {
+      throw new dev.sparktrainer.engine.GraphCaptureException(name + ": cuStreamBeginCapture(compute, " + CAPTURE_MODE
+          + ") failed: " + Cuda.errorText(begun), null);
+    }
+    capturing = "captureGraph on the compute stream";
+    jcuda.driver.CUgraph graph = new jcuda.driver.CUgraph();
+    RuntimeException failure = null;
+    boolean returned = false;
+    int ended;
+    try {
+      work.run();
+      returned = true;
+    } catch (RuntimeException e) {
+      failure = e;
+    } finally {
+      capturing = null;
+      ended = jcuda.driver.JCudaDriver.cuStreamEndCapture(compute.cu(), graph);
+      if (!returned && failure == null) { // an Error is on its way out: drop the graph, put the state back
+        mirrorFresh = mirrorBefore;
+        if (ended == jcuda.driver.CUresult.CUDA_SUCCESS) {
+          jcuda.driver.JCudaDriver.cuGraphDestroy(graph);
+        }
+      }
+    }
+    String why = null;
+    if (failure != null) {
+      why = failure.getClass().getSimpleName() + ": " + failure.getMessage();
+    } else if (ended != jcuda.driver.CUresult.CUDA_SUCCESS) {
+      why = "cuStreamEndCapture failed: " + Cuda.errorText(ended)
+          + (ended == jcuda.driver.CUresult.CUDA_ERROR_STREAM_CAPTURE_INVALIDATED ? " (a call during the capture is"
+              + " not capturable: an unsafe CUDA call on this thread, or a library that waited for the device)" : "");
+    }
+    jcuda.driver.CUgraphExec exec = new jcuda.driver.CUgraphExec();
+    if (why == null) {
+      int r = jcuda.driver.JCudaDriver.cuGraphInstantiate(exec, graph, 0);
+      if (r != jcuda.driver.CUresult.CUDA_SUCCESS) {
+        why = "cuGraphInstantiate failed: " + Cuda.errorText(r);
+      }
+    }
+    if (why != null) {
+      mirrorFresh = mirrorBefore; // a refresh captured but never run did not refresh anything
+      if (ended == jcuda.driver.CUresult.CUDA_SUCCESS) {
+        jcuda.driver.JCudaDriver.cuGraphDestroy(graph);
+      }
+      requireStreamsNotCapturing();
+      throw new dev.sparktrainer.engine.GraphCaptureException(name + ": the work cannot be captured as a CUDA graph: "
+          + why, failure);
+    }
+    CudaGraph g = new CudaGraph(this, graph, exec, memoryFrees, mirrorSrc, mirrorDst, captureSkippedRefresh,
+        captureRefreshedMirror, mirrorFresh);
+    synchronized (graphs) {
+      graphs.add(g);
+    }
+    launch(g);
+    return g;
+  }
+
+  /** After a failed capture: every stream of this device is out of capture mode, or the device is unusable. */
+  private void requireStreamsNotCapturing() {
+    for (CudaStream s : new CudaStream[] {compute, copy, comm}) {
+      int[] status = {0};
+      int r = jcuda.driver.JCudaDriver.cuStreamIsCapturing(s.cu(), status);
+      if (r == jcuda.driver.CUresult.CUDA_SUCCESS
+          && status[0] != jcuda.driver.CUstreamCaptureStatus.CU_STREAM_CAPTURE_STATUS_NONE) {
+        jcuda.driver.CUgraph g = new jcuda.driver.CUgraph();
+        if (jcuda.driver.JCudaDriver.cuStreamEndCapture(s.cu(), g) == jcuda.driver.CUresult.CUDA_SUCCESS) {
+          jcuda.driver.JCudaDriver.cuGraphDestroy(g);
+        }
+        r = jcuda.driver.JCudaDriver.cuStreamIsCapturing(s.cu(), status);
+      }
+      Cuda.check(r, "cuStreamIsCapturing(" + s.name() + ") after a failed capture");
+      if (status[0] != jcuda.driver.CUstreamCaptureStatus.CU_STREAM_CAPTURE_STATUS_NONE) {
+        throw new CudaException("CUDA driver", jcuda.driver.CUresult.CUDA_ERROR_STREAM_CAPTURE_UNJOINED, name
+            + ": the " + s.name() + " stream is still capturing after a failed CUDA graph capture; this device"
+            + " cannot be used any more (close it)");
+      }
+    }
+  }
+
+  /** CudaGraph#replay: launches g when the device state it was captured in still holds, else false. */
+  boolean replayGraph(CudaGraph g) {
+    enter();
+    if (capturing != null) {
+      throw new IllegalStateException(name + ": a CUDA graph replay inside a capture (" + capturing + ")");
+    }
+    String stale = g.freesAtCapture != memoryFrees
+        ? "device memory was freed since its capture (a scratch buffer was replaced), so it may use freed memory"
+        : g.mirrorSrc != mirrorSrc || g.mirrorDst != mirrorDst
+            ? "another bf16 parameter mirror was registered since its capture"
+            : g.needsFreshMirror && !mirrorFresh
+                ? "the parameters' bf16 mirror is stale (the parameters were written other than by the fused"
+                    + " optimizer step) and the capture had found it current, so the graph does not refresh it"
+                : null;
+    if (stale != null) {
+      if (g.firstStale()) {
+        LOG.log(System.Logger.Level.INFO, "{0}: a CUDA graph is not replayed: {1}", name, stale);
+      }
+      return false;
+    }
+    boolean before = mirrorFresh;
+    launch(g);
+    mirrorFresh = g.refreshesMirror ? g.mirrorFreshAfter : before && g.mirrorFreshAfter;
+    return true;
+  }
+
+  private void launch(CudaGraph g) {
+    Cuda.check(jcuda.driver.JCudaDriver.cuGraphLaunch(g.exec, compute.cu()), "cuGraphLaunch(compute)");
+    graphLaunches++;
+  }
+
+  /** CudaGraph#close: destroys its executable graph and graph (an in-flight launch completes first). */
+  void destroyGraph(CudaGraph g) {
+    synchronized (graphs) {
+      if (!graphs.remove(g)) {
+        return; // destroyed when the device closed
+      }
+    }
+    makeCurrent();
+    Cuda.check(jcuda.driver.JCudaDriver.cuGraphExecDestroy(g.exec), "cuGraphExecDestroy");
+    Cuda.check(jcuda.driver.JCudaDriver.cuGraphDestroy(g.graph), "cuGraphDestroy");
+  }
+
+  /** At close: ends a capture left running (close called from inside the work) and lists the open graphs. */
+  private List<CudaGraph> releaseGraphs() {
+    if (capturing != null) {
+      capturing = null;
+      jcuda.driver.CUgraph g = new jcuda.driver.CUgraph();
+      if (jcuda.driver.JCudaDriver.cuStreamEndCapture(compute.cu(), g) == jcuda.driver.CUresult.CUDA_SUCCESS) {
+        jcuda.driver.JCudaDriver.cuGraphDestroy(g);
+      }
+    }
+    synchronized (graphs) {
+      return new ArrayList<>(graphs);
     }
   }
 
@@ -739,11 +974,13 @@ public final class CudaDevice implements Device {
     enter();
     if (mirrorFresh && isMirrorSource(t(src)) && t(mirror).address() == mirrorDst.address()
         && mirror.numel() == mirrorDst.numel()) {
+      captureSkippedRefresh |= capturing != null; // a replay of this capture needs a current mirror (CudaGraph)
       return;
     }
     copy(src, mirror);
     if (isMirrorSource(t(src)) && t(mirror).address() == mirrorDst.address() && mirror.numel() == mirrorDst.numel()) {
       mirrorFresh = true;
+      captureRefreshedMirror |= capturing != null;
     }
   }
 
@@ -1008,6 +1245,9 @@ public final class CudaDevice implements Device {
           bias == null ? 0 : t(bias).address(), compute);
       if (st == 0) {
         return;
+      }
+      if (capturing != null) { // not a fact about the shape: do not remember it (Note [CUDA graphs])
+        Native.check(st, "cublasLtMatmul with epilogue " + epilogue + " for " + key + " during CUDA graph capture");
       }
       LOG.log(System.Logger.Level.INFO, "{0}: cuBLASLt epilogue {1} not available for {2} ({3}); using a kernel",
           name, epilogue, key, Native.errorString(st));
@@ -1952,7 +2192,16 @@ public final class CudaDevice implements Device {
     }
   }
 
-  private int[] poolDims(Tensor x, Tensor y, Pool2dDesc d, String op) {
+  // Note [pooling kernels] (native/kernels/pool.cuh): max and average pooling run on the project's kernels, not
+  // cuDNN's (whose backward was slow for channels-last bf16 on an H100: the ResNet-50 stem's max-pool backward
+  // took 1.6 ms, ~4x its memory time), in both layouts, fp32 and bf16: forward one thread per output, backward one
+  // thread per input gathering from the windows that cover it (8 channels a thread for NHWC with vec8), with no
+  // atomics and no index buffer. Max routes dy to each window's first maximum of x, as the CPU engine does, so ties
+  // and NaNs go where they go on the CPU; fp32 results equal CpuConv's bit for bit, bf16 ones are the CPU's result
+  // on the same inputs rounded once.
+
+  /** Checks x (N, C, H, W) against y (N, C, OH, OW) for d; returns {n, c, h, w, oh, ow}. */
+  private static int[] poolDims(Tensor x, Tensor y, Pool2dDesc d, String op) {
     check4d(x, op);
     check4d(y, op);
     int oh = d.outH(x.dim(2));
@@ -1961,26 +2210,45 @@ public final class CudaDevice implements Device {
       throw new IllegalArgumentException(op + ": shapes do not agree with " + d + ": x " + x + ", y " + y
           + " (expected y (" + x.dim(0) + ", " + x.dim(1) + ", " + oh + ", " + ow + "))");
     }
-    return new int[] {x.dim(0), x.dim(1), x.dim(2), x.dim(3), d.kernelH(), d.kernelW(), d.padH(), d.padW(),
-        d.strideH(), d.strideW(), oh, ow};
+    long c = x.dim(1);
+    if (c * x.dim(2) * x.dim(3) > Integer.MAX_VALUE || c * oh * ow > Integer.MAX_VALUE) {
+      throw new IllegalArgumentException(op + ": one sample of x " + x + " or y " + y + " holds 2^31 values or"
+          + " more; the pooling kernels address within a sample with 32-bit offsets (Note [pooling kernels])");
+    }
+    return new int[] {x.dim(0), x.dim(1), x.dim(2), x.dim(3), oh, ow};
   }
 
-  private void poolForward(int mode, Tensor x, Tensor y, Pool2dDesc desc, String op) {
+  /**
+   * Adds pool.cuh's geometry arguments (n, c, h, w, oh, ow, kh, kw, sh, sw, ph, pw, layout, vec, and inv = 1f /
+   * (kh * kw), computed as CpuConv computes it, when avg) to l and launches it over items threads' worth of work.
+   */
+  private void poolLaunch(Kernels.Launch l, int[] dims, Pool2dDesc d, int layout, boolean vec, boolean avg,
+      long items) {
+    l.l(dims[0]).l(dims[1]).i(dims[2]).i(dims[3]).i(dims[4]).i(dims[5]).i(d.kernelH()).i(d.kernelW())
+        .i(d.strideH()).i(d.strideW()).i(d.padH()).i(d.padW()).i(layout).i(vec ? 1 : 0);
+    if (avg) {
+      l.f(1f / (d.kernelH() * d.kernelW()));
+    }
+    l.run(grid(items), BLOCK, compute);
+  }
+
+  private void poolForward(boolean max, Tensor x, Tensor y, Pool2dDesc desc, String op) {
     enter();
     CudaTensor cx = fl(x);
     CudaTensor cy = fl(y);
     int[] dims = poolDims(x, y, desc, op);
-    DType d = activations(op, cx, cy);
+    activations(op, cx, cy);
     int layout = layoutOf(op, cx);
     noteWritten(cy);
     adopt(cy, layout);
     if (x.numel() > 0) {
-      dnn(Native.cudnnPoolForward(cudnn().handle(), d.ordinal(), layout, mode, dims, cx.address(),
-          cy.address()), () -> "cudnnPoolingForward " + op + " x " + x + ", " + desc);
+      boolean vec = layout == NHWC && vec8(dims[1], cx, cy); // 8 channels a thread
+      poolLaunch(kernels.launch(max ? "st_max_pool_fwd" : "st_avg_pool_fwd").l(cx.address()).l(cy.address())
+          .i(code(cx)), dims, desc, layout, vec, !max, y.numel() / (vec ? 8 : 1));
     }
   }
 
-  private void poolBackward(int mode, Tensor x, Tensor y, Tensor dy, Tensor dx, Pool2dDesc desc, String op) {
+  private void poolBackward(boolean max, Tensor x, Tensor y, Tensor dy, Tensor dx, Pool2dDesc desc, String op) {
     enter();
     CudaTensor cx = fl(x);
     CudaTensor cy = fl(y);
@@ -1991,36 +2259,40 @@ public final class CudaDevice implements Device {
       throw new IllegalArgumentException(op + ": x " + x + " / dx " + dx + " and y " + y + " / dy " + dy
           + " must have the same shapes");
     }
-    DType d = activations(op, cx, cy, cdy, cdx);
+    activations(op, cx, cy, cdy, cdx);
     // Max pooling takes the layout from x; average pooling's x is dx, whose layout the layer declared.
     int layout = layoutOf(op, cx, cy, cdy);
     noteWritten(cdx);
     adopt(cdx, layout);
     if (dx.numel() > 0) {
-      dnn(Native.cudnnPoolBackward(cudnn().handle(), d.ordinal(), layout, mode, dims, cy.address(),
-          cdy.address(), cx.address(), cdx.address()), () -> "cudnnPoolingBackward " + op + " x " + x + ", " + desc);
+      boolean vec = layout == NHWC && vec8(dims[1], cx, cdy, cdx);
+      // The max kernel decides each window's maximum from x; y is checked above but not read.
+      Kernels.Launch l = max
+          ? kernels.launch("st_max_pool_bwd").l(cx.address()).l(cdy.address()).l(cdx.address())
+          : kernels.launch("st_avg_pool_bwd").l(cdy.address()).l(cdx.address());
+      poolLaunch(l.i(code(cdx)), dims, desc, layout, vec, !max, dx.numel() / (vec ? 8 : 1));
     }
   }
 
   @Override
   public void maxPool2dForward(Tensor x, Tensor y, Pool2dDesc desc) {
-    poolForward(0, x, y, desc, "maxPool2dForward");
+    poolForward(true, x, y, desc, "maxPool2dForward");
   }
 
   @Override
   public void maxPool2dBackward(Tensor x, Tensor y, Tensor dy, Tensor dx, Pool2dDesc desc) {
-    poolBackward(0, x, y, dy, dx, desc, "maxPool2dBackward");
+    poolBackward(true, x, y, dy, dx, desc, "maxPool2dBackward");
   }
 
   @Override
   public void avgPool2dForward(Tensor x, Tensor y, Pool2dDesc desc) {
-    poolForward(1, x, y, desc, "avgPool2dForward");
+    poolForward(false, x, y, desc, "avgPool2dForward");
   }
 
   @Override
   public void avgPool2dBackward(Tensor dy, Tensor dx, Pool2dDesc desc) {
-    // cuDNN's average-pooling backward reads neither x nor y; dx and dy stand in for them.
-    poolBackward(1, dx, dy, dy, dx, desc, "avgPool2dBackward");
+    // The average-pooling backward reads neither x nor y; dx and dy stand in for them in the checks.
+    poolBackward(false, dx, dy, dy, dx, desc, "avgPool2dBackward");
   }
 
   /** (N, C, H, W) of a batch-norm input: rank 4, or rank 2/3 read as H = spatial, W = 1. */
@@ -2181,8 +2453,10 @@ public final class CudaDevice implements Device {
       closed = true;
     }
     RuntimeException first = null;
+    List<CudaGraph> openGraphs = List.of();
     try {
       makeCurrent();
+      openGraphs = releaseGraphs();
       for (CudaStream s : new CudaStream[] {compute, copy, comm}) {
         if (s != null) {
           s.synchronize();
@@ -2195,7 +2469,7 @@ public final class CudaDevice implements Device {
     synchronized (events) {
       open = new ArrayList<>(events);
     }
-    List<AutoCloseable> order = new ArrayList<>();
+    List<AutoCloseable> order = new ArrayList<>(openGraphs); // CUDA graphs first: they use the memory below
     order.add(arena); // tensors first: their memory, the scratch and the cuBLASLt workspace
     order.addAll(open);
     for (int i = owned.size() - 1; i >= 0; i--) {

@@ -42,6 +42,7 @@ public final class CudaEvent implements AutoCloseable {
   /** True when the captured work is done; throws if it failed. Never blocks. */
   public boolean isDone() {
     device.makeCurrent();
+    device.checkNotCapturing("cuEventQuery (polling an event)");
     int r = cuEventQuery(cu());
     if (r == CUresult.CUDA_ERROR_NOT_READY) {
       return false;
@@ -53,6 +54,7 @@ public final class CudaEvent implements AutoCloseable {
   /** Blocks until the captured work is done. */
   public void synchronize() {
     device.makeCurrent();
+    device.checkNotCapturing("cuEventSynchronize");
     Cuda.check(cuEventSynchronize(cu()), "cuEventSynchronize");
   }
 

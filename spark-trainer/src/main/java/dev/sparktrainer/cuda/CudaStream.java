@@ -70,6 +70,7 @@ public final class CudaStream implements AutoCloseable {
   /** Blocks the calling thread until all work queued on this stream is done. */
   public void synchronize() {
     device.makeCurrent();
+    device.checkNotCapturing("cuStreamSynchronize(" + name + ")");
     Cuda.check(cuStreamSynchronize(cu()), "cuStreamSynchronize(" + name + ")");
   }
 

@@ -246,6 +246,24 @@ public interface Device extends AutoCloseable {
   /** Orders the work queued from now on after every {@link #prefetch} queued so far. Default: nothing. */
   default void awaitPrefetch() {}
 
+  /**
+   * Runs {@code work} once and, where the device can, records the device work it queues so that {@link
+   * StepGraph#replay()} queues the same ops again, on the same memory with the same arguments, without running
+   * {@code work}'s host code (a CUDA graph; Note [CUDA graphs] in train.Trainer). The work must be static: only
+   * ops of this device queued in order, no allocation, no host transfer, nothing that waits for the device or
+   * returns a device value to the host, and no argument that must differ on a later replay. Returns the graph
+   * (the work has run once, from it), or null when the device records nothing: the default (the CPU engine),
+   * which just runs the work.
+   *
+   * @throws GraphCaptureException when recording failed: nothing of the work ran on the device and the device
+   *     is usable, but the work's host code may have stopped midway; the caller restores its host state and
+   *     runs the work without recording
+   */
+  default StepGraph captureGraph(Runnable work) {
+    work.run();
+    return null;
+  }
+
   /** Waits until all queued work is done. */
   void synchronize();
 

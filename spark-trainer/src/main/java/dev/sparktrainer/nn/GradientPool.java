@@ -88,6 +88,15 @@ final class GradientPool {
     }
   }
 
+  /** Takes back every buffer still in use, whatever its references (after a step cut short: Model#discardStep). */
+  void reclaimAll() {
+    for (Lease l : live.values()) {
+      free.computeIfAbsent(l.root.dtype(), d -> new TreeMap<>()).computeIfAbsent(l.root.numel(),
+          k -> new ArrayDeque<>()).push(l.root);
+    }
+    live.clear();
+  }
+
   /** Throws when a buffer is still in use (a layer broke the rules above). */
   void checkAllReturned() {
     if (!live.isEmpty()) {

@@ -298,6 +298,18 @@ public final class Model {
     }
   }
 
+  /**
+   * Forgets what a step cut short by an exception left behind, so that the step can run again: the transient
+   * gradient buffers it still held go back to the pool (Note [transient gradient buffers]). For a caller that
+   * recovers from the exception and discards the step's device work, as the trainer does when a CUDA graph
+   * capture fails (Note [CUDA graphs] in train.Trainer); the buffers' contents are undefined.
+   */
+  public void discardStep() {
+    if (pool != null) {
+      pool.reclaimAll();
+    }
+  }
+
   /** Zeroes the gradient buffer (one fill over the flat buffer). */
   public void zeroGrad() {
     device.fill(params.grads(), 0f);

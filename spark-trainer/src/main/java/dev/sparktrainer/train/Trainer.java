@@ -12,12 +12,15 @@ import dev.sparktrainer.data.HostBatch;
 import dev.sparktrainer.data.RowStore;
 import dev.sparktrainer.engine.DType;
 import dev.sparktrainer.engine.Device;
+import dev.sparktrainer.engine.GraphCaptureException;
 import dev.sparktrainer.engine.ParameterSet;
 import dev.sparktrainer.engine.Rng;
+import dev.sparktrainer.engine.StepGraph;
 import dev.sparktrainer.engine.Tensor;
 import dev.sparktrainer.nn.Layer;
 import dev.sparktrainer.nn.Loss;
 import dev.sparktrainer.nn.Model;
+import dev.sparktrainer.nn.ModelSpec;
 import dev.sparktrainer.optim.LrSchedule;
 import dev.sparktrainer.optim.Optimizer;
 import java.io.IOException;
@@ -40,8 +43,15 @@ import java.util.function.Consumer;
  * computes (device.prefetch), the gradient buffer is all-reduced in buckets while backward runs (Note
  * [gradient buckets]), the fused mixed-precision path writes gradients instead of zeroing and adding
  * (Model.canOverwriteGradients), and the host waits for the collectives only after queueing the optimizer.
+ * Opt-in, a static step's device work is captured once as a CUDA graph and replayed ({@link #cudaGraphs},
+ * Note [CUDA graphs]).
  */
 public final class Trainer {
+  private static final System.Logger LOG = System.getLogger(Trainer.class.getName());
+  /** -Dsparktrainer.cuda.graphs=true: the default of {@link #cudaGraphs(boolean)} (false when unset). */
+  public static final String CUDA_GRAPHS_PROPERTY = "sparktrainer.cuda.graphs";
+  /** Steps of each fit call that run eagerly before the first capture (buffers, pool, plans are made). */
+  static final int GRAPH_WARMUP_STEPS = 2;
   private final Model model;
   private final TrainerConfig config;
   private final Communicator comm;
@@ -60,6 +70,10 @@ public final class Trainer {
   private long bucketBytes = 25L << 20;
   private boolean bf16Gradients;
   private Tensor gradsLow; // bf16 copy of the gradients for the all-reduce, or null
+  private boolean cudaGraphs = Boolean.getBoolean(CUDA_GRAPHS_PROPERTY);
+  private long graphCaptures; // steps whose device work was captured (and run from the graph)
+  private long graphReplays; // steps whose device work was a replay
+  private String graphsOff; // why steps run eagerly although graphs were asked for, or null
 
   public Trainer(Model model, TrainerConfig config, Communicator comm) {
     this.model = model;
@@ -91,6 +105,66 @@ public final class Trainer {
   public Trainer bf16GradientAllReduce(boolean on) {
     this.bf16Gradients = on;
     return this;
+  }
+
+  // Note [CUDA graphs]: a small model's step is bound by the host, not the GPU. The Fashion-MNIST CNN at batch
+  // 512 in bf16 queues ~60 kernels, cuDNN convolutions and cuBLASLt matmuls per step (~1.3 ms on an H100), and
+  // most of that time is the launch path on the host (JCuda, JNI, cuDNN's and cuBLASLt's own host code). With
+  // cudaGraphs(true) the trainer records a step's device work once as a CUDA graph (Device#captureGraph) and
+  // later queues it again with one launch (StepGraph#replay).
+  // - What is captured: zeroGrad (nothing on the overwrite path), forward, loss, backward, sumInto of the
+  //   losses and countCorrect. What stays eager, around it: awaitPrefetch and staging the next batch (host
+  //   data), the non-finite check and clipping (they read the norm on the host), the optimizer step (its
+  //   learning rate changes every step and is a kernel argument), listeners and checkpoints. A replay runs the
+  //   same kernels on the same memory with the same arguments in the same order, so the result is bitwise the
+  //   eager one (CudaGraphTest; TrainerGraphTest checks the trainer's side on the CPU by recording and replaying
+  //   the ops).
+  // - Static steps only: a step must allocate nothing and touch the same addresses every time. That holds once
+  //   the layers have their buffers (Layer.buffer), the gradient pool has grown to the step (it hands out its
+  //   buffers in the same order every step) and cuDNN and cuBLASLt have planned every shape, so the first
+  //   GRAPH_WARMUP_STEPS steps of each fit call run eagerly. The two input slots have different addresses: each
+  //   gets its own graph, captured the first time it comes up after the warm-up. The graphs belong to the fit
+  //   call (its slots and accumulators) and are closed when it returns.
+  // - Eligible runs (graphIneligibility): no bucketed all-reduce inside backward (NCCL with W > 1 keeps the eager
+  //   path; W = 1, or the TCP ring whose one all-reduce follows the step, are fine), accumulation 1, no dropout
+  //   (its mask seed changes every step), no synchronised batch norm (collectives inside the step).
+  // - The device refuses what it cannot capture (CudaDevice: the op profile, any allocation, free, host transfer
+  //   or host wait during the capture, a library call that fails under capture): GraphCaptureException, and
+  //   none of the step's device work ran. The trainer then gives the model's transient gradients back (the
+  //   capture may have stopped inside backward: Model#discardStep), runs the step eagerly and stays eager for
+  //   the rest of the run, logged once with the reason; likewise when a graph can no longer be replayed
+  //   (StepGraph#replay false: memory it uses was freed). A device without graphs (the CPU engine) runs the work
+  //   and returns null: the run is exactly the eager one.
+  // Default off until measured (-Dsparktrainer.cuda.graphs=true or cudaGraphs(true) turn it on).
+
+  /**
+   * Capture each training step's device work as a CUDA graph after {@value #GRAPH_WARMUP_STEPS} eager warm-up
+   * steps and replay it (Note [CUDA graphs]): the same results, fewer host launches. Only for eligible runs (one
+   * micro-batch per optimizer step, no all-reduce inside backward, no dropout or synchronised batch norm); others,
+   * and devices without graphs, run eagerly (the reason is logged once and given by {@link #graphsOffReason()}).
+   * Default: the system property {@value #CUDA_GRAPHS_PROPERTY}, else false.
+   */
+  public Trainer cudaGraphs(boolean on) {
+    this.cudaGraphs = on;
+    return this;
+  }
+
+  /** Steps whose device work ran from a CUDA graph so far: captured ones plus replays (Note [CUDA graphs]). */
+  public long graphSteps() {
+    return graphCaptures + graphReplays;
+  }
+
+  /** Steps whose device work was a replay of a captured graph so far. */
+  public long graphReplays() {
+    return graphReplays;
+  }
+
+  /**
+   * Why steps run eagerly although CUDA graphs were asked for (an ineligible run, a device without graphs, a
+   * failed capture), or null.
+   */
+  public String graphsOffReason() {
+    return graphsOff;
   }
 
   /** Whether steps check their gradients for NaN/Inf when nothing else needs the norm (default true). */
@@ -190,126 +264,245 @@ public final class Trainer {
       gradsLow = device.allocate(DType.BFLOAT16, Math.toIntExact(grads.numel()));
     }
 
+    if (cudaGraphs && graphsOff == null) {
+      String why = graphIneligibility(bucketed, accum);
+      if (why != null) {
+        graphsOff(null, why, System.Logger.Level.INFO);
+      }
+    }
+    boolean useGraphs = cudaGraphs && graphsOff == null;
+    StepGraph[] graphs = new StepGraph[2]; // per input slot (Note [CUDA graphs])
+    int stepsThisFit = 0;
+
     long optStepsPerEpoch = (stepsPerEpoch + accum - 1) / accum;
     int firstEpoch = (int) (optimizerStep / optStepsPerEpoch);
     List<EpochStats> stats = new ArrayList<>();
-    for (int epoch = firstEpoch; epoch < config.epochs(); epoch++) {
-      int[] order = epochOrder(local, epoch);
-      // On resume, the first epoch skips the micro-batches whose optimizer steps are done.
-      int skip = (int) Math.min(stepsPerEpoch, (optimizerStep - epoch * optStepsPerEpoch) * accum);
-      device.fill(lossSum, 0f);
-      device.fill(correct, 0f);
-      long t0 = System.nanoTime();
-      long commNanos = 0;
-      long skipped = 0;
-      long waitNanos;
-      int[] todo = skip == 0 ? order : java.util.Arrays.copyOfRange(order, skip * b, order.length);
-      try (BatchLoader loader = new BatchLoader(store, todo, b, stepsPerEpoch - skip, 2)) {
-        int micro = 0;
-        if (skip < stepsPerEpoch) {
-          stage(loader.next(), xs[0], ys[0]);
-        }
-        for (int t = skip; t < stepsPerEpoch; t++) {
-          int slot = (t - skip) & 1;
-          Tensor x = xs[slot];
-          Tensor y = ys[slot];
-          device.awaitPrefetch(); // this step's batch, queued one step earlier
-          if (t + 1 < stepsPerEpoch) {
-            stage(loader.next(), xs[slot ^ 1], ys[slot ^ 1]); // copied while this step computes
+    try {
+      for (int epoch = firstEpoch; epoch < config.epochs(); epoch++) {
+        int[] order = epochOrder(local, epoch);
+        // On resume, the first epoch skips the micro-batches whose optimizer steps are done.
+        int skip = (int) Math.min(stepsPerEpoch, (optimizerStep - epoch * optStepsPerEpoch) * accum);
+        device.fill(lossSum, 0f);
+        device.fill(correct, 0f);
+        long t0 = System.nanoTime();
+        long commNanos = 0;
+        long skipped = 0;
+        long waitNanos;
+        int[] todo = skip == 0 ? order : java.util.Arrays.copyOfRange(order, skip * b, order.length);
+        try (BatchLoader loader = new BatchLoader(store, todo, b, stepsPerEpoch - skip, 2)) {
+          int micro = 0;
+          if (skip < stepsPerEpoch) {
+            stage(loader.next(), xs[0], ys[0]);
           }
-          boolean last = t == stepsPerEpoch - 1;
-          int groupSize = micro + 1;
-          // The optimizer step closes this group now if it is full; a short last group is scaled first,
-          // so it takes the one-buffer path below.
-          boolean closes = micro + 1 == accum || last;
-          boolean useBuckets = bucketed && closes && groupSize == accum;
-          boolean overwrite = micro == 0 && model.canOverwriteGradients();
-          if (micro == 0 && !overwrite) {
-            model.zeroGrad();
-          }
-          Layer.Context ctx = new Layer.Context(true, config.seed(), optimizerStep * accum + micro, comm);
-          Tensor out = model.forward(x, ctx);
-          float scale = gradScale;
-          loss.compute(device, out, y, losses, dOut, scale);
-          if (bucketed) {
-            // Note [deferred bucket wait]: the device already orders this step after the last step's
-            // buckets (joinAsync); the host waits for them under the watchdog only now, with this step's
-            // forward queued, so the GPU never idles while the host waits or prepares the next batch.
-            commNanos += awaitBuckets();
-          }
-          if (useBuckets) {
-            int[] next = {0};
-            model.backward(dOut, ctx, overwrite, readyFrom -> {
-              while (next[0] < bucketStarts.length - 1 && bucketStarts[next[0] + 1] >= readyFrom) {
-                launchBucket(grads, bucketStarts, next[0]++);
-              }
-            });
-            while (next[0] < bucketStarts.length - 1) {
-              launchBucket(grads, bucketStarts, next[0]++);
+          for (int t = skip; t < stepsPerEpoch; t++) {
+            int slot = (t - skip) & 1;
+            Tensor x = xs[slot];
+            Tensor y = ys[slot];
+            device.awaitPrefetch(); // this step's batch, queued one step earlier
+            if (t + 1 < stepsPerEpoch) {
+              stage(loader.next(), xs[slot ^ 1], ys[slot ^ 1]); // copied while this step computes
             }
-            comm.joinAsync();
-            if (gradsLow != null) {
-              device.copy(gradsLow, grads); // the bf16 sums, widened (ordered after the buckets by joinAsync)
-            }
-          } else if (overwrite) {
-            model.backward(dOut, ctx, true, null);
-          } else {
-            model.backward(dOut, ctx);
-          }
-          device.sumInto(losses, lossSum);
-          if (loss == Loss.CROSS_ENTROPY) {
-            device.countCorrect(out, y, correct);
-          }
-          micro++;
-          if (closes) {
-            if (groupSize < accum) {
-              device.scale(grads, (float) accum / groupSize);
-            }
-            if (!useBuckets && comm.worldSize() > 1) {
-              long c0 = System.nanoTime();
-              comm.allReduceSum(grads);
-              device.synchronize();
-              commNanos += System.nanoTime() - c0;
-            }
-            if (useBuckets && needsGradientsOnHost()) {
-              commNanos += awaitBuckets(); // the check below reads the gradients: wait under the watchdog
-            }
-            if (checkFinite(epoch)) {
-              optimizer.step(schedule.lr(config.optimizer().lr(), optimizerStep));
+            boolean last = t == stepsPerEpoch - 1;
+            int groupSize = micro + 1;
+            // The optimizer step closes this group now if it is full; a short last group is scaled first,
+            // so it takes the one-buffer path below.
+            boolean closes = micro + 1 == accum || last;
+            boolean useBuckets = bucketed && closes && groupSize == accum;
+            boolean overwrite = micro == 0 && model.canOverwriteGradients();
+            Layer.Context ctx = new Layer.Context(true, config.seed(), optimizerStep * accum + micro, comm);
+            if (useGraphs) {
+              // Note [CUDA graphs]: one micro-batch per step and no buckets, so this is all of the step's device
+              // work before the optimizer: the ops of the eager branch below, in its order.
+              Runnable work = () -> {
+                if (!overwrite) {
+                  model.zeroGrad();
+                }
+                Tensor out = model.forward(x, ctx);
+                loss.compute(device, out, y, losses, dOut, gradScale);
+                model.backward(dOut, ctx, overwrite, null);
+                device.sumInto(losses, lossSum);
+                if (loss == Loss.CROSS_ENTROPY) {
+                  device.countCorrect(out, y, correct);
+                }
+              };
+              graphStep(graphs, slot, stepsThisFit++, work);
             } else {
-              skipped++;
-              optimizer.setSteps(optimizer.steps() + 1);
+              if (micro == 0 && !overwrite) {
+                model.zeroGrad();
+              }
+              Tensor out = model.forward(x, ctx);
+              float scale = gradScale;
+              loss.compute(device, out, y, losses, dOut, scale);
+              if (bucketed) {
+                // Note [deferred bucket wait]: the device already orders this step after the last step's
+                // buckets (joinAsync); the host waits for them under the watchdog only now, with this step's
+                // forward queued, so the GPU never idles while the host waits or prepares the next batch.
+                commNanos += awaitBuckets();
+              }
+              if (useBuckets) {
+                int[] next = {0};
+                model.backward(dOut, ctx, overwrite, readyFrom -> {
+                  while (next[0] < bucketStarts.length - 1 && bucketStarts[next[0] + 1] >= readyFrom) {
+                    launchBucket(grads, bucketStarts, next[0]++);
+                  }
+                });
+                while (next[0] < bucketStarts.length - 1) {
+                  launchBucket(grads, bucketStarts, next[0]++);
+                }
+                comm.joinAsync();
+                if (gradsLow != null) {
+                  device.copy(gradsLow, grads); // the bf16 sums, widened (ordered after the buckets by joinAsync)
+                }
+              } else if (overwrite) {
+                model.backward(dOut, ctx, true, null);
+              } else {
+                model.backward(dOut, ctx);
+              }
+              device.sumInto(losses, lossSum);
+              if (loss == Loss.CROSS_ENTROPY) {
+                device.countCorrect(out, y, correct);
+              }
             }
-            optimizerStep++;
-            micro = 0;
-            boolean ckpt = checkpoints != null && (last || (checkpoints.interval() > 0
-                && optimizerStep % checkpoints.interval() == 0));
-            if (listening || ckpt) {
-              commNanos += awaitBuckets(); // both read device memory: no plain wait on a collective
-            }
-            stepListener.accept(optimizerStep);
-            if (ckpt) {
-              writeCheckpoint(last ? epoch + 1 : epoch);
+            micro++;
+            if (closes) {
+              if (groupSize < accum) {
+                device.scale(grads, (float) accum / groupSize);
+              }
+              if (!useBuckets && comm.worldSize() > 1) {
+                long c0 = System.nanoTime();
+                comm.allReduceSum(grads);
+                device.synchronize();
+                commNanos += System.nanoTime() - c0;
+              }
+              if (useBuckets && needsGradientsOnHost()) {
+                commNanos += awaitBuckets(); // the check below reads the gradients: wait under the watchdog
+              }
+              if (checkFinite(epoch)) {
+                optimizer.step(schedule.lr(config.optimizer().lr(), optimizerStep));
+              } else {
+                skipped++;
+                optimizer.setSteps(optimizer.steps() + 1);
+              }
+              optimizerStep++;
+              micro = 0;
+              boolean ckpt = checkpoints != null && (last || (checkpoints.interval() > 0
+                  && optimizerStep % checkpoints.interval() == 0));
+              if (listening || ckpt) {
+                commNanos += awaitBuckets(); // both read device memory: no plain wait on a collective
+              }
+              stepListener.accept(optimizerStep);
+              if (ckpt) {
+                writeCheckpoint(last ? epoch + 1 : epoch);
+              }
             }
           }
+          waitNanos = loader.waitNanos();
         }
-        waitNanos = loader.waitNanos();
+        commNanos += awaitBuckets();
+        device.synchronize();
+        double seconds = (System.nanoTime() - t0) / 1e9;
+        long samples = (long) (stepsPerEpoch - skip) * b;
+        float[] host = new float[1];
+        device.download(lossSum, host, 0);
+        double meanLoss = host[0] / samples;
+        device.download(correct, host, 0);
+        double acc = loss == Loss.CROSS_ENTROPY ? host[0] / samples : Double.NaN;
+        EpochStats es = new EpochStats(epoch, comm.rank(), samples, meanLoss, acc, seconds, waitNanos / 1e9,
+            seconds - waitNanos / 1e9 - commNanos / 1e9, commNanos / 1e9, skipped);
+        stats.add(es);
+        epochListener.accept(es);
       }
-      commNanos += awaitBuckets();
-      device.synchronize();
-      double seconds = (System.nanoTime() - t0) / 1e9;
-      long samples = (long) (stepsPerEpoch - skip) * b;
-      float[] host = new float[1];
-      device.download(lossSum, host, 0);
-      double meanLoss = host[0] / samples;
-      device.download(correct, host, 0);
-      double acc = loss == Loss.CROSS_ENTROPY ? host[0] / samples : Double.NaN;
-      EpochStats es = new EpochStats(epoch, comm.rank(), samples, meanLoss, acc, seconds, waitNanos / 1e9,
-          seconds - waitNanos / 1e9 - commNanos / 1e9, commNanos / 1e9, skipped);
-      stats.add(es);
-      epochListener.accept(es);
+    } finally {
+      closeGraphs(graphs);
     }
     return stats;
+  }
+
+  /**
+   * One step's device work under Note [CUDA graphs]: eager during the warm-up and once graphs are off, else a
+   * replay of the slot's graph, captured (and so run) the first time the slot comes up.
+   */
+  private void graphStep(StepGraph[] graphs, int slot, int stepsDone, Runnable work) {
+    if (graphsOff != null || stepsDone < GRAPH_WARMUP_STEPS) {
+      work.run();
+      return;
+    }
+    if (graphs[slot] != null) {
+      if (graphs[slot].replay()) {
+        graphReplays++;
+        return;
+      }
+      graphsOff(graphs, device.name() + " can no longer replay the captured step (it logged why)",
+          System.Logger.Level.WARNING);
+      work.run();
+      return;
+    }
+    StepGraph g;
+    try {
+      g = device.captureGraph(work);
+    } catch (GraphCaptureException e) {
+      model.discardStep(); // the capture may have stopped inside backward, holding transient gradients
+      graphsOff(graphs, e.getMessage(), System.Logger.Level.WARNING);
+      work.run(); // none of it ran on the device
+      return;
+    }
+    if (g == null) {
+      graphsOff(graphs, device.name() + " has no graphs", System.Logger.Level.INFO); // the work ran eagerly
+      return;
+    }
+    graphs[slot] = g;
+    graphCaptures++;
+  }
+
+  /** Turns CUDA graphs off for the rest of the run: closes this fit's graphs, logs why once. */
+  private void graphsOff(StepGraph[] graphs, String why, System.Logger.Level level) {
+    if (graphs != null) {
+      closeGraphs(graphs);
+    }
+    graphsOff = why;
+    LOG.log(level, "rank {0}: CUDA graphs off, steps run eagerly (after {1} from graphs): {2}", comm.rank(),
+        graphSteps(), why);
+  }
+
+  private static void closeGraphs(StepGraph[] graphs) {
+    for (int k = 0; k < graphs.length; k++) {
+      if (graphs[k] != null) {
+        graphs[k].close();
+        graphs[k] = null;
+      }
+    }
+  }
+
+  /** Why this run's steps cannot be captured as CUDA graphs (Note [CUDA graphs]), or null when they can. */
+  String graphIneligibility(boolean bucketed, int accum) {
+    if (bucketed) {
+      return "the gradients are all-reduced in buckets during backward (" + comm.worldSize() + " ranks, "
+          + comm.getClass().getSimpleName() + ")";
+    }
+    if (accum != 1) {
+      return "gradient accumulation over " + accum + " micro-batches";
+    }
+    return stepDependentLayer(model.spec().layers());
+  }
+
+  /** A layer (inside residual blocks too) whose step work changes per step or talks to other ranks, or null. */
+  static String stepDependentLayer(List<ModelSpec.LayerSpec> layers) {
+    for (ModelSpec.LayerSpec l : layers) {
+      if (l.type().equals("dropout") && l.p() > 0f) {
+        return "the model has dropout (its mask's seed changes every step)";
+      }
+      if (l.type().equals("batchnorm2d") && l.norm() != null && l.norm().sync()) {
+        return "the model has synchronised batch norm (collectives inside forward and backward)";
+      }
+      String inner = stepDependentLayer(l.layers());
+      if (inner == null) {
+        inner = stepDependentLayer(l.shortcut());
+      }
+      if (inner != null) {
+        return inner;
+      }
+    }
+    return null;
   }
 
   /** Waits (under the communicator's watchdog) for the async buckets started so far; returns the nanoseconds. */

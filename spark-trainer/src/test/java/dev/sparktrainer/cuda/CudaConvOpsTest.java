@@ -26,8 +26,9 @@ import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
 
 /**
- * The convolutional ops of {@link CudaDevice} (cuDNN: convolution, pooling, batch normalisation) against the
- * CPU engine, element by element (both channels-first), fp32 and bf16, on seeded random inputs over a table
+ * The convolutional ops of {@link CudaDevice} (convolution on cuDNN, pooling, batch normalisation) against the
+ * CPU engine, element by element (both channels-first; pooling also channels-last), fp32 and bf16, on seeded
+ * random inputs over a table
  * of geometries: stride 1/2, padding 0/1/3, dilation 2, groups 2 and depthwise, odd and non-square sizes,
  * 1x1, 3x3, 5x3 and 7x7 kernels (the ResNet stem 7x7/2 pad 3 at 224x224), with and without bias, batch 1,
  * 2, 3 and 5. Every convolution test runs through both cuDNN APIs (legacy and graph, CudaDevice.CUDNN_API) with
@@ -63,9 +64,11 @@ import org.junit.jupiter.params.provider.MethodSource;
  *       {@value #BF16_STATS_TOL} (the inputs are exact bf16 values and are summed in fp32, so only the order
  *       differs; the margin allows intermediates kept in bf16).
  * </ul>
- * Max-pool backward: inputs are drawn so that no window has a tied maximum (ties route dy to the first
- * maximum on the CPU; cuDNN may route it elsewhere). Every measured error goes to the GPU report
- * (-Dsparktrainer.gpu.report).
+ * Max-pool backward: the tolerance tests draw inputs so that no window has a tied maximum (written when cuDNN
+ * pooled, which may route a tie elsewhere); pooling now runs on the project's kernels, which route ties to the
+ * first maximum as the CPU does, and {@code poolingMatchesTheCpuBitForBitInBothLayouts} checks ties, +0/-0,
+ * infinities and NaNs bit for bit in both layouts (Note [pooling kernels]). Every measured error goes to the GPU
+ * report (-Dsparktrainer.gpu.report).
  */
 class CudaConvOpsTest {
   static final double CONV_FP32_TOL = 1e-4;
@@ -645,6 +648,126 @@ class CudaConvOpsTest {
       check("global avg pool (" + n + ", " + c + ", 7, 7) -> (" + n + ", " + c + ", 1, 1), " + dt, want, y,
           dt == F32 ? POOL_FP32_TOL : BF16_OUT_TOL, 0);
     }
+  }
+
+  /**
+   * Geometries of the bit-exact pooling test (Note [pooling kernels]): the ResNet stem at a small size with a batch,
+   * 2x2/2, channel counts with and without the 8-channel vector path, windows that leave inputs uncovered, an
+   * even kernel with padding (one more output than inputs), an asymmetric window and a global pool.
+   */
+  static List<PoolCase> exactPoolCases() {
+    return List.of(
+        new PoolCase("ResNet stem 3x3 s2 p1, batch 4, 64 channels, 20x18", 4, 64, 20, 18, Pool2dDesc.of(3, 2, 1)),
+        new PoolCase("2x2 s2, batch 3, 16 channels, 28x28", 3, 16, 28, 28, Pool2dDesc.of(2, 2, 0)),
+        new PoolCase("3x3 s1 p1, batch 2, 5 channels, 7x9", 2, 5, 7, 9, Pool2dDesc.of(3, 1, 1)),
+        new PoolCase("2x2 s3 (uncovered inputs), batch 2, 8 channels, 11x10", 2, 8, 11, 10,
+            new Pool2dDesc(2, 2, 3, 3, 0, 0)),
+        new PoolCase("2x2 s1 p1 (7x6 out of 6x5), batch 2, 8 channels", 2, 8, 6, 5, new Pool2dDesc(2, 2, 1, 1, 1, 1)),
+        new PoolCase("5x3 kernel, stride 2x3, pad 2x1, batch 1, 24 channels, 12x12", 1, 24, 12, 12,
+            new Pool2dDesc(5, 3, 2, 3, 2, 1)),
+        new PoolCase("global 7x7, batch 2, 32 channels", 2, 32, 7, 7, new Pool2dDesc(7, 7, 1, 1, 0, 0)));
+  }
+
+  static Stream<Arguments> exactPoolCasesByDtype() {
+    return byDtype(exactPoolCases());
+  }
+
+  /** Max-pool inputs full of ties: few distinct values, +0 and -0, infinities and a NaN now and then. */
+  private static float drawTied(SplittableRandom r) {
+    int k = r.nextInt(64);
+    return switch (k) {
+      case 0 -> Float.NaN;
+      case 1, 2 -> Float.NEGATIVE_INFINITY;
+      case 3 -> Float.POSITIVE_INFINITY;
+      default -> k % 6 == 0 ? -0f : k % 6 == 1 ? 0f : (k % 6 - 3.5f) / 2; // -0, 0, -0.75, -0.25, 0.25, 0.75
+    };
+  }
+
+  /** The logical (N, C, H, W) values of a GPU tensor in either layout. */
+  static float[] logical(Tensor t) {
+    if (!t.channelsLast()) {
+      return host(gpu, t);
+    }
+    Tensor f = gpu.allocate(F32, t.shape());
+    gpu.convertLayout(t, f, false, false);
+    return host(gpu, f);
+  }
+
+  /** act equals want bit for bit (NaN matching NaN), want rounded to bf16 first for a bf16 result. */
+  static void assertSameBits(String what, float[] want, float[] act, DType dt) {
+    assertEquals(want.length, act.length, what + ": lengths differ");
+    for (int i = 0; i < want.length; i++) {
+      float w = dt == BF16 ? CpuDevice.roundBf16(want[i]) : want[i];
+      if (Float.floatToIntBits(w) != Float.floatToIntBits(act[i])) {
+        throw new AssertionError(what + ": element " + i + " is " + act[i] + " (0x"
+            + Integer.toHexString(Float.floatToRawIntBits(act[i])) + "), the CPU's " + w + " (0x"
+            + Integer.toHexString(Float.floatToRawIntBits(w)) + ")");
+      }
+    }
+    CudaTestLog.record(what, 0, 0);
+  }
+
+  /**
+   * The pooling kernels (Note [pooling kernels]) give the CPU engine's results bit for bit, in both layouts: fp32
+   * exactly, bf16 as the CPU's fp32 result on the bf16 inputs rounded once. Max pooling is fed ties (which go to
+   * the first maximum in row-major window order on both engines), +0/-0, infinities and NaNs (the first NaN of a
+   * window wins); every sum adds the same terms in the CPU's order.
+   */
+  @ParameterizedTest(name = "{0}, {1}")
+  @MethodSource("exactPoolCasesByDtype")
+  void poolingMatchesTheCpuBitForBitInBothLayouts(PoolCase pc, DType dt) {
+    long seed = pc.name().hashCode() + 7;
+    SplittableRandom r = new SplittableRandom(seed);
+    float[] xm = new float[numel(pc.xShape())];
+    for (int i = 0; i < xm.length; i++) {
+      xm[i] = drawTied(r);
+    }
+    float[] xa = as(dt, uniform(xm.length, seed + 1, -1, 1));
+    float[] dy = as(dt, uniform(numel(pc.yShape()), seed + 2, -1, 1));
+    Pool2dDesc d = pc.d();
+    Tensor cdy = cpuT(dy, pc.yShape());
+    Tensor cxm = cpuT(xm, pc.xShape());
+    Tensor cym = cpu.allocate(F32, pc.yShape());
+    Tensor cdxm = cpu.allocate(F32, pc.xShape());
+    cpu.maxPool2dForward(cxm, cym, d);
+    cpu.maxPool2dBackward(cxm, cym, cdy, cdxm, d);
+    Tensor cxa = cpuT(xa, pc.xShape());
+    Tensor cya = cpu.allocate(F32, pc.yShape());
+    Tensor cdxa = cpu.allocate(F32, pc.xShape());
+    cpu.avgPool2dForward(cxa, cya, d);
+    cpu.avgPool2dBackward(cdy, cdxa, d);
+    for (boolean cl : new boolean[] {false, true}) {
+      String tag = pc + ", " + dt + (cl ? ", NHWC" : ", NCHW");
+      Tensor gxm = gpuT(dt, xm, pc.xShape());
+      Tensor gxa = gpuT(dt, xa, pc.xShape());
+      Tensor gdy = gpuT(dt, dy, pc.yShape());
+      if (cl) {
+        gxm = toChannelsLast(gxm);
+        gxa = toChannelsLast(gxa);
+        gdy = toChannelsLast(gdy);
+      }
+      Tensor gy = gpuDirty(dt, pc.yShape());
+      Tensor gdx = gpuDirty(dt, pc.xShape());
+      gpu.maxPool2dForward(gxm, gy, d);
+      gpu.maxPool2dBackward(gxm, gy, gdy, gdx, d);
+      assertEquals(cl, gy.channelsLast(), tag + ": y takes x's layout");
+      assertEquals(cl, gdx.channelsLast(), tag + ": dx takes x's layout");
+      assertSameBits("maxPool2d " + tag + ": forward", host(cpu, cym), logical(gy), dt);
+      assertSameBits("maxPool2d " + tag + ": backward", host(cpu, cdxm), logical(gdx), dt);
+      gy = gpuDirty(dt, pc.yShape());
+      gdx = gpuDirty(dt, pc.xShape());
+      gpu.avgPool2dForward(gxa, gy, d);
+      gpu.markChannelsLast(gdx, cl);
+      gpu.avgPool2dBackward(gdy, gdx, d);
+      assertSameBits("avgPool2d " + tag + ": forward", host(cpu, cya), logical(gy), dt);
+      assertSameBits("avgPool2d " + tag + ": backward", host(cpu, cdxa), logical(gdx), dt);
+    }
+  }
+
+  static Tensor toChannelsLast(Tensor src) {
+    Tensor t = gpu.allocate(src.dtype(), src.shape());
+    gpu.convertLayout(src, t, true, false);
+    return t;
   }
 
   // ---------------------------------------------------------------- batch normalisation
