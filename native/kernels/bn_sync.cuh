@@ -22,7 +22,10 @@
 //         1) and 256 / groups rows at a time, so a warp reads whole rows; each thread keeps its channels while
 //         it strides the chunk's rows, and the threads' shares are added in row order through shared memory.
 // With vec (vec.cuh: 16-byte aligned pointers, planes (NCHW) or rows (NHWC) a multiple of 8 values) threads
-// load 8 values at a time, two loads in flight. Pass 2 (st_bn_partials_final) gives each channel a warp whose
+// load 8 values at a time, two loads in flight; the NHWC reduction, the one ResNets run, keeps 4 rows in flight
+// for the statistics and 2 (x and dy) for the backward, and adds the terms of one iteration (at most 4 per
+// channel) in float before adding them to its double sums: the sums then differ from exact ones by a few units
+// of fp32 rounding of those small groups (CudaSyncBatchNormTest's bound), not just by the final rounding. Pass 2 (st_bn_partials_final) gives each channel a warp whose
 // lanes take fixed shares of the chunks, added by warp_sum's fixed tree (a loop of one thread per channel over
 // hundreds of chunks was latency-bound: ~0.2 ms per call).
 // Elementwise passes (apply, backward apply, conv bias) load a thread's per-channel parameters once: NCHW
@@ -81,6 +84,24 @@ __device__ __forceinline__ void bn_terms_v(int mode, float v, float d, float mu,
     }
     s += (double)g;
     q += (double)(g * xh);
+  }
+}
+
+// V values at i as float (vectorised when V == 8), and back.
+template <int V>
+__device__ __forceinline__ void ld_n(const void* p, int t, int64_t i, float* v) {
+  if (V == VEC) {
+    ldv(p, t, i, v);
+  } else {
+    v[0] = ld(p, t, i);
+  }
+}
+template <int V>
+__device__ __forceinline__ void st_n(void* p, int t, int64_t i, const float* v) {
+  if (V == VEC) {
+    stv(p, t, i, v);
+  } else {
+    st(p, t, i, v[0]);
   }
 }
 
@@ -171,12 +192,16 @@ struct NhwcLanes {
 };
 
 // NHWC, pass 1: block (channel tile blockIdx.x, row chunk blockIdx.y) over rows [by * rows_per_chunk, ...);
-// partials[(by * c + ch) * 2 + k] = the chunk's sum k of channel ch, in double. vec: V = 8 channels per thread.
-template <int V>
-__device__ __forceinline__ void bn_partials_nhwc(int mode, const void* x, int tx, const void* dy, int tdy,
-                                                 const float* mean, const float* inv_std, const float* gamma,
-                                                 const float* beta, double* partials, int64_t rows, int64_t c,
-                                                 int64_t rows_per_chunk, double (*sh)[BN_THREADS * VEC]) {
+// partials[(by * c + ch) * 2 + k] = the chunk's sum k of channel ch. vec: V = 8 channels per thread. The mode is
+// a template argument (the statistics pass carries no dy and no parameters, so it keeps more loads in flight:
+// U = 4 rows per iteration, 2 in the backward modes); each iteration's U terms per channel are summed in float,
+// then added to the thread's double sums (see the header: sums of at most 4 float terms, then double).
+template <int V, int MODE>
+__device__ __forceinline__ void bn_partials_nhwc(const void* x, int tx, const void* dy, int tdy, const float* mean,
+                                                 const float* inv_std, const float* gamma, const float* beta,
+                                                 double* partials, int64_t rows, int64_t c, int64_t rows_per_chunk,
+                                                 double (*sh)[BN_THREADS * VEC]) {
+  constexpr int U = (MODE == 0 || MODE == 3) ? 4 : 2;
   NhwcLanes L(c, V);
   int64_t r0 = (int64_t)blockIdx.y * rows_per_chunk;
   int64_t r1 = min(rows, r0 + rows_per_chunk);
@@ -187,36 +212,51 @@ __device__ __forceinline__ void bn_partials_nhwc(int mode, const void* x, int tx
     s[k] = 0.0;
     q[k] = 0.0;
     if (L.active) {
-      bn_channel_params(L.g * V + k, mean, inv_std, gamma, beta, mu[k], inv[k], gam[k], bet[k]);
+      bn_channel_params(L.g * V + k, MODE == 1 || MODE == 2 ? mean : nullptr,
+                        MODE == 1 || MODE == 2 ? inv_std : nullptr, MODE == 2 ? gamma : nullptr,
+                        MODE == 2 ? beta : nullptr, mu[k], inv[k], gam[k], bet[k]);
     }
   }
   if (L.active) {
     int64_t ch0 = L.g * V;
-    for (int64_t r = r0 + L.ro; r < r1; r += 2 * (int64_t)L.rpi) {
-      bool has1 = r + L.rpi < r1;
-      float xv[2][V], dv[2][V];
+    for (int64_t r = r0 + L.ro; r < r1; r += U * (int64_t)L.rpi) {
+      float xv[U][V], dv[U][V];
 #pragma unroll
-      for (int u = 0; u < 2; u++) {
-        if (u == 0 || has1) {
-          int64_t i = (r + u * L.rpi) * c + ch0;
-          if (V == VEC) {
-            if (mode != 3) ldv(x, tx, i, xv[u]);
-            if (mode != 0) ldv(dy, tdy, i, dv[u]);
-          } else {
-            if (mode != 3) xv[u][0] = ld(x, tx, i);
-            if (mode != 0) dv[u][0] = ld(dy, tdy, i);
-          }
+      for (int u = 0; u < U; u++) {
+        int64_t rr = r + u * (int64_t)L.rpi;
+        int64_t i = rr * c + ch0;
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+          xv[u][k] = 0.f;
+          dv[u][k] = 0.f;
+        }
+        if (rr < r1) {
+          if (MODE != 3) ld_n<V>(x, tx, i, xv[u]);
+          if (MODE != 0) ld_n<V>(dy, tdy, i, dv[u]);
         }
       }
 #pragma unroll
       for (int k = 0; k < V; k++) {
+        float fs = 0.f, fq = 0.f;
 #pragma unroll
-        for (int u = 0; u < 2; u++) {
-          if (u == 0 || has1) {
-            bn_terms_v(mode, mode != 3 ? xv[u][k] : 0.f, mode != 0 ? dv[u][k] : 0.f, mu[k], inv[k], gam[k], bet[k],
-                       s[k], q[k]);
+        for (int u = 0; u < U; u++) {
+          if (MODE == 0) {
+            fs += xv[u][k];
+            fq += xv[u][k] * xv[u][k];
+          } else if (MODE == 3) {
+            fs += dv[u][k];
+          } else {
+            float xh = (xv[u][k] - mu[k]) * inv[k];
+            float g = dv[u][k];
+            if (MODE == 2 && !(xh * gam[k] + bet[k] > 0.f)) {
+              g = 0.f;
+            }
+            fs += g;
+            fq += g * xh;
           }
         }
+        s[k] += (double)fs;
+        q[k] += (double)fq;
       }
     }
   }
@@ -243,15 +283,36 @@ __device__ __forceinline__ void bn_partials_nhwc(int mode, const void* x, int tx
   }
 }
 
-extern "C" __global__ void st_bn_partials_nhwc(int mode, const void* x, int tx, const void* dy, int tdy,
-                                               const float* mean, const float* inv_std, const float* gamma,
-                                               const float* beta, double* partials, int64_t rows, int64_t c,
-                                               int64_t rows_per_chunk, int vec) {
+// Two entry points so that each gets the registers of its own modes: the one-tensor sums (mode 0 statistics,
+// mode 3 bias gradient) keep 4 rows of 8 values in flight with fewer registers than the backward modes (1, 2).
+extern "C" __global__ void __launch_bounds__(BN_THREADS, 3)
+    st_bn_sums_nhwc(int mode, const void* x, int tx, const void* dy, int tdy, double* partials, int64_t rows,
+                    int64_t c, int64_t rows_per_chunk, int vec) {
   __shared__ double sh[2][BN_THREADS * VEC];  // the threads' sums, [sum k][row offset * width + channel]
-  if (vec) {
-    bn_partials_nhwc<VEC>(mode, x, tx, dy, tdy, mean, inv_std, gamma, beta, partials, rows, c, rows_per_chunk, sh);
+  if (vec && mode == 0) {
+    bn_partials_nhwc<VEC, 0>(x, tx, dy, tdy, nullptr, nullptr, nullptr, nullptr, partials, rows, c, rows_per_chunk, sh);
+  } else if (vec) {
+    bn_partials_nhwc<VEC, 3>(x, tx, dy, tdy, nullptr, nullptr, nullptr, nullptr, partials, rows, c, rows_per_chunk, sh);
+  } else if (mode == 0) {
+    bn_partials_nhwc<1, 0>(x, tx, dy, tdy, nullptr, nullptr, nullptr, nullptr, partials, rows, c, rows_per_chunk, sh);
   } else {
-    bn_partials_nhwc<1>(mode, x, tx, dy, tdy, mean, inv_std, gamma, beta, partials, rows, c, rows_per_chunk, sh);
+    bn_partials_nhwc<1, 3>(x, tx, dy, tdy, nullptr, nullptr, nullptr, nullptr, partials, rows, c, rows_per_chunk, sh);
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+    st_bn_partials_nhwc(int mode, const void* x, int tx, const void* dy, int tdy, const float* mean,
+                        const float* inv_std, const float* gamma, const float* beta, double* partials, int64_t rows,
+                        int64_t c, int64_t rows_per_chunk, int vec) {
+  __shared__ double sh[2][BN_THREADS * VEC];  // the threads' sums, [sum k][row offset * width + channel]
+  if (vec && mode == 1) {
+    bn_partials_nhwc<VEC, 1>(x, tx, dy, tdy, mean, inv_std, gamma, beta, partials, rows, c, rows_per_chunk, sh);
+  } else if (vec) {
+    bn_partials_nhwc<VEC, 2>(x, tx, dy, tdy, mean, inv_std, gamma, beta, partials, rows, c, rows_per_chunk, sh);
+  } else if (mode == 1) {
+    bn_partials_nhwc<1, 1>(x, tx, dy, tdy, mean, inv_std, gamma, beta, partials, rows, c, rows_per_chunk, sh);
+  } else {
+    bn_partials_nhwc<1, 2>(x, tx, dy, tdy, mean, inv_std, gamma, beta, partials, rows, c, rows_per_chunk, sh);
   }
 }
 
@@ -337,24 +398,6 @@ __device__ __forceinline__ void per_channel(int64_t n, int64_t c, int64_t hw, in
     for (int64_t r = (int64_t)blockIdx.y * L.rpi + L.ro; r < rows; r += 2 * stride) {
       f(r * c + L.g * V, r + stride < rows ? (r + stride) * c + L.g * V : -1);
     }
-  }
-}
-
-// V values at i as float (vectorised when V == 8), and back.
-template <int V>
-__device__ __forceinline__ void ld_n(const void* p, int t, int64_t i, float* v) {
-  if (V == VEC) {
-    ldv(p, t, i, v);
-  } else {
-    v[0] = ld(p, t, i);
-  }
-}
-template <int V>
-__device__ __forceinline__ void st_n(void* p, int t, int64_t i, const float* v) {
-  if (V == VEC) {
-    stv(p, t, i, v);
-  } else {
-    st(p, t, i, v[0]);
   }
 }
 

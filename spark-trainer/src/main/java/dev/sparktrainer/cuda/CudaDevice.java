@@ -1671,7 +1671,7 @@ public final class CudaDevice implements Device {
       chunks = Math.max(1, (s[0] + perChunk - 1) / perChunk);
     } else {
       long[] t = nhwcTiles(c, vec);
-      long want = Math.max(1, Math.min((rows + 2 * t[1] - 1) / (2 * t[1]), (4L * smCount + t[0] - 1) / t[0]));
+      long want = Math.max(1, Math.min((rows + 4 * t[1] - 1) / (4 * t[1]), (4L * smCount + t[0] - 1) / t[0]));
       perChunk = Math.max(1, (rows + want - 1) / want);
       chunks = Math.max(1, (rows + perChunk - 1) / perChunk);
     }
@@ -1694,8 +1694,11 @@ public final class CudaDevice implements Device {
           .l(p[3]).l(bnPartials.address()).l(s[0]).l(c).l(s[2]).l(perChunk).i(vec ? 1 : 0)
           .run2d(Math.toIntExact(c), Math.toIntExact(chunks), block, 1, compute);
     } else {
-      kernels.launch("st_bn_partials_nhwc").i(mode).l(xAddr).i(xCode).l(dyAddr).i(dyCode).l(p[0]).l(p[1]).l(p[2])
-          .l(p[3]).l(bnPartials.address()).l(rows).l(c).l(perChunk).i(vec ? 1 : 0)
+      Kernels.Launch l = mode == 0 || mode == 3 // one-tensor sums: their own, lighter kernel
+          ? kernels.launch("st_bn_sums_nhwc").i(mode).l(xAddr).i(xCode).l(dyAddr).i(dyCode)
+          : kernels.launch("st_bn_partials_nhwc").i(mode).l(xAddr).i(xCode).l(dyAddr).i(dyCode).l(p[0]).l(p[1])
+              .l(p[2]).l(p[3]);
+      l.l(bnPartials.address()).l(rows).l(c).l(perChunk).i(vec ? 1 : 0)
           .run2d(Math.toIntExact(nhwcTiles(c, vec)[0]), Math.toIntExact(chunks), BN_THREADS, 1, compute);
     }
     kernels.launch("st_bn_partials_final").l(bnPartials.address()).l(chunks).l(c)

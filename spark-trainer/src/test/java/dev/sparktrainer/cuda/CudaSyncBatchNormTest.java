@@ -47,9 +47,10 @@ import org.junit.jupiter.params.provider.MethodSource;
  *   <li>the five Device ops against the CPU engine, fp32 and bf16 activations, channels-first and (4-D inputs)
  *       channels-last (Note [channels-last tensors] in CudaDevice: y and dx take x's layout; the NHWC reductions
  *       are tiled differently, see bn_sync.cuh), over CudaConvOpsTest's batch-norm shapes plus more channels
- *       than reduction blocks and a 3-D input. The reductions (stats, backward sums)
- *       sum the same values in double in another order and round once: error {@value #SUM_TOL} relative to
- *       each half's largest sum. The per-channel and elementwise passes mirror the CPU's arithmetic (fmad
+ *       than reduction blocks and a 3-D input. The reductions (stats, backward sums) sum the same values in
+ *       another order, in double, except that the NHWC kernels first add each thread's 2-4 terms per channel of
+ *       one iteration in float (bn_sync.cuh): error {@value #SUM_TOL} relative to each sum, with a floor of 1e-3
+ *       of the largest (measured: up to 1e-5 where a channel's sum nearly cancels). The per-channel and elementwise passes mirror the CPU's arithmetic (fmad
  *       off), so from the same inputs (the CPU's stats, mean, invStd and sums uploaded) they must give the
  *       same bits: finalize (mean, invStd, running statistics), apply (y), backward apply (dx), in fp32 and bf16.
  *       End to end (each device on its own sums): y and dx within {@value #FP32_TOL} (fp32) / {@value
@@ -66,7 +67,7 @@ import org.junit.jupiter.params.provider.MethodSource;
  * Every measured error goes to the GPU report (-Dsparktrainer.gpu.report).
  */
 class CudaSyncBatchNormTest {
-  static final double SUM_TOL = 1e-6;
+  static final double SUM_TOL = 5e-5;
   static final double FP32_TOL = 1e-5;
   static final double BF16_TOL = 1e-2;
   static final float MOMENTUM = 0.1f;

@@ -60,7 +60,7 @@ class NativeBindingsTest {
     TreeSet<String> defined = new TreeSet<>();
     try (var files = Files.list(repo().resolve(Path.of("native", "kernels")))) {
       for (Path f : files.toList()) {
-        Matcher m = Pattern.compile("extern \"C\" __global__ void (\\w+)\\(").matcher(Files.readString(f));
+        Matcher m = Pattern.compile("extern \"C\" __global__ void\\s+(?:__launch_bounds__\\([^)]*\\)\\s+)?(\\w+)\\(").matcher(Files.readString(f));
         while (m.find()) {
           defined.add(m.group(1));
         }
