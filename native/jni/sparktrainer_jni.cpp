@@ -571,9 +571,12 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnCreate(JNIEnv* env
   return 0;
 }
 
+void forgetGraphConvPlans(jlong handle);  // Note [cuDNN graph convolutions]
+
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnDestroy(JNIEnv*, jclass, jlong h) {
   const CudnnTable& t = cudnnTable();
   if (!t.ok) return jniError(JNI_NO_CUDNN);
+  forgetGraphConvPlans(h);  // their execution plans hold the handle: destroyed first, not at thread exit
   return cudnn(t.cudnnDestroy(fromJ<cudnnHandle_t>(h)));
 }
 
@@ -1158,6 +1161,21 @@ struct GraphConvPlan {
 };
 
 thread_local std::unordered_map<DnnKey, std::unique_ptr<GraphConvPlan>, DnnKeyHash> t_graphConvPlans;
+
+}  // namespace
+
+// Destroys this thread's graph plans made with handle h (their keys hold it, v[28..29]); cudnnDestroy calls it
+// first. A plan must not outlive its handle: destroying it at thread exit, after the device closed the handle,
+// would touch freed cuDNN state. (Plans of other threads with the same handle keep the old behaviour.)
+void forgetGraphConvPlans(jlong handle) {
+  for (auto it = t_graphConvPlans.begin(); it != t_graphConvPlans.end();) {
+    jlong h = 0;
+    std::memcpy(&h, &it->first.v[28], sizeof(h));
+    it = h == handle ? t_graphConvPlans.erase(it) : std::next(it);
+  }
+}
+
+namespace {
 
 // A finalized tensor (n, c, h, w) of the dtype in the layout: strides NCHW (chw, hw, w, 1), NHWC (hwc, 1, wc, c).
 jint graphTensor(BackendDesc* t, int64_t uid, jint dtype, jint layout, int64_t n, int64_t c, int64_t h, int64_t w,

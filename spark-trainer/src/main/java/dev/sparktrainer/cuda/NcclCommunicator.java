@@ -281,10 +281,9 @@ public final class NcclCommunicator implements Communicator {
     asyncJoined = false;
   }
 
-  // Note [in-stream all-reduce]: for a step captured as a CUDA graph (Note [CUDA graphs] in Trainer), the
-  // all-reduce is queued on the compute stream itself, after backward: no events between streams and no host
-  // call inside the step, so the capture holds it as one more node and every replay runs it in the same place.
-  // The watchdog still covers it: after each step the trainer records a mark (an event on the compute stream)
+  // Note [in-stream all-reduce]: for a step replayed from a CUDA graph (Note [CUDA graphs] in Trainer), the
+  // all-reduce is queued on the compute stream itself, right after the graph: no events between streams, one
+  // launch, in order with the step before it and the optimizer after it. The watchdog still covers it: after each step the trainer records a mark (an event on the compute stream)
   // and waits for the previous step's mark under the timeout (a dead peer fails the step, it does not hang),
   // while the current step is already queued. Used where one all-reduce of the whole gradient buffer costs
   // less than it would overlap (small models: the trainer's eligibility rule), so the buckets lose nothing.

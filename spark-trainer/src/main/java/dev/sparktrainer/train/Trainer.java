@@ -126,8 +126,8 @@ public final class Trainer {
   //   gets its own graph, captured the first time it comes up after the warm-up. The graphs belong to the fit
   //   call (its slots and accumulators) and are closed when it returns.
   // - Eligible runs (graphIneligibility): no bucketed all-reduce inside backward (NCCL with W > 1 keeps the eager
-  //   bucketed path when the gradients exceed one bucket; smaller ones take one in-stream all-reduce at the end
-  //   of the captured work, Note [in-stream all-reduce] in NcclCommunicator; W = 1, or the TCP ring whose one
+  //   bucketed path when the gradients exceed one bucket; smaller ones take one in-stream all-reduce right after
+  //   the captured work, Note [in-stream all-reduce] in NcclCommunicator; W = 1, or the TCP ring whose one
   //   all-reduce follows the step, are fine), accumulation 1, no dropout (its mask seed changes every step), no
   //   synchronised batch norm (collectives inside the step).
   // - The device refuses what it cannot capture (CudaDevice: the op profile, any allocation, free, host transfer
@@ -269,10 +269,12 @@ public final class Trainer {
     }
 
     // Note [CUDA graphs] with W > 1: where the communicator can queue the all-reduce on the compute stream and
-    // the whole gradient buffer fits one bucket (so buckets would overlap nothing), the step's work ends with one
-    // in-stream all-reduce (Note [in-stream all-reduce] in NcclCommunicator) and is captured with it. Every
-    // step of such a run takes that path, captured or not, so all ranks issue the same collectives even if one
-    // rank's capture fails.
+    // the whole gradient buffer fits one bucket (so buckets would overlap nothing), the step's captured work is
+    // followed by one in-stream all-reduce (Note [in-stream all-reduce] in NcclCommunicator), queued eagerly
+    // right after the graph on the same stream: one extra launch per step. (Captured inside the graph, NCCL
+    // 2.28 failed on 2x H100 with "the operation cannot be performed in the present state".) Every step of
+    // such a run takes that path, replayed or eager, so all ranks issue the same collectives even if one rank's
+    // capture fails.
     boolean oneBucket = cudaGraphs && bucketed && comm.supportsInStream() && accum == 1
         && grads.numel() * 4 <= bucketBytes;
     if (cudaGraphs && graphsOff == null) {
@@ -332,9 +334,6 @@ public final class Trainer {
                 Tensor out = model.forward(x, ctx);
                 loss.compute(device, out, y, losses, dOut, gradScale);
                 model.backward(dOut, ctx, overwrite, null);
-                if (inStream) {
-                  comm.allReduceSumInStream(grads);
-                }
                 device.sumInto(losses, lossSum);
                 if (loss == Loss.CROSS_ENTROPY) {
                   device.countCorrect(out, y, correct);
@@ -342,6 +341,7 @@ public final class Trainer {
               };
               graphStep(graphs, slot, stepsThisFit++, work);
               if (inStream) {
+                comm.allReduceSumInStream(grads); // right after the step's graph, on the same stream
                 comm.markInStream();
                 long c0 = System.nanoTime(); // the previous step's collectives (this one's if the host reads them)
                 comm.awaitInStream(!needsGradientsOnHost());
