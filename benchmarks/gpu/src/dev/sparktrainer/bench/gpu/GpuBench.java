@@ -60,10 +60,10 @@ import java.util.SplittableRandom;
  * result is one JSON line appended to the output file. Peak memory: the largest peak of the ranks' device
  * arenas ({@code peak_mem_bytes}: what the engine allocated through its arena) and, as a second figure, total
  * minus free device memory after training ({@code device_used_bytes}: also the CUDA context, library handles
- * and any workspace allocated outside the arena). The trainers capture eligible steps as CUDA graphs and replay
- * them (Note [CUDA graphs] in Trainer; {@code -Dsparktrainer.cuda.graphs=false} through BENCH_JAVA_OPTS turns
- * that off); the result says {@code cuda_graphs}, the steps rank 0 ran from graphs, and why graphs went off, if
- * they did.
+ * and any workspace allocated outside the arena). With {@code -Dsparktrainer.cuda.graphs=true} (through
+ * BENCH_JAVA_OPTS) the trainers capture each step as a CUDA graph and replay it (Note [CUDA graphs] in
+ * Trainer); the result then says {@code cuda_graphs}, the steps rank 0 ran from graphs, and why graphs went
+ * off, if they did.
  */
 public final class GpuBench {
   static final int MLP_BATCH = 4096;
@@ -227,7 +227,7 @@ public final class GpuBench {
       // Note: the non-finite check (a reduction + host wait per step) is off, as in the PyTorch reference.
       Trainer t = new Trainer(m, cfg, c).checkNonFinite(false)
           .bf16GradientAllReduce(Boolean.getBoolean("sparktrainer.bench.bf16Grads")) // DDP's bf16 compression hook
-          .cudaGraphs(cudaGraphs()); // Note [CUDA graphs]: BENCH_JAVA_OPTS=-Dsparktrainer.cuda.graphs=false turns them off
+          .cudaGraphs(cudaGraphs()); // Note [CUDA graphs]: BENCH_JAVA_OPTS=-Dsparktrainer.cuda.graphs=true
       t.initializeWeights();
       List<EpochStats> st = t.fit(store, local, steps);
       long peak = d.arena().peakBytes(); // before the profile, which allocates a second optimizer
@@ -374,9 +374,9 @@ public final class GpuBench {
     return m;
   }
 
-  /** Whether the trainers may capture and replay their steps (Note [CUDA graphs]; on unless the property is false). */
+  /** -Dsparktrainer.cuda.graphs=true: the trainers capture and replay their steps (Note [CUDA graphs]). */
   static boolean cudaGraphs() {
-    return !"false".equalsIgnoreCase(System.getProperty(Trainer.CUDA_GRAPHS_PROPERTY)); // the Trainer's default
+    return Boolean.getBoolean(Trainer.CUDA_GRAPHS_PROPERTY);
   }
 
   // ---------------------------------------------------------------- all-reduce

@@ -46,31 +46,6 @@ public interface Communicator extends AutoCloseable {
    */
   default void awaitAsync() {}
 
-  // ---- in-stream collectives (Note [in-stream all-reduce] in NcclCommunicator): queued in order with the device's
-  // ---- compute work, so a captured step (CUDA graph) can contain them; the host waits separately.
-
-  /** Whether {@link #allReduceSumInStream} is available. Default false. */
-  default boolean supportsInStream() {
-    return false;
-  }
-
-  /**
-   * Queues buf = sum over ranks of buf on the device's compute stream, in order with the work queued there
-   * (before and after), and returns without waiting; {@link #markInStream} and {@link #awaitInStream} wait.
-   */
-  default void allReduceSumInStream(Tensor buf) {
-    throw new UnsupportedOperationException(getClass().getSimpleName() + " has no in-stream all-reduce");
-  }
-
-  /** Records the point the compute stream has reached (after this step's in-stream collectives). */
-  default void markInStream() {}
-
-  /**
-   * Waits on the host, under the communicator's timeout, for the marks recorded so far; {@code keepLatest}: all
-   * but the latest (the step just queued), so the host waits for a step while the next is already queued.
-   */
-  default void awaitInStream(boolean keepLatest) {}
-
   /** Tears the communicator down at once (unblocks collectives in flight, on this rank). Idempotent. */
   void abort();
 

@@ -45,8 +45,6 @@ public final class NcclCommunicator implements Communicator {
   private volatile String failure; // why the communicator is no longer usable
   private int asyncPending; // async collectives started since the last awaitAsync
   private boolean asyncJoined;
-  private final java.util.ArrayDeque<CudaEvent> inStreamMarks = new java.util.ArrayDeque<>(); // oldest first
-  private final java.util.ArrayDeque<CudaEvent> spareMarks = new java.util.ArrayDeque<>();
 
   private NcclCommunicator(int rank, int worldSize, CudaDevice device, Duration timeout) {
     this.rank = rank;
@@ -279,56 +277,6 @@ public final class NcclCommunicator implements Communicator {
     waitFor(commDone, what, System.nanoTime() + timeoutNanos);
     asyncPending = 0;
     asyncJoined = false;
-  }
-
-  // Note [in-stream all-reduce]: for a step replayed from a CUDA graph (Note [CUDA graphs] in Trainer), the
-  // all-reduce is queued on the compute stream itself, right after the graph: no events between streams, one
-  // launch, in order with the step before it and the optimizer after it. The watchdog still covers it: after each step the trainer records a mark (an event on the compute stream)
-  // and waits for the previous step's mark under the timeout (a dead peer fails the step, it does not hang),
-  // while the current step is already queued. Used where one all-reduce of the whole gradient buffer costs
-  // less than it would overlap (small models: the trainer's eligibility rule), so the buckets lose nothing.
-
-  @Override
-  public boolean supportsInStream() {
-    return true;
-  }
-
-  @Override
-  public void allReduceSumInStream(Tensor buf) {
-    CudaTensor b = tensor(buf, "allReduceSumInStream");
-    String what = "allReduceSumInStream";
-    device.makeCurrent();
-    device.noteWritten(b);
-    synchronized (lock) {
-      ensureUsable(what);
-      int st = Native.ncclAllReduce(b.address(), b.address(), b.numel(), b.dtype().ordinal(), Native.OP_SUM, comm,
-          device.computeStream().handle());
-      if (st != 0 && !Native.ncclInProgress(st)) {
-        throw fail(what + " of " + buf, "NCCL call failed: " + Native.errorString(st) + lastError());
-      }
-    }
-  }
-
-  @Override
-  public void markInStream() {
-    device.makeCurrent();
-    synchronized (lock) {
-      ensureUsable("markInStream");
-      CudaEvent e = spareMarks.isEmpty() ? device.newEvent() : spareMarks.poll();
-      e.record(device.computeStream());
-      inStreamMarks.add(e);
-    }
-  }
-
-  @Override
-  public void awaitInStream(boolean keepLatest) {
-    long deadline = System.nanoTime() + timeoutNanos;
-    while (inStreamMarks.size() > (keepLatest ? 1 : 0)) {
-      CudaEvent e = inStreamMarks.peek();
-      waitFor(e, "in-stream all-reduce (a step's collectives on the compute stream)", deadline);
-      inStreamMarks.poll();
-      spareMarks.add(e);
-    }
   }
 
   @FunctionalInterface

@@ -163,49 +163,6 @@ class CudaGraphTest {
     return new Run(m.parametersToHost(), stats, t.graphSteps(), t.graphReplays(), t.graphsOffReason());
   }
 
-  /** {@link #train} on rank {@code ctx.rank()} of 2 GPUs (NCCL): each rank its own half of the rows. */
-  static Run train2(dev.sparktrainer.comm.WorkerContext ctx, ModelSpec spec, boolean graphs) {
-    TrainerConfig cfg = TrainerConfig.builder().epochs(EPOCHS).batchSize(BATCH).seed(7)
-        .optimizer(OptimizerConfig.sgd(0.05).withMomentum(0.9)).schedule(LrSchedule.warmupCosine(5, 0, 0.001))
-        .clipNorm(5.0).build();
-    HeapRowStore store = synthetic(8 * BATCH, 99);
-    int[] local = new int[STEPS * BATCH];
-    for (int i = 0; i < local.length; i++) {
-      local[i] = ctx.rank() * 4 * BATCH + i % (4 * BATCH);
-    }
-    try (CudaDevice d = new CudaDevice(GpuSelector.select(ctx));
-        NcclCommunicator c = NcclCommunicator.create(ctx, d, java.time.Duration.ofSeconds(120))) {
-      Model m = new Model(spec, d, DType.BFLOAT16);
-      Trainer t = new Trainer(m, cfg, c).cudaGraphs(graphs);
-      t.initializeWeights();
-      List<EpochStats> stats = t.fit(store, local, STEPS);
-      return new Run(m.parametersToHost(), stats, t.graphSteps(), t.graphReplays(), t.graphsOffReason());
-    }
-  }
-
-  /**
-   * Note [in-stream all-reduce] in NcclCommunicator: on 2 GPUs the CNN's step, with its one all-reduce on the
-   * compute stream, is captured and replayed; both ranks end bitwise identical, and equal to the eager run
-   * (gradient buckets on the comm stream: with 2 ranks every element is the same one sum).
-   */
-  @Test
-  void twoGpusCaptureTheAllReduceInTheStep() {
-    CudaTestSupport.assumeGpus(2);
-    List<Run> eager = dev.sparktrainer.comm.LocalLauncher.run(2, Cuda.deviceCount(), 300,
-        ctx -> train2(ctx, ModelZoo.fashionMnistCnn(), false));
-    List<Run> graphs = dev.sparktrainer.comm.LocalLauncher.run(2, Cuda.deviceCount(), 300,
-        ctx -> train2(ctx, ModelZoo.fashionMnistCnn(), true));
-    for (int r = 0; r < 2; r++) {
-      assertNull(graphs.get(r).offReason(), "rank " + r + ": graphs went off: " + graphs.get(r).offReason());
-      assertEquals((long) EPOCHS * STEPS - 2, graphs.get(r).graphSteps(), "rank " + r + ": steps from graphs");
-    }
-    assertArrayEquals(graphs.get(0).params(), graphs.get(1).params(), "the ranks differ with graphs");
-    assertSameRun(eager.get(0), graphs.get(0), "Fashion-MNIST CNN bf16 on 2 GPUs with CUDA graphs");
-    CudaTestLog.note(String.format(Locale.ROOT, "Fashion-MNIST CNN bf16, 2 GPUs (%s), batch %d per rank: with CUDA"
-        + " graphs (in-stream all-reduce) bitwise the eager bucketed run on both ranks; last epoch %.3f ms/step"
-        + " eager, %.3f with graphs", Cuda.deviceName(0), BATCH, msPerStep(eager.get(0)), msPerStep(graphs.get(0))));
-  }
-
   static void assertSameRun(Run eager, Run graphs, String what) {
     assertArrayEquals(eager.params(), graphs.params(), what + ": weights differ from the eager run");
     for (int e = 0; e < EPOCHS; e++) {
