@@ -135,15 +135,14 @@ public final class Trainer {
   //   the rest of the run, logged once with the reason; likewise when a graph can no longer be replayed
   //   (StepGraph#replay false: memory it uses was freed). A device without graphs (the CPU engine) runs the work
   //   and returns null: the run is exactly the eager one.
-  // Off by default (-Dsparktrainer.cuda.graphs=true or cudaGraphs(true) turn it on). Measured on one H100
-  // (benchmarks/README.md): the Fashion-MNIST CNN at batch 512 goes from 619k to 931k samples/s with graphs, bitwise
-  // the eager run (CudaGraphTest); ResNet-50 is GPU-bound and unchanged. Not the default because, while it was on
-  // by default, CudaCnnTrainingTest's ResNet-50 bf16 run on one GPU (one step per epoch, so one graph replayed
-  // every epoch) reported the same loss for its second step and its third (the captured one) and missed its
-  // loss bound, which is not explained yet. A W > 1 variant with the one all-reduce on the compute stream was
-  // tried and removed: captured, NCCL 2.28 failed on 2x H100 ("the operation cannot be performed in the present
-  // state"); queued after the graph, the ranks' parameters diverged in CudaFashionMnistTest. NCCL runs with W > 1
-  // therefore keep the eager bucketed path.
+  // Off by default (-Dsparktrainer.cuda.graphs=true or cudaGraphs(true) turn it on). Measured on 2x H100
+  // (benchmarks/results/2026-11-26-h100x2-final-graphs-*): the Fashion-MNIST CNN at batch 512 runs at 928k
+  // samples/s with graphs against 327k-445k eager in the same session, bitwise the eager run (CudaGraphTest);
+  // ResNet-50 is GPU-bound and unchanged. It stays opt-in until the whole GPU suite has run with it on (this
+  // session ran it with graphs off). A W > 1 variant with the one all-reduce on the compute stream was tried and
+  // removed: captured, NCCL 2.28 failed on 2x H100 ("the operation cannot be performed in the present state");
+  // queued after the graph, the ranks' parameters diverged in CudaFashionMnistTest. NCCL runs with W > 1 keep the
+  // eager bucketed path.
 
   /**
    * Capture each training step's device work as a CUDA graph after {@value #GRAPH_WARMUP_STEPS} eager warm-up

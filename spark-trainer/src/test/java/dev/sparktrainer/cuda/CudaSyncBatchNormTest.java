@@ -147,6 +147,11 @@ class CudaSyncBatchNormTest {
     List<BnCase> out = new ArrayList<>(CudaConvOpsTest.bnCases());
     out.add(new BnCase("(4, 2048, 2, 2): more channels than reduction blocks", new int[] {4, 2048, 2, 2}));
     out.add(new BnCase("3-D (4, 6, 10)", new int[] {4, 6, 10}));
+    // ResNet-50 at batch 16 (CudaCnnTrainingTest's run): the stem, a stage-1 output and the last stage, whose
+    // NHWC reductions run with 8, 32 and 256 channel groups per block and hundreds of row chunks.
+    out.add(new BnCase("ResNet-50 batch 16 stem (16, 64, 112, 112)", new int[] {16, 64, 112, 112}));
+    out.add(new BnCase("ResNet-50 batch 16 stage 1 (16, 256, 56, 56)", new int[] {16, 256, 56, 56}));
+    out.add(new BnCase("ResNet-50 batch 16 stage 4 (16, 2048, 7, 7)", new int[] {16, 2048, 7, 7}));
     return out;
   }
 
