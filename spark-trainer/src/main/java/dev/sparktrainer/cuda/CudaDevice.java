@@ -648,15 +648,32 @@ public final class CudaDevice implements Device {
     }
     boolean bf = d.dtype() == DType.BFLOAT16;
     prefetchBytes(d, (long) n * d.dtype().bytes(), buf -> {
-      if (bf) {
-        for (int i = 0; i < n; i++) {
-          buf.putShort(i * 2, bf16Bits(src[srcOffset + i]));
+      // Note [parallel staging]: a large batch (ResNet-50 at 256 x 3 x 224 x 224 fp32: 154 MB) is copied into the
+      // pinned slot by several threads, in disjoint ranges: one thread took ~20 ms of the trainer thread's step,
+      // time in which it launches nothing (two ranks in one JVM pay it twice).
+      int parts = n >= PARALLEL_STAGING_MIN ? PARALLEL_STAGING_PARTS : 1;
+      java.util.stream.IntStream range = java.util.stream.IntStream.range(0, parts);
+      (parts > 1 ? range.parallel() : range).forEach(p -> {
+        int lo = (int) ((long) n * p / parts);
+        int hi = (int) ((long) n * (p + 1) / parts);
+        ByteBuffer b = buf.duplicate().order(buf.order());
+        if (bf) {
+          for (int i = lo; i < hi; i++) {
+            b.putShort(i * 2, bf16Bits(src[srcOffset + i]));
+          }
+        } else {
+          java.nio.FloatBuffer f = b.asFloatBuffer();
+          f.position(lo);
+          f.put(src, srcOffset + lo, hi - lo);
         }
-      } else {
-        buf.asFloatBuffer().put(src, srcOffset, n);
-      }
+      });
     });
   }
+
+  /** Note [parallel staging]: batches of at least this many values are staged by several threads. */
+  private static final int PARALLEL_STAGING_MIN = 1 << 22;
+  private static final int PARALLEL_STAGING_PARTS =
+      Math.max(1, Math.min(8, java.util.concurrent.ForkJoinPool.getCommonPoolParallelism()));
 
   @Override
   public void prefetch(int[] src, int srcOffset, Tensor dst) {

@@ -196,9 +196,10 @@ class CudaFusedPathTest {
     assertArrayEquals(host(gpu, refMirror), host(gpu, mirror), "mirror refreshed after a fill of the params");
   }
 
+  /** Also above CudaDevice's parallel-staging size (Note [parallel staging]): n splits unevenly over the threads. */
   @Test
   void prefetchLandsBeforeTheNextOps() {
-    int n = 3 * 1024 * 1024 + 5;
+    int n = 5 * 1024 * 1024 + 5;
     Tensor[] slots = {gpu.allocate(DType.FLOAT32, n), gpu.allocate(DType.FLOAT32, n)};
     Tensor labels = gpu.allocate(DType.INT32, 1000);
     Tensor sum = gpu.allocate(DType.FLOAT32, n);
@@ -217,6 +218,15 @@ class CudaFusedPathTest {
       assertEquals(step, hostInts(gpu, labels)[999]);
     }
     assertArrayEquals(expect, host(gpu, sum), "sum of prefetched batches");
+    float[] a = rand(n, 7);
+    Tensor low = gpu.allocate(DType.BFLOAT16, n);
+    gpu.prefetch(a, 0, low);
+    gpu.awaitPrefetch();
+    float[] rounded = new float[n];
+    for (int i = 0; i < n; i++) {
+      rounded[i] = dev.sparktrainer.cpu.CpuDevice.roundBf16(a[i]);
+    }
+    assertArrayEquals(rounded, host(gpu, low), "a batch staged into a bf16 tensor (rounded to nearest even)");
   }
 
   static HeapRowStore synthetic(int rows, int dim, int classes, long seed) {
