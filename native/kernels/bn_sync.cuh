@@ -283,20 +283,31 @@ __device__ __forceinline__ void bn_partials_nhwc(const void* x, int tx, const vo
   }
 }
 
+// bn_partials_nhwc for one mode, vectorised or not.
+template <int MODE>
+__device__ __forceinline__ void bn_partials_nhwc_vec(int vec, const void* x, int tx, const void* dy, int tdy,
+                                                     const float* mean, const float* inv_std, const float* gamma,
+                                                     const float* beta, double* partials, int64_t rows, int64_t c,
+                                                     int64_t rows_per_chunk, double (*sh)[BN_THREADS * VEC]) {
+  if (vec) {
+    bn_partials_nhwc<VEC, MODE>(x, tx, dy, tdy, mean, inv_std, gamma, beta, partials, rows, c, rows_per_chunk, sh);
+  } else {
+    bn_partials_nhwc<1, MODE>(x, tx, dy, tdy, mean, inv_std, gamma, beta, partials, rows, c, rows_per_chunk, sh);
+  }
+}
+
 // Two entry points so that each gets the registers of its own modes: the one-tensor sums (mode 0 statistics,
 // mode 3 bias gradient) keep 4 rows of 8 values in flight with fewer registers than the backward modes (1, 2).
 extern "C" __global__ void __launch_bounds__(BN_THREADS, 3)
     st_bn_sums_nhwc(int mode, const void* x, int tx, const void* dy, int tdy, double* partials, int64_t rows,
                     int64_t c, int64_t rows_per_chunk, int vec) {
   __shared__ double sh[2][BN_THREADS * VEC];  // the threads' sums, [sum k][row offset * width + channel]
-  if (vec && mode == 0) {
-    bn_partials_nhwc<VEC, 0>(x, tx, dy, tdy, nullptr, nullptr, nullptr, nullptr, partials, rows, c, rows_per_chunk, sh);
-  } else if (vec) {
-    bn_partials_nhwc<VEC, 3>(x, tx, dy, tdy, nullptr, nullptr, nullptr, nullptr, partials, rows, c, rows_per_chunk, sh);
-  } else if (mode == 0) {
-    bn_partials_nhwc<1, 0>(x, tx, dy, tdy, nullptr, nullptr, nullptr, nullptr, partials, rows, c, rows_per_chunk, sh);
+  if (mode == 0) {
+    bn_partials_nhwc_vec<0>(vec, x, tx, dy, tdy, nullptr, nullptr, nullptr, nullptr, partials, rows, c, rows_per_chunk,
+                            sh);
   } else {
-    bn_partials_nhwc<1, 3>(x, tx, dy, tdy, nullptr, nullptr, nullptr, nullptr, partials, rows, c, rows_per_chunk, sh);
+    bn_partials_nhwc_vec<3>(vec, x, tx, dy, tdy, nullptr, nullptr, nullptr, nullptr, partials, rows, c, rows_per_chunk,
+                            sh);
   }
 }
 
@@ -305,14 +316,10 @@ extern "C" __global__ void __launch_bounds__(BN_THREADS)
                         const float* inv_std, const float* gamma, const float* beta, double* partials, int64_t rows,
                         int64_t c, int64_t rows_per_chunk, int vec) {
   __shared__ double sh[2][BN_THREADS * VEC];  // the threads' sums, [sum k][row offset * width + channel]
-  if (vec && mode == 1) {
-    bn_partials_nhwc<VEC, 1>(x, tx, dy, tdy, mean, inv_std, gamma, beta, partials, rows, c, rows_per_chunk, sh);
-  } else if (vec) {
-    bn_partials_nhwc<VEC, 2>(x, tx, dy, tdy, mean, inv_std, gamma, beta, partials, rows, c, rows_per_chunk, sh);
-  } else if (mode == 1) {
-    bn_partials_nhwc<1, 1>(x, tx, dy, tdy, mean, inv_std, gamma, beta, partials, rows, c, rows_per_chunk, sh);
+  if (mode == 1) {
+    bn_partials_nhwc_vec<1>(vec, x, tx, dy, tdy, mean, inv_std, gamma, beta, partials, rows, c, rows_per_chunk, sh);
   } else {
-    bn_partials_nhwc<1, 2>(x, tx, dy, tdy, mean, inv_std, gamma, beta, partials, rows, c, rows_per_chunk, sh);
+    bn_partials_nhwc_vec<2>(vec, x, tx, dy, tdy, mean, inv_std, gamma, beta, partials, rows, c, rows_per_chunk, sh);
   }
 }
 

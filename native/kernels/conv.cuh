@@ -76,18 +76,11 @@ extern "C" __global__ void st_layout_convert(const void* src, int ts, void* dst,
 // instead of a copy and an axpy; then max(y, 0) when relu (a residual block's final ReLU, fused).
 extern "C" __global__ void st_add2(const void* a, int ta, const void* b, int tb, void* y, int ty, int64_t n,
                                    int relu, int vec) {
-  if (vec) {  // n a multiple of 8, 16-byte aligned pointers (vec.cuh)
-    GRID_STRIDE(j, n / VEC) {
-      float u[VEC], w[VEC];
-      ldv(a, ta, j * VEC, u);
-      ldv(b, tb, j * VEC, w);
-#pragma unroll
-      for (int k = 0; k < VEC; k++) {
-        float v = u[k] + w[k];
-        u[k] = relu && !(v > 0.f) ? 0.f : v;
-      }
-      stv(y, ty, j * VEC, u);
-    }
+  if (vec) {
+    binary_vec(a, ta, b, tb, y, ty, n, [&](float u, float w) {
+      float v = u + w;
+      return relu && !(v > 0.f) ? 0.f : v;
+    });
     return;
   }
   GRID_STRIDE(i, n) {

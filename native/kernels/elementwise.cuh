@@ -51,17 +51,8 @@ extern "C" __global__ void st_relu(const void* x, int tx, void* y, int ty, int64
 
 extern "C" __global__ void st_relu_bwd(const void* x, int tx, const void* dy, int tdy, void* dx, int tdx,
                                        int64_t n, int vec) {
-  if (vec) {  // n a multiple of 8, 16-byte aligned pointers (vec.cuh)
-    GRID_STRIDE(j, n / VEC) {
-      float u[VEC], g[VEC];
-      ldv(x, tx, j * VEC, u);
-      ldv(dy, tdy, j * VEC, g);
-#pragma unroll
-      for (int k = 0; k < VEC; k++) {
-        g[k] = u[k] > 0 ? g[k] : 0.0f;
-      }
-      stv(dx, tdx, j * VEC, g);
-    }
+  if (vec) {
+    binary_vec(x, tx, dy, tdy, dx, tdx, n, [](float u, float g) { return u > 0 ? g : 0.0f; });
     return;
   }
   GRID_STRIDE(i, n) { st(dx, tdx, i, ld(x, tx, i) > 0 ? ld(dy, tdy, i) : 0.0f); }

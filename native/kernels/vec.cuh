@@ -39,3 +39,20 @@ __device__ __forceinline__ void stv(void* p, int t, int64_t i, const float* v) {
     *(float4*)((float*)p + i + 4) = make_float4(v[4], v[5], v[6], v[7]);
   }
 }
+
+// y[i] = f(a[i], b[i]) for i < n, 8 values per access: n a multiple of 8, 16-byte aligned pointers (the launcher's
+// vec check). Grid-stride over the 8-value groups.
+template <typename F>
+__device__ __forceinline__ void binary_vec(const void* a, int ta, const void* b, int tb, void* y, int ty, int64_t n,
+                                           F f) {
+  GRID_STRIDE(j, n / VEC) {
+    float u[VEC], w[VEC];
+    ldv(a, ta, j * VEC, u);
+    ldv(b, tb, j * VEC, w);
+#pragma unroll
+    for (int k = 0; k < VEC; k++) {
+      u[k] = f(u[k], w[k]);
+    }
+    stv(y, ty, j * VEC, u);
+  }
+}

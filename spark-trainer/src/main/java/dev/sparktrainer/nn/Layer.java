@@ -63,10 +63,11 @@ public abstract class Layer {
    * buffer {@code key} (mixed precision: a layer whose op needs one dtype for all its activations).
    */
   protected Tensor as(String key, Tensor t, dev.sparktrainer.engine.DType dtype) {
-    if (t.dtype() == dtype) {
-      return t;
-    }
-    Tensor c = buffer(key, dtype, t.shape());
+    return t.dtype() == dtype ? t : copyInto(t, buffer(key, dtype, t.shape()));
+  }
+
+  /** c after copying (and converting) t into it. */
+  private Tensor copyInto(Tensor t, Tensor c) {
     device.copy(t, c);
     return c;
   }
@@ -109,12 +110,7 @@ public abstract class Layer {
    * with {@link #releaseGrad} unless it is {@code t}).
    */
   protected Tensor gradAs(String key, Tensor t, dev.sparktrainer.engine.DType dtype) {
-    if (t.dtype() == dtype) {
-      return t;
-    }
-    Tensor c = gradBuffer(key, dtype, t.shape());
-    device.copy(t, c);
-    return c;
+    return t.dtype() == dtype ? t : copyInto(t, gradBuffer(key, dtype, t.shape()));
   }
 
   /**
