@@ -13,7 +13,7 @@
 // machines without cuDNN (MLPs need none of it).
 #include <jni.h>
 
-// The legacy (v7-style) convolution, pooling and batch-norm entry points are deprecated in cuDNN 9 but
+// The legacy (v7-style) convolution and batch-norm inference entry points are deprecated in cuDNN 9 but
 // supported through 9.x; they are what this layer binds (Note [cuDNN ops]). The convolutions also have a
 // second implementation on cuDNN 9's backend (graph) API (Note [cuDNN graph convolutions]).
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
@@ -109,15 +109,8 @@ bool putInt(JNIEnv* env, jintArray out, jint v) {
   X(cudnnConvolutionForward)                          \
   X(cudnnConvolutionBackwardData)                     \
   X(cudnnConvolutionBackwardFilter)                   \
-  X(cudnnCreatePoolingDescriptor)                     \
-  X(cudnnDestroyPoolingDescriptor)                    \
-  X(cudnnSetPooling2dDescriptor)                      \
-  X(cudnnPoolingForward)                              \
-  X(cudnnPoolingBackward)                             \
   X(cudnnDeriveBNTensorDescriptor)                    \
-  X(cudnnBatchNormalizationForwardTraining)           \
   X(cudnnBatchNormalizationForwardInference)          \
-  X(cudnnBatchNormalizationBackward)                  \
   X(cudnnBackendCreateDescriptor)                     \
   X(cudnnBackendDestroyDescriptor)                    \
   X(cudnnBackendSetAttribute)                         \
@@ -590,9 +583,9 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnSetStream(JNIEnv*,
 
 // ---------------------------------------------------------------- cuDNN ops
 //
-// Note [cuDNN ops]: convolution (forward, backward data, backward filter), pooling and batch norm through
-// cuDNN's legacy descriptor API (the convolutions also through the graph API: Note [cuDNN graph
-// convolutions]). Tensors arrive as raw device addresses with a dtype code (FLOAT32 0, BFLOAT16 2; Note
+// Note [cuDNN ops]: convolution (forward, backward data, backward filter) and batch norm in evaluation mode
+// through cuDNN's legacy descriptor API (the convolutions also through the graph API: Note [cuDNN graph
+// convolutions]; pooling and training-mode batch norm run on the project's kernels). Tensors arrive as raw device addresses with a dtype code (FLOAT32 0, BFLOAT16 2; Note
 // [dtype codes] in kernels/common.cuh) and a layout (0 NCHW, 1 NHWC; the logical dims are always n, c, h,
 // w). Descriptors and the chosen algorithms are built once per shape key and cached per thread, like the
 // matmul plans (one device is driven by one thread at a time; plans are never freed).
@@ -626,14 +619,12 @@ struct DnnDescs {
   std::vector<cudnnTensorDescriptor_t> tensors;
   cudnnFilterDescriptor_t filter = nullptr;
   cudnnConvolutionDescriptor_t conv[3] = {nullptr, nullptr, nullptr};
-  cudnnPoolingDescriptor_t pool = nullptr;
   ~DnnDescs() {
     const CudnnTable& t = g_cudnn;
     if (!t.ok) return;
     for (auto d : tensors) t.cudnnDestroyTensorDescriptor(d);
     if (filter) t.cudnnDestroyFilterDescriptor(filter);
     for (auto c : conv) if (c) t.cudnnDestroyConvolutionDescriptor(c);
-    if (pool) t.cudnnDestroyPoolingDescriptor(pool);
   }
   cudnnStatus_t tensor(cudnnTensorDescriptor_t* out, jint layout, jint dtype, int n, int c, int h, int w) {
     const CudnnTable& t = g_cudnn;
@@ -649,7 +640,7 @@ struct DnnKey {
   int v[30];
   bool operator==(const DnnKey& o) const { return std::memcmp(v, o.v, sizeof(v)) == 0; }
 };
-// Zeroes a key (padding takes part in hashing) and fills its common head: kind (1 convolution, 2 pooling,
+// Zeroes a key (padding takes part in hashing) and fills its common head: kind (1 convolution, 2 pooling (unused),
 // 3 batch norm, 4 graph convolution), the current device, dtype and layout. The caller adds its own fields
 // from v[4] on.
 jint dnnKey(int kind, jint dtype, jint layout, DnnKey* key) {
@@ -861,60 +852,12 @@ jint runConv(JNIEnv* env, jlong handle, jint dtype, jint layout, jintArray dimsA
   return jniError(JNI_NO_CUDNN_ALGORITHM);
 }
 
-// Pool dims: n, c, h, w, kh, kw, padH, padW, strideH, strideW, oh, ow. mode: 0 max, 1 average including
-// padding (PyTorch's count_include_pad=True).
-constexpr int POOL_DIMS = 12;
-
-struct PoolPlan {
-  DnnDescs d;
-  cudnnTensorDescriptor_t x = nullptr, y = nullptr;
-  jint status = 0;
-};
-thread_local std::unordered_map<DnnKey, std::unique_ptr<PoolPlan>, DnnKeyHash> t_poolPlans;
-
-jint buildPool(PoolPlan* p, jint dtype, jint layout, jint mode, const int* d) {
-  const CudnnTable& t = g_cudnn;
-  TRY_CUDNN(p->d.tensor(&p->x, layout, dtype, d[0], d[1], d[2], d[3]));
-  TRY_CUDNN(p->d.tensor(&p->y, layout, dtype, d[0], d[1], d[10], d[11]));
-  TRY_CUDNN(t.cudnnCreatePoolingDescriptor(&p->d.pool));
-  cudnnPoolingMode_t m = mode == 0 ? CUDNN_POOLING_MAX_DETERMINISTIC : CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING;
-  TRY_CUDNN(t.cudnnSetPooling2dDescriptor(p->d.pool, m, CUDNN_NOT_PROPAGATE_NAN, d[4], d[5], d[6], d[7], d[8], d[9]));
-  return 0;
-}
-
-jint poolPlan(JNIEnv* env, jint dtype, jint layout, jint mode, jintArray dimsArray, PoolPlan** out) {
-  const CudnnTable& t = cudnnTable();
-  if (!t.ok) return jniError(JNI_NO_CUDNN);
-  int d[POOL_DIMS];
-  if (!readInts(env, dimsArray, d, POOL_DIMS)) return jniError(JNI_BAD_ARGUMENT);
-  if ((dtype != 0 && dtype != 2) || (layout != 0 && layout != 1) || (mode != 0 && mode != 1)) {
-    return jniError(JNI_BAD_ARGUMENT);
-  }
-  DnnKey key;
-  jint kst = dnnKey(2, dtype, layout, &key);  // kind: pooling
-  if (kst != 0) return kst;
-  key.v[4] = mode;
-  for (int i = 0; i < POOL_DIMS; i++) key.v[6 + i] = d[i];
-  auto it = t_poolPlans.find(key);
-  if (it == t_poolPlans.end()) {
-    std::unique_ptr<PoolPlan> np(new PoolPlan());
-    np->status = buildPool(np.get(), dtype, layout, mode, d);
-    *out = np.get();
-    t_poolPlans.emplace(key, std::move(np));
-  } else {
-    *out = it->second.get();
-  }
-  return (*out)->status;
-}
-
-// Batch norm: x (n, c, h, w) in dtype/layout, per-channel parameters and statistics fp32 (c).
+// Batch norm in evaluation mode (training runs on the project's kernels, Note [fused batch norm + ReLU] in
+// CudaDevice): x (n, c, h, w) in dtype/layout, per-channel parameters and statistics fp32 (c).
 struct BnPlan {
   DnnDescs d;
   cudnnTensorDescriptor_t x = nullptr, bn = nullptr;
   jint status = 0;
-  // Training mode: the persistent spatial kernels for NHWC (what PyTorch picks for channels_last), else the
-  // plain spatial ones. Inference always uses CUDNN_BATCHNORM_SPATIAL.
-  cudnnBatchNormMode_t trainMode = CUDNN_BATCHNORM_SPATIAL;
 };
 thread_local std::unordered_map<DnnKey, std::unique_ptr<BnPlan>, DnnKeyHash> t_bnPlans;
 
@@ -938,7 +881,6 @@ jint bnPlan(jint dtype, jint layout, jint n, jint c, jint h, jint w, BnPlan** ou
   }
   std::unique_ptr<BnPlan> np(new BnPlan());
   BnPlan* p = np.get();
-  p->trainMode = layout == 1 ? CUDNN_BATCHNORM_SPATIAL_PERSISTENT : CUDNN_BATCHNORM_SPATIAL;
   *out = p;
   t_bnPlans.emplace(key, std::move(np));
   cudnnStatus_t s = p->d.tensor(&p->x, layout, dtype, n, c, h, w);
@@ -975,43 +917,6 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnConvBackwardFilter
   return runConv(env, handle, dtype, layout, dims, computeMode, search, 2, x, dy, dw, beta, workspace, wsBytes);
 }
 
-JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnPoolForward(JNIEnv* env, jclass, jlong handle,
-    jint dtype, jint layout, jint mode, jintArray dims, jlong x, jlong y) {
-  PoolPlan* p = nullptr;
-  jint st = poolPlan(env, dtype, layout, mode, dims, &p);
-  if (st != 0) return st;
-  const float alpha = 1.0f, beta = 0.0f;
-  return cudnn(g_cudnn.cudnnPoolingForward(fromJ<cudnnHandle_t>(handle), p->d.pool, &alpha, p->x,
-                                           fromJ<const void*>(x), &beta, p->y, fromJ<void*>(y)));
-}
-
-JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnPoolBackward(JNIEnv* env, jclass, jlong handle,
-    jint dtype, jint layout, jint mode, jintArray dims, jlong y, jlong dy, jlong x, jlong dx) {
-  PoolPlan* p = nullptr;
-  jint st = poolPlan(env, dtype, layout, mode, dims, &p);
-  if (st != 0) return st;
-  const float alpha = 1.0f, beta = 0.0f;
-  return cudnn(g_cudnn.cudnnPoolingBackward(fromJ<cudnnHandle_t>(handle), p->d.pool, &alpha, p->y,
-                                            fromJ<const void*>(y), p->y, fromJ<const void*>(dy), p->x,
-                                            fromJ<const void*>(x), &beta, p->x, fromJ<void*>(dx)));
-}
-
-// Training-mode forward: y, running statistics (factor = momentum; cuDNN keeps the unbiased variance),
-// saveMean and saveInvStd (1 / sqrt(var + eps)) for the backward. eps >= CUDNN_BN_MIN_EPSILON.
-JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnBnForwardTraining(JNIEnv*, jclass, jlong handle,
-    jint dtype, jint layout, jint n, jint c, jint h, jint w, jlong x, jlong y, jlong gamma, jlong beta,
-    jdouble factor, jlong runningMean, jlong runningVar, jdouble eps, jlong saveMean, jlong saveInvStd) {
-  BnPlan* p = nullptr;
-  jint st = bnPlan(dtype, layout, n, c, h, w, &p);
-  if (st != 0) return st;
-  if (eps < CUDNN_BN_MIN_EPSILON) return jniError(JNI_BAD_ARGUMENT);
-  const float one = 1.0f, zero = 0.0f;
-  return cudnn(g_cudnn.cudnnBatchNormalizationForwardTraining(
-      fromJ<cudnnHandle_t>(handle), p->trainMode, &one, &zero, p->x, fromJ<const void*>(x), p->x,
-      fromJ<void*>(y), p->bn, fromJ<const void*>(gamma), fromJ<const void*>(beta), factor, fromJ<void*>(runningMean),
-      fromJ<void*>(runningVar), eps, fromJ<void*>(saveMean), fromJ<void*>(saveInvStd)));
-}
-
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnBnForwardInference(JNIEnv*, jclass, jlong handle,
     jint dtype, jint layout, jint n, jint c, jint h, jint w, jlong x, jlong y, jlong gamma, jlong beta,
     jlong runningMean, jlong runningVar, jdouble eps) {
@@ -1024,21 +929,6 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnBnForwardInference
       fromJ<cudnnHandle_t>(handle), CUDNN_BATCHNORM_SPATIAL, &one, &zero, p->x, fromJ<const void*>(x), p->x,
       fromJ<void*>(y), p->bn, fromJ<const void*>(gamma), fromJ<const void*>(beta), fromJ<const void*>(runningMean),
       fromJ<const void*>(runningVar), eps));
-}
-
-// Backward with the saved statistics: dx overwritten; dgamma and dbeta accumulated (+=).
-JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnBnBackward(JNIEnv*, jclass, jlong handle,
-    jint dtype, jint layout, jint n, jint c, jint h, jint w, jlong x, jlong dy, jlong dx, jlong gamma,
-    jlong dgamma, jlong dbeta, jdouble eps, jlong saveMean, jlong saveInvStd) {
-  BnPlan* p = nullptr;
-  jint st = bnPlan(dtype, layout, n, c, h, w, &p);
-  if (st != 0) return st;
-  if (eps < CUDNN_BN_MIN_EPSILON) return jniError(JNI_BAD_ARGUMENT);
-  const float one = 1.0f, zero = 0.0f;
-  return cudnn(g_cudnn.cudnnBatchNormalizationBackward(
-      fromJ<cudnnHandle_t>(handle), p->trainMode, &one, &zero, &one, &one, p->x, fromJ<const void*>(x),
-      p->x, fromJ<const void*>(dy), p->x, fromJ<void*>(dx), p->bn, fromJ<const void*>(gamma), fromJ<void*>(dgamma),
-      fromJ<void*>(dbeta), eps, fromJ<const void*>(saveMean), fromJ<const void*>(saveInvStd)));
 }
 
 }  // extern "C"

@@ -2326,8 +2326,8 @@ public final class CudaDevice implements Device {
 
   private static double bnEps(float eps, String op) {
     if (!(eps >= 1e-5f)) {
-      throw new IllegalArgumentException(op + ": eps must be >= 1e-5 on the GPU (cuDNN's CUDNN_BN_MIN_EPSILON), got "
-          + eps);
+      throw new IllegalArgumentException(op + ": eps must be >= 1e-5 on the GPU (cuDNN's CUDNN_BN_MIN_EPSILON: its"
+          + " batch norm serves evaluation mode), got " + eps);
     }
     return eps;
   }
@@ -2358,9 +2358,7 @@ public final class CudaDevice implements Device {
     if (s[0] * s[2] < 2) {
       throw new IllegalArgumentException(op + ": needs more than one value per channel, got " + x);
     }
-    if (!(eps > 0f) || Float.isInfinite(eps)) {
-      throw new IllegalArgumentException(op + ": eps must be > 0, got " + eps);
-    }
+    bnEps(eps, op); // evaluation mode needs it (cuDNN): refused at the first training step, not after training
     int c = Math.toIntExact(s[1]);
     int layout = layoutOf(op, cx);
     CudaTensor g = perChannel(x, fl(gamma), c, "gamma", op);

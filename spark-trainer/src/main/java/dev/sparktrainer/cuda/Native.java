@@ -140,20 +140,10 @@ final class Native {
   static native int cudnnGraphConv(long handle, int dir, int dtype, int layout, int[] dims, int computeMode,
       int search, long a, long b, long c, float beta, long workspace, long workspaceBytes);
 
-  /** Pooling; mode 0 max, 1 average counting padding; dims: n, c, h, w, kh, kw, padH, padW, strideH, strideW, oh, ow. */
-  static native int cudnnPoolForward(long handle, int dtype, int layout, int mode, int[] dims, long x, long y);
-
-  static native int cudnnPoolBackward(long handle, int dtype, int layout, int mode, int[] dims, long y, long dy,
-      long x, long dx);
-
-  /** Batch norm, spatial mode; per-channel tensors are FLOAT32. */
-  static native int cudnnBnForwardTraining(long handle, int dtype, int layout, int n, int c, int h, int w, long x,
-      long y, long gamma, long beta, double factor, long runningMean, long runningVar, double eps, long saveMean,
-      long saveInvStd);
-
+  /**
+   * Batch norm in evaluation mode (spatial); per-channel tensors are FLOAT32. Training and its backward run on the
+   * project's kernels (bn_sync.cuh), pooling too (pool.cuh).
+   */
   static native int cudnnBnForwardInference(long handle, int dtype, int layout, int n, int c, int h, int w,
       long x, long y, long gamma, long beta, long runningMean, long runningVar, double eps);
-
-  static native int cudnnBnBackward(long handle, int dtype, int layout, int n, int c, int h, int w, long x,
-      long dy, long dx, long gamma, long dgamma, long dbeta, double eps, long saveMean, long saveInvStd);
 }
