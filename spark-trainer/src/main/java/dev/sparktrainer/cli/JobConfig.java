@@ -23,7 +23,7 @@ import org.apache.spark.sql.functions;
  *   "training": {"epochs": 3, "batchSize": 128, "numWorkers": 2, "device": "auto", "seed": 42,
  *                "optimizer": {...}, "schedule": {...}, "loss": "cross_entropy", "clipNorm": 0,
  *                "accumulation": 1, "dropLast": false, "checkpointPath": "", "checkpointInterval": 0,
- *                "timeoutSeconds": 300, "nonFinite": "fail", "precision": "fp32", "cudnnBenchmark": false},
+ *                "timeoutSeconds": 300, "nonFinite": "fail", "precision": "fp32", "cudnnBenchmark": false, "cudaGraphs": false},
  *   "output":   {"modelPath": "..."}
  * }</pre>
  *
@@ -107,7 +107,7 @@ public final class JobConfig {
     JsonNode tr = root.has("training") ? object(root, "training") : JSON.createObjectNode();
     keys(tr, "training", Set.of("epochs", "batchSize", "numWorkers", "device", "seed", "optimizer", "schedule",
         "loss", "clipNorm", "accumulation", "dropLast", "checkpointPath", "checkpointInterval", "timeoutSeconds",
-        "nonFinite", "precision", "cudnnBenchmark"));
+        "nonFinite", "precision", "cudnnBenchmark", "cudaGraphs"));
     if (tr.has("epochs")) {
       t.setEpochs(integer(tr, "epochs"));
     }
@@ -163,6 +163,9 @@ public final class JobConfig {
     }
     if (tr.has("cudnnBenchmark")) {
       t.setCudnnBenchmark(bool(tr, "training", "cudnnBenchmark"));
+    }
+    if (tr.has("cudaGraphs")) {
+      t.setCudaGraphs(bool(tr, "training", "cudaGraphs"));
     }
     t.trainerConfig(); // validates the combination now, before Spark starts
     trainer = t;

@@ -54,6 +54,7 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
   private long validationRows = -1; // rows of the validation set; -1: the fit has none
   private String precision = "fp32"; // fp32, bf16 or auto (bf16 on cuda, fp32 on cpu)
   private boolean cudnnBenchmark; // cuda: timed cuDNN algorithm search (Note [cudnn benchmark per executor JVM])
+  private boolean cudaGraphs; // the trainer's CUDA graphs option (Note [CUDA graphs] in Trainer)
 
   BarrierTrainFunction(String specJson, TrainerConfig cfg, String device, String token, int timeoutSeconds,
       int dim, int targetDim, int steps, long rowsPerRank, CheckpointPolicy checkpoints,
@@ -90,6 +91,12 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
   BarrierTrainFunction withPrecision(String precision, boolean cudnnBenchmark) {
     this.precision = precision;
     this.cudnnBenchmark = cudnnBenchmark;
+    return this;
+  }
+
+  /** The trainers capture and replay their steps as CUDA graphs where that applies (Note [CUDA graphs]). */
+  BarrierTrainFunction withCudaGraphs(boolean on) {
+    this.cudaGraphs = on;
     return this;
   }
 
@@ -157,7 +164,7 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
           ValidationPass validation = data.validation() == null ? null
               : new ValidationPass(model, cfg.loss(), comm, data.validation(), cfg.batchSize(), validationRows);
           List<TrainingSummary.Validation> validated = new ArrayList<>();
-          Trainer trainer = new Trainer(model, cfg, comm)
+          Trainer trainer = new Trainer(model, cfg, comm).cudaGraphs(cudaGraphs)
               .onStep(log.stepLogger().andThen(FaultInjection.forTask(ctx, rank)).andThen(reporter::onStep))
               .onEpochEnd(e -> {
                 log.add(String.format(java.util.Locale.ROOT, "epoch %d done: loss %.4f, %.0f samples/s",

@@ -415,6 +415,7 @@ public final class TrainingJob {
     ProgressServer progress = ProgressServer.forDriver(sc, world, cfg.batchSize());
     fn.withProgress(progress == null ? null : progress.endpoint());
     fn.withPrecision(params.getPrecision(), params.getCudnnBenchmark());
+    fn.withCudaGraphs(params.getCudaGraphs());
     if (validationFacts != null) {
       fn.withValidation(validationFacts.rows());
     }

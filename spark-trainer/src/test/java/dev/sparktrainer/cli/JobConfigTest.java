@@ -48,6 +48,8 @@ class JobConfigTest {
     assertEquals("bf16", c.trainer.getPrecision());
     assertEquals(true, c.trainer.getCudnnBenchmark());
     assertEquals("auto", training("\"precision\": \"auto\"").trainer.getPrecision());
+    assertEquals(false, training("").trainer.getCudaGraphs());
+    assertEquals(true, training("\"cudaGraphs\": true").trainer.getCudaGraphs());
   }
 
   @Test
@@ -110,7 +112,7 @@ class JobConfigTest {
   @Test
   void unknownTrainingKey() {
     assertEquals("training: unknown key 'epoch' (allowed: [accumulation, batchSize, checkpointInterval, "
-        + "checkpointPath, clipNorm, cudnnBenchmark, device, dropLast, epochs, loss, nonFinite, numWorkers, optimizer, "
+        + "checkpointPath, clipNorm, cudaGraphs, cudnnBenchmark, device, dropLast, epochs, loss, nonFinite, numWorkers, optimizer, "
         + "precision, schedule, seed, timeoutSeconds])",
         fails("{\"data\": {\"format\": \"parquet\", \"path\": \"x\"}, " + MODEL + ", \"training\": {\"epoch\": 3}}"));
   }

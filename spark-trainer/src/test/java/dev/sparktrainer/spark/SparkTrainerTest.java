@@ -138,6 +138,9 @@ class SparkTrainerTest {
     try {
       SparkTrainerModel fp32 = trainer(2).fit(df);
       SparkTrainerModel auto = trainer(2).setPrecision("auto").fit(df);
+      // cudaGraphs is accepted; the CPU engine has no graphs, so the run is exactly the eager one.
+      SparkTrainerModel graphs = trainer(2).setCudaGraphs(true).fit(df);
+      assertArrayEquals(fp32.parameters(), graphs.parameters(), "cudaGraphs on the CPU engine changes nothing");
       SparkTrainer est = trainer(2).setPrecision("bf16").setCudnnBenchmark(true);
       SparkTrainerModel bf16 = est.fit(df);
       assertEquals("fp32", fp32.summary().precision());
@@ -163,6 +166,7 @@ class SparkTrainerTest {
       SparkTrainer back = SparkTrainer.load(dir.resolve("bf16-est").toString());
       assertEquals("bf16", back.getPrecision());
       assertEquals(true, back.getCudnnBenchmark());
+      assertEquals(false, back.getCudaGraphs());
     } finally {
       df.unpersist();
     }
