@@ -2326,8 +2326,8 @@ public final class CudaDevice implements Device {
 
   private static double bnEps(float eps, String op) {
     if (!(eps >= 1e-5f)) {
-      throw new IllegalArgumentException(op + ": eps must be >= 1e-5 on the GPU (cuDNN's CUDNN_BN_MIN_EPSILON: its"
-          + " batch norm serves evaluation mode), got " + eps);
+      throw new IllegalArgumentException(op + ": eps must be >= 1e-5 on the GPU (cuDNN's CUDNN_BN_MIN_EPSILON)"
+          + " for evaluation mode, which runs cuDNN's batch norm; got " + eps);
     }
     return eps;
   }
