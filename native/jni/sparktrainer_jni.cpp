@@ -640,7 +640,7 @@ struct DnnKey {
   int v[30];
   bool operator==(const DnnKey& o) const { return std::memcmp(v, o.v, sizeof(v)) == 0; }
 };
-// Zeroes a key (padding takes part in hashing) and fills its common head: kind (1 convolution, 2 pooling (unused),
+// Zeroes a key (padding takes part in hashing) and fills its common head: kind (1 convolution, (2: pooling, gone),
 // 3 batch norm, 4 graph convolution), the current device, dtype and layout. The caller adds its own fields
 // from v[4] on.
 jint dnnKey(int kind, jint dtype, jint layout, DnnKey* key) {

@@ -1387,7 +1387,8 @@ public final class CudaDevice implements Device {
     }
   }
 
-  private void backward(String kernel, Tensor x, Tensor dy, Tensor dx) {
+  /** {@code vectorised}: the kernel takes a trailing vec flag (vec.cuh) and 8 values per thread when it is set. */
+  private void backward(String kernel, Tensor x, Tensor dy, Tensor dx, boolean vectorised) {
     enter();
     sameSize(x, dy, kernel);
     sameSize(x, dx, kernel);
@@ -1401,7 +1402,7 @@ public final class CudaDevice implements Device {
     if (n > 0) {
       Kernels.Launch l = kernels.launch(kernel).l(a.address()).i(code(a)).l(g.address()).i(code(g)).l(o.address())
           .i(code(o)).l(n);
-      if (kernel.equals("st_relu_bwd")) { // the vectorised one (vec.cuh)
+      if (vectorised) {
         boolean v = vec8(n, a, g, o);
         l.i(v ? 1 : 0).run(grid(v ? n / 8 : n), BLOCK, compute);
       } else {
@@ -1433,7 +1434,7 @@ public final class CudaDevice implements Device {
 
   @Override
   public void reluBackward(Tensor x, Tensor dy, Tensor dx) {
-    backward("st_relu_bwd", x, dy, dx);
+    backward("st_relu_bwd", x, dy, dx, true);
   }
 
   @Override
@@ -1443,7 +1444,7 @@ public final class CudaDevice implements Device {
 
   @Override
   public void geluBackward(Tensor x, Tensor dy, Tensor dx) {
-    backward("st_gelu_bwd", x, dy, dx);
+    backward("st_gelu_bwd", x, dy, dx, false);
   }
 
   @Override
@@ -1829,9 +1830,27 @@ public final class CudaDevice implements Device {
     int layout = layoutOf(op, cx);
     noteWritten(cy);
     adopt(cy, layout);
-    perChannelLaunch(kernels.launch("st_bn_apply").l(cx.address()).i(code(cx)).l(cy.address()).i(code(cy))
-        .l(g.address()).l(b.address()).l(m.address()).l(is.address()).l(s[0]).l(s[1]).l(s[2]).i(layout).i(0),
-        s, layout, cx, cy);
+    bnApply(cx, cy, g, b, m, is, s, layout, false);
+  }
+
+  /** y = gamma (x - mean) invStd + beta per channel, then max(y, 0) when relu (bn_sync.cuh's st_bn_apply). */
+  private void bnApply(CudaTensor x, CudaTensor y, CudaTensor gamma, CudaTensor beta, CudaTensor mean,
+      CudaTensor invStd, long[] s, int layout, boolean relu) {
+    perChannelLaunch(kernels.launch("st_bn_apply").l(x.address()).i(code(x)).l(y.address()).i(code(y))
+        .l(gamma.address()).l(beta.address()).l(mean.address()).l(invStd.address()).l(s[0]).l(s[1]).l(s[2])
+        .i(layout).i(relu ? 1 : 0), s, layout, x, y);
+  }
+
+  /**
+   * dx from dy and the [sum_dy, sum_dy_xhat] sums over count values (bn_sync.cuh's st_bn_bwd_apply); through the
+   * fused ReLU when beta is given.
+   */
+  private void bnBackwardApply(CudaTensor x, CudaTensor dy, CudaTensor gamma, CudaTensor beta, CudaTensor mean,
+      CudaTensor invStd, CudaTensor sums, long count, CudaTensor dx, long[] s, int layout) {
+    perChannelLaunch(kernels.launch("st_bn_bwd_apply").l(x.address()).i(code(x)).l(dy.address()).i(code(dy))
+        .l(gamma.address()).l(beta == null ? 0L : beta.address()).l(mean.address()).l(invStd.address())
+        .l(sums.address()).f((float) count).l(dx.address()).i(code(dx)).l(s[0]).l(s[1]).l(s[2]).i(layout)
+        .i(beta != null ? 1 : 0), s, layout, x, dy, dx);
   }
 
   @Override
@@ -1869,9 +1888,7 @@ public final class CudaDevice implements Device {
     int layout = layoutOf(op, cx, cdy);
     noteWritten(cdx);
     adopt(cdx, layout);
-    perChannelLaunch(kernels.launch("st_bn_bwd_apply").l(cx.address()).i(code(cx)).l(cdy.address())
-        .i(code(cdy)).l(g.address()).l(0L).l(m.address()).l(is.address()).l(sm.address()).f((float) count)
-        .l(cdx.address()).i(code(cdx)).l(s[0]).l(s[1]).l(s[2]).i(layout).i(0), s, layout, cx, cdy, cdx);
+    bnBackwardApply(cx, cdy, g, null, m, is, sm, count, cdx, s, layout);
   }
 
   // ---------------------------------------------------------------- convolutional layers (cuDNN)
@@ -2375,9 +2392,7 @@ public final class CudaDevice implements Device {
     bnReduce(0, cx, null, null, null, null, null, stats, null, null, s, layout);
     kernels.launch("st_bn_finalize").l(stats.address()).l(c).l(s[0] * s[2]).f(momentum).f(eps).l(sm.address())
         .l(si.address()).l(rm.address()).l(rv.address()).run(grid(c), BLOCK, compute);
-    perChannelLaunch(kernels.launch("st_bn_apply").l(cx.address()).i(code(cx)).l(cy.address()).i(code(cy))
-        .l(g.address()).l(b.address()).l(sm.address()).l(si.address()).l(s[0]).l(s[1]).l(s[2]).i(layout)
-        .i(relu ? 1 : 0), s, layout, cx, cy);
+    bnApply(cx, cy, g, b, sm, si, s, layout, relu);
   }
 
   @Override
@@ -2445,10 +2460,7 @@ public final class CudaDevice implements Device {
     adopt(cdx, layout);
     CudaTensor sums = bnSums(c);
     bnReduce(b != null ? 2 : 1, cx, cdy, sm, si, g, b, sums, db, dg, s, layout);
-    perChannelLaunch(kernels.launch("st_bn_bwd_apply").l(cx.address()).i(code(cx)).l(cdy.address())
-        .i(code(cdy)).l(g.address()).l(b == null ? 0L : b.address()).l(sm.address()).l(si.address())
-        .l(sums.address()).f((float) (s[0] * s[2])).l(cdx.address()).i(code(cdx)).l(s[0]).l(s[1]).l(s[2])
-        .i(layout).i(b != null ? 1 : 0), s, layout, cx, cdy, cdx);
+    bnBackwardApply(cx, cdy, g, b, sm, si, sums, s[0] * s[2], cdx, s, layout);
   }
 
   @Override
