@@ -86,7 +86,7 @@ def main():
             if w > 1 and one and b != "allreduce":
                 ent[eng + "_scaling"] = r["value"] / (w * one["value"])
         if o:
-            for k in ("data_wait_share_max_rank", "comm_wait_share_max_rank", "profile_ms_rank0",
+            for k in ("data_wait_share_max_rank", "comm_wait_share_max_rank", "profile_ms_rank0", "timeline_ms_per_step",
                       "device_used_bytes", "data", "cuda_graphs", "graph_steps_rank0", "cuda_graphs_off"):
                 if k in o:
                     ent["ours_" + k] = o[k]
@@ -129,6 +129,25 @@ def main():
     for e in prof:
         md.append("Phase breakdown, ours, %s W=%d, rank 0 (ms, each phase synchronized): %s" % (
             e["benchmark"], e["world"], json.dumps(e["ours_profile_ms_rank0"])))
+    tl = [e for e in entries if e.get("ours_timeline_ms_per_step")]
+    if tl:
+        md += ["", "Step timeline, ours (device ms per step by phase, CUDA events on the compute stream, median of the"
+               " measured epochs; Note [step timeline]):", ""]
+        phases = []
+        for e in tl:
+            for r in e["ours_timeline_ms_per_step"].values():
+                for p in r:
+                    if p not in phases:
+                        phases.append(p)
+        md.append("| benchmark | W | rank | " + " | ".join(phases) + " | sum |")
+        md.append("| --- | --- | --- | " + " | ".join("---" for _ in phases) + " | --- |")
+        for e in tl:
+            name = e["benchmark"] + (" " + mib(e["size_bytes"]) if "size_bytes" in e else "")
+            for rk, r in e["ours_timeline_ms_per_step"].items():
+                if not r:
+                    continue
+                md.append("| %s | %d | %s | %s | %.3f |" % (name, e["world"], rk[4:], " | ".join(
+                    "%.3f" % r[p] if p in r else "-" for p in phases), sum(r.values())))
     with open(base + ".md", "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))

@@ -120,7 +120,7 @@ public final class GpuBench {
 
   /** What one rank reports: epoch statistics, arena peak, total - free device memory after training. */
   record RankResult(List<EpochStats> stats, long peakBytes, long deviceUsedBytes, Map<String, Double> profile,
-      long graphSteps, String graphsOff) {}
+      long graphSteps, String graphsOff, Map<String, Double> timeline) {}
 
   static Map<String, Object> mlp(int world, int steps, int repeats, String card, String variant, boolean profile) {
     ModelSpec spec = ModelSpec.mlp(MLP_IN, new int[] {8192, 8192, 8192, 8192}, MLP_CLASSES, "relu", 0f);
@@ -227,13 +227,15 @@ public final class GpuBench {
       // Note: the non-finite check (a reduction + host wait per step) is off, as in the PyTorch reference.
       Trainer t = new Trainer(m, cfg, c).checkNonFinite(false)
           .bf16GradientAllReduce(Boolean.getBoolean("sparktrainer.bench.bf16Grads")) // DDP's bf16 compression hook
-          .cudaGraphs(cudaGraphs()); // Note [CUDA graphs]: BENCH_JAVA_OPTS=-Dsparktrainer.cuda.graphs=true
+          .cudaGraphs(cudaGraphs()) // Note [CUDA graphs]: BENCH_JAVA_OPTS=-Dsparktrainer.cuda.graphs=true
+          .stepTimeline(true); // Note [step timeline]: device time per phase, reported per rank
       t.initializeWeights();
       List<EpochStats> st = t.fit(store, local, steps);
       long peak = d.arena().peakBytes(); // before the profile, which allocates a second optimizer
       long[] mem = d.memoryInfo();
       Map<String, Double> prof = profile ? profileSteps(d, m, store, local, cfg) : Map.of();
-      return new RankResult(st, peak, mem[1] - mem[0], prof, t.graphSteps(), t.graphsOffReason());
+      return new RankResult(st, peak, mem[1] - mem[0], prof, t.graphSteps(), t.graphsOffReason(),
+          medianTimeline(t.timelines()));
     }
   }
 
@@ -364,6 +366,11 @@ public final class GpuBench {
     if (!rs.get(0).profile().isEmpty()) {
       m.put("profile_ms_rank0", rs.get(0).profile());
     }
+    Map<String, Map<String, Double>> timelines = new LinkedHashMap<>();
+    for (int k = 0; k < rs.size(); k++) {
+      timelines.put("rank" + k, rs.get(k).timeline());
+    }
+    m.put("timeline_ms_per_step", timelines);
     m.put("cuda_graphs", cudaGraphs());
     if (cudaGraphs()) {
       m.put("graph_steps_rank0", rs.get(0).graphSteps()); // of all epochs, warm-up included
@@ -372,6 +379,25 @@ public final class GpuBench {
       }
     }
     return m;
+  }
+
+  /**
+   * Per phase, the median over the measured epochs (all but the first, the warm-up) of the device milliseconds
+   * per step (Note [step timeline]).
+   */
+  static Map<String, Double> medianTimeline(List<Map<String, Double>> epochs) {
+    Map<String, Double> out = new LinkedHashMap<>();
+    if (epochs.size() < 2) {
+      return out;
+    }
+    for (String phase : epochs.get(epochs.size() - 1).keySet()) {
+      double[] v = new double[epochs.size() - 1];
+      for (int e = 1; e < epochs.size(); e++) {
+        v[e - 1] = epochs.get(e).getOrDefault(phase, 0.0);
+      }
+      out.put(phase, Math.round(median(v) * 1e4) / 1e4);
+    }
+    return out;
   }
 
   /** -Dsparktrainer.cuda.graphs=true: the trainers capture and replay their steps (Note [CUDA graphs]). */

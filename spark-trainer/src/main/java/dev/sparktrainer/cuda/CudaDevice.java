@@ -223,12 +223,24 @@ public final class CudaDevice implements Device {
 
   /** A new event of this device (closed by the caller, or by the device when it closes). */
   public CudaEvent newEvent() {
+    return newEvent(false);
+  }
+
+  /** A new event, with timing when {@code timing} (CudaTimeline); closed by the caller or with the device. */
+  CudaEvent newEvent(boolean timing) {
     ensureOpen();
-    CudaEvent e = new CudaEvent(this);
+    CudaEvent e = new CudaEvent(this, timing);
     synchronized (events) {
       events.add(e);
     }
     return e;
+  }
+
+  /** Timed events on the compute stream (Note [step timeline] in engine.StepTimeline). */
+  @Override
+  public dev.sparktrainer.engine.StepTimeline newTimeline() {
+    ensureOpen();
+    return new CudaTimeline(this);
   }
 
   void forgetEvent(CudaEvent e) {

@@ -2,6 +2,7 @@ package dev.sparktrainer.cuda;
 
 import static jcuda.driver.JCudaDriver.cuEventCreate;
 import static jcuda.driver.JCudaDriver.cuEventDestroy;
+import static jcuda.driver.JCudaDriver.cuEventElapsedTime;
 import static jcuda.driver.JCudaDriver.cuEventQuery;
 import static jcuda.driver.JCudaDriver.cuEventRecord;
 import static jcuda.driver.JCudaDriver.cuEventSynchronize;
@@ -11,19 +12,37 @@ import jcuda.driver.CUevent_flags;
 import jcuda.driver.CUresult;
 
 /**
- * A CUDA event (timing disabled) of one {@link CudaDevice}: record it on a stream, make another stream wait
- * for it, or poll it. Created by {@link CudaDevice#newEvent}; close it when done (the device closes the ones
- * still open when it closes).
+ * A CUDA event of one {@link CudaDevice}: record it on a stream, make another stream wait for it, or poll it.
+ * Timing is disabled (cheaper) except for the events of a timeline (Note [step timeline], CudaTimeline).
+ * Created by {@link CudaDevice#newEvent}; close it when done (the device closes the ones still open when it
+ * closes).
  */
 public final class CudaEvent implements AutoCloseable {
   private final CudaDevice device;
   private final CUevent event = new CUevent();
+  private final boolean timing;
   private boolean closed;
 
-  CudaEvent(CudaDevice device) {
+  CudaEvent(CudaDevice device, boolean timing) {
     this.device = device;
+    this.timing = timing;
     device.makeCurrent();
-    Cuda.check(cuEventCreate(event, CUevent_flags.CU_EVENT_DISABLE_TIMING), "cuEventCreate");
+    Cuda.check(cuEventCreate(event, timing ? CUevent_flags.CU_EVENT_DEFAULT : CUevent_flags.CU_EVENT_DISABLE_TIMING),
+        "cuEventCreate");
+  }
+
+  /**
+   * Milliseconds of device time from {@code start} to this event; both must be timing events, recorded and done
+   * (cuEventElapsedTime).
+   */
+  float millisSince(CudaEvent start) {
+    if (!timing || !start.timing) {
+      throw new IllegalStateException("millisSince needs two timing events");
+    }
+    device.makeCurrent();
+    float[] ms = new float[1];
+    Cuda.check(cuEventElapsedTime(ms, start.cu(), cu()), "cuEventElapsedTime");
+    return ms[0];
   }
 
   CUevent cu() {

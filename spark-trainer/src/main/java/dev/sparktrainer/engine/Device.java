@@ -264,6 +264,14 @@ public interface Device extends AutoCloseable {
     return null;
   }
 
+  /**
+   * A new timeline of this device's work (Note [step timeline] in StepTimeline); the caller closes it. Default:
+   * the host clock, right for devices whose ops are done when their call returns.
+   */
+  default StepTimeline newTimeline() {
+    return StepTimeline.hostClock();
+  }
+
   /** Waits until all queued work is done. */
   void synchronize();
 

@@ -1,0 +1,67 @@
+package dev.sparktrainer.train;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.sparktrainer.comm.LocalCommunicator;
+import dev.sparktrainer.cpu.CpuDevice;
+import dev.sparktrainer.engine.ParameterSet;
+import dev.sparktrainer.nn.Model;
+import dev.sparktrainer.nn.ModelSpec;
+import dev.sparktrainer.optim.OptimizerConfig;
+import org.junit.jupiter.api.Test;
+
+/** Note [gradient buckets]: the slices of the flat gradient buffer that are all-reduced one by one. */
+class GradientBucketsTest {
+  private static final long MIB = 1L << 20;
+
+  private static long[] starts(long total, long firstBytes, long bytes) {
+    TrainerConfig cfg = TrainerConfig.builder().epochs(1).batchSize(2).optimizer(OptimizerConfig.sgd(0.1)).build();
+    try (CpuDevice d = new CpuDevice()) {
+      Trainer t = new Trainer(new Model(ModelSpec.builder().input(2).linear(3).build(), d), cfg,
+          new LocalCommunicator()).gradientBuckets(firstBytes, bytes);
+      return t.bucketStarts(total);
+    }
+  }
+
+  @Test
+  void resnet50SizedBufferEndsWithASmallBucket() {
+    long total = (25_557_032 + 63) / 64 * 64; // ResNet-50's parameters (a flat buffer of aligned entries)
+    long[] s = starts(total, MIB, 25 * MIB);
+    long mib = MIB / 4; // fp32 elements in a MiB
+    assertEquals(total, s[0]);
+    assertEquals(total - mib, s[1], "first bucket: 1 MiB");
+    for (int i = 2; i <= 4; i++) {
+      assertEquals(25 * mib, s[i - 1] - s[i], "bucket " + (i - 1) + ": 25 MiB");
+    }
+    assertEquals(mib, s[5], "the bucket before the last stops at 1 MiB");
+    assertEquals(0, s[6], "the last bucket: the first MiB of parameters");
+    assertEquals(7, s.length);
+  }
+
+  @Test
+  void bucketsCoverTheBufferInAlignedDescendingSlices() { // totals as flat buffers have them: multiples of ALIGN, or one bucket
+    for (long total : new long[] {64, 1000, 262_144, 262_208, 6_815_744, 6_900_032, 100_000_000}) {
+      long[] s = starts(total, MIB, 25 * MIB);
+      assertEquals(total, s[0]);
+      assertEquals(0, s[s.length - 1]);
+      for (int i = 1; i < s.length; i++) {
+        assertTrue(s[i] < s[i - 1], "non-empty bucket " + i + " of " + total);
+        if (s[i] > 0) {
+          assertEquals(0, s[i] % ParameterSet.ALIGN, "aligned start " + s[i]);
+        }
+        assertTrue(s[i - 1] - s[i] <= 25 * MIB / 4, "bucket size");
+      }
+      if (total > MIB / 4) {
+        assertEquals(MIB / 4, s[s.length - 2], "last bucket of " + total + " is the first MiB");
+      }
+    }
+  }
+
+  @Test
+  void smallBufferIsOneBucket() {
+    assertArrayEquals(new long[] {1000, 0}, starts(1000, MIB, 25 * MIB));
+    assertArrayEquals(new long[] {200_000, 0}, starts(200_000, MIB, 25 * MIB));
+  }
+}
