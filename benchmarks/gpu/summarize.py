@@ -87,6 +87,7 @@ def main():
                 ent[eng + "_scaling"] = r["value"] / (w * one["value"])
         if o:
             for k in ("data_wait_share_max_rank", "comm_wait_share_max_rank", "profile_ms_rank0", "timeline_ms_per_step",
+                      "steady_mem_bytes", "memory_plan_rank0",
                       "device_used_bytes", "data", "cuda_graphs", "graph_steps_rank0", "cuda_graphs_off"):
                 if k in o:
                     ent["ours_" + k] = o[k]
@@ -129,6 +130,14 @@ def main():
     for e in prof:
         md.append("Phase breakdown, ours, %s W=%d, rank 0 (ms, each phase synchronized): %s" % (
             e["benchmark"], e["world"], json.dumps(e["ours_profile_ms_rank0"])))
+    mp = [e for e in entries if e.get("ours_memory_plan_rank0")]
+    for e in mp:
+        p = e["ours_memory_plan_rank0"]
+        md.append("Memory, ours, %s W=%d: peak %.2f GiB over the run (the first step records the plan), %.2f GiB held"
+                  " from the second step on; step memory plan: slab %.2f GiB (most live at once %.2f GiB), replacing"
+                  " %.2f GiB of buffers" % (e["benchmark"], e["world"], e.get("ours_peak_mem_gib", 0),
+                                          e.get("ours_steady_mem_bytes", 0) / 2**30, p["slab_bytes"] / 2**30,
+                                          p["max_live_bytes"] / 2**30, p["replaced_bytes"] / 2**30))
     tl = [e for e in entries if e.get("ours_timeline_ms_per_step")]
     if tl:
         md += ["", "Step timeline, ours (device ms per step by phase, CUDA events on the compute stream, median of the"

@@ -120,7 +120,8 @@ public final class GpuBench {
 
   /** What one rank reports: epoch statistics, arena peak, total - free device memory after training. */
   record RankResult(List<EpochStats> stats, long peakBytes, long deviceUsedBytes, Map<String, Double> profile,
-      long graphSteps, String graphsOff, Map<String, Double> timeline) {}
+      long graphSteps, String graphsOff, Map<String, Double> timeline, long steadyBytes,
+      Model.PlannedMemory memoryPlan) {}
 
   static Map<String, Object> mlp(int world, int steps, int repeats, String card, String variant, boolean profile) {
     ModelSpec spec = ModelSpec.mlp(MLP_IN, new int[] {8192, 8192, 8192, 8192}, MLP_CLASSES, "relu", 0f);
@@ -221,8 +222,9 @@ public final class GpuBench {
   static RankResult trainRank(WorkerContext ctx, ModelSpec spec, TrainerConfig cfg, HeapRowStore store,
       int[] local, int steps, boolean profile) {
     try (CudaDevice d = new CudaDevice(GpuSelector.select(ctx));
-        Communicator c = ctx.worldSize() == 1 ? new LocalCommunicator()
-            : NcclCommunicator.create(ctx, d, Duration.ofMinutes(5))) {
+        // -Dsparktrainer.bench.noComm=true (a diagnostic): W ranks in one JVM that train apart, no NCCL
+        Communicator c = ctx.worldSize() == 1 || Boolean.getBoolean("sparktrainer.bench.noComm")
+            ? new LocalCommunicator() : NcclCommunicator.create(ctx, d, Duration.ofMinutes(5))) {
       Model m = new Model(spec, d, DType.BFLOAT16);
       // Note: the non-finite check (a reduction + host wait per step) is off, as in the PyTorch reference.
       Trainer t = new Trainer(m, cfg, c).checkNonFinite(false)
@@ -232,10 +234,12 @@ public final class GpuBench {
       t.initializeWeights();
       List<EpochStats> st = t.fit(store, local, steps);
       long peak = d.arena().peakBytes(); // before the profile, which allocates a second optimizer
+      long steady = d.arena().bytesInUse(); // after the first step nothing more is allocated (Note [step memory plan])
+      List<Model.PlannedMemory> plans = m.memoryPlans();
       long[] mem = d.memoryInfo();
       Map<String, Double> prof = profile ? profileSteps(d, m, store, local, cfg) : Map.of();
       return new RankResult(st, peak, mem[1] - mem[0], prof, t.graphSteps(), t.graphsOffReason(),
-          medianTimeline(t.timelines()));
+          medianTimeline(t.timelines()), steady, plans.isEmpty() ? null : plans.get(plans.size() - 1));
     }
   }
 
@@ -358,6 +362,20 @@ public final class GpuBench {
     m.put("per_gpu_batch", batch);
     m.put("repeats", tput);
     m.put("peak_mem_bytes", peak);
+    long steady = 0;
+    for (RankResult r : rs) {
+      steady = Math.max(steady, r.steadyBytes());
+    }
+    m.put("steady_mem_bytes", steady); // held from the second step on, nothing allocated after the first
+    Model.PlannedMemory plan = rs.get(0).memoryPlan();
+    if (plan != null) {
+      Map<String, Object> pm = new LinkedHashMap<>();
+      pm.put("input", plan.input());
+      pm.put("slab_bytes", plan.totalSlabBytes());
+      pm.put("max_live_bytes", plan.maxLiveBytes());
+      pm.put("replaced_bytes", plan.replacedBytes());
+      m.put("memory_plan_rank0", pm);
+    }
     m.put("device_used_bytes", used);
     m.put("data_wait_share_max_rank", waitShare);
     m.put("comm_wait_share_max_rank", commShare);

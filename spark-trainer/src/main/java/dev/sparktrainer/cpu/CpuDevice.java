@@ -47,6 +47,16 @@ public final class CpuDevice implements Device {
     return new CpuTensor(this, dtype, shape, new float[n], null, 0);
   }
 
+  /** Checks that {@code t} is an allocation of this device, then drops it: the garbage collector frees it. */
+  @Override
+  public void free(Tensor t) {
+    CpuTensor c = t(t);
+    if (!c.root) {
+      throw new IllegalArgumentException("free: " + t + " is a view or a region of an allocation; only a tensor"
+          + " that allocate returned can be freed");
+    }
+  }
+
   private void ensureOpen() {
     if (closed) {
       throw new IllegalStateException("CpuDevice is closed");

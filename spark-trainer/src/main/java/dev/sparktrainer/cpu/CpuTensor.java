@@ -14,13 +14,22 @@ public final class CpuTensor extends Tensor {
   final float[] f;
   final int[] i;
   final int offset;
+  private final Object region; // the Tensor#region this views, or null: the whole array is its storage
+  final boolean root; // made by CpuDevice#allocate (the only tensors CpuDevice#free takes)
 
   CpuTensor(CpuDevice device, DType dtype, int[] shape, float[] f, int[] i, int offset) {
+    this(device, dtype, shape, f, i, offset, null, true);
+  }
+
+  private CpuTensor(CpuDevice device, DType dtype, int[] shape, float[] f, int[] i, int offset, Object region,
+      boolean root) {
     super(dtype, shape);
     this.device = device;
     this.f = f;
     this.i = i;
     this.offset = offset;
+    this.region = region;
+    this.root = root;
     long end = offset + Shape.numel(shape);
     long cap = f != null ? f.length : i.length;
     if (offset < 0 || end > cap) {
@@ -36,16 +45,26 @@ public final class CpuTensor extends Tensor {
 
   @Override
   public Object storage() {
-    return f != null ? f : i;
+    return region != null ? region : f != null ? f : i;
   }
 
   @Override
   public CpuTensor view(long elementOffset, int... shape) {
+    checkFits(elementOffset, shape, "view");
+    return new CpuTensor(device, dtype(), shape, f, i, Math.toIntExact(offset + elementOffset), region, false);
+  }
+
+  @Override
+  public CpuTensor region(long elementOffset, int... shape) {
+    checkFits(elementOffset, shape, "region");
+    return new CpuTensor(device, dtype(), shape, f, i, Math.toIntExact(offset + elementOffset), new Object(), false);
+  }
+
+  private void checkFits(long elementOffset, int[] shape, String what) {
     if (elementOffset < 0 || elementOffset + Shape.numel(shape) > numel()) {
-      throw new IndexOutOfBoundsException("view at " + elementOffset + " of shape " + Shape.str(shape)
+      throw new IndexOutOfBoundsException(what + " at " + elementOffset + " of shape " + Shape.str(shape)
           + " does not fit in " + this);
     }
-    return new CpuTensor(device, dtype(), shape, f, i, Math.toIntExact(offset + elementOffset));
   }
 
   /** The backing float array (FLOAT32/BFLOAT16); elements start at {@link #offset()}. */

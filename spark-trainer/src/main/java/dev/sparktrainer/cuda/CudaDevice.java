@@ -425,7 +425,29 @@ public final class CudaDevice implements Device {
     long numel = Shape.numel(shape);
     CudaBuffer b = arena.allocate(numel * dtype.bytes(), dtype.wireName() + Shape.str(shape));
     Cuda.check(cuMemsetD8Async(Cuda.ptr(b.address()), (byte) 0, b.bytes(), compute.cu()), "cuMemsetD8Async");
-    return new CudaTensor(this, b, 0, dtype, shape);
+    return new CudaTensor(this, b, dtype, shape);
+  }
+
+  /**
+   * {@link Device#free}: refused while a CUDA graph is captured; otherwise waits for the compute stream (queued
+   * kernels may still read or write the memory; cuMemFree also waits for the device) and gives the buffer back
+   * to the driver, so the arena's count drops at once. A graph captured before may point at the memory: it is no
+   * longer replayed (CudaGraph.freesAtCapture). Using the tensor or a view of it afterwards throws (CudaBuffer).
+   */
+  @Override
+  public void free(Tensor x) {
+    enter();
+    CudaTensor c = t(x);
+    if (!c.isRoot()) {
+      throw new IllegalArgumentException("free: " + x + " is a view or a region of an allocation; only a tensor that"
+          + " allocate returned can be freed");
+    }
+    if (!c.buffer().isOpen()) {
+      return;
+    }
+    checkNotCapturing("free(" + x + ")");
+    compute.synchronize();
+    c.buffer().close();
   }
 
   /** cuMemAlloc/cuMemFree in this device's context. */

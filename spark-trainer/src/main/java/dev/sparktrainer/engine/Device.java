@@ -19,8 +19,18 @@ public interface Device extends AutoCloseable {
   /** Short name for logs, e.g. "cpu" or "cuda:0". */
   String name();
 
-  /** A new zero-filled tensor owned by this device (freed when the device closes). */
+  /** A new zero-filled tensor owned by this device (freed when the device closes, or by {@link #free}). */
   Tensor allocate(DType dtype, int... shape);
+
+  /**
+   * Frees {@code t} now, before the device closes: it must be a tensor that {@link #allocate} returned, not a
+   * view or a {@link Tensor#region} of one (IllegalArgumentException). Work already queued that uses it finishes
+   * first; neither {@code t} nor any view of it may be used afterwards (the CUDA engine throws on such a use, the
+   * CPU engine just drops its reference). Not allowed while a CUDA graph is captured (Note [CUDA graphs] in
+   * train.Trainer). Freeing a tensor twice does nothing. Used by the step memory plan to give back the buffers of
+   * the step it recorded (Note [step memory plan] in nn.StepMemoryPlan).
+   */
+  void free(Tensor t);
 
   // ---- host transfers ----
 

@@ -55,11 +55,25 @@ public abstract class Tensor {
     return false;
   }
 
-  /** The allocation this tensor is a view of: tensors that share memory return the same object. */
+  /**
+   * The allocation this tensor is a view of, or the {@link #region} it is a view of: views of one allocation
+   * (or of one region) return the same object, so a caller can tell a pass-through (a reshape, a view) from
+   * another buffer.
+   */
   public abstract Object storage();
 
   /** A view of {@code shape} starting {@code elementOffset} elements into this tensor's memory. */
   public abstract Tensor view(long elementOffset, int... shape);
+
+  /**
+   * A view of {@code shape} at {@code elementOffset}, as {@link #view}, that counts as an allocation of its own:
+   * its {@link #storage()}, shared by its views, is a new object, not this tensor's. For a memory plan that places
+   * many buffers in one allocation (Note [step memory plan] in nn.StepMemoryPlan): the buffers stay apart for
+   * code that compares storages (a pass-through, the in-place residual add, the gradient pool's leases), as they
+   * would as separate allocations. The region cannot be {@link Device#free freed}; its memory lives as long as
+   * this tensor's.
+   */
+  public abstract Tensor region(long elementOffset, int... shape);
 
   /** The same memory with another shape of equal element count. */
   public Tensor reshape(int... newShape) {

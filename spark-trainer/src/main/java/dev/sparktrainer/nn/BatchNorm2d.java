@@ -209,7 +209,8 @@ public final class BatchNorm2d extends Layer {
       throw new IllegalArgumentException("batchnorm2d " + name + ": training needs more than one value per channel"
           + " over all ranks, got " + x + "; use a larger batch, or evaluation mode");
     }
-    Tensor stats = buffer("syncStats", new int[] {2 * channels}); // (2C): [sum x, sum x^2]
+    // (2C): [sum x, sum x^2]; all-reduced on the comm stream, so never in the step memory plan
+    Tensor stats = unplannedBuffer("syncStats", dev.sparktrainer.engine.DType.FLOAT32, new int[] {2 * channels});
     device.batchNormStats(x, stats);
     if (peers != null) {
       peers.allReduceSum(stats);
@@ -227,7 +228,8 @@ public final class BatchNorm2d extends Layer {
       throw new IllegalStateException("batchnorm2d " + name + ": backward over " + count + " values per channel,"
           + " but the training forward normalised over " + syncCount + " (another batch or communicator)");
     }
-    Tensor sums = buffer("syncSums", new int[] {2 * channels}); // (2C): [sum dy, sum dy * xhat]
+    // (2C): [sum dy, sum dy * xhat]; all-reduced like syncStats
+    Tensor sums = unplannedBuffer("syncSums", dev.sparktrainer.engine.DType.FLOAT32, new int[] {2 * channels});
     device.batchNormBackwardReduce(x, dy, saveMean, saveInvStd, sums);
     device.axpy(1f, sums.view(0, channels), dbeta);
     device.axpy(1f, sums.view(channels, channels), dgamma);

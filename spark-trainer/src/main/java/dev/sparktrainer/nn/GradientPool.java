@@ -28,19 +28,27 @@ import java.util.TreeMap;
  * ones share buffers), viewed in the requested shape; views of a pooled buffer count as the buffer
  * (Tensor#storage). After a model's backward every
  * buffer must be back ({@link #checkAllReturned}); a leak would grow memory every step, so it throws instead.
+ * With a step memory plan (Note [step memory plan] in StepMemoryPlan), a step that replays the plan gets its
+ * k-th buffer from the plan's region for it instead (the same size; released, it goes back to the plan, not to
+ * the free lists), and the plan is told of every acquire and release.
  */
 final class GradientPool {
   private final Device device;
   private final Map<DType, TreeMap<Long, ArrayDeque<Tensor>>> free = new EnumMap<>(DType.class); // by capacity
   private final Map<Object, Lease> live = new IdentityHashMap<>(); // storage -> buffer in use
   private int allocated;
+  private StepMemoryPlan plan; // or null
 
   private static final class Lease {
-    final Tensor root;
+    final Tensor root; // the pool's buffer, or the plan's region
+    final boolean planned; // root is the plan's
+    final int seq; // its number in the step for the plan, or -1
     int refs = 1;
 
-    Lease(Tensor root) {
+    Lease(Tensor root, boolean planned, int seq) {
       this.root = root;
+      this.planned = planned;
+      this.seq = seq;
     }
   }
 
@@ -48,22 +56,36 @@ final class GradientPool {
     this.device = device;
   }
 
+  /** Tells {@code plan} (null: none) of every acquire and release, and serves the acquires it planned. */
+  void attachPlan(StepMemoryPlan plan) {
+    this.plan = plan;
+  }
+
+  /** The model's step memory plan, or null. */
+  StepMemoryPlan plan() {
+    return plan;
+  }
+
   /** A buffer of {@code shape} not in use, with one reference (contents undefined). */
   Tensor acquire(DType dtype, int[] shape) {
     long numel = Math.max(1, dev.sparktrainer.engine.Shape.numel(shape));
-    TreeMap<Long, ArrayDeque<Tensor>> byCap = free.computeIfAbsent(dtype, d -> new TreeMap<>());
-    Map.Entry<Long, ArrayDeque<Tensor>> fit = byCap.ceilingEntry(numel);
-    Tensor root;
-    if (fit != null && fit.getKey() <= 2 * numel) {
-      root = fit.getValue().pop();
-      if (fit.getValue().isEmpty()) {
-        byCap.remove(fit.getKey());
+    int seq = plan == null ? -1 : plan.acquire(dtype, numel);
+    Tensor root = plan == null ? null : plan.leaseRegion(seq);
+    boolean planned = root != null;
+    if (!planned) {
+      TreeMap<Long, ArrayDeque<Tensor>> byCap = free.computeIfAbsent(dtype, d -> new TreeMap<>());
+      Map.Entry<Long, ArrayDeque<Tensor>> fit = byCap.ceilingEntry(numel);
+      if (fit != null && fit.getKey() <= 2 * numel) {
+        root = fit.getValue().pop();
+        if (fit.getValue().isEmpty()) {
+          byCap.remove(fit.getKey());
+        }
+      } else {
+        root = device.allocate(dtype, Math.toIntExact(numel));
+        allocated++;
       }
-    } else {
-      root = device.allocate(dtype, Math.toIntExact(numel));
-      allocated++;
     }
-    live.put(root.storage(), new Lease(root));
+    live.put(root.storage(), new Lease(root, planned, seq));
     return root.view(0, shape);
   }
 
@@ -83,6 +105,15 @@ final class GradientPool {
     }
     if (--l.refs == 0) {
       live.remove(t.storage());
+      if (plan != null && l.seq >= 0) {
+        plan.released(l.seq);
+      }
+      giveBack(l);
+    }
+  }
+
+  private void giveBack(Lease l) {
+    if (!l.planned) {
       free.computeIfAbsent(l.root.dtype(), d -> new TreeMap<>()).computeIfAbsent(l.root.numel(),
           k -> new ArrayDeque<>()).push(l.root);
     }
@@ -91,10 +122,27 @@ final class GradientPool {
   /** Takes back every buffer still in use, whatever its references (after a step cut short: Model#discardStep). */
   void reclaimAll() {
     for (Lease l : live.values()) {
-      free.computeIfAbsent(l.root.dtype(), d -> new TreeMap<>()).computeIfAbsent(l.root.numel(),
-          k -> new ArrayDeque<>()).push(l.root);
+      giveBack(l);
     }
     live.clear();
+  }
+
+  /**
+   * Frees every buffer not in use (the step memory plan has taken their place: Note [step memory plan]) and
+   * returns their bytes, counted as the device allocates them (256-byte granules).
+   */
+  long freeIdle() {
+    long bytes = 0;
+    for (TreeMap<Long, ArrayDeque<Tensor>> byCap : free.values()) {
+      for (ArrayDeque<Tensor> q : byCap.values()) {
+        for (Tensor t : q) {
+          bytes += StepMemoryPlan.align(t.numel() * t.dtype().bytes());
+          device.free(t);
+        }
+      }
+    }
+    free.clear();
+    return bytes;
   }
 
   /** Throws when a buffer is still in use (a layer broke the rules above). */

@@ -48,6 +48,25 @@ public abstract class Layer {
    */
   public abstract Tensor backward(Tensor dy, Context ctx, boolean needInputGrad);
 
+  /**
+   * {@link #backward}, then tells the model's step memory plan that this layer's buffers are dead until the next
+   * forward (Note [step memory plan] in StepMemoryPlan). Containers and the model run their layers' backward
+   * through this, never backward itself.
+   */
+  final Tensor runBackward(Tensor dy, Context ctx, boolean needInputGrad) {
+    Tensor dx = backward(dy, ctx, needInputGrad);
+    StepMemoryPlan plan = plan();
+    if (plan != null) {
+      plan.backwardEnded(this);
+    }
+    return dx;
+  }
+
+  /** The model's step memory plan (reached through its gradient pool), or null. */
+  private StepMemoryPlan plan() {
+    return pool == null ? null : pool.plan();
+  }
+
   /** The layer's name inside its model, e.g. "0.linear". */
   public String name() {
     return name;
@@ -72,15 +91,46 @@ public abstract class Layer {
     return c;
   }
 
-  /** {@link #buffer(String, int[])} of a given dtype. */
+  /**
+   * {@link #buffer(String, int[])} of a given dtype. Inside a model, the step memory plan may put it in a region of
+   * its slab after the first training step (Note [step memory plan] in StepMemoryPlan): its contents must not be
+   * needed before this layer's next forward once this layer's backward has returned.
+   */
   protected Tensor buffer(String key, dev.sparktrainer.engine.DType dtype, int[] shape) {
     String k = key + dtype + Shape.str(shape);
+    Tensor t = ownBuffer(k, dtype, shape);
+    StepMemoryPlan plan = plan();
+    if (plan != null) {
+      plan.used(this, k, t);
+    }
+    return t;
+  }
+
+  /**
+   * A {@link #buffer} that the step memory plan leaves alone (Note [step memory plan] in StepMemoryPlan): for one
+   * that a collective reads or writes on another stream.
+   */
+  protected Tensor unplannedBuffer(String key, dev.sparktrainer.engine.DType dtype, int[] shape) {
+    return ownBuffer(key + dtype + Shape.str(shape), dtype, shape);
+  }
+
+  private Tensor ownBuffer(String k, dev.sparktrainer.engine.DType dtype, int[] shape) {
     Tensor t = buffers.get(k);
     if (t == null) {
       t = device.allocate(dtype, shape);
       buffers.put(k, t);
     }
     return t;
+  }
+
+  /** Forgets buffer {@code k} if it is {@code t}: the step memory plan frees it (Note [step memory plan]). */
+  void dropBuffer(String k, Tensor t) {
+    buffers.remove(k, t);
+  }
+
+  /** Buffer {@code k} is {@code region} of the step memory plan's slab from now on (Note [step memory plan]). */
+  void installBuffer(String k, Tensor region) {
+    buffers.put(k, region);
   }
 
   /**

@@ -5,8 +5,6 @@ import dev.sparktrainer.engine.Device;
 import dev.sparktrainer.engine.ParameterSet;
 import dev.sparktrainer.engine.Shape;
 import dev.sparktrainer.engine.Tensor;
-import java.util.HashMap;
-import java.util.Map;
 import java.util.SplittableRandom;
 
 /** y = x W^T + b, W (out, in) as in torch.nn.Linear; initialised U(-1/sqrt(in), 1/sqrt(in)) like PyTorch. */
@@ -24,7 +22,6 @@ public final class Linear extends Layer {
   // Mixed precision (GPU engine, issue 4): with compute dtype BFLOAT16 the matmuls take bf16 copies of x, W
   // and dy with fp32 accumulation and fp32 outputs/gradients; W itself stays fp32 (the master copy).
   private DType compute = DType.FLOAT32;
-  private final Map<String, Tensor> lowp = new HashMap<>(); // bf16 copies by purpose and shape
   private Tensor xLow; // (N, in) bf16, saved by forward
   private Tensor wLow; // (out, in) bf16, refreshed by every forward
   // Fused path (Note [fused linear path]): set by Model when the device prefers it and compute is bf16.
@@ -69,13 +66,9 @@ public final class Linear extends Layer {
     return compute;
   }
 
+  /** A bf16 copy of {@code src} in this layer's buffer {@code key} (a layer buffer: Note [step memory plan]). */
   private Tensor low(String key, Tensor src) {
-    String k = key + Shape.str(src.shape());
-    Tensor t = lowp.get(k);
-    if (t == null) {
-      t = device.allocate(DType.BFLOAT16, src.shape());
-      lowp.put(k, t);
-    }
+    Tensor t = buffer(key, DType.BFLOAT16, src.shape());
     device.copy(src, t);
     return t;
   }
@@ -161,7 +154,7 @@ public final class Linear extends Layer {
   @Override
   public Tensor forward(Tensor x, Context ctx) {
     if (fused) {
-      xLow = x.dtype() == DType.BFLOAT16 ? x : low("x", x);
+      xLow = x.dtype() == DType.BFLOAT16 ? x : low("xLow", x);
       Tensor y = buffer("y", DType.BFLOAT16, new int[] {x.dim(0), units});
       device.linearForward(xLow, wMirror, bias ? bMirror : null, fuseRelu, y);
       yOut = y;
@@ -170,8 +163,8 @@ public final class Linear extends Layer {
     this.x = x;
     Tensor y = buffer("y", new int[] {x.dim(0), units});
     if (compute == DType.BFLOAT16) {
-      xLow = low("x", x);
-      wLow = low("w", w);
+      xLow = low("xLow", x);
+      wLow = low("wLow", w);
       device.matmul(xLow, false, wLow, true, y, 1f, 0f);
     } else {
       device.matmul(x, false, w, true, y, 1f, 0f);
@@ -187,7 +180,7 @@ public final class Linear extends Layer {
     if (fused) {
       return backwardFused(dy, needInputGrad);
     }
-    Tensor dyIn = compute == DType.BFLOAT16 ? low("dy", dy) : dy;
+    Tensor dyIn = compute == DType.BFLOAT16 ? low("dyLow", dy) : dy;
     device.matmul(dyIn, true, compute == DType.BFLOAT16 ? xLow : x, false, dw, 1f, 1f); // dW += dy^T x
     if (bias) {
       device.biasGrad(dy, db);

@@ -1,11 +1,13 @@
 package dev.sparktrainer.nn;
 
+import dev.sparktrainer.engine.DType;
 import dev.sparktrainer.engine.Device;
 import dev.sparktrainer.engine.ParameterSet;
 import dev.sparktrainer.engine.Shape;
 import dev.sparktrainer.engine.Tensor;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
 import java.util.SplittableRandom;
 import java.util.function.LongConsumer;
 
@@ -27,6 +29,7 @@ public final class Model {
   private final List<Layer> steps; // layers that run, in order
   private final Tensor[] dxSlots = new Tensor[2];
   private GradientPool pool; // transient gradients between layers (Note [transient gradient buffers]), or null
+  private StepMemoryPlan plan; // Note [step memory plan], or null: off
   private int maxIn;
   private boolean overwritable; // every parameter entry belongs to a fused linear
 
@@ -56,6 +59,7 @@ public final class Model {
     }
     pool = new GradientPool(device);
     net.attachPool(pool);
+    planMemory(memoryPlanEnabled() ? StepMemoryPlan.MIN_BYTES : -1);
     for (Layer l : net.layers()) {
       if (l instanceof Linear lin) {
         lin.setComputeDType(computeDType);
@@ -120,6 +124,60 @@ public final class Model {
   // ReLU's backward masks with its output y > 0, which is where its input was > 0. Synchronised batch norm
   // keeps its ReLU apart. -Dsparktrainer.nn.fuseRelu=false turns the fusion off (for comparisons).
   static final boolean FUSE_RELU = Boolean.parseBoolean(System.getProperty("sparktrainer.nn.fuseRelu", "true"));
+
+  /**
+   * -Dsparktrainer.nn.memoryPlan=false turns Note [step memory plan] (in StepMemoryPlan) off: every layer keeps
+   * its buffers for good and the gradients come from the dynamic pool, as before (for comparisons). Read when a
+   * model is built; default true.
+   */
+  public static final String MEMORY_PLAN_PROPERTY = "sparktrainer.nn.memoryPlan";
+
+  static boolean memoryPlanEnabled() {
+    return Boolean.parseBoolean(System.getProperty(MEMORY_PLAN_PROPERTY, "true"));
+  }
+
+  /**
+   * What Note [step memory plan] built for one input of the training step: {@code input} (dtype and shape, e.g.
+   * "float32(256, 150528)"), the bytes of its slab of each dtype, the most bytes its buffers and gradients
+   * had live at once in the recorded step (the slabs hold at least that; the rest is what the greedy placement
+   * could not pack), the bytes of the allocations it replaced (the layers' buffers it took over and the gradient
+   * pool's buffers, all freed), and how many layer buffers and gradients it placed.
+   */
+  public record PlannedMemory(String input, Map<DType, Long> slabBytes, long maxLiveBytes, long replacedBytes,
+      int buffers, int gradients) {
+    public PlannedMemory {
+      slabBytes = java.util.Collections.unmodifiableMap(new java.util.TreeMap<>(slabBytes));
+    }
+
+    /** The slabs' bytes, all dtypes together. */
+    public long totalSlabBytes() {
+      return slabBytes.values().stream().mapToLong(Long::longValue).sum();
+    }
+  }
+
+  /**
+   * The step memory plans built so far, one per input of a training step, in order (Note [step memory plan]);
+   * empty when the plan is off or no training step has finished yet.
+   */
+  public List<PlannedMemory> memoryPlans() {
+    return plan == null ? List.of() : plan.built();
+  }
+
+  /**
+   * Replaces the step memory plan before the first step (tests): layer buffers of at least {@code minBytes} are
+   * planned; negative: no plan.
+   */
+  void planMemory(long minBytes) {
+    plan = minBytes < 0 || pool == null ? null : new StepMemoryPlan(device, pool, minBytes);
+    if (pool != null) {
+      pool.attachPlan(plan);
+    }
+  }
+
+  /** The step memory plan, or null (tests). */
+  StepMemoryPlan memoryPlan() {
+    return plan;
+  }
 
   /** Fuses every (convolution | per-rank batch norm | residual block, ReLU) pair inside {@code seq}. */
   static void fuseRelus(Sequential seq) {
@@ -203,10 +261,11 @@ public final class Model {
     device.upload(host, 0, params.params());
   }
 
-  /** Layers keep their own gradient buffers instead of the pool's (tests compare the two). */
+  /** Layers keep their own gradient buffers instead of the pool's, without a step memory plan (tests). */
   void detachGradientPool() {
     net.attachPool(null);
     pool = null;
+    plan = null;
   }
 
   /** The gradient pool, or null (tests). */
@@ -238,13 +297,20 @@ public final class Model {
           + Shape.str(spec.input()));
     }
     int[] shape = Shape.withBatch(x.dim(0), spec.input());
-    if (!fused) {
-      return net.forward(x.reshape(shape), ctx);
+    if (plan != null) {
+      plan.beginStep(x, ctx.training()); // Note [step memory plan]
     }
-    device.refreshMirror(params.params(), mirror);
     Tensor h = x.reshape(shape);
-    for (Layer l : steps) {
-      h = l.forward(h, ctx);
+    if (!fused) {
+      h = net.forward(h, ctx);
+    } else {
+      device.refreshMirror(params.params(), mirror);
+      for (Layer l : steps) {
+        h = l.forward(h, ctx);
+      }
+    }
+    if (plan != null) {
+      plan.endForward(h); // the caller may read the output after backward: it stays out of the plan
     }
     return h;
   }
@@ -268,10 +334,8 @@ public final class Model {
       for (Layer l : steps) {
         l.onGradientsReady(null);
       }
-      net.backward(dOut, ctx, false);
-      if (pool != null) {
-        pool.checkAllReturned();
-      }
+      net.runBackward(dOut, ctx, false);
+      endStep();
       return;
     }
     Tensor dy = dOut;
@@ -284,7 +348,7 @@ public final class Model {
         long offset = params.entries().get(lin.weightIndex()).offset();
         lin.onGradientsReady(readyFrom == null ? null : () -> readyFrom.accept(offset));
       }
-      Tensor next = l.backward(dy, ctx, k > 0);
+      Tensor next = l.runBackward(dy, ctx, k > 0);
       if (dy != dOut && pool != null && !GradientPool.sameStorage(next, dy)) {
         pool.release(dy); // Note [transient gradient buffers]
       }
@@ -293,20 +357,32 @@ public final class Model {
         readyFrom.accept(stepOffsets[k]); // this step's parameters (and all after them) are final
       }
     }
+    endStep();
+  }
+
+  /** The end of backward: every gradient must be back; a recorded step gets its memory plan now. */
+  private void endStep() {
     if (pool != null) {
       pool.checkAllReturned();
+    }
+    if (plan != null) {
+      plan.endStep(); // Note [step memory plan]: before any later step can be captured as a CUDA graph
     }
   }
 
   /**
    * Forgets what a step cut short by an exception left behind, so that the step can run again: the transient
-   * gradient buffers it still held go back to the pool (Note [transient gradient buffers]). For a caller that
+   * gradient buffers it still held go back to the pool (Note [transient gradient buffers]), and the step memory
+   * plan drops the step's recording or replay (Note [step memory plan]; the plan itself stays). For a caller that
    * recovers from the exception and discards the step's device work, as the trainer does when a CUDA graph
    * capture fails (Note [CUDA graphs] in train.Trainer); the buffers' contents are undefined.
    */
   public void discardStep() {
     if (pool != null) {
       pool.reclaimAll();
+    }
+    if (plan != null) {
+      plan.discardStep();
     }
   }
 

@@ -102,7 +102,9 @@ public final class Residual extends Layer {
     Tensor s = shortcut == null ? x : shortcut.forward(x, ctx);
     // Note [in-place residual add]: when the main path's last layer (in ResNets its last batch norm) never reads
     // its output back, y is written over that output, as PyTorch's `out += identity` (saves one activation per
-    // block: ~2.8 GB for ResNet-50 at batch 256 in bf16). Otherwise y gets its own buffer.
+    // block: ~2.8 GB for ResNet-50 at batch 256 in bf16). Otherwise y gets its own buffer. (Buffers of the step
+    // memory plan are regions with storages of their own, so the tests below see them as separate allocations:
+    // Note [step memory plan] in StepMemoryPlan.)
     List<Layer> ml = main.layers();
     boolean inPlace = !ml.get(ml.size() - 1).backwardReadsOutput() && !GradientPool.sameStorage(m, s)
         && !GradientPool.sameStorage(m, x);
@@ -128,8 +130,8 @@ public final class Residual extends Layer {
       g = gradBuffer("dyRelu", dy.dtype(), dy.shape());
       device.reluBackward(y, dy, g);
     }
-    Tensor dm = main.backward(g, ctx, needInputGrad);
-    Tensor ds = shortcut == null ? g : shortcut.backward(g, ctx, needInputGrad);
+    Tensor dm = main.runBackward(g, ctx, needInputGrad);
+    Tensor ds = shortcut == null ? g : shortcut.runBackward(g, ctx, needInputGrad);
     Tensor dx = null;
     if (needInputGrad) {
       dx = gradBuffer("dx", dm.dtype(), dm.shape());

@@ -76,7 +76,7 @@ public final class Sequential extends Layer {
   public Tensor backward(Tensor dy, Context ctx, boolean needInputGrad) {
     Tensor incoming = dy;
     for (int k = layers.size() - 1; k >= 0; k--) {
-      Tensor next = layers.get(k).backward(dy, ctx, needInputGrad || k > 0);
+      Tensor next = layers.get(k).runBackward(dy, ctx, needInputGrad || k > 0);
       if (dy != incoming && !GradientPool.sameStorage(next, dy)) {
         releaseGrad(dy);
       }

@@ -657,4 +657,32 @@ class CpuDeviceTest {
     assertFalse(dev.blasName().isEmpty());
     assertNotEquals("", dev.name());
   }
+
+  /**
+   * Tensor#region (Note [step memory plan] in nn.StepMemoryPlan): the memory of its allocation, a storage of its
+   * own shared by its views; only what allocate returned can be freed.
+   */
+  @Test
+  void regionsShareMemoryButNotStorageAndOnlyAllocationsAreFreed() {
+    Tensor slab = dev.allocate(DType.FLOAT32, 4, 8);
+    Tensor a = slab.region(8, 2, 4);
+    Tensor b = slab.region(16, 8);
+    assertSame(a.storage(), a.view(0, 8).storage(), "a region's views share its storage");
+    assertNotEquals(a.storage(), b.storage());
+    assertNotEquals(slab.storage(), a.storage());
+    dev.fill(a, 2f);
+    float[] host = new float[32];
+    dev.download(slab, host, 0);
+    assertEquals(0f, host[7]);
+    assertEquals(2f, host[8]);
+    assertEquals(2f, host[15]);
+    assertEquals(0f, host[16]);
+    assertThrows(IndexOutOfBoundsException.class, () -> slab.region(30, 4));
+    for (Tensor notAllocated : new Tensor[] {a, a.view(0, 8), slab.view(0, 32), slab.reshape(32)}) {
+      IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> dev.free(notAllocated));
+      assertTrue(e.getMessage().contains("only a tensor that allocate returned can be freed"), e.getMessage());
+    }
+    dev.free(slab);
+    dev.free(slab); // twice: nothing
+  }
 }
