@@ -193,6 +193,11 @@ public final class Conv2d extends Layer {
     return y;
   }
 
+  /** Whether forward reads its input as bf16 anyway (the mixed-precision path): an fp32 input is only rounded. */
+  boolean roundsInputToBf16() {
+    return wLow != null;
+  }
+
   /** The output is read back only through a fused ReLU (its mask). */
   @Override
   boolean backwardReadsOutput() {

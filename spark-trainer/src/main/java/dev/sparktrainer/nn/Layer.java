@@ -63,7 +63,7 @@ public abstract class Layer {
   }
 
   /** The model's step memory plan (reached through its gradient pool), or null. */
-  private StepMemoryPlan plan() {
+  StepMemoryPlan plan() {
     return pool == null ? null : pool.plan();
   }
 

@@ -111,6 +111,12 @@ public final class Residual extends Layer {
     Tensor y = inPlace ? m : buffer("y", m.dtype(), m.shape());
     device.add(m, s, y, relu);
     this.y = y;
+    List<Layer> sl = shortcut == null ? List.of() : shortcut.layers();
+    StepMemoryPlan plan = plan();
+    if (plan != null && !sl.isEmpty() && !sl.get(sl.size() - 1).backwardReadsOutput()
+        && !GradientPool.sameStorage(s, x) && !GradientPool.sameStorage(s, y)) {
+      plan.deadAfterForward(s); // read by the add alone (Note [step memory plan])
+    }
     return y;
   }
 

@@ -52,9 +52,11 @@ import java.util.Set;
  * Reuse is safe for the reason the pool's is: all ops run in stream order on the device's one compute stream, so a
  * region is written again only by ops queued after the last reader of its old contents. Another input shape gets
  * a plan of its own (recorded the first time it trains); a buffer whose key does not depend on the batch (the
- * NHWC filter) stays in the first plan's slab, which is safe because the plan's forward buffers never share memory
- * with each other: they are all live at the end of forward. For the same reason a forward in evaluation mode
- * (no gradients) may use the planned buffers between steps. {@link Model#discardStep} (a failed CUDA graph
+ * NHWC filter) stays in the first plan's slab, which is safe because such buffers never share memory with each
+ * other: they are all live at the end of forward. A forward buffer shares memory with another one only when its
+ * life ended in forward ({@link #deadAfterForward}: a residual block's shortcut output, after the add) before the
+ * other's first use; a forward in evaluation mode (no gradients) runs the layers in the same order, so it may use
+ * the planned buffers between steps. {@link Model#discardStep} (a failed CUDA graph
  * capture) drops the running recording or replay; the plan itself is unchanged. -Dsparktrainer.nn.memoryPlan=false
  * turns it off (Model#MEMORY_PLAN_PROPERTY).
  */
@@ -70,6 +72,9 @@ final class StepMemoryPlan {
   private final Map<String, Plan> plans = new HashMap<>(); // by the step's input: dtype and shape
   private final Set<String> unplannable = new HashSet<>(); // inputs whose plan could not be built
   private final Set<Object> regions = Collections.newSetFromMap(new IdentityHashMap<>()); // planned storages
+  private final Map<Object, BufferKey> regionKeys = new IdentityHashMap<>(); // planned storage -> its buffer
+  /** Whether {@link #deadAfterForward} ends lifetimes (tests compare with it off). */
+  boolean forwardDeaths = true;
   private final List<Model.PlannedMemory> built = new ArrayList<>();
   // The running step.
   private Recording rec; // recording its events, or null
@@ -90,6 +95,9 @@ final class StepMemoryPlan {
   private record Release(int lease) {}
 
   private record BufferKey(Layer owner, String key) {}
+
+  /** A buffer whose last reader ran in forward ({@link #deadAfterForward}). */
+  private record Consumed(BufferKey buffer) {}
 
   /** A layer buffer in the recorded step. */
   private static final class Use {
@@ -201,6 +209,34 @@ final class StepMemoryPlan {
       }
     } else if (plan != null) {
       expect(layer);
+    }
+  }
+
+  /**
+   * {@code t}, a layer buffer, has no reader left in this step: the last one ran in forward and no backward reads
+   * it (a residual block's shortcut output once the add has read it: ResNet-50's four downsample batch-norm
+   * outputs, 0.72 GiB at batch 256 in bf16, which are live at the end of forward otherwise). A recorded step ends
+   * its life here (and frees it, as at the end of a backward); a replayed one expects the same event. Buffers the
+   * plan does not hold are ignored, in both.
+   */
+  void deadAfterForward(Tensor t) {
+    if (!forwardDeaths || inBackward) {
+      return;
+    }
+    if (rec != null) {
+      for (Use u : rec.byOwner.values().stream().flatMap(List::stream).toList()) {
+        if (u.tensor.storage() == t.storage() && u.end < 0) {
+          u.end = rec.clock++;
+          rec.events.add(new Consumed(new BufferKey(u.owner, u.key)));
+          release(u);
+          return;
+        }
+      }
+    } else if (plan != null) {
+      BufferKey k = regionKeys.get(t.storage());
+      if (k != null) {
+        expect(new Consumed(k));
+      }
     }
   }
 
@@ -342,6 +378,7 @@ final class StepMemoryPlan {
       Use u = uses.get(i);
       Tensor region = slabs.get(dtype[i]).region(offset[i] / dtype[i].bytes(), u.tensor.shape());
       regions.add(region.storage());
+      regionKeys.put(region.storage(), new BufferKey(u.owner, u.key));
       u.owner.installBuffer(u.key, region);
     }
     Tensor[] leaseRegions = new Tensor[r.leases.size()];

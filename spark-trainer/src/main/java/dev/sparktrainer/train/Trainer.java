@@ -251,7 +251,8 @@ public final class Trainer {
     int outDim = model.spec().outputSize();
     Loss loss = config.loss();
     // Two input slots: batch t+1 is copied (device.prefetch, a copy stream on GPU) while step t computes.
-    Tensor[] xs = {device.allocate(DType.FLOAT32, b, dim), device.allocate(DType.FLOAT32, b, dim)};
+    DType inDType = model.inputDType(); // Note [bf16 input] in Model
+    Tensor[] xs = {device.allocate(inDType, b, dim), device.allocate(inDType, b, dim)};
     Tensor[] ys = new Tensor[2];
     for (int k = 0; k < 2; k++) {
       ys[k] = loss == Loss.CROSS_ENTROPY ? device.allocate(DType.INT32, b)

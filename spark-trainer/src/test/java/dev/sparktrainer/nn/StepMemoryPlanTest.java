@@ -196,6 +196,26 @@ class StepMemoryPlanTest {
   }
 
   @Test
+  void aShortcutOutputDiesAtTheAddAndItsMemoryIsReusedInForward() {
+    ModelSpec spec = resnetLike();
+    Run[] runs = new Run[2];
+    Model.PlannedMemory[] plans = new Model.PlannedMemory[2];
+    for (int v = 0; v < 2; v++) {
+      Model m = model(spec, dev, DType.FLOAT32, true);
+      m.memoryPlan().forwardDeaths = v == 1;
+      runs[v] = train(m, spec, 4, 32);
+      assertPlanRan(m, 1, 3);
+      plans[v] = m.memoryPlans().get(0);
+    }
+    runs[1].assertSame(runs[0], "with and without the shortcut's early death");
+    // The downsample batch norm's output, (32, 16, 4, 4) fp32 = 32,768 bytes, is no longer live where the most
+    // bytes are.
+    assertEquals(plans[0].maxLiveBytes() - 32 * 16 * 4 * 4 * 4, plans[1].maxLiveBytes(),
+        plans[0] + " vs " + plans[1]);
+    assertTrue(plans[1].totalSlabBytes() < plans[0].totalSlabBytes(), plans[0] + " vs " + plans[1]);
+  }
+
+  @Test
   void anotherBatchSizeMidTrainingGetsAPlanOfItsOwn() {
     ModelSpec spec = resnetLike();
     int[] sizes = {8, 8, 5, 5, 8, 5, 8};
