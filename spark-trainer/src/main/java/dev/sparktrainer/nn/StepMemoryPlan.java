@@ -6,7 +6,6 @@ import dev.sparktrainer.engine.Shape;
 import dev.sparktrainer.engine.Tensor;
 import java.util.ArrayList;
 import java.util.Arrays;
-import java.util.Collections;
 import java.util.EnumMap;
 import java.util.HashMap;
 import java.util.HashSet;
@@ -71,7 +70,6 @@ final class StepMemoryPlan {
   private final long minBytes;
   private final Map<String, Plan> plans = new HashMap<>(); // by the step's input: dtype and shape
   private final Set<String> unplannable = new HashSet<>(); // inputs whose plan could not be built
-  private final Set<Object> regions = Collections.newSetFromMap(new IdentityHashMap<>()); // planned storages
   private final Map<Object, BufferKey> regionKeys = new IdentityHashMap<>(); // planned storage -> its buffer
   /** Whether {@link #deadAfterForward} ends lifetimes (tests compare with it off). */
   boolean forwardDeaths = true;
@@ -173,7 +171,7 @@ final class StepMemoryPlan {
 
   /** {@link Layer#buffer} handed {@code t} (the layer's buffer {@code key}) to its owner. */
   void used(Layer owner, String key, Tensor t) {
-    if (rec == null || inBackward || regions.contains(t.storage()) || bytes(t) < minBytes) {
+    if (rec == null || inBackward || regionKeys.containsKey(t.storage()) || bytes(t) < minBytes) {
       return;
     }
     BufferKey k = new BufferKey(owner, key);
@@ -377,7 +375,6 @@ final class StepMemoryPlan {
     for (int i = 0; i < uses.size(); i++) {
       Use u = uses.get(i);
       Tensor region = slabs.get(dtype[i]).region(offset[i] / dtype[i].bytes(), u.tensor.shape());
-      regions.add(region.storage());
       regionKeys.put(region.storage(), new BufferKey(u.owner, u.key));
       u.owner.installBuffer(u.key, region);
     }

@@ -285,7 +285,6 @@ public final class Trainer {
     }
     boolean useGraphs = cudaGraphs && graphsOff == null;
     StepGraph[] graphs = new StepGraph[2]; // per input slot (Note [CUDA graphs])
-    int stepsThisFit = 0;
 
     long optStepsPerEpoch = (stepsPerEpoch + accum - 1) / accum;
     int firstEpoch = (int) (optimizerStep / optStepsPerEpoch);
@@ -354,7 +353,7 @@ public final class Trainer {
                 device.countCorrect(out, y, correct);
               }
             };
-            graphStep(graphs, slot, stepsThisFit++, work);
+            graphStep(graphs, slot, stepsRun - 1, work); // every step of the fit takes this path
             mark(timeline, "step (CUDA graph)");
           } else {
             if (micro == 0 && !overwrite) {
@@ -387,11 +386,8 @@ public final class Trainer {
                 device.copy(gradsLow, grads); // the bf16 sums, widened (ordered after the buckets by joinAsync)
               }
               mark(timeline, "all-reduce wait (buckets)");
-            } else if (overwrite) {
-              model.backward(dOut, ctx, true, null);
-              mark(timeline, "backward");
             } else {
-              model.backward(dOut, ctx);
+              model.backward(dOut, ctx, overwrite, null);
               mark(timeline, "backward");
             }
             device.sumInto(losses, lossSum);
