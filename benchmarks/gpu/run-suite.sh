@@ -15,7 +15,8 @@
 #   "--select-class dev.sparktrainer.cuda.CudaConvOpsTest"), TEST_TIMEOUT (s, 420), BENCH_TIMEOUT (s per engine
 #   and W, 400), PROFILE=1 (ours: phase breakdown of the mlp step), TORCH=0 (skip PyTorch), LABEL,
 #   BENCH_JAVA_OPTS (extra JVM options for ours, e.g. -Dsparktrainer.cuda.channelsLast=false), TEST_JAVA_OPTS
-#   (the same for the tests, e.g. -Dsparktrainer.cudnn.benchmark=true).
+#   (the same for the tests, e.g. -Dsparktrainer.cudnn.benchmark=true), BENCH_ENV (environment assignments for
+#   ours, e.g. CUDA_INJECTION64_PATH=... for benchmarks/gpu/cupti).
 # CNN example (one call, kind nvidia-h100-x2):
 #   STAGE_DIR=.device/perf BENCHES=small-cnn,resnet50 WORLDS="1 2" COMMIT=<sha> bash benchmarks/gpu/run-suite.sh
 # Output under $OUT: log is the caller's tee; per run <label>-runN.json/.md (+ -throughput.png/-scaling.png
@@ -71,7 +72,7 @@ raw=/tmp/raw-$run.jsonl
 for w in $WORLDS; do
   [ "$w" -gt "$ngpu" ] && { echo "skip W=$w: $ngpu GPUs"; continue; }
   echo "== run $run W=$w ours"
-  timeout "${BENCH_TIMEOUT:-400}" java -Xmx48g -Dsparktrainer.jni.path="$jni" ${BENCH_JAVA_OPTS:-} \
+  timeout "${BENCH_TIMEOUT:-400}" env ${BENCH_ENV:-} java -Xmx48g -Dsparktrainer.jni.path="$jni" ${BENCH_JAVA_OPTS:-} \
     -Dsparktrainer.cudnn.benchmark="${CUDNN_BENCHMARK:-true}" -cp "$cp" dev.sparktrainer.bench.gpu.GpuBench \
     --world "$w" --benches "$BENCHES" --fmnist /tmp/st-data/fashion-mnist --out "$raw" \
     --steps "${STEPS:-50}" --repeats "${REPEATS:-3}" --resnet-batch "${RESNET_BATCH:-256}" \

@@ -13,4 +13,5 @@ bash native/gpu-stage.sh --no-baseline
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 javac -d "$tmp" -cp "$(ls "$STAGE_DIR"/jars/*.jar | tr '\n' ':')" $(find benchmarks/gpu/src -name '*.java')
 jar cf "$STAGE_DIR/jars/gpu-bench.jar" -C "$tmp" .
+bash benchmarks/gpu/cupti/build.sh "$STAGE_DIR/cupti" # the kernel tracer (diag-w2.sh)
 du -sh "$STAGE_DIR"

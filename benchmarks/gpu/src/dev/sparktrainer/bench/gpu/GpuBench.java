@@ -221,16 +221,30 @@ public final class GpuBench {
 
   static RankResult trainRank(WorkerContext ctx, ModelSpec spec, TrainerConfig cfg, HeapRowStore store,
       int[] local, int steps, boolean profile) {
+    // Diagnostics: -Dsparktrainer.bench.noComm=true: W ranks in one JVM that train apart, no NCCL;
+    // -Dsparktrainer.bench.commIdle=true: as noComm, but an NCCL communicator exists beside (created, its
+    // connections made by one all-reduce of the gradient buffer's size, then left idle during training).
+    boolean apart = Boolean.getBoolean("sparktrainer.bench.noComm") || Boolean.getBoolean("sparktrainer.bench.commIdle");
+    boolean idleComm = ctx.worldSize() > 1 && Boolean.getBoolean("sparktrainer.bench.commIdle");
     try (CudaDevice d = new CudaDevice(GpuSelector.select(ctx));
-        // -Dsparktrainer.bench.noComm=true (a diagnostic): W ranks in one JVM that train apart, no NCCL
-        Communicator c = ctx.worldSize() == 1 || Boolean.getBoolean("sparktrainer.bench.noComm")
+        Communicator idle = idleComm ? NcclCommunicator.create(ctx, d, Duration.ofMinutes(5)) : null;
+        Communicator c = ctx.worldSize() == 1 || apart
             ? new LocalCommunicator() : NcclCommunicator.create(ctx, d, Duration.ofMinutes(5))) {
       Model m = new Model(spec, d, DType.BFLOAT16);
+      if (idle != null) {
+        idle.allReduceSum(m.parameters().grads());
+        d.synchronize();
+      }
       // Note: the non-finite check (a reduction + host wait per step) is off, as in the PyTorch reference.
       Trainer t = new Trainer(m, cfg, c).checkNonFinite(false)
           .bf16GradientAllReduce(Boolean.getBoolean("sparktrainer.bench.bf16Grads")) // DDP's bf16 compression hook
           .cudaGraphs(cudaGraphs()) // Note [CUDA graphs]: BENCH_JAVA_OPTS=-Dsparktrainer.cuda.graphs=true
           .stepTimeline(true); // Note [step timeline]: device time per phase, reported per rank
+      String buckets = System.getProperty("sparktrainer.bench.bucketsMiB"); // a diagnostic: "first,rest" MiB
+      if (buckets != null) {
+        String[] mib = buckets.split(",");
+        t.gradientBuckets(Long.parseLong(mib[0].trim()) << 20, Long.parseLong(mib[1].trim()) << 20);
+      }
       t.initializeWeights();
       List<EpochStats> st = t.fit(store, local, steps);
       long peak = d.arena().peakBytes(); // before the profile, which allocates a second optimizer

@@ -37,6 +37,16 @@ public interface Communicator extends AutoCloseable {
     allReduceSum(buf);
   }
 
+  /**
+   * Queues buf = sum over ranks in order with the device's compute work: the device runs it after the compute
+   * work queued before the call and before the work queued after it, and the host does not wait for it (where
+   * {@link #supportsAsync()}); {@link #joinAsync()} / {@link #awaitAsync()} cover it as they cover
+   * {@link #allReduceSumAsync}. Unlike that, it does not overlap compute work. Default: {@link #allReduceSum}.
+   */
+  default void allReduceSumInOrder(Tensor buf) {
+    allReduceSum(buf);
+  }
+
   /** Orders the device work queued from now on after every async collective started so far (no host wait). */
   default void joinAsync() {}
 

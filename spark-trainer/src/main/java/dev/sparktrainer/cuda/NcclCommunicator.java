@@ -40,10 +40,12 @@ public final class NcclCommunicator implements Communicator {
   private final Object lock = new Object();
   private final CudaEvent computeDone;
   private final CudaEvent commDone;
+  private final CudaEvent joinDone; // the compute stream at the last joinAsync
   private long comm; // ncclComm_t; 0 once aborted or destroyed
   private volatile boolean abortRequested;
   private volatile String failure; // why the communicator is no longer usable
   private int asyncPending; // async collectives started since the last awaitAsync
+  private int asyncOnComm; // of which on the comm stream, since the last joinAsync
   private boolean asyncJoined;
 
   private NcclCommunicator(int rank, int worldSize, CudaDevice device, Duration timeout) {
@@ -53,6 +55,7 @@ public final class NcclCommunicator implements Communicator {
     this.timeoutNanos = timeout.toNanos();
     this.computeDone = device.newEvent();
     this.commDone = device.newEvent();
+    this.joinDone = device.newEvent();
   }
 
   /** {@link #create(WorkerContext, CudaDevice, Duration)} with {@link #DEFAULT_TIMEOUT}. */
@@ -224,7 +227,9 @@ public final class NcclCommunicator implements Communicator {
   // mode: polled, under the timeout); joinAsync makes later compute work wait for the comm stream; awaitAsync
   // waits on the host for the comm stream under the watchdog, like a blocking collective, so a dead peer
   // still fails the step within the timeout. The trainer calls awaitAsync after queueing the optimizer, so
-  // the GPU goes from the last bucket to the optimizer without waiting for the host.
+  // the GPU goes from the last bucket to the optimizer without waiting for the host. allReduceSumInOrder queues
+  // the all-reduce on the compute stream instead (no overlap, no cross-stream wait); joinAsync and awaitAsync
+  // cover both kinds (joinDone: the compute stream past the join).
 
   @Override
   public boolean supportsAsync() {
@@ -233,21 +238,40 @@ public final class NcclCommunicator implements Communicator {
 
   @Override
   public void allReduceSumAsync(Tensor buf) {
-    CudaTensor b = tensor(buf, "allReduceSumAsync");
-    String what = "allReduceSumAsync";
+    startAllReduce(buf, false);
+  }
+
+  /**
+   * Note [in-order all-reduce]: on the compute stream itself, so nothing waits on the comm stream for compute work
+   * not yet done (see Note [in-order gradient all-reduce] in train.Trainer for why that matters).
+   */
+  @Override
+  public void allReduceSumInOrder(Tensor buf) {
+    startAllReduce(buf, true);
+  }
+
+  private void startAllReduce(Tensor buf, boolean inOrder) {
+    String what = inOrder ? "allReduceSumInOrder" : "allReduceSumAsync";
+    CudaTensor b = tensor(buf, what);
     long deadline = System.nanoTime() + timeoutNanos;
     device.makeCurrent();
     device.noteWritten(b);
     synchronized (lock) {
       ensureUsable(what);
-      computeDone.record(device.computeStream());
-      device.commStream().waitFor(computeDone);
+      CudaStream s = inOrder ? device.computeStream() : device.commStream();
+      if (!inOrder) {
+        computeDone.record(device.computeStream());
+        s.waitFor(computeDone);
+      }
       int st = Native.ncclAllReduce(b.address(), b.address(), b.numel(), b.dtype().ordinal(), Native.OP_SUM, comm,
-          device.commStream().handle());
+          s.handle());
       if (st != 0 && !Native.ncclInProgress(st)) {
         throw fail(what + " of " + buf, "NCCL call failed: " + Native.errorString(st) + lastError());
       }
       asyncPending++;
+      if (!inOrder) {
+        asyncOnComm++;
+      }
       asyncJoined = false;
     }
     afterCall(0, what, deadline);
@@ -261,9 +285,15 @@ public final class NcclCommunicator implements Communicator {
     device.makeCurrent();
     synchronized (lock) {
       ensureUsable("joinAsync");
-      commDone.record(device.commStream());
-      device.computeStream().waitFor(commDone);
+      if (asyncOnComm > 0) {
+        commDone.record(device.commStream());
+        device.computeStream().waitFor(commDone);
+      }
+      // The compute stream past this point: after the comm stream's collectives (waited for above) and the
+      // in-order ones (queued on it), so awaitAsync covers both.
+      joinDone.record(device.computeStream());
       asyncJoined = true;
+      asyncOnComm = 0;
     }
   }
 
@@ -274,7 +304,7 @@ public final class NcclCommunicator implements Communicator {
     }
     joinAsync();
     String what = "async all-reduce of " + asyncPending + " gradient bucket(s)";
-    waitFor(commDone, what, System.nanoTime() + timeoutNanos);
+    waitFor(joinDone, what, System.nanoTime() + timeoutNanos);
     asyncPending = 0;
     asyncJoined = false;
   }
@@ -478,7 +508,11 @@ public final class NcclCommunicator implements Communicator {
     try {
       computeDone.close();
     } finally {
-      commDone.close();
+      try {
+        commDone.close();
+      } finally {
+        joinDone.close();
+      }
     }
   }
 }

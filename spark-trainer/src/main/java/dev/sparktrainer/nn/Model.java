@@ -4,6 +4,7 @@ import dev.sparktrainer.engine.DType;
 import dev.sparktrainer.engine.Device;
 import dev.sparktrainer.engine.ParameterSet;
 import dev.sparktrainer.engine.Shape;
+import dev.sparktrainer.engine.StepTimeline;
 import dev.sparktrainer.engine.Tensor;
 import java.util.ArrayList;
 import java.util.List;
@@ -27,6 +28,7 @@ public final class Model {
   private final Tensor mirror; // (total) bf16, or null
   private final long[] stepOffsets; // per step: the lowest flat offset of its parameters, or -1: none
   private final List<Layer> steps; // layers that run, in order
+  private StepTimeline layerMarks; // markLayers: a diagnostic, null unless asked
   private final Tensor[] dxSlots = new Tensor[2];
   private GradientPool pool; // transient gradients between layers (Note [transient gradient buffers]), or null
   private StepMemoryPlan plan; // Note [step memory plan], or null: off
@@ -318,12 +320,17 @@ public final class Model {
       plan.beginStep(x, ctx.training()); // Note [step memory plan]
     }
     Tensor h = x.reshape(shape);
-    if (!fused) {
+    if (!fused && layerMarks == null) {
       h = net.forward(h, ctx);
     } else {
-      device.refreshMirror(params.params(), mirror);
+      if (fused) {
+        device.refreshMirror(params.params(), mirror);
+      }
       for (Layer l : steps) {
         h = l.forward(h, ctx);
+        if (layerMarks != null) {
+          layerMarks.mark("forward " + l.name());
+        }
       }
     }
     if (plan != null) {
@@ -347,7 +354,7 @@ public final class Model {
     if (overwrite && !canOverwriteGradients()) {
       throw new IllegalStateException("gradients can only be overwritten on the fused path of an all-linear model");
     }
-    if (!fused && readyFrom == null) {
+    if (!fused && readyFrom == null && layerMarks == null) {
       for (Layer l : steps) {
         l.onGradientsReady(null);
       }
@@ -373,8 +380,20 @@ public final class Model {
       if (!(l instanceof Linear) && readyFrom != null && stepOffsets[k] >= 0) {
         readyFrom.accept(stepOffsets[k]); // this step's parameters (and all after them) are final
       }
+      if (layerMarks != null) {
+        layerMarks.mark("backward " + l.name());
+      }
     }
     endStep();
+  }
+
+  /**
+   * A diagnostic: marks {@code timeline} after each top-level layer's forward and backward (phases "forward
+   * NAME", "backward NAME"), so the device time of a step splits by layer; null (the default) stops it.
+   * The marks cost an event each; a CUDA-graph step must not be captured with them.
+   */
+  public void markLayers(StepTimeline timeline) {
+    this.layerMarks = timeline;
   }
 
   /** The end of backward: every gradient must be back; a recorded step gets its memory plan now. */

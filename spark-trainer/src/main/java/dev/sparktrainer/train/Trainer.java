@@ -71,8 +71,12 @@ public final class Trainer {
   private org.apache.hadoop.conf.Configuration hadoopConf;
   private long firstBucketBytes = 1L << 20;
   private boolean stepTimeline = Boolean.getBoolean("sparktrainer.train.timeline");
+  private boolean timelineByLayer = Boolean.getBoolean("sparktrainer.train.timelineLayers");
+  private AllReduceMode allReduceMode = AllReduceMode.valueOf(
+      System.getProperty("sparktrainer.train.allReduceMode", "AUTO").trim().toUpperCase(java.util.Locale.ROOT));
   private final List<Map<String, Double>> timelines = new ArrayList<>();
   private long bucketBytes = 25L << 20;
+  private boolean overlapBuckets = true; // this fit's choice (allReduceMode)
   private boolean bf16Gradients;
   private Tensor gradsLow; // bf16 copy of the gradients for the all-reduce, or null
   private boolean cudaGraphs = Boolean.getBoolean(CUDA_GRAPHS_PROPERTY);
@@ -99,6 +103,47 @@ public final class Trainer {
     this.stepListener = listener;
     this.listening = true;
     return this;
+  }
+
+  /** How the gradient buckets' all-reduces run beside backward (Note [in-order gradient all-reduce]). */
+  public enum AllReduceMode {
+    /** IN_ORDER when the model's fp32 gradients take at most {@link #OVERLAP_MIN_BYTES}, else OVERLAPPED. */
+    AUTO,
+    /** Each bucket on the communicator's own stream as soon as backward has made it, overlapping the rest. */
+    OVERLAPPED,
+    /** Each bucket between the backward kernels that make it and the next ones, on the compute stream. */
+    IN_ORDER
+  }
+
+  /**
+   * AUTO overlaps the gradient all-reduce with backward only above this many bytes of fp32 gradients (256 MiB).
+   * Note [in-order gradient all-reduce]: on 2 H100s over NVLink, ResNet-50 (98 MiB of gradients) ran 1.1% faster
+   * with its buckets in order than overlapped: its all-reduce takes ~0.55 ms in series, while overlapping it
+   * made every kernel of the step start later after the one before (a median gap of 2.7 -> 4.0 us, CUPTI trace;
+   * ~0.9 ms of its ~720 kernels) for as long as all-reduces waited on the comm stream for backward work not yet
+   * done, forward included, and slowed the backward kernels they ran beside. The measurements are in
+   * benchmarks/results/2026-11-26-diagnostics/README.md; a model with little compute per gradient byte (the
+   * benchmark MLP: 832 MiB) keeps the overlap.
+   */
+  public static final long OVERLAP_MIN_BYTES = 256L << 20;
+
+  /**
+   * How the gradient all-reduce runs beside backward on an asynchronous communicator with W > 1 (NCCL): see
+   * {@link AllReduceMode}. The sums, and so the trained parameters, are the same bits in every mode (the same
+   * buckets, the same collectives). Default: -Dsparktrainer.train.allReduceMode (AUTO).
+   */
+  public Trainer allReduceMode(AllReduceMode mode) {
+    this.allReduceMode = java.util.Objects.requireNonNull(mode, "mode");
+    return this;
+  }
+
+  /** Whether a fit with {@code gradientBytes} of fp32 gradients overlaps its all-reduce with backward. */
+  static boolean overlapsAllReduce(AllReduceMode mode, long gradientBytes) {
+    return switch (mode) {
+      case OVERLAPPED -> true;
+      case IN_ORDER -> false;
+      case AUTO -> gradientBytes > OVERLAP_MIN_BYTES;
+    };
   }
 
   /**
@@ -265,13 +310,15 @@ public final class Trainer {
     float gradScale = 1f / ((float) b * comm.worldSize() * accum);
     // Note [gradient buckets]: with a communicator whose all-reduce is asynchronous (NCCL) and W > 1, the
     // flat gradient buffer is all-reduced in contiguous buckets, last parameters first (DDP's order: the
-    // first bucket ~1 MiB, then ~25 MiB), each started on the comm stream as soon as backward has written
-    // all of its gradients, so communication overlaps the rest of backward. Buckets are fixed slices and
+    // first bucket ~1 MiB, then ~25 MiB), each started as soon as backward has written all of its gradients:
+    // on the comm stream, overlapping the rest of backward, or in order on the compute stream (AllReduceMode;
+    // Note [in-order gradient all-reduce] says when which pays). Buckets are fixed slices and
     // are started in index order, so every rank issues the same collectives in the same order. Other
     // communicators (the TCP ring) keep one all-reduce of the whole buffer: slicing would change the ring's
     // summation order, and the CPU results must stay bitwise the same.
     boolean bucketed = comm.supportsAsync() && comm.worldSize() > 1;
     long[] bucketStarts = bucketed ? bucketStarts(model.parameters().totalElements()) : null;
+    overlapBuckets = overlapsAllReduce(allReduceMode, 4 * model.parameters().totalElements());
     Tensor grads = model.parameters().grads();
     if (bucketed && bf16Gradients && gradsLow == null) {
       gradsLow = device.allocate(DType.BFLOAT16, Math.toIntExact(grads.numel()));
@@ -299,6 +346,9 @@ public final class Trainer {
     int epochsLeft = Math.max(0, config.epochs() - firstEpoch);
     int stepsRun = 0; // micro-steps run in this fit: their parity picks the input slot
     StepTimeline timeline = stepTimeline ? device.newTimeline() : null; // Note [step timeline]
+    if (timeline != null && timelineByLayer && !useGraphs) {
+      model.markLayers(timeline); // the timeline split by top-level layer
+    }
     try (BatchLoader loader = new BatchLoader(store, b, 2, epochsLeft, i -> {
       int epoch = firstEpoch + i;
       int[] order = epochOrder(local, epoch);
@@ -454,6 +504,7 @@ public final class Trainer {
     } finally {
       closeGraphs(graphs);
       if (timeline != null) {
+        model.markLayers(null);
         timeline.close();
       }
     }
@@ -565,6 +616,17 @@ public final class Trainer {
   }
 
   /**
+   * With {@link #stepTimeline} on, splits forward and backward by the model's top-level layers (phases "forward
+   * NAME" and "backward NAME", Model.markLayers; "forward + loss" is then the loss alone): a diagnostic, an event
+   * per layer and direction. Not for CUDA-graph steps (their phase stays whole).
+   * Default: -Dsparktrainer.train.timelineLayers (false).
+   */
+  public Trainer stepTimelineByLayer(boolean on) {
+    this.timelineByLayer = on;
+    return this;
+  }
+
+  /**
    * Per epoch of the fits so far with {@link #stepTimeline} on: device milliseconds per step by phase, in step
    * order ("between steps": from the end of one step's work to the start of the next, the device waiting for
    * the host). Empty when off.
@@ -636,10 +698,18 @@ public final class Trainer {
     if (gradsLow != null) {
       Tensor low = gradsLow.view(lo, Math.toIntExact(hi - lo));
       device.copy(grads.view(lo, Math.toIntExact(hi - lo)), low); // rounded on the compute stream, in order
-      comm.allReduceSumAsync(low);
+      startAllReduce(low);
       return;
     }
-    comm.allReduceSumAsync(grads.view(lo, Math.toIntExact(hi - lo)));
+    startAllReduce(grads.view(lo, Math.toIntExact(hi - lo)));
+  }
+
+  private void startAllReduce(Tensor bucket) {
+    if (overlapBuckets) {
+      comm.allReduceSumAsync(bucket);
+    } else {
+      comm.allReduceSumInOrder(bucket); // Note [in-order gradient all-reduce]
+    }
   }
 
   /**

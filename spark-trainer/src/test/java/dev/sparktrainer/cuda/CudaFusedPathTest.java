@@ -246,13 +246,18 @@ class CudaFusedPathTest {
 
   static RankRun trainRank(Device d, dev.sparktrainer.comm.Communicator c, DType compute, long firstBucket,
       long bucket) {
+    return trainRank(d, c, compute, firstBucket, bucket, Trainer.AllReduceMode.AUTO);
+  }
+
+  static RankRun trainRank(Device d, dev.sparktrainer.comm.Communicator c, DType compute, long firstBucket,
+      long bucket, Trainer.AllReduceMode mode) {
     ModelSpec spec = ModelSpec.mlp(96, new int[] {256, 512, 128}, 10, "relu", 0f);
     HeapRowStore store = synthetic(2048, 96, 10, 5);
     TrainerConfig cfg = TrainerConfig.builder().epochs(2).batchSize(64).seed(3)
         .optimizer(OptimizerConfig.sgd(0.05).withMomentum(0.9)).build();
     Model m = new Model(spec, d, compute);
     List<Integer> hashes = new ArrayList<>();
-    Trainer t = new Trainer(m, cfg, c).gradientBuckets(firstBucket, bucket)
+    Trainer t = new Trainer(m, cfg, c).gradientBuckets(firstBucket, bucket).allReduceMode(mode)
         .onStep(s -> hashes.add(Arrays.hashCode(m.parametersToHost())));
     t.initializeWeights();
     SamplerPlan plan = new SamplerPlan(store.rows(), c.worldSize(), 64, 3, false);
@@ -282,6 +287,16 @@ class CudaFusedPathTest {
         }
       });
       assertArrayEquals(whole.get(0).params(), bucketed.get(0).params(), compute + ": buckets vs one all-reduce");
+      // AUTO ran the buckets in order (a small model); overlapped on the comm stream: the same collectives, the
+      // same bits (Note [in-order gradient all-reduce]).
+      List<RankRun> overlapped = LocalLauncher.run(2, Cuda.deviceCount(), 300, ctx -> {
+        try (CudaDevice d = new CudaDevice(GpuSelector.select(ctx));
+            NcclCommunicator c = NcclCommunicator.create(ctx, d, Duration.ofSeconds(60))) {
+          return trainRank(d, c, compute, 4096, 65536, Trainer.AllReduceMode.OVERLAPPED);
+        }
+      });
+      assertEquals(bucketed.get(0).hashes(), overlapped.get(0).hashes(), compute + ": in order vs overlapped");
+      assertEquals(overlapped.get(0).hashes(), overlapped.get(1).hashes(), compute + ": overlapped ranks differ");
       double loss0 = bucketed.get(0).stats().get(0).loss();
       double loss1 = bucketed.get(0).stats().get(1).loss();
       CudaTestLog.note(String.format("bucketed trainer, 2 GPUs, %s: epoch losses %.4f -> %.4f", compute, loss0,

@@ -1,6 +1,7 @@
 package dev.sparktrainer.train;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -57,6 +58,18 @@ class GradientBucketsTest {
         assertEquals(MIB / 4, s[s.length - 2], "last bucket of " + total + " is the first MiB");
       }
     }
+  }
+
+  @Test
+  void autoOverlapsOnlyLargeGradients() { // Note [in-order gradient all-reduce]
+    long resnet50 = 4L * 25_557_032;
+    long mlp = 4L * 218_465_256; // the GPU benchmark's 1024-8192x4-1000 MLP
+    assertFalse(Trainer.overlapsAllReduce(Trainer.AllReduceMode.AUTO, resnet50));
+    assertFalse(Trainer.overlapsAllReduce(Trainer.AllReduceMode.AUTO, Trainer.OVERLAP_MIN_BYTES));
+    assertTrue(Trainer.overlapsAllReduce(Trainer.AllReduceMode.AUTO, Trainer.OVERLAP_MIN_BYTES + 4));
+    assertTrue(Trainer.overlapsAllReduce(Trainer.AllReduceMode.AUTO, mlp));
+    assertTrue(Trainer.overlapsAllReduce(Trainer.AllReduceMode.OVERLAPPED, 4));
+    assertFalse(Trainer.overlapsAllReduce(Trainer.AllReduceMode.IN_ORDER, mlp));
   }
 
   @Test

@@ -12,6 +12,7 @@ import dev.sparktrainer.cpu.CpuDevice;
 import dev.sparktrainer.data.HeapRowStore;
 import dev.sparktrainer.engine.StepTimeline;
 import dev.sparktrainer.nn.Model;
+import dev.sparktrainer.nn.ModelSpec;
 import dev.sparktrainer.optim.OptimizerConfig;
 import java.time.Duration;
 import java.util.List;
@@ -74,6 +75,47 @@ class StepTimelineTest {
       assertTrue(off.get(k).timelines().isEmpty());
       assertArrayEquals(off.get(k).params(), on.get(k).params(), "rank " + k + ": marking changes nothing");
     }
+  }
+
+  @Test
+  void byLayerSplitsForwardAndBackwardAndChangesNothing() {
+    ModelSpec spec = ModelSpec.builder().input(1, 6, 6).conv2d(4, 3, 1, 1).relu().maxPool2d(2, 2, 0).flatten()
+        .linear(3)
+        .build();
+    java.util.Random r = new java.util.Random(5);
+    float[] x = new float[48 * 36];
+    int[] y = new int[48];
+    for (int i = 0; i < x.length; i++) {
+      x[i] = (float) r.nextGaussian();
+    }
+    for (int i = 0; i < y.length; i++) {
+      y[i] = r.nextInt(3);
+    }
+    HeapRowStore store = new HeapRowStore(x, y, 36);
+    float[][] params = new float[2][];
+    for (int k = 0; k < 2; k++) {
+      TrainerConfig cfg = TrainerConfig.builder().epochs(2).batchSize(8).seed(3)
+          .optimizer(OptimizerConfig.sgd(0.05).withMomentum(0.9)).build();
+      try (CpuDevice d = new CpuDevice()) {
+        Model m = new Model(spec, d);
+        Trainer t = new Trainer(m, cfg, new LocalCommunicator()).stepTimeline(true).stepTimelineByLayer(k == 1);
+        t.initializeWeights();
+        int[] local = java.util.stream.IntStream.range(0, 48).toArray();
+        t.fit(store, local, 6);
+        params[k] = m.parametersToHost();
+        List<String> phases = List.copyOf(t.timelines().get(1).keySet());
+        if (k == 0) {
+          assertEquals(List.of("input wait + zero grad", "forward + loss", "backward", "optimizer", "between steps"),
+              phases);
+        } else {
+          assertEquals(List.of("input wait + zero grad", "forward 0.conv2d", "forward 1.activation", "forward 2.maxpool2d",
+              "forward 3.flatten", "forward 4.linear", "forward + loss", "backward 4.linear", "backward 3.flatten",
+              "backward 2.maxpool2d", "backward 1.activation", "backward 0.conv2d", "backward", "optimizer",
+              "between steps"), phases);
+        }
+      }
+    }
+    assertArrayEquals(params[0], params[1], "marking by layer changes nothing");
   }
 
   @Test
