@@ -47,6 +47,14 @@ public interface Communicator extends AutoCloseable {
     allReduceSum(buf);
   }
 
+  /**
+   * Whether all ranks are known to run on one host (then collectives do not cross a network). Default: only
+   * when there is one rank.
+   */
+  default boolean allRanksOnOneHost() {
+    return worldSize() == 1;
+  }
+
   /** Orders the device work queued from now on after every async collective started so far (no host wait). */
   default void joinAsync() {}
 

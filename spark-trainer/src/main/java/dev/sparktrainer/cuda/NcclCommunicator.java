@@ -41,6 +41,7 @@ public final class NcclCommunicator implements Communicator {
   private final CudaEvent computeDone;
   private final CudaEvent commDone;
   private final CudaEvent joinDone; // the compute stream at the last joinAsync
+  private final boolean oneHost; // all ranks named the same host at creation
   private long comm; // ncclComm_t; 0 once aborted or destroyed
   private volatile boolean abortRequested;
   private volatile String failure; // why the communicator is no longer usable
@@ -48,8 +49,9 @@ public final class NcclCommunicator implements Communicator {
   private int asyncOnComm; // of which on the comm stream, since the last joinAsync
   private boolean asyncJoined;
 
-  private NcclCommunicator(int rank, int worldSize, CudaDevice device, Duration timeout) {
+  private NcclCommunicator(int rank, int worldSize, CudaDevice device, Duration timeout, boolean oneHost) {
     this.rank = rank;
+    this.oneHost = oneHost;
     this.worldSize = worldSize;
     this.device = device;
     this.timeoutNanos = timeout.toNanos();
@@ -82,13 +84,9 @@ public final class NcclCommunicator implements Communicator {
       Native.check(Native.ncclGetUniqueId(id), "ncclGetUniqueId");
       mine = Base64.getEncoder().encodeToString(id);
     }
-    List<String> all = ctx.allGather(mine);
-    if (all.size() != world || all.get(0) == null || all.get(0).isEmpty()) {
-      throw new CommunicatorException("rank " + rank + ": the rendezvous did not deliver rank 0's NCCL id ("
-          + all.size() + " messages for a world of " + world + ")");
-    }
-    byte[] id = Base64.getDecoder().decode(all.get(0));
-    NcclCommunicator c = new NcclCommunicator(rank, world, device, timeout);
+    Rendezvous r = parseRendezvous(ctx.allGather(mine + HOST_TAG + hostName()), rank, world);
+    byte[] id = Base64.getDecoder().decode(r.idBase64());
+    NcclCommunicator c = new NcclCommunicator(rank, world, device, timeout, r.oneHost());
     boolean ok = false;
     try {
       c.init(id);
@@ -100,6 +98,60 @@ public final class NcclCommunicator implements Communicator {
         c.closeEvents();
       }
     }
+  }
+
+  /** What each rank sends at creation: rank 0's NCCL id (others: empty), then this tag and its host's name. */
+  static final String HOST_TAG = "@host=";
+
+  /** Rank 0's NCCL id (Base64) and whether all ranks named the same host. */
+  record Rendezvous(String idBase64, boolean oneHost) {}
+
+  /**
+   * Reads the creation messages of all ranks ({@code id + HOST_TAG + host}, by rank). A rank whose host name is
+   * unknown (empty) makes oneHost false: the trainer then keeps the all-reduce overlapped, the safe choice
+   * between hosts (Note [in-order gradient all-reduce] in train.Trainer).
+   */
+  static Rendezvous parseRendezvous(List<String> all, int rank, int world) {
+    if (all.size() != world || all.get(0) == null || !all.get(0).contains(HOST_TAG)
+        || all.get(0).startsWith(HOST_TAG)) {
+      throw new CommunicatorException("rank " + rank + ": the rendezvous did not deliver rank 0's NCCL id ("
+          + all.size() + " messages for a world of " + world + ")");
+    }
+    String first = null;
+    boolean oneHost = true;
+    for (String m : all) {
+      int at = m == null ? -1 : m.lastIndexOf(HOST_TAG);
+      String host = at < 0 ? "" : m.substring(at + HOST_TAG.length());
+      if (host.isEmpty()) {
+        oneHost = false;
+      } else if (first == null) {
+        first = host;
+      } else if (!first.equals(host)) {
+        oneHost = false;
+      }
+    }
+    String id0 = all.get(0);
+    return new Rendezvous(id0.substring(0, id0.lastIndexOf(HOST_TAG)), oneHost);
+  }
+
+  /** This machine's host name, or "" when it cannot be found. */
+  static String hostName() {
+    try {
+      String h = java.net.InetAddress.getLocalHost().getHostName();
+      if (h != null && !h.isBlank()) {
+        return h.trim();
+      }
+    } catch (java.io.IOException | SecurityException e) {
+      LOG.log(System.Logger.Level.DEBUG, "no local host name: {0}", e.toString());
+    }
+    String env = System.getenv("HOSTNAME");
+    return env == null ? "" : env.trim();
+  }
+
+  /** Whether every rank of this communicator runs on this host (their host names at creation were equal). */
+  @Override
+  public boolean allRanksOnOneHost() {
+    return oneHost;
   }
 
   private void init(byte[] id) {
@@ -242,8 +294,8 @@ public final class NcclCommunicator implements Communicator {
   }
 
   /**
-   * Note [in-order all-reduce]: on the compute stream itself, so nothing waits on the comm stream for compute work
-   * not yet done (see Note [in-order gradient all-reduce] in train.Trainer for why that matters).
+   * On the compute stream itself, so nothing waits on the comm stream for compute work not yet done (Note
+   * [in-order gradient all-reduce] in train.Trainer says why that matters).
    */
   @Override
   public void allReduceSumInOrder(Tensor buf) {

@@ -107,7 +107,10 @@ public final class Trainer {
 
   /** How the gradient buckets' all-reduces run beside backward (Note [in-order gradient all-reduce]). */
   public enum AllReduceMode {
-    /** IN_ORDER when the model's fp32 gradients take at most {@link #OVERLAP_MIN_BYTES}, else OVERLAPPED. */
+    /**
+     * IN_ORDER when all ranks run on one host and the model's fp32 gradients take at most
+     * {@link #OVERLAP_MIN_BYTES}, else OVERLAPPED.
+     */
     AUTO,
     /** Each bucket on the communicator's own stream as soon as backward has made it, overlapping the rest. */
     OVERLAPPED,
@@ -123,7 +126,9 @@ public final class Trainer {
    * ~0.9 ms of its ~720 kernels) for as long as all-reduces waited on the comm stream for backward work not yet
    * done, forward included, and slowed the backward kernels they ran beside. The measurements are in
    * benchmarks/results/2026-11-26-diagnostics/README.md; a model with little compute per gradient byte (the
-   * benchmark MLP: 832 MiB) keeps the overlap.
+   * benchmark MLP: 832 MiB) keeps the overlap, and so does any job whose ranks span hosts: there the all-reduce
+   * crosses a network many times slower than NVLink, and hiding it behind backward is worth more than ~1 us per
+   * kernel (not measured here: no multi-host GPUs).
    */
   public static final long OVERLAP_MIN_BYTES = 256L << 20;
 
@@ -137,12 +142,15 @@ public final class Trainer {
     return this;
   }
 
-  /** Whether a fit with {@code gradientBytes} of fp32 gradients overlaps its all-reduce with backward. */
-  static boolean overlapsAllReduce(AllReduceMode mode, long gradientBytes) {
+  /**
+   * Whether a fit with {@code gradientBytes} of fp32 gradients overlaps its all-reduce with backward, its ranks
+   * all on one host or not.
+   */
+  static boolean overlapsAllReduce(AllReduceMode mode, long gradientBytes, boolean oneHost) {
     return switch (mode) {
       case OVERLAPPED -> true;
       case IN_ORDER -> false;
-      case AUTO -> gradientBytes > OVERLAP_MIN_BYTES;
+      case AUTO -> !oneHost || gradientBytes > OVERLAP_MIN_BYTES;
     };
   }
 
@@ -318,7 +326,8 @@ public final class Trainer {
     // summation order, and the CPU results must stay bitwise the same.
     boolean bucketed = comm.supportsAsync() && comm.worldSize() > 1;
     long[] bucketStarts = bucketed ? bucketStarts(model.parameters().totalElements()) : null;
-    overlapBuckets = overlapsAllReduce(allReduceMode, 4 * model.parameters().totalElements());
+    overlapBuckets = overlapsAllReduce(allReduceMode, 4 * model.parameters().totalElements(),
+        comm.allRanksOnOneHost());
     Tensor grads = model.parameters().grads();
     if (bucketed && bf16Gradients && gradsLow == null) {
       gradsLow = device.allocate(DType.BFLOAT16, Math.toIntExact(grads.numel()));

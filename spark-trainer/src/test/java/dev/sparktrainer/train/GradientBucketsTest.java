@@ -61,15 +61,17 @@ class GradientBucketsTest {
   }
 
   @Test
-  void autoOverlapsOnlyLargeGradients() { // Note [in-order gradient all-reduce]
+  void autoOverlapsOnlyLargeGradientsOrAcrossHosts() { // Note [in-order gradient all-reduce]
     long resnet50 = 4L * 25_557_032;
     long mlp = 4L * 218_465_256; // the GPU benchmark's 1024-8192x4-1000 MLP
-    assertFalse(Trainer.overlapsAllReduce(Trainer.AllReduceMode.AUTO, resnet50));
-    assertFalse(Trainer.overlapsAllReduce(Trainer.AllReduceMode.AUTO, Trainer.OVERLAP_MIN_BYTES));
-    assertTrue(Trainer.overlapsAllReduce(Trainer.AllReduceMode.AUTO, Trainer.OVERLAP_MIN_BYTES + 4));
-    assertTrue(Trainer.overlapsAllReduce(Trainer.AllReduceMode.AUTO, mlp));
-    assertTrue(Trainer.overlapsAllReduce(Trainer.AllReduceMode.OVERLAPPED, 4));
-    assertFalse(Trainer.overlapsAllReduce(Trainer.AllReduceMode.IN_ORDER, mlp));
+    Trainer.AllReduceMode auto = Trainer.AllReduceMode.AUTO;
+    assertFalse(Trainer.overlapsAllReduce(auto, resnet50, true));
+    assertTrue(Trainer.overlapsAllReduce(auto, resnet50, false), "ranks on several hosts keep the overlap");
+    assertFalse(Trainer.overlapsAllReduce(auto, Trainer.OVERLAP_MIN_BYTES, true));
+    assertTrue(Trainer.overlapsAllReduce(auto, Trainer.OVERLAP_MIN_BYTES + 4, true));
+    assertTrue(Trainer.overlapsAllReduce(auto, mlp, true));
+    assertTrue(Trainer.overlapsAllReduce(Trainer.AllReduceMode.OVERLAPPED, 4, true));
+    assertFalse(Trainer.overlapsAllReduce(Trainer.AllReduceMode.IN_ORDER, mlp, false));
   }
 
   @Test
