@@ -70,9 +70,12 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
   private final Param<String> precision;
   private final BooleanParam cudnnBenchmark;
   private final BooleanParam cudaGraphs;
+  private final Param<String> allReduceMode;
 
   /** The values of the {@code precision} param. */
   public static final String[] PRECISIONS = {"fp32", "bf16", "auto"};
+  /** The values of {@link #setAllReduceMode}. */
+  public static final String[] ALL_REDUCE_MODES = {"auto", "overlapped", "in_order"};
 
   public SparkTrainer() {
     this(Identifiable$.MODULE$.randomUID("sparkTrainer"));
@@ -129,7 +132,13 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
         "cuda: capture each training step as a CUDA graph after 2 eager steps and replay it (same results, fewer "
             + "host launches: for small models; only for one GPU or the TCP ring, without dropout or synchronised "
             + "batch norm; other runs train eagerly)");
+    allReduceMode = new Param<>(this, "allReduceMode",
+        "cuda, several GPUs: how the gradient all-reduce runs beside backward: overlapped (on its own stream, as "
+            + "PyTorch DDP), in_order (on the compute stream, between backward's kernels) or auto (in_order when all "
+            + "ranks share a host and the gradients take at most 256 MiB, else overlapped); the same weights in "
+            + "every mode", ParamValidators.inArray(ALL_REDUCE_MODES));
     setDefault(precision, "fp32");
+    setDefault(allReduceMode, "auto");
     setDefault(cudnnBenchmark, false);
     setDefault(cudaGraphs, false);
     setDefault(validationIndicatorCol, "");
@@ -262,6 +271,10 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
     return cudaGraphs;
   }
 
+  public Param<String> allReduceMode() {
+    return allReduceMode;
+  }
+
   // ---- setters and getters ----
 
   public SparkTrainer setNonFinite(String v) {
@@ -313,6 +326,20 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
    */
   public SparkTrainer setCudaGraphs(boolean v) {
     set(cudaGraphs, v);
+    return this;
+  }
+
+  /**
+   * cuda, several GPUs over NCCL: how each step's gradient all-reduce runs beside backward (Note [in-order gradient
+   * all-reduce] in Trainer): "overlapped" (each gradient bucket on the communicator's stream as soon as backward
+   * has made it, as PyTorch DDP), "in_order" (on the compute stream, between backward's kernels: no overlap, but
+   * no cost to the other kernels; ResNet-50 on 2 H100s scaled 98.1-98.7% this way, 97.6-98.0% overlapped) or
+   * "auto" (default: in_order when all ranks run on one host and the fp32 gradients take at most 256 MiB, else
+   * overlapped; an executor's -Dsparktrainer.train.allReduceMode, if set, decides instead). The trained weights are
+   * the same bits in every mode. Throws IllegalArgumentException for any other value.
+   */
+  public SparkTrainer setAllReduceMode(String v) {
+    set(allReduceMode, checkAllReduceMode(v));
     return this;
   }
 
@@ -453,6 +480,21 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
 
   public boolean getCudaGraphs() {
     return (Boolean) $(cudaGraphs);
+  }
+
+  /** "auto", "overlapped" or "in_order" (see {@link #setAllReduceMode}). */
+  public String getAllReduceMode() {
+    return $(allReduceMode);
+  }
+
+  /** {@code v} when it is a valid all-reduce mode, else an IllegalArgumentException that lists the choices. */
+  public static String checkAllReduceMode(String v) {
+    if (v == null || !java.util.Arrays.asList(ALL_REDUCE_MODES).contains(v)) {
+      throw new IllegalArgumentException("allReduceMode must be auto, overlapped or in_order, got " + (v == null
+          ? "null" : "'" + v + "'") + " (overlapped: the gradient all-reduce beside backward on its own stream; "
+          + "in_order: on the compute stream between backward's kernels)");
+    }
+    return v;
   }
 
   /** {@code v} when it is a valid precision, else an IllegalArgumentException that lists the choices. */

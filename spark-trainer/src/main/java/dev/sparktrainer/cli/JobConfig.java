@@ -23,7 +23,8 @@ import org.apache.spark.sql.functions;
  *   "training": {"epochs": 3, "batchSize": 128, "numWorkers": 2, "device": "auto", "seed": 42,
  *                "optimizer": {...}, "schedule": {...}, "loss": "cross_entropy", "clipNorm": 0,
  *                "accumulation": 1, "dropLast": false, "checkpointPath": "", "checkpointInterval": 0,
- *                "timeoutSeconds": 300, "nonFinite": "fail", "precision": "fp32", "cudnnBenchmark": false, "cudaGraphs": false},
+ *                "timeoutSeconds": 300, "nonFinite": "fail", "precision": "fp32", "cudnnBenchmark": false,
+ *                "cudaGraphs": false, "allReduceMode": "auto"},
  *   "output":   {"modelPath": "..."}
  * }</pre>
  *
@@ -107,7 +108,7 @@ public final class JobConfig {
     JsonNode tr = root.has("training") ? object(root, "training") : JSON.createObjectNode();
     keys(tr, "training", Set.of("epochs", "batchSize", "numWorkers", "device", "seed", "optimizer", "schedule",
         "loss", "clipNorm", "accumulation", "dropLast", "checkpointPath", "checkpointInterval", "timeoutSeconds",
-        "nonFinite", "precision", "cudnnBenchmark", "cudaGraphs"));
+        "nonFinite", "precision", "cudnnBenchmark", "cudaGraphs", "allReduceMode"));
     if (tr.has("epochs")) {
       t.setEpochs(integer(tr, "epochs"));
     }
@@ -166,6 +167,14 @@ public final class JobConfig {
     }
     if (tr.has("cudaGraphs")) {
       t.setCudaGraphs(bool(tr, "training", "cudaGraphs"));
+    }
+    if (tr.has("allReduceMode")) {
+      String mode = text(tr, "training", "allReduceMode", "auto");
+      try {
+        t.setAllReduceMode(mode);
+      } catch (IllegalArgumentException e) {
+        throw new IllegalArgumentException("training." + e.getMessage(), e);
+      }
     }
     t.trainerConfig(); // validates the combination now, before Spark starts
     trainer = t;

@@ -55,6 +55,7 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
   private String precision = "fp32"; // fp32, bf16 or auto (bf16 on cuda, fp32 on cpu)
   private boolean cudnnBenchmark; // cuda: timed cuDNN algorithm search (Note [cudnn benchmark per executor JVM])
   private boolean cudaGraphs; // the trainer's CUDA graphs option (Note [CUDA graphs] in Trainer)
+  private String allReduceMode = "auto"; // SparkTrainer.setAllReduceMode: auto keeps the trainer's default
 
   BarrierTrainFunction(String specJson, TrainerConfig cfg, String device, String token, int timeoutSeconds,
       int dim, int targetDim, int steps, long rowsPerRank, CheckpointPolicy checkpoints,
@@ -97,6 +98,12 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
   /** The trainers capture and replay their steps as CUDA graphs where that applies (Note [CUDA graphs]). */
   BarrierTrainFunction withCudaGraphs(boolean on) {
     this.cudaGraphs = on;
+    return this;
+  }
+
+  /** How the gradient all-reduce runs beside backward: "auto" (the trainer's default), "overlapped", "in_order". */
+  BarrierTrainFunction withAllReduceMode(String mode) {
+    this.allReduceMode = mode;
     return this;
   }
 
@@ -164,7 +171,11 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
           ValidationPass validation = data.validation() == null ? null
               : new ValidationPass(model, cfg.loss(), comm, data.validation(), cfg.batchSize(), validationRows);
           List<TrainingSummary.Validation> validated = new ArrayList<>();
-          Trainer trainer = new Trainer(model, cfg, comm).cudaGraphs(cudaGraphs)
+          Trainer trainer = new Trainer(model, cfg, comm).cudaGraphs(cudaGraphs);
+          if (!"auto".equals(allReduceMode)) {
+            trainer.allReduceMode(Trainer.AllReduceMode.valueOf(allReduceMode.toUpperCase(java.util.Locale.ROOT)));
+          }
+          trainer
               .onStep(log.stepLogger().andThen(FaultInjection.forTask(ctx, rank)).andThen(reporter::onStep))
               .onEpochEnd(e -> {
                 log.add(String.format(java.util.Locale.ROOT, "epoch %d done: loss %.4f, %.0f samples/s",

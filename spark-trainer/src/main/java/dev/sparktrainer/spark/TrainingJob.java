@@ -416,6 +416,7 @@ public final class TrainingJob {
     fn.withProgress(progress == null ? null : progress.endpoint());
     fn.withPrecision(params.getPrecision(), params.getCudnnBenchmark());
     fn.withCudaGraphs(params.getCudaGraphs());
+    fn.withAllReduceMode(params.getAllReduceMode());
     if (validationFacts != null) {
       fn.withValidation(validationFacts.rows());
     }

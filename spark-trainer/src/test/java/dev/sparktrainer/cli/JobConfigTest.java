@@ -50,6 +50,16 @@ class JobConfigTest {
     assertEquals("auto", training("\"precision\": \"auto\"").trainer.getPrecision());
     assertEquals(false, training("").trainer.getCudaGraphs());
     assertEquals(true, training("\"cudaGraphs\": true").trainer.getCudaGraphs());
+    assertEquals("auto", training("").trainer.getAllReduceMode());
+    assertEquals("in_order", training("\"allReduceMode\": \"in_order\"").trainer.getAllReduceMode());
+    assertEquals("overlapped", training("\"allReduceMode\": \"overlapped\"").trainer.getAllReduceMode());
+  }
+
+  @Test
+  void badAllReduceModeNamesTheChoices() {
+    assertEquals("training.allReduceMode must be auto, overlapped or in_order, got 'IN_ORDER' (overlapped: the "
+        + "gradient all-reduce beside backward on its own stream; in_order: on the compute stream between "
+        + "backward's kernels)", fails("{" + DATA + ", " + MODEL + ", \"training\": {\"allReduceMode\": \"IN_ORDER\"}}"));
   }
 
   @Test
@@ -111,7 +121,7 @@ class JobConfigTest {
 
   @Test
   void unknownTrainingKey() {
-    assertEquals("training: unknown key 'epoch' (allowed: [accumulation, batchSize, checkpointInterval, "
+    assertEquals("training: unknown key 'epoch' (allowed: [accumulation, allReduceMode, batchSize, checkpointInterval, "
         + "checkpointPath, clipNorm, cudaGraphs, cudnnBenchmark, device, dropLast, epochs, loss, nonFinite, numWorkers, optimizer, "
         + "precision, schedule, seed, timeoutSeconds])",
         fails("{\"data\": {\"format\": \"parquet\", \"path\": \"x\"}, " + MODEL + ", \"training\": {\"epoch\": 3}}"));

@@ -2,6 +2,7 @@ package dev.sparktrainer.spark;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.sparktrainer.api.SparkTrainer;
@@ -141,6 +142,10 @@ class SparkTrainerTest {
       // cudaGraphs is accepted; the CPU engine has no graphs, so the run is exactly the eager one.
       SparkTrainerModel graphs = trainer(2).setCudaGraphs(true).fit(df);
       assertArrayEquals(fp32.parameters(), graphs.parameters(), "cudaGraphs on the CPU engine changes nothing");
+      // allReduceMode reaches the ranks (the TCP ring has one all-reduce after backward in every mode).
+      SparkTrainerModel inOrder = trainer(2).setAllReduceMode("in_order").fit(df);
+      assertArrayEquals(fp32.parameters(), inOrder.parameters(), "allReduceMode on the CPU engine changes nothing");
+      assertThrows(IllegalArgumentException.class, () -> trainer(2).setAllReduceMode("sometimes"));
       SparkTrainer est = trainer(2).setPrecision("bf16").setCudnnBenchmark(true);
       SparkTrainerModel bf16 = est.fit(df);
       assertEquals("fp32", fp32.summary().precision());
@@ -167,6 +172,7 @@ class SparkTrainerTest {
       assertEquals("bf16", back.getPrecision());
       assertEquals(true, back.getCudnnBenchmark());
       assertEquals(false, back.getCudaGraphs());
+      assertEquals("auto", back.getAllReduceMode());
     } finally {
       df.unpersist();
     }
