@@ -397,7 +397,7 @@ public final class NcclCommunicator implements Communicator {
       throw fail(what, Native.errorString(st) + lastError());
     }
     int[] async = new int[1];
-    long spins = 0;
+    long start = System.nanoTime();
     while (true) {
       synchronized (lock) {
         ensureUsable(what);
@@ -413,14 +413,14 @@ public final class NcclCommunicator implements Communicator {
         }
       }
       checkDeadline(what, deadline);
-      pause(spins++);
+      pause(start);
     }
   }
 
   /** Waits for {@code done} while watching NCCL's async error, abort requests and the deadline. */
   private void waitFor(CudaEvent done, String what, long deadline) {
     int[] async = new int[1];
-    long spins = 0;
+    long start = System.nanoTime();
     while (true) {
       synchronized (lock) {
         ensureUsable(what);
@@ -442,7 +442,7 @@ public final class NcclCommunicator implements Communicator {
         }
       }
       checkDeadline(what, deadline);
-      pause(spins++);
+      pause(start);
     }
   }
 
@@ -454,15 +454,32 @@ public final class NcclCommunicator implements Communicator {
   }
 
   /**
-   * Spin (about the first 100 microseconds), then sleep in growing steps of at most 50 microseconds: a
-   * collective usually takes micro- to milliseconds, and the trainer's step waits for it, so waking up late
-   * costs GPU time (one rank thread per GPU, so spinning costs one core).
+   * Note [poll pacing]: a host wait here (NCCL taking a call, a collective or bucket finishing) polls by spinning for
+   * its first SPIN_NANOS, then sleeps in growing steps of at most 50 us asked; pauseNanos says which, by the time
+   * waited so far (0: spin). Spinning that long because a sleep costs far more than asked: LockSupport.parkNanos
+   * sleeps >= ~55 us on Linux whatever it is asked (the timer slack: parkNanos(2 us) = 55.5 us measured), and the
+   * common waits are short: NCCL takes each collective of a non-blocking communicator on a thread it starts for
+   * the call, which the host then waits for (0.08-0.16 ms measured per call, Note [in-order gradient all-reduce]'s
+   * diagnostics). The earlier pacing spun 200 polls (~70 us) and then slept: in a CPU model of the wait
+   * (benchmarks/results/2026-11-26-diagnostics/PollPacing.java) a wait ready after 100-150 us ended 29-40 us late,
+   * now 0.5 us. Its effect on the GPU benchmarks is not measured yet. One rank thread per GPU, so the spin costs
+   * its own core only.
    */
-  private static void pause(long spins) {
-    if (spins < 200) {
+  static final long SPIN_NANOS = 200_000L;
+
+  static long pauseNanos(long waitedNanos) {
+    if (waitedNanos < SPIN_NANOS) {
+      return 0;
+    }
+    return Math.min(50_000L, 2_000L + (waitedNanos - SPIN_NANOS) / 20);
+  }
+
+  private static void pause(long startNanos) {
+    long park = pauseNanos(System.nanoTime() - startNanos);
+    if (park == 0) {
       Thread.onSpinWait();
     } else {
-      LockSupport.parkNanos(Math.min(50_000L, 2_000L * (spins - 199)));
+      LockSupport.parkNanos(park);
     }
   }
 

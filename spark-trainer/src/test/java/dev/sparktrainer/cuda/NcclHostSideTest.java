@@ -10,8 +10,11 @@ import java.util.Arrays;
 import java.util.List;
 import org.junit.jupiter.api.Test;
 
-/** The messages ranks exchange to create an NCCL communicator (no GPU needed): rank 0's id and the hosts. */
-class NcclRendezvousTest {
+/**
+ * The host side of the NCCL communicator (no GPU needed): the messages ranks exchange to create it (rank 0's id
+ * and the hosts), and how its waits pace their polls (Note [poll pacing]).
+ */
+class NcclHostSideTest {
   static final String TAG = NcclCommunicator.HOST_TAG;
 
   @Test
@@ -42,5 +45,19 @@ class NcclRendezvousTest {
   @Test
   void hostNameIsFoundHere() {
     assertFalse(NcclCommunicator.hostName().isEmpty());
+  }
+
+  @Test
+  void pollsSpinForTheFirst200MicrosecondsThenSleepInStepsOfAtMost50() {
+    assertEquals(0, NcclCommunicator.pauseNanos(0));
+    assertEquals(0, NcclCommunicator.pauseNanos(199_999));
+    assertEquals(2_000, NcclCommunicator.pauseNanos(200_000));
+    long last = 0;
+    for (long waited = 200_000; waited < 10_000_000; waited += 10_000) {
+      long p = NcclCommunicator.pauseNanos(waited);
+      assertTrue(p >= last && p > 0 && p <= 50_000, waited + " -> " + p);
+      last = p;
+    }
+    assertEquals(50_000, NcclCommunicator.pauseNanos(60_000_000_000L), "a long wait sleeps 50 us at a time");
   }
 }
