@@ -1,0 +1,138 @@
+package dev.sparktrainer.train;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.sparktrainer.comm.Communicator;
+import dev.sparktrainer.comm.LocalLauncher;
+import dev.sparktrainer.comm.RingCommunicator;
+import dev.sparktrainer.cpu.CpuDevice;
+import dev.sparktrainer.data.HeapRowStore;
+import dev.sparktrainer.data.SamplerPlan;
+import dev.sparktrainer.engine.Tensor;
+import dev.sparktrainer.nn.Model;
+import dev.sparktrainer.optim.OptimizerConfig;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeMap;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+
+/**
+ * Note [in-order gradient all-reduce] on the CPU: the trainer's bucket path, driven through a TCP ring that
+ * calls itself asynchronous (each bucket is summed when started), picks allReduceSumAsync or allReduceSumInOrder
+ * as AllReduceMode says, and the weights are the same bits in every mode.
+ */
+@Timeout(120)
+class AllReduceModeTest {
+  /** A ring that takes the async path's calls and counts which kind each bucket got. */
+  static final class CountingAsyncRing implements Communicator {
+    final Communicator ring;
+    final boolean oneHost;
+    final Map<String, Integer> calls = new TreeMap<>();
+
+    CountingAsyncRing(Communicator ring, boolean oneHost) {
+      this.ring = ring;
+      this.oneHost = oneHost;
+    }
+
+    @Override
+    public boolean supportsAsync() {
+      return true;
+    }
+
+    @Override
+    public void allReduceSumAsync(Tensor buf) {
+      calls.merge("overlapped", 1, Integer::sum);
+      ring.allReduceSum(buf);
+    }
+
+    @Override
+    public void allReduceSumInOrder(Tensor buf) {
+      calls.merge("in order", 1, Integer::sum);
+      ring.allReduceSum(buf);
+    }
+
+    @Override
+    public boolean allRanksOnOneHost() {
+      return oneHost;
+    }
+
+    @Override
+    public int rank() {
+      return ring.rank();
+    }
+
+    @Override
+    public int worldSize() {
+      return ring.worldSize();
+    }
+
+    @Override
+    public void allReduceSum(Tensor buf) {
+      ring.allReduceSum(buf);
+    }
+
+    @Override
+    public void broadcast(Tensor buf, int root) {
+      ring.broadcast(buf, root);
+    }
+
+    @Override
+    public void abort() {
+      ring.abort();
+    }
+
+    @Override
+    public void close() {
+      ring.close();
+    }
+  }
+
+  record Run(float[] params, Map<String, Integer> calls) {}
+
+  static List<Run> train(Trainer.AllReduceMode mode, boolean oneHost) {
+    HeapRowStore store = DataParallelInvariantsTest.data(256);
+    SamplerPlan plan = new SamplerPlan(store.rows(), 2, 16, 5, false);
+    return LocalLauncher.run(2, 0, 60, ctx -> {
+      TrainerConfig cfg = TrainerConfig.builder().epochs(2).batchSize(16).seed(5)
+          .optimizer(OptimizerConfig.sgd(0.05).withMomentum(0.9)).build();
+      try (CpuDevice d = new CpuDevice();
+          CountingAsyncRing comm = new CountingAsyncRing(RingCommunicator.create(ctx, Duration.ofSeconds(30)),
+              oneHost)) {
+        Model m = new Model(DataParallelInvariantsTest.SPEC, d);
+        // Tiny buckets (256 B, then 512 B): the model's 260 parameters make several.
+        Trainer t = new Trainer(m, cfg, comm).gradientBuckets(256, 512).allReduceMode(mode);
+        t.initializeWeights();
+        t.fit(store, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch());
+        return new Run(m.parametersToHost(), comm.calls);
+      }
+    });
+  }
+
+  @Test
+  void modesPickTheCallAndTrainTheSameBits() {
+    long steps = 2 * new SamplerPlan(256, 2, 16, 5, false).stepsPerEpoch();
+    List<Run> auto = train(Trainer.AllReduceMode.AUTO, true);
+    List<Run> overlapped = train(Trainer.AllReduceMode.OVERLAPPED, true);
+    List<Run> inOrder = train(Trainer.AllReduceMode.IN_ORDER, false);
+    List<Run> autoAcrossHosts = train(Trainer.AllReduceMode.AUTO, false);
+    for (int rank = 0; rank < 2; rank++) {
+      Map<String, Integer> a = auto.get(rank).calls();
+      assertEquals(List.of("in order"), new ArrayList<>(a.keySet()), "AUTO on one host, small gradients: " + a);
+      int calls = a.get("in order");
+      assertTrue(calls % steps == 0 && calls / steps > 1, "several buckets per step: " + a + ", " + steps
+          + " steps");
+      assertEquals(Map.of("overlapped", calls), overlapped.get(rank).calls());
+      assertEquals(Map.of("in order", calls), inOrder.get(rank).calls());
+      assertEquals(Map.of("overlapped", calls), autoAcrossHosts.get(rank).calls(), "AUTO across hosts overlaps");
+      assertArrayEquals(auto.get(rank).params(), overlapped.get(rank).params(), "rank " + rank);
+      assertArrayEquals(auto.get(rank).params(), inOrder.get(rank).params(), "rank " + rank);
+      assertArrayEquals(auto.get(rank).params(), autoAcrossHosts.get(rank).params(), "rank " + rank);
+    }
+    assertArrayEquals(auto.get(0).params(), auto.get(1).params(), "ranks agree");
+  }
+}
