@@ -67,46 +67,121 @@ public final class FashionMnist {
 
   static float[] readImages(Path p) throws IOException {
     try (DataInputStream in = open(p)) {
-      int magic = in.readInt();
-      if (magic != 0x803) {
-        throw new IOException(p + ": not an IDX image file (magic " + Integer.toHexString(magic) + ")");
-      }
-      int n = in.readInt();
-      int rows = in.readInt();
-      int cols = in.readInt();
-      if (n < 0 || rows != 28 || cols != 28) {
-        throw new IOException(p + ": expected 28x28 images, got " + n + " of " + rows + "x" + cols);
-      }
+      int n = imageHeader(in, p);
       byte[] raw = new byte[n * PIXELS];
       in.readFully(raw);
       float[] out = new float[raw.length];
-      for (int i = 0; i < raw.length; i++) {
-        out[i] = ((raw[i] & 0xff) / 255f - MEAN) / STD;
+      normalise(raw, out, 0, raw.length);
+      return out;
+    }
+  }
+
+  /** Reads an IDX image file's header: the number of 28x28 images that follow. */
+  private static int imageHeader(DataInputStream in, Path p) throws IOException {
+    int magic = in.readInt();
+    if (magic != 0x803) {
+      throw new IOException(p + ": not an IDX image file (magic " + Integer.toHexString(magic) + ")");
+    }
+    int n = in.readInt();
+    int rows = in.readInt();
+    int cols = in.readInt();
+    if (n < 0 || rows != 28 || cols != 28) {
+      throw new IOException(p + ": expected 28x28 images, got " + n + " of " + rows + "x" + cols);
+    }
+    return n;
+  }
+
+  /** Reads an IDX label file's header: the number of labels that follow. */
+  private static int labelHeader(DataInputStream in, Path p) throws IOException {
+    int magic = in.readInt();
+    if (magic != 0x801) {
+      throw new IOException(p + ": not an IDX label file (magic " + Integer.toHexString(magic) + ")");
+    }
+    int n = in.readInt();
+    if (n < 0) {
+      throw new IOException(p + ": negative label count");
+    }
+    return n;
+  }
+
+  /** out[at + i] = the standardised pixel raw[i], for i < n. */
+  private static void normalise(byte[] raw, float[] out, int at, int n) {
+    for (int i = 0; i < n; i++) {
+      out[at + i] = ((raw[i] & 0xff) / 255f - MEAN) / STD;
+    }
+  }
+
+  private static int label(int raw, Path p, long index) throws IOException {
+    if (raw >= CLASSES) {
+      throw new IOException(p + ": label " + raw + " at " + index + " is not a Fashion-MNIST class");
+    }
+    return raw;
+  }
+
+  static int[] readLabels(Path p) throws IOException {
+    try (DataInputStream in = open(p)) {
+      int n = labelHeader(in, p);
+      byte[] raw = new byte[n];
+      in.readFully(raw);
+      int[] out = new int[n];
+      for (int i = 0; i < n; i++) {
+        out[i] = label(raw[i] & 0xff, p, i);
       }
       return out;
     }
   }
 
-  static int[] readLabels(Path p) throws IOException {
-    try (DataInputStream in = open(p)) {
-      int magic = in.readInt();
-      if (magic != 0x801) {
-        throw new IOException(p + ": not an IDX label file (magic " + Integer.toHexString(magic) + ")");
+  /** The number of rows of a split, from the two files' headers (nothing else is read). */
+  public static int rows(Path dir, String prefix) throws IOException {
+    Path images = find(dir, prefix + "-images-idx3-ubyte");
+    Path labels = find(dir, prefix + "-labels-idx1-ubyte");
+    int n;
+    int m;
+    try (DataInputStream in = open(images)) {
+      n = imageHeader(in, images);
+    }
+    try (DataInputStream in = open(labels)) {
+      m = labelHeader(in, labels);
+    }
+    if (n != m) {
+      throw new IOException(images + " has " + n + " images but " + labels + " has " + m + " labels");
+    }
+    return n;
+  }
+
+  /** Receives rows of {@link #readRows}: a fresh array of {@link #PIXELS} standardised pixels, and the label. */
+  @FunctionalInterface
+  public interface RowSink {
+    void accept(float[] pixels, int label) throws IOException;
+  }
+
+  /**
+   * Streams rows [start, end) of a split to {@code sink}, one at a time, with the same values as {@link #load}:
+   * nothing of the size of the split is allocated (a Spark partition reads its slice this way; a whole-split
+   * array per task, 188 MB, once failed a job with "Java heap space" when the allocation met a GC held off by a
+   * thread inflating a gzip file: GCLocker, JDK 17).
+   */
+  public static void readRows(Path dir, String prefix, int start, int end, RowSink sink) throws IOException {
+    Path images = find(dir, prefix + "-images-idx3-ubyte");
+    Path labels = find(dir, prefix + "-labels-idx1-ubyte");
+    try (DataInputStream img = open(images); DataInputStream lab = open(labels)) {
+      int n = imageHeader(img, images);
+      int m = labelHeader(lab, labels);
+      if (n != m) {
+        throw new IOException(images + " has " + n + " images but " + labels + " has " + m + " labels");
       }
-      int n = in.readInt();
-      if (n < 0) {
-        throw new IOException(p + ": negative label count");
+      if (start < 0 || start > end || end > n) {
+        throw new IndexOutOfBoundsException("rows [" + start + ", " + end + ") of a split of " + n);
       }
-      byte[] raw = new byte[n];
-      in.readFully(raw);
-      int[] out = new int[n];
-      for (int i = 0; i < n; i++) {
-        out[i] = raw[i] & 0xff;
-        if (out[i] >= CLASSES) {
-          throw new IOException(p + ": label " + out[i] + " at " + i + " is not a Fashion-MNIST class");
-        }
+      img.skipNBytes((long) start * PIXELS);
+      lab.skipNBytes(start);
+      byte[] raw = new byte[PIXELS];
+      for (int r = start; r < end; r++) {
+        img.readFully(raw);
+        float[] px = new float[PIXELS];
+        normalise(raw, px, 0, PIXELS);
+        sink.accept(px, label(lab.readUnsignedByte(), labels, r));
       }
-      return out;
     }
   }
 }

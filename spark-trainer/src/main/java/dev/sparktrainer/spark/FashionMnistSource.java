@@ -1,12 +1,10 @@
 package dev.sparktrainer.spark;
 
 import dev.sparktrainer.data.FashionMnist;
-import dev.sparktrainer.data.HeapRowStore;
 import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.nio.file.Path;
 import java.util.ArrayList;
-import java.util.Arrays;
 import java.util.List;
 import org.apache.spark.api.java.function.MapPartitionsFunction;
 import org.apache.spark.sql.Dataset;
@@ -34,7 +32,7 @@ public final class FashionMnistSource {
   public static Dataset<Row> load(SparkSession spark, Path dir, String split, int partitions) {
     int rows;
     try {
-      rows = FashionMnist.load(dir, split).rows();
+      rows = FashionMnist.rows(dir, split); // the files' headers: the driver reads no pixels
     } catch (IOException e) {
       throw new UncheckedIOException(e);
     }
@@ -45,14 +43,10 @@ public final class FashionMnistSource {
         return java.util.Collections.emptyIterator();
       }
       long first = it.next();
-      HeapRowStore s = FashionMnist.load(Path.of(d), split);
-      int start = (int) first * per;
-      int end = Math.min(s.rows(), start + per);
+      int start = (int) Math.min(rows, first * per);
+      int end = Math.min(rows, start + per);
       List<Row> out = new ArrayList<>(Math.max(0, end - start));
-      float[] f = s.features();
-      for (int r = start; r < end; r++) {
-        out.add(RowFactory.create(Arrays.copyOfRange(f, r * 784, (r + 1) * 784), s.labels()[r]));
-      }
+      FashionMnist.readRows(Path.of(d), split, start, end, (px, label) -> out.add(RowFactory.create(px, label)));
       return out.iterator();
     };
     return spark.range(0, partitions, 1, partitions).as(Encoders.LONG())
