@@ -134,18 +134,30 @@ public final class NcclCommunicator implements Communicator {
     return new Rendezvous(id0.substring(0, id0.lastIndexOf(HOST_TAG)), oneHost);
   }
 
-  /** This machine's host name, or "" when it cannot be found. */
+  /**
+   * This machine's host name (the kernel's, then $HOSTNAME, then the JDK's, which may ask DNS), or "" when none is
+   * found. Containers on one machine name different hosts: the safe side (AUTO then overlaps).
+   */
   static String hostName() {
     try {
-      String h = java.net.InetAddress.getLocalHost().getHostName();
-      if (h != null && !h.isBlank()) {
-        return h.trim();
+      String h = java.nio.file.Files.readString(java.nio.file.Path.of("/proc/sys/kernel/hostname")).trim();
+      if (!h.isEmpty()) {
+        return h;
       }
     } catch (java.io.IOException | SecurityException e) {
-      LOG.log(System.Logger.Level.DEBUG, "no local host name: {0}", e.toString());
+      LOG.log(System.Logger.Level.DEBUG, "no kernel host name: {0}", e.toString());
     }
     String env = System.getenv("HOSTNAME");
-    return env == null ? "" : env.trim();
+    if (env != null && !env.isBlank()) {
+      return env.trim();
+    }
+    try {
+      String h = java.net.InetAddress.getLocalHost().getHostName();
+      return h == null ? "" : h.trim();
+    } catch (java.io.IOException | SecurityException e) {
+      LOG.log(System.Logger.Level.DEBUG, "no local host name: {0}", e.toString());
+      return "";
+    }
   }
 
   /** Whether every rank of this communicator runs on this host (their host names at creation were equal). */
