@@ -489,20 +489,23 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
 
   /** {@code v} when it is a valid all-reduce mode, else an IllegalArgumentException that lists the choices. */
   public static String checkAllReduceMode(String v) {
-    if (v == null || !java.util.Arrays.asList(ALL_REDUCE_MODES).contains(v)) {
-      throw new IllegalArgumentException("allReduceMode must be auto, overlapped or in_order, got " + (v == null
-          ? "null" : "'" + v + "'") + " (overlapped: the gradient all-reduce beside backward on its own stream; "
-          + "in_order: on the compute stream between backward's kernels)");
-    }
-    return v;
+    return checkChoice("allReduceMode", v, ALL_REDUCE_MODES, "overlapped: the gradient all-reduce beside backward "
+        + "on its own stream; in_order: on the compute stream between backward's kernels");
   }
 
   /** {@code v} when it is a valid precision, else an IllegalArgumentException that lists the choices. */
   public static String checkPrecision(String v) {
-    if (v == null || !java.util.Arrays.asList(PRECISIONS).contains(v)) {
-      throw new IllegalArgumentException("precision must be fp32, bf16 or auto, got " + (v == null ? "null"
-          : "'" + v + "'") + " (bf16: mixed precision, bf16 matmul/convolution inputs with fp32 master weights; "
-          + "auto: bf16 on cuda, fp32 on cpu)");
+    return checkChoice("precision", v, PRECISIONS, "bf16: mixed precision, bf16 matmul/convolution inputs with fp32 "
+        + "master weights; auto: bf16 on cuda, fp32 on cpu");
+  }
+
+  /** {@code v} when it is one of {@code choices}, else "NAME must be a, b or c, got 'v' (HELP)". */
+  private static String checkChoice(String name, String v, String[] choices, String help) {
+    if (v == null || !java.util.Arrays.asList(choices).contains(v)) {
+      String list = String.join(", ", java.util.Arrays.copyOf(choices, choices.length - 1)) + " or "
+          + choices[choices.length - 1];
+      throw new IllegalArgumentException(name + " must be " + list + ", got " + (v == null ? "null" : "'" + v + "'")
+          + " (" + help + ")");
     }
     return v;
   }

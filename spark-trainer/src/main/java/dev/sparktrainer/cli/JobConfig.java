@@ -155,12 +155,7 @@ public final class JobConfig {
       t.setTimeoutSeconds(integer(tr, "timeoutSeconds"));
     }
     if (tr.has("precision")) {
-      String precision = text(tr, "training", "precision", "fp32");
-      try {
-        t.setPrecision(precision);
-      } catch (IllegalArgumentException e) {
-        throw new IllegalArgumentException("training." + e.getMessage(), e);
-      }
+      choice(t::setPrecision, text(tr, "training", "precision", "fp32"));
     }
     if (tr.has("cudnnBenchmark")) {
       t.setCudnnBenchmark(bool(tr, "training", "cudnnBenchmark"));
@@ -169,12 +164,7 @@ public final class JobConfig {
       t.setCudaGraphs(bool(tr, "training", "cudaGraphs"));
     }
     if (tr.has("allReduceMode")) {
-      String mode = text(tr, "training", "allReduceMode", "auto");
-      try {
-        t.setAllReduceMode(mode);
-      } catch (IllegalArgumentException e) {
-        throw new IllegalArgumentException("training." + e.getMessage(), e);
-      }
+      choice(t::setAllReduceMode, text(tr, "training", "allReduceMode", "auto"));
     }
     t.trainerConfig(); // validates the combination now, before Spark starts
     trainer = t;
@@ -214,6 +204,15 @@ public final class JobConfig {
       throw new IllegalArgumentException("job file: '" + key + "' must be a JSON object");
     }
     return v;
+  }
+
+  /** Sets a training choice; the setter's error for a bad value gets the key's "training." prefix. */
+  private static void choice(java.util.function.Consumer<String> setter, String value) {
+    try {
+      setter.accept(value);
+    } catch (IllegalArgumentException e) {
+      throw new IllegalArgumentException("training." + e.getMessage(), e);
+    }
   }
 
   private static String text(JsonNode n, String where, String key, String dflt) {

@@ -39,10 +39,7 @@ public final class FashionMnist {
     Path labels = find(dir, prefix + "-labels-idx1-ubyte");
     float[] x = readImages(images);
     int[] y = readLabels(labels);
-    if (x.length / PIXELS != y.length) {
-      throw new IOException(images + " has " + x.length / PIXELS + " images but " + labels + " has " + y.length
-          + " labels");
-    }
+    sameCount(images, x.length / PIXELS, labels, y.length);
     return new HeapRowStore(x, y, PIXELS);
   }
 
@@ -71,7 +68,7 @@ public final class FashionMnist {
       byte[] raw = new byte[n * PIXELS];
       in.readFully(raw);
       float[] out = new float[raw.length];
-      normalise(raw, out, 0, raw.length);
+      normalise(raw, out);
       return out;
     }
   }
@@ -104,10 +101,10 @@ public final class FashionMnist {
     return n;
   }
 
-  /** out[at + i] = the standardised pixel raw[i], for i < n. */
-  private static void normalise(byte[] raw, float[] out, int at, int n) {
-    for (int i = 0; i < n; i++) {
-      out[at + i] = ((raw[i] & 0xff) / 255f - MEAN) / STD;
+  /** out[i] = the standardised pixel raw[i]. */
+  private static void normalise(byte[] raw, float[] out) {
+    for (int i = 0; i < raw.length; i++) {
+      out[i] = ((raw[i] & 0xff) / 255f - MEAN) / STD;
     }
   }
 
@@ -143,10 +140,14 @@ public final class FashionMnist {
     try (DataInputStream in = open(labels)) {
       m = labelHeader(in, labels);
     }
+    sameCount(images, n, labels, m);
+    return n;
+  }
+
+  private static void sameCount(Path images, int n, Path labels, int m) throws IOException {
     if (n != m) {
       throw new IOException(images + " has " + n + " images but " + labels + " has " + m + " labels");
     }
-    return n;
   }
 
   /** Receives rows of {@link #readRows}: a fresh array of {@link #PIXELS} standardised pixels, and the label. */
@@ -166,10 +167,7 @@ public final class FashionMnist {
     Path labels = find(dir, prefix + "-labels-idx1-ubyte");
     try (DataInputStream img = open(images); DataInputStream lab = open(labels)) {
       int n = imageHeader(img, images);
-      int m = labelHeader(lab, labels);
-      if (n != m) {
-        throw new IOException(images + " has " + n + " images but " + labels + " has " + m + " labels");
-      }
+      sameCount(images, n, labels, labelHeader(lab, labels));
       if (start < 0 || start > end || end > n) {
         throw new IndexOutOfBoundsException("rows [" + start + ", " + end + ") of a split of " + n);
       }
@@ -179,7 +177,7 @@ public final class FashionMnist {
       for (int r = start; r < end; r++) {
         img.readFully(raw);
         float[] px = new float[PIXELS];
-        normalise(raw, px, 0, PIXELS);
+        normalise(raw, px);
         sink.accept(px, label(lab.readUnsignedByte(), labels, r));
       }
     }

@@ -173,7 +173,7 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
           List<TrainingSummary.Validation> validated = new ArrayList<>();
           Trainer trainer = new Trainer(model, cfg, comm).cudaGraphs(cudaGraphs);
           if (!"auto".equals(allReduceMode)) {
-            trainer.allReduceMode(Trainer.AllReduceMode.valueOf(allReduceMode.toUpperCase(java.util.Locale.ROOT)));
+            trainer.allReduceMode(Trainer.AllReduceMode.parse(allReduceMode));
           }
           trainer
               .onStep(log.stepLogger().andThen(FaultInjection.forTask(ctx, rank)).andThen(reporter::onStep))

@@ -72,8 +72,8 @@ public final class Trainer {
   private long firstBucketBytes = 1L << 20;
   private boolean stepTimeline = Boolean.getBoolean("sparktrainer.train.timeline");
   private boolean timelineByLayer = Boolean.getBoolean("sparktrainer.train.timelineLayers");
-  private AllReduceMode allReduceMode = AllReduceMode.valueOf(
-      System.getProperty("sparktrainer.train.allReduceMode", "AUTO").trim().toUpperCase(java.util.Locale.ROOT));
+  private AllReduceMode allReduceMode = AllReduceMode.parse(System.getProperty("sparktrainer.train.allReduceMode",
+      "AUTO"));
   private final List<Map<String, Double>> timelines = new ArrayList<>();
   private long bucketBytes = 25L << 20;
   private boolean overlapBuckets = true; // this fit's choice (allReduceMode)
@@ -115,7 +115,12 @@ public final class Trainer {
     /** Each bucket on the communicator's own stream as soon as backward has made it, overlapping the rest. */
     OVERLAPPED,
     /** Each bucket between the backward kernels that make it and the next ones, on the compute stream. */
-    IN_ORDER
+    IN_ORDER;
+
+    /** The mode named {@code name}, in any case ("in_order" or "IN_ORDER"). */
+    public static AllReduceMode parse(String name) {
+      return valueOf(name.trim().toUpperCase(java.util.Locale.ROOT));
+    }
   }
 
   /**
