@@ -48,6 +48,10 @@ constexpr int JNI_NO_ALGORITHM = 3;
 constexpr int JNI_ARRAY = 4;
 constexpr int JNI_NO_CUDNN_ALGORITHM = 5;
 constexpr int JNI_NO_CUDNN_ENGINE = 6;
+// A convolution ran nothing and asks for a workspace (Note [cuDNN workspace] in CudaDevice): its chosen algorithm
+// needs more than the caller's buffer (7), or timing the candidates does (8); the bytes come back in need[0].
+constexpr int JNI_CUDNN_WORKSPACE = 7;
+constexpr int JNI_CUDNN_TRIAL_WORKSPACE = 8;
 
 inline jint status(int lib, int code) { return code == 0 ? 0 : (jint)((lib << 24) | (code & 0xffffff)); }
 inline jint nccl(ncclResult_t r) { return status(LIB_NCCL, (int)r); }
@@ -233,6 +237,14 @@ JNIEXPORT jstring JNICALL Java_dev_sparktrainer_cuda_Native_errorString(JNIEnv* 
           s = "cuDNN graph API: no engine runs this convolution within the workspace limit and the numerical "
               "rules of Note [cuDNN graph convolutions] (the caller falls back to the legacy API)";
           break;
+        case JNI_CUDNN_WORKSPACE:
+          s = "cuDNN: the chosen convolution algorithm needs a larger workspace than the buffer given (nothing ran; "
+              "the caller grows its buffer and calls again)";
+          break;
+        case JNI_CUDNN_TRIAL_WORKSPACE:
+          s = "cuDNN graph API: timing the candidate engines needs a larger workspace than the buffer given (nothing "
+              "ran; the caller lends a trial buffer and calls again)";
+          break;
         case JNI_ARRAY: s = "sparktrainer_jni: output array too small"; break;
         default: s = "sparktrainer_jni: error " + std::to_string(code);
       }
@@ -274,9 +286,32 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclUniqueIdBytes(JNIEn
   return NCCL_UNIQUE_ID_BYTES;
 }
 
+// Note [NCCL handle cells]: a non-blocking init or split returns at once while a thread of NCCL's finishes the
+// job, and that thread stores the new communicator through the ncclComm_t* it was given when it is done. So that
+// pointer cannot be a local of the JNI call: by then the frame is part of the Java thread's stack again (the
+// late store corrupted an interpreter frame: a JVM crash, SIGSEGV in InterpreterRuntime::note_trap, on 2x H100).
+// It is a heap cell instead (out[1]), which the caller frees with ncclTakeComm once NCCL reports the job done
+// (ncclCommGetAsyncError no longer in progress). After a failed or aborted job the cell is left to NCCL (8 bytes):
+// its thread may still store into it.
+static bool putComm(JNIEnv* env, jlongArray out, ncclComm_t now, ncclComm_t* cell) {
+  if (out == nullptr || env->GetArrayLength(out) != 2) return false;
+  jlong v[2] = {toJ(now), toJ(cell)};
+  env->SetLongArrayRegion(out, 0, 2, v);
+  return !env->ExceptionCheck();
+}
+
+JNIEXPORT jlong JNICALL Java_dev_sparktrainer_cuda_Native_ncclTakeComm(JNIEnv*, jclass, jlong cell) {
+  ncclComm_t* c = fromJ<ncclComm_t*>(cell);
+  if (c == nullptr) return 0;
+  ncclComm_t comm = *c;
+  delete c;
+  return toJ(comm);
+}
+
 // Non-blocking init (config.blocking = 0): may return ncclInProgress; the caller then polls
 // ncclCommGetAsyncError until it is no longer in progress, and can abort on a timeout (no hang when a peer
-// never arrives). Sets the CUDA device first, as NCCL uses the current one.
+// never arrives). Sets the CUDA device first, as NCCL uses the current one. commOut: {comm, cell} (Note [NCCL
+// handle cells]); the comm is valid to poll or abort at once.
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclCommInitRank(JNIEnv* env, jclass, jlongArray commOut,
                                                                           jint nranks, jbyteArray idBytes,
                                                                           jint rank, jint device) {
@@ -288,10 +323,30 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclCommInitRank(JNIEnv
   env->GetByteArrayRegion(idBytes, 0, NCCL_UNIQUE_ID_BYTES, reinterpret_cast<jbyte*>(id.internal));
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;
-  ncclComm_t comm = nullptr;
-  ncclResult_t r = ncclCommInitRankConfig(&comm, nranks, id, rank, &config);
+  ncclComm_t* cell = new (std::nothrow) ncclComm_t(nullptr);
+  if (cell == nullptr) return jniError(JNI_BAD_ARGUMENT);
+  ncclResult_t r = ncclCommInitRankConfig(cell, nranks, id, rank, &config);
   // In non-blocking mode the handle is valid (to poll or abort) even while init is in progress.
-  if (!putLong(env, commOut, toJ(comm))) return jniError(JNI_ARRAY);
+  if (!putComm(env, commOut, *cell, cell)) return jniError(JNI_ARRAY);
+  return nccl(r);
+}
+
+// ncclCommSplit of a non-blocking parent (color 0, key = rank: the same ranks, in order) into a child
+// communicator that is blocking when blocking != 0. The split itself follows the parent's mode (NCCL takes the
+// parent's config for the group it runs in), so it may return ncclInProgress: the caller polls the child with
+// ncclCommGetAsyncError under its timeout, and aborting the parent also aborts the child's init (NCCL links
+// their abort flags while it runs). Note [blocking collectives] in NcclCommunicator.java says why. commOut:
+// {child now (may still be null), cell} (Note [NCCL handle cells]): the child is in the cell once the parent
+// reports the split done.
+JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclCommSplit(JNIEnv* env, jclass, jlong parent, jint key,
+                                                                       jint blocking, jlongArray commOut) {
+  if (parent == 0 || key < 0) return jniError(JNI_BAD_ARGUMENT);
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = blocking != 0 ? 1 : 0;
+  ncclComm_t* cell = new (std::nothrow) ncclComm_t(nullptr);
+  if (cell == nullptr) return jniError(JNI_BAD_ARGUMENT);
+  ncclResult_t r = ncclCommSplit(fromJ<ncclComm_t>(parent), 0, key, cell, &config);
+  if (!putComm(env, commOut, *cell, cell)) return jniError(JNI_ARRAY);
   return nccl(r);
 }
 
@@ -593,7 +648,7 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnSetStream(JNIEnv*,
 // Algorithm choice: cuDNN's heuristics (Get*Algorithm_v7; search 0, the default: the same algorithms every
 // run) or timed trials (Find*Algorithm, search 1, as PyTorch's cudnn.benchmark: fastest first, cuDNN
 // allocates its own trial buffers once per shape) rank the candidates; the first one that reports success,
-// needs no more workspace than the caller's buffer and, with heuristics, for the two backward passes, is
+// needs no more workspace than the caller's limit and, with heuristics, for the two backward passes, is
 // deterministic (so a run repeats bit for bit) is used. Timed search takes the fastest, deterministic or not,
 // as PyTorch does with cudnn.benchmark and cudnn.deterministic off: a ResNet-50 step spent 58% of its time in
 // the deterministic backward-data algorithms on an H100 (bf16, NCHW; op profile of 2026-11-26). Ranks still
@@ -601,6 +656,11 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnSetStream(JNIEnv*,
 // once and kept (cuDNN 9 builds an execution plan to answer, which costs as much as a small convolution). If running it fails as unsupported, the next
 // candidate is tried and remembered. Math: computeMode 0 = fp32 FMA only (no TF32: results match the CPU
 // engine to rounding), 1 = TF32 tensor cores allowed, 2 = bf16 tensor cores (fp32 accumulation).
+//
+// Workspace (Note [cuDNN workspace] in CudaDevice): the limit (limitBytes, part of the key) chooses the
+// algorithm; the caller's buffer (workspace, wsBytes) may be smaller. When the algorithm in use needs more than
+// the buffer, the call runs nothing and returns JNI_CUDNN_WORKSPACE with the bytes in need[0]; on success need[0]
+// holds the bytes the algorithm that ran needs. So the choice, and the bits, do not depend on the buffer.
 namespace {
 
 #define TRY_CUDNN(call)                          \
@@ -765,26 +825,38 @@ bool readInts(JNIEnv* env, jintArray a, int* out, int n) {
   return !env->ExceptionCheck();
 }
 
-// The arguments both convolution implementations accept (d: the conv dims).
-bool convArgsOk(jint dtype, jint layout, jint computeMode, jint search, jlong wsBytes, const int* d) {
+// The arguments both convolution implementations accept (d: the conv dims; need: the out-parameter).
+bool convArgsOk(JNIEnv* env, jint dtype, jint layout, jint computeMode, jint search, jlong wsBytes, jlong limit,
+                jlongArray need, const int* d) {
   return (dtype == 0 || dtype == 2) && (layout == 0 || layout == 1) && computeMode >= 0 && computeMode <= 2 &&
-         (search == 0 || search == 1) && wsBytes >= 0 && d[13] > 0 && d[1] % d[13] == 0 && d[4] % d[13] == 0;
+         (search == 0 || search == 1) && wsBytes >= 0 && limit >= 0 && d[13] > 0 && d[1] % d[13] == 0 &&
+         d[4] % d[13] == 0 && need != nullptr && env->GetArrayLength(need) >= 1;
+}
+
+// A convolution's answer about the workspace: status st (0, JNI_CUDNN_WORKSPACE or JNI_CUDNN_TRIAL_WORKSPACE)
+// with bytes in need[0].
+jint withNeed(JNIEnv* env, jlongArray need, jint st, size_t bytes) {
+  return putLong(env, need, (jlong)bytes) ? st : jniError(JNI_ARRAY);
 }
 
 // Runs one convolution direction: dir 0 y = conv(x, w) (a = x, b = w, c = y), dir 1 dx = convT(dy, w)
 // (a = dy, b = w, c = dx), dir 2 dw = dconv(x, dy) (a = x, b = dy, c = dw); c = alpha * result + beta * c.
+// The algorithm is chosen within limit; workspace/wsBytes is the caller's buffer (Note [cuDNN ops]).
 jint runConv(JNIEnv* env, jlong handle, jint dtype, jint layout, jintArray dimsArray, jint computeMode, jint search,
-             int dir, jlong a, jlong b, jlong c, jfloat beta, jlong workspace, jlong wsBytes) {
+             int dir, jlong a, jlong b, jlong c, jfloat beta, jlong workspace, jlong wsBytes, jlong limit,
+             jlongArray needOut) {
   const CudnnTable& t = cudnnTable();
   if (!t.ok) return jniError(JNI_NO_CUDNN);
   int d[CONV_DIMS];
   if (!readInts(env, dimsArray, d, CONV_DIMS)) return jniError(JNI_BAD_ARGUMENT);
-  if (!convArgsOk(dtype, layout, computeMode, search, wsBytes, d)) return jniError(JNI_BAD_ARGUMENT);
+  if (!convArgsOk(env, dtype, layout, computeMode, search, wsBytes, limit, needOut, d)) {
+    return jniError(JNI_BAD_ARGUMENT);
+  }
   DnnKey key;
   jint kst = dnnKey(1, dtype, layout, &key);  // kind: convolution
   if (kst != 0) return kst;
   key.v[4] = computeMode;
-  key.v[5] = (int)(wsBytes >> 20);
+  key.v[5] = (int)(limit >> 20);
   key.v[22] = search;
   for (int i = 0; i < CONV_DIMS; i++) key.v[6 + i] = d[i];
   auto it = t_convPlans.find(key);
@@ -800,54 +872,49 @@ jint runConv(JNIEnv* env, jlong handle, jint dtype, jint layout, jintArray dimsA
   if (p->status != 0) return p->status;
   cudnnHandle_t h = fromJ<cudnnHandle_t>(handle);
   if (!p->ranked[dir]) {
-    jint st = rankConv(h, p, dir, computeMode, (size_t)wsBytes, search);
+    jint st = rankConv(h, p, dir, computeMode, (size_t)limit, search);
     if (st != 0) return st;
   }
   const float alpha = 1.0f;
+  void* ws = fromJ<void*>(workspace);
   while (p->next[dir] < p->algos[dir].size()) {
     size_t i = p->next[dir];
     TRY_CUDNN(t.cudnnSetConvolutionMathType(p->d.conv[dir], p->maths[dir][i]));
-    cudnnStatus_t s;
-    const bool known = p->needs[dir][i] != SIZE_MAX;
-    size_t need = known ? p->needs[dir][i] : 0;
-    void* ws = fromJ<void*>(workspace);
-    if (dir == 0) {
-      auto algo = (cudnnConvolutionFwdAlgo_t)p->algos[dir][i];
-      s = known ? CUDNN_STATUS_SUCCESS
-                : t.cudnnGetConvolutionForwardWorkspaceSize(h, p->x, p->d.filter, p->d.conv[0], p->y, algo, &need);
-      if (s == CUDNN_STATUS_SUCCESS && need <= (size_t)wsBytes) {
-        s = t.cudnnConvolutionForward(h, &alpha, p->x, fromJ<const void*>(a), p->d.filter, fromJ<const void*>(b),
-                                      p->d.conv[0], algo, ws, (size_t)wsBytes, &beta, p->y, fromJ<void*>(c));
-      }
-    } else if (dir == 1) {
-      auto algo = (cudnnConvolutionBwdDataAlgo_t)p->algos[dir][i];
-      s = known ? CUDNN_STATUS_SUCCESS
-                : t.cudnnGetConvolutionBackwardDataWorkspaceSize(h, p->d.filter, p->y, p->d.conv[1], p->x, algo, &need);
-      if (s == CUDNN_STATUS_SUCCESS && need <= (size_t)wsBytes) {
-        s = t.cudnnConvolutionBackwardData(h, &alpha, p->d.filter, fromJ<const void*>(b), p->y,
-                                           fromJ<const void*>(a), p->d.conv[1], algo, ws, (size_t)wsBytes, &beta,
-                                           p->x, fromJ<void*>(c));
-      }
-    } else {
-      auto algo = (cudnnConvolutionBwdFilterAlgo_t)p->algos[dir][i];
-      s = known ? CUDNN_STATUS_SUCCESS
-                : t.cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p->x, p->y, p->d.conv[2], p->d.filter, algo,
-                                                                   &need);
-      if (s == CUDNN_STATUS_SUCCESS && need <= (size_t)wsBytes) {
-        s = t.cudnnConvolutionBackwardFilter(h, &alpha, p->x, fromJ<const void*>(a), p->y, fromJ<const void*>(b),
-                                             p->d.conv[2], algo, ws, (size_t)wsBytes, &beta, p->d.filter,
-                                             fromJ<void*>(c));
-      }
+    cudnnStatus_t s = CUDNN_STATUS_SUCCESS;
+    const int algo = p->algos[dir][i];
+    if (p->needs[dir][i] == SIZE_MAX) {
+      size_t asked = 0;
+      s = dir == 0 ? t.cudnnGetConvolutionForwardWorkspaceSize(h, p->x, p->d.filter, p->d.conv[0], p->y,
+                                                                (cudnnConvolutionFwdAlgo_t)algo, &asked)
+          : dir == 1 ? t.cudnnGetConvolutionBackwardDataWorkspaceSize(h, p->d.filter, p->y, p->d.conv[1], p->x,
+                                                                      (cudnnConvolutionBwdDataAlgo_t)algo, &asked)
+                     : t.cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p->x, p->y, p->d.conv[2], p->d.filter,
+                                                                        (cudnnConvolutionBwdFilterAlgo_t)algo, &asked);
+      if (s == CUDNN_STATUS_SUCCESS) p->needs[dir][i] = asked;
     }
-    if (s == CUDNN_STATUS_SUCCESS && need <= (size_t)wsBytes) {
-      p->needs[dir][i] = need;
-      return 0;
+    const size_t need = s == CUDNN_STATUS_SUCCESS ? p->needs[dir][i] : 0;
+    if (s == CUDNN_STATUS_SUCCESS && need <= (size_t)limit) {
+      if (need > (size_t)wsBytes) return withNeed(env, needOut, jniError(JNI_CUDNN_WORKSPACE), need);
+      if (dir == 0) {
+        s = t.cudnnConvolutionForward(h, &alpha, p->x, fromJ<const void*>(a), p->d.filter, fromJ<const void*>(b),
+                                      p->d.conv[0], (cudnnConvolutionFwdAlgo_t)algo, ws, (size_t)wsBytes, &beta,
+                                      p->y, fromJ<void*>(c));
+      } else if (dir == 1) {
+        s = t.cudnnConvolutionBackwardData(h, &alpha, p->d.filter, fromJ<const void*>(b), p->y,
+                                           fromJ<const void*>(a), p->d.conv[1], (cudnnConvolutionBwdDataAlgo_t)algo,
+                                           ws, (size_t)wsBytes, &beta, p->x, fromJ<void*>(c));
+      } else {
+        s = t.cudnnConvolutionBackwardFilter(h, &alpha, p->x, fromJ<const void*>(a), p->y, fromJ<const void*>(b),
+                                             p->d.conv[2], (cudnnConvolutionBwdFilterAlgo_t)algo, ws,
+                                             (size_t)wsBytes, &beta, p->d.filter, fromJ<void*>(c));
+      }
+      if (s == CUDNN_STATUS_SUCCESS) return withNeed(env, needOut, 0, need);
     }
     if (s != CUDNN_STATUS_SUCCESS && s != CUDNN_STATUS_NOT_SUPPORTED && s != CUDNN_STATUS_BAD_PARAM &&
         s != CUDNN_STATUS_NOT_SUPPORTED_ARCH_MISMATCH) {
       return cudnn(s);  // a real failure (e.g. execution failed): report it, keep the algorithm
     }
-    p->next[dir]++;  // this algorithm cannot run this shape after all: try the next one
+    p->next[dir]++;  // this algorithm cannot run this shape within the limit after all: try the next one
   }
   return jniError(JNI_NO_CUDNN_ALGORITHM);
 }
@@ -901,20 +968,23 @@ extern "C" {
 
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnConvForward(JNIEnv* env, jclass, jlong handle,
     jint dtype, jint layout, jintArray dims, jint computeMode, jint search, jlong x, jlong w, jlong y, jfloat beta,
-    jlong workspace, jlong wsBytes) {
-  return runConv(env, handle, dtype, layout, dims, computeMode, search, 0, x, w, y, beta, workspace, wsBytes);
+    jlong workspace, jlong wsBytes, jlong limitBytes, jlongArray need) {
+  return runConv(env, handle, dtype, layout, dims, computeMode, search, 0, x, w, y, beta, workspace, wsBytes,
+                 limitBytes, need);
 }
 
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnConvBackwardData(JNIEnv* env, jclass, jlong handle,
     jint dtype, jint layout, jintArray dims, jint computeMode, jint search, jlong dy, jlong w, jlong dx, jfloat beta,
-    jlong workspace, jlong wsBytes) {
-  return runConv(env, handle, dtype, layout, dims, computeMode, search, 1, dy, w, dx, beta, workspace, wsBytes);
+    jlong workspace, jlong wsBytes, jlong limitBytes, jlongArray need) {
+  return runConv(env, handle, dtype, layout, dims, computeMode, search, 1, dy, w, dx, beta, workspace, wsBytes,
+                 limitBytes, need);
 }
 
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnConvBackwardFilter(JNIEnv* env, jclass,
     jlong handle, jint dtype, jint layout, jintArray dims, jint computeMode, jint search, jlong x, jlong dy, jlong dw,
-    jfloat beta, jlong workspace, jlong wsBytes) {
-  return runConv(env, handle, dtype, layout, dims, computeMode, search, 2, x, dy, dw, beta, workspace, wsBytes);
+    jfloat beta, jlong workspace, jlong wsBytes, jlong limitBytes, jlongArray need) {
+  return runConv(env, handle, dtype, layout, dims, computeMode, search, 2, x, dy, dw, beta, workspace, wsBytes,
+                 limitBytes, need);
 }
 
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnBnForwardInference(JNIEnv*, jclass, jlong handle,
@@ -956,11 +1026,17 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnBnForwardInference
 //    nothing non-deterministic (a seed gives the same bits, as with the legacy API); never an engine that
 //    compiles its kernel at run time (NVRTC: seconds per shape inside a training step, and a library the
 //    machine may lack);
-//  - the execution plan in use. search 0: the first candidate whose plan finalizes and needs no more
-//    workspace than the caller's buffer. search 1 (cudnn.benchmark): up to 8 such plans, each run once to warm
-//    up and 3 times between CUDA events on the handle's stream, the median compared, the fastest kept. Timed
-//    runs write c; when beta != 0 (c accumulates) they write to the tail of the workspace instead and get
-//    only the rest as workspace (if c takes more than half of it, the first plan that fits is used untimed).
+//  - the execution plan in use and the workspace it needs. search 0: the first candidate whose plan finalizes
+//    and needs no more workspace than the caller's limit. search 1 (cudnn.benchmark): up to 8 such plans, each
+//    run once to warm up and 3 times between CUDA events on the handle's stream, the median compared, the
+//    fastest kept. Timed runs write c; when beta != 0 (c accumulates) they write to a tail of c's size behind
+//    their workspace instead, and the candidates may need only the limit less that tail (256-byte aligned; if c
+//    takes more than half of the limit, the first plan that fits is used untimed).
+// The workspace (Note [cuDNN ops], Note [cuDNN workspace] in CudaDevice): the limit chooses; when the plan in use
+// needs more than the caller's buffer, the call returns JNI_CUDNN_WORKSPACE with the bytes, running nothing.
+// Timing runs the candidates on the caller's buffer: when it is smaller than the largest candidate's need (plus
+// the tail), the call returns JNI_CUDNN_TRIAL_WORKSPACE with those bytes, keeping the finalized candidates for
+// the call that brings a trial buffer that large.
 // A call binds its pointers in a variant pack built per call (finalized descriptors are read-only). A plan
 // whose execution reports NOT_SUPPORTED gives way to the next candidate. When no candidate is left, or cuDNN
 // does not support the graph itself, the key keeps JNI_NO_CUDNN_ENGINE and returns it at once from then on.
@@ -1047,6 +1123,16 @@ struct GraphConvPlan {
   bool fallbackListed = false;           // the fallback mode's configs have been appended
   size_t next = 0;                       // the candidate the plan in use came from, or the next one to try
   BackendDesc plan;                      // the execution plan in use; null until chosen
+  int64_t planNeed = 0;                  // its workspace bytes
+  // search 1: the finalized plans to time (candidate index, workspace bytes), listed once per choice
+  struct Trial {
+    size_t index;
+    int64_t need;
+    BackendDesc plan;
+  };
+  std::vector<Trial> trials;
+  bool trialsListed = false;
+  size_t trialsFirst = 0;  // p->next when they were listed
   jint status = 0;  // non-zero: building failed with this status, or JNI_NO_CUDNN_ENGINE (returned again)
 };
 
@@ -1212,10 +1298,10 @@ jint makeExecutionPlan(cudnnHandle_t h, const BackendDesc& cfg, BackendDesc* pla
 }
 
 // From candidate p->next on (appending the fallback mode's configs once the others are used up), the first
-// whose plan finalizes with at most budget bytes of workspace: into *plan, p->next pointing at it; else
-// JNI_NO_CUDNN_ENGINE.
+// whose plan finalizes with at most budget bytes of workspace: into *plan (its workspace bytes into *planNeed),
+// p->next pointing at it; else JNI_NO_CUDNN_ENGINE.
 jint nextFittingPlan(cudnnHandle_t h, GraphConvPlan* p, int dir, jint dtype, jint computeMode, jint search,
-                     int64_t budget, BackendDesc* plan) {
+                     int64_t budget, BackendDesc* plan, int64_t* planNeed) {
   while (true) {
     if (p->next >= p->candidates.size()) {
       if (p->fallbackListed) return jniError(JNI_NO_CUDNN_ENGINE);
@@ -1227,7 +1313,10 @@ jint nextFittingPlan(cudnnHandle_t h, GraphConvPlan* p, int dir, jint dtype, jin
     int64_t need = -1;
     jint st = makeExecutionPlan(h, p->candidates[p->next], plan, &need);
     if (st != 0) return st;
-    if (need >= 0 && need <= budget) return 0;
+    if (need >= 0 && need <= budget) {
+      *planNeed = need;
+      return 0;
+    }
     plan->reset();
     p->next++;
   }
@@ -1273,49 +1362,81 @@ jint timePlan(cudnnHandle_t h, const BackendDesc& plan, const BackendDesc& vp, c
   return 0;
 }
 
-// Chooses p->plan (Note [cuDNN graph convolutions]): ptrs = a, b, c; outBytes = the bytes of c's tensor.
+// Chooses p->plan and p->planNeed within limit (Note [cuDNN graph convolutions]): ptrs = a, b, c; outBytes = the
+// bytes of c's tensor; workspace/wsBytes: the caller's buffer, on which search 1 times the candidates. When that
+// is too small for them: JNI_CUDNN_TRIAL_WORKSPACE, *trialBytes = what they need, the candidates kept.
 jint chooseGraphPlan(cudnnHandle_t h, GraphConvPlan* p, int dir, jint dtype, jint computeMode, jint search,
-                     void* const* ptrs, size_t outBytes, jfloat beta, jlong workspace, jlong wsBytes,
-                     const BackendDesc& vp) {
-  if (search == 0 || (beta != 0.0f && outBytes > (size_t)wsBytes / 2)) {
-    return nextFittingPlan(h, p, dir, dtype, computeMode, search, wsBytes, &p->plan);
+                     void* const* ptrs, size_t outBytes, jfloat beta, jlong workspace, jlong wsBytes, jlong limit,
+                     const BackendDesc& vp, int64_t* trialBytes) {
+  if (search == 0 || (beta != 0.0f && outBytes > (size_t)limit / 2)) {
+    return nextFittingPlan(h, p, dir, dtype, computeMode, search, limit, &p->plan, &p->planNeed);
   }
-  // Timed runs with beta != 0 write to the workspace's tail (256-byte aligned); the rest is their workspace.
-  BackendDesc redirected;
-  int64_t budget = wsBytes;
-  if (beta != 0.0f) {
-    uintptr_t tail = ((uintptr_t)workspace + (size_t)wsBytes - outBytes) & ~(uintptr_t)255;
-    budget = (int64_t)(tail - (uintptr_t)workspace);
-    void* const timed[3] = {ptrs[0], ptrs[1], reinterpret_cast<void*>(tail)};
-    jint st = variantPack(dir, timed, fromJ<void*>(workspace), &redirected);
-    if (st != 0) return st;
+  // Timed runs with beta != 0 write to a tail of outBytes behind their workspace: the candidates get the limit
+  // less the tail, 256-byte aligned (what they got when the buffer was always the limit's size).
+  const int64_t budget = beta != 0.0f ? (int64_t)(((size_t)limit - outBytes) & ~(size_t)255) : (int64_t)limit;
+  if (!p->trialsListed) {
+    p->trials.clear();
+    p->trialsFirst = p->next;
+    for (size_t tried = 0; tried < GRAPH_MAX_TIMED; tried++, p->next++) {
+      GraphConvPlan::Trial trial{0, 0, BackendDesc()};
+      jint st = nextFittingPlan(h, p, dir, dtype, computeMode, search, budget, &trial.plan, &trial.need);
+      if (st == jniError(JNI_NO_CUDNN_ENGINE)) break;
+      if (st != 0) {
+        p->trials.clear();
+        p->next = p->trialsFirst;
+        return st;
+      }
+      trial.index = p->next;
+      p->trials.push_back(std::move(trial));
+    }
+    p->trialsListed = true;
   }
-  const BackendDesc& timedVp = beta != 0.0f ? redirected : vp;
-  cudaStream_t stream = nullptr;
-  TRY_CUDNN(g_cudnn.cudnnGetStream(h, &stream));
-  TimingEvents ev;
-  TRY_CUDART(cudaEventCreate(&ev.start));
-  TRY_CUDART(cudaEventCreate(&ev.stop));
-  const size_t first = p->next;
+  const size_t first = p->trialsFirst;
   size_t best = SIZE_MAX;
-  float bestMs = 0;
-  for (size_t tried = 0; tried < GRAPH_MAX_TIMED; tried++, p->next++) {
-    BackendDesc plan;
-    jint st = nextFittingPlan(h, p, dir, dtype, computeMode, search, budget, &plan);
-    if (st == jniError(JNI_NO_CUDNN_ENGINE)) break;
-    if (st != 0) return st;
-    float ms = -1;
-    st = timePlan(h, plan, timedVp, stream, ev, &ms);
-    if (st != 0) return st;
-    if (ms >= 0 && (best == SIZE_MAX || ms < bestMs)) {
-      best = p->next;
-      bestMs = ms;
-      p->plan = std::move(plan);
+  if (!p->trials.empty()) {
+    int64_t most = 0;
+    for (const auto& trial : p->trials) most = std::max(most, trial.need);
+    const int64_t tailAt = (most + 255) & ~(int64_t)255;
+    const int64_t need = beta != 0.0f ? tailAt + (int64_t)outBytes : most;
+    if (need > wsBytes) {
+      *trialBytes = need;
+      return jniError(JNI_CUDNN_TRIAL_WORKSPACE);
+    }
+    BackendDesc redirected;
+    if (beta != 0.0f) {
+      uintptr_t tail = ((uintptr_t)workspace + (size_t)wsBytes - outBytes) & ~(uintptr_t)255;
+      void* const timed[3] = {ptrs[0], ptrs[1], reinterpret_cast<void*>(tail)};
+      jint st = variantPack(dir, timed, fromJ<void*>(workspace), &redirected);
+      if (st != 0) return st;
+    }
+    const BackendDesc& timedVp = beta != 0.0f ? redirected : vp;
+    cudaStream_t stream = nullptr;
+    TRY_CUDNN(g_cudnn.cudnnGetStream(h, &stream));
+    TimingEvents ev;
+    TRY_CUDART(cudaEventCreate(&ev.start));
+    TRY_CUDART(cudaEventCreate(&ev.stop));
+    float bestMs = 0;
+    for (size_t i = 0; i < p->trials.size(); i++) {
+      float ms = -1;
+      jint st = timePlan(h, p->trials[i].plan, timedVp, stream, ev, &ms);
+      if (st != 0) return st;
+      if (ms >= 0 && (best == SIZE_MAX || ms < bestMs)) {
+        best = i;
+        bestMs = ms;
+      }
     }
   }
-  // No plan was timed (none fits the timing budget, or none ran): the first that fits the whole workspace.
-  p->next = best == SIZE_MAX ? first : best;
-  if (best == SIZE_MAX) return nextFittingPlan(h, p, dir, dtype, computeMode, search, wsBytes, &p->plan);
+  std::vector<GraphConvPlan::Trial> trials = std::move(p->trials);
+  p->trials.clear();
+  p->trialsListed = false;
+  // No plan was timed (none fits the timing budget, or none ran): the first that fits the whole limit.
+  if (best == SIZE_MAX) {
+    p->next = first;
+    return nextFittingPlan(h, p, dir, dtype, computeMode, search, limit, &p->plan, &p->planNeed);
+  }
+  p->next = trials[best].index;
+  p->planNeed = trials[best].need;
+  p->plan = std::move(trials[best].plan);
   return 0;
 }
 
@@ -1329,12 +1450,13 @@ size_t graphTensorBytes(int64_t uid, jint dtype, const int* d) {
 
 // Runs one direction through the graph API (Note [cuDNN graph convolutions]); arguments as runConv's.
 jint runGraphConv(JNIEnv* env, jlong handle, jint dir, jint dtype, jint layout, jintArray dimsArray, jint computeMode,
-                  jint search, jlong a, jlong b, jlong c, jfloat beta, jlong workspace, jlong wsBytes) {
+                  jint search, jlong a, jlong b, jlong c, jfloat beta, jlong workspace, jlong wsBytes, jlong limit,
+                  jlongArray needOut) {
   const CudnnTable& t = cudnnTable();
   if (!t.ok) return jniError(JNI_NO_CUDNN);
   int d[CONV_DIMS];
   if (!readInts(env, dimsArray, d, CONV_DIMS)) return jniError(JNI_BAD_ARGUMENT);
-  if (dir < 0 || dir > 2 || !convArgsOk(dtype, layout, computeMode, search, wsBytes, d)) {
+  if (dir < 0 || dir > 2 || !convArgsOk(env, dtype, layout, computeMode, search, wsBytes, limit, needOut, d)) {
     return jniError(JNI_BAD_ARGUMENT);
   }
   const jlong ptr[3] = {a, b, c};
@@ -1342,7 +1464,7 @@ jint runGraphConv(JNIEnv* env, jlong handle, jint dir, jint dtype, jint layout, 
   jint kst = dnnKey(4, dtype, layout, &key);  // kind: graph convolution
   if (kst != 0) return kst;
   key.v[4] = computeMode;
-  key.v[5] = (int)(wsBytes >> 20);
+  key.v[5] = (int)(limit >> 20);
   for (int i = 0; i < CONV_DIMS; i++) key.v[6 + i] = d[i];
   key.v[22] = search;
   key.v[23] = dir;
@@ -1372,12 +1494,16 @@ jint runGraphConv(JNIEnv* env, jlong handle, jint dir, jint dtype, jint layout, 
   if (st != 0) return st;
   while (true) {
     if (p->plan.d == nullptr) {
+      int64_t trialBytes = 0;
       st = chooseGraphPlan(h, p, dir, dtype, computeMode, search, ptrs, graphTensorBytes(GRAPH_UIDS[dir][2], dtype, d),
-                           beta, workspace, wsBytes, vp);
+                           beta, workspace, wsBytes, limit, vp, &trialBytes);
+      if (st == jniError(JNI_CUDNN_TRIAL_WORKSPACE)) return withNeed(env, needOut, st, (size_t)trialBytes);
       if (st == jniError(JNI_NO_CUDNN_ENGINE)) p->status = st;
       if (st != 0) return st;
     }
+    if (p->planNeed > wsBytes) return withNeed(env, needOut, jniError(JNI_CUDNN_WORKSPACE), (size_t)p->planNeed);
     cudnnStatus_t s = t.cudnnBackendExecute(h, p->plan.d, vp.d);
+    if (s == CUDNN_STATUS_SUCCESS) return withNeed(env, needOut, 0, (size_t)p->planNeed);
     if (!notSupported(s)) return cudnn(s);
     p->plan.reset();  // this engine cannot run the call after all: try the next candidate
     p->next++;
@@ -1390,10 +1516,12 @@ extern "C" {
 
 // dir 0 forward (a x, b w, c y), 1 backward data (a dy, b w, c dx), 2 backward filter (a x, b dy, c dw);
 // c = result + beta * c. JNI_NO_CUDNN_ENGINE: no engine for this shape, use cudnnConv* (the legacy API).
+// JNI_CUDNN_WORKSPACE / JNI_CUDNN_TRIAL_WORKSPACE: need[0] bytes of workspace wanted, nothing ran.
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cudnnGraphConv(JNIEnv* env, jclass, jlong handle, jint dir,
     jint dtype, jint layout, jintArray dims, jint computeMode, jint search, jlong a, jlong b, jlong c, jfloat beta,
-    jlong workspace, jlong wsBytes) {
-  return runGraphConv(env, handle, dir, dtype, layout, dims, computeMode, search, a, b, c, beta, workspace, wsBytes);
+    jlong workspace, jlong wsBytes, jlong limitBytes, jlongArray need) {
+  return runGraphConv(env, handle, dir, dtype, layout, dims, computeMode, search, a, b, c, beta, workspace, wsBytes,
+                      limitBytes, need);
 }
 
 }  // extern "C"

@@ -439,14 +439,23 @@ public final class GpuBench {
 
   // ---------------------------------------------------------------- all-reduce
 
+  /**
+   * The all-reduce benchmark takes the path that the trainer takes for a gradient of each size
+   * (Trainer.overlapsAllReduce under this mode): -Dsparktrainer.train.allReduceMode (auto, overlapped, in_order),
+   * as the trainer reads it; AUTO: in order on the compute stream for <= 256 MiB on one host, else on the comm
+   * stream. The path is in each result ("path").
+   */
+  static final Trainer.AllReduceMode ALLREDUCE_MODE =
+      Trainer.AllReduceMode.parse(System.getProperty("sparktrainer.train.allReduceMode", "auto"));
+
   static List<Map<String, Object>> allReduce(int world, String card, String variant) {
     long[] sizes = {25L << 20, 256L << 20, 1L << 30};
     int warmup = 5;
-    int iters = 20;
+    int iters = 50; // as torch_ref.py's ALLREDUCE_ITERS
     List<double[]> perRank = LocalLauncher.run(world, Cuda.deviceCount(), 600, ctx -> {
       try (CudaDevice d = new CudaDevice(GpuSelector.select(ctx));
           NcclCommunicator c = NcclCommunicator.create(ctx, d, Duration.ofMinutes(2))) {
-        double[] secs = new double[sizes.length];
+        double[] secs = new double[2 * sizes.length];
         for (int s = 0; s < sizes.length; s++) {
           int n = (int) (sizes[s] / 4);
           Tensor buf = d.allocate(DType.FLOAT32, n);
@@ -460,12 +469,20 @@ public final class GpuBench {
           // Queued back to back (the trainer's async path), then one wait under the watchdog, as
           // torch.distributed is timed: dist.all_reduce x iters, then synchronize.
           long t0 = System.nanoTime();
+          boolean overlapped = Trainer.overlapsAllReduce(ALLREDUCE_MODE, sizes[s], c.allRanksOnOneHost());
           for (int i = 0; i < iters; i++) {
-            c.allReduceSumAsync(buf);
+            if (overlapped) {
+              c.allReduceSumAsync(buf);
+            } else {
+              c.allReduceSumInOrder(buf);
+            }
           }
+          long queued = System.nanoTime();
           c.awaitAsync();
           d.synchronize();
           secs[s] = (System.nanoTime() - t0) / 1e9 / iters;
+          // host time to hand one all-reduce to NCCL (Note [blocking collectives] in NcclCommunicator)
+          secs[sizes.length + s] = (queued - t0) / 1e9 / iters;
         }
         return secs;
       }
@@ -473,8 +490,10 @@ public final class GpuBench {
     List<Map<String, Object>> out = new ArrayList<>();
     for (int s = 0; s < sizes.length; s++) {
       double t = 0;
+      double host = 0;
       for (double[] r : perRank) {
         t = Math.max(t, r[s]);
+        host = Math.max(host, r[sizes.length + s]);
       }
       double bus = sizes[s] * 2.0 * (world - 1) / world / t / 1e9;
       Map<String, Object> m = new LinkedHashMap<>();
@@ -486,6 +505,10 @@ public final class GpuBench {
       m.put("unit", "GB/s bus bandwidth");
       m.put("card", card);
       m.put("seconds_per_op", t);
+      m.put("host_us_per_call", Math.round(host * 1e7) / 10.0);
+      // LocalLauncher's ranks share this host
+      m.put("path", Trainer.overlapsAllReduce(ALLREDUCE_MODE, sizes[s], true) ? "comm stream (overlapped)"
+          : "compute stream (in order)");
       out.add(m);
     }
     return out;

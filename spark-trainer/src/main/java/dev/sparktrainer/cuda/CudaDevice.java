@@ -1928,11 +1928,16 @@ public final class CudaDevice implements Device {
   // ---------------------------------------------------------------- convolutional layers (cuDNN)
   // Note [cuDNN layers]: channels-first (N, C, H, W) tensors, FLOAT32 or BFLOAT16 activations (one dtype per
   // call), FLOAT32 per-channel parameters, statistics and gradients (Device's dtype contract). cuDNN picks the
-  // algorithms (deterministic for the backward passes) within a bounded workspace, once per shape (Note [cuDNN
-  // ops] in sparktrainer_jni.cpp). fp32 convolutions run without TF32 unless Options.tf32 is on, so they match
-  // the CPU engine to rounding; bf16 ones use the tensor cores with fp32 accumulation.
+  // algorithms (deterministic for the backward passes) within a workspace limit, once per shape (Note [cuDNN
+  // ops] in sparktrainer_jni.cpp); the workspace itself grows to what the chosen ones need (Note [cuDNN
+  // workspace]). fp32 convolutions run without TF32 unless Options.tf32 is on, so they match the CPU engine to
+  // rounding; bf16 ones use the tensor cores with fp32 accumulation.
 
-  /** Bytes of the cuDNN workspace: -Dsparktrainer.cudnn.workspaceMiB (default 512). */
+  /**
+   * The cuDNN workspace limit in bytes: -Dsparktrainer.cudnn.workspaceMiB (default 512). Convolution algorithms
+   * are chosen among those that need at most this much; the buffer only grows to what the chosen ones need (Note
+   * [cuDNN workspace]).
+   */
   static final long CUDNN_WORKSPACE_BYTES = Long.getLong("sparktrainer.cudnn.workspaceMiB", 512L) << 20;
   /**
    * -Dsparktrainer.cudnn.benchmark=true: choose convolution algorithms by timing them once per shape (as PyTorch's
@@ -2039,14 +2044,71 @@ public final class CudaDevice implements Device {
     }
     adopt(d, to);
   }
-  private CudaBuffer cudnnWorkspace;
+  // Note [cuDNN workspace]: cuDNN chooses each convolution's algorithm (engine plan) among those that need at most
+  // CUDNN_WORKSPACE_BYTES of workspace and caches it per shape (Note [cuDNN ops] in sparktrainer_jni.cpp), but the
+  // buffer is only as large as the most that the chosen algorithms have needed so far, rounded up to 1 MiB, and
+  // there is none while none needs any. (A fixed 512 MiB buffer was most of the Fashion-MNIST CNN's 0.65 GiB
+  // peak, against PyTorch's 0.41 GiB.) The native calls get the limit and the buffer apart: the limit chooses (it
+  // is part of the plan's key), so the algorithms, and the bits, are those of a buffer of the limit's size. When the
+  // algorithm in use needs more than the buffer, the call runs nothing and answers CUDNN_WORKSPACE_TOO_SMALL with
+  // the bytes; the buffer grows and the call is repeated. Growing first waits for the compute stream (cuDNN's
+  // handle is bound to it, so the convolutions queued so far are the only users of the old buffer), then frees
+  // the old buffer and allocates the new one (never both at once). It is an allocation, so it is refused while a
+  // CUDA graph is captured (GraphCaptureException; the trainer's eager warm-up steps meet every shape first), and
+  // freeing the old buffer makes graphs captured before stale (they point at it; CudaGraph.freesAtCapture).
+  // Timed choice (sparktrainer.cudnn.benchmark) on the graph API runs the candidates on the workspace: when they
+  // need more than the buffer (the largest candidate's need, plus the output's size when the call accumulates),
+  // the call answers CUDNN_TRIAL_WORKSPACE and a trial buffer that large is allocated for that one call and freed
+  // after it, as PyTorch's benchmark allocates one for its trials; the buffer then grows to the chosen plan's need.
+  // No graph can point at a trial buffer (it lives inside one call, and nothing is allocated during a capture), so
+  // freeing it leaves the graphs replayable.
+  private volatile CudaBuffer cudnnWorkspace; // null until a chosen algorithm needs workspace
+  private volatile long cudnnWorkspaceNeed; // the most workspace a chosen algorithm has needed, bytes
   private final java.util.Map<String, CudaTensor> convScratch = new java.util.HashMap<>();
 
-  private synchronized CudaBuffer cudnnWorkspace() {
-    if (cudnnWorkspace == null) {
-      cudnnWorkspace = arena.allocate(CUDNN_WORKSPACE_BYTES, "cuDNN workspace");
+  /** Bytes of the cuDNN workspace now (0 while none is allocated); Note [cuDNN workspace]. */
+  public long cudnnWorkspaceBytes() {
+    CudaBuffer ws = cudnnWorkspace;
+    return ws == null ? 0 : ws.bytes();
+  }
+
+  /** The most workspace, in bytes, that the convolution algorithms this device ran have needed. */
+  long cudnnWorkspaceNeed() {
+    return cudnnWorkspaceNeed;
+  }
+
+  /**
+   * The workspace buffer's size for a need of {@code need} bytes under {@code limit}: none for none, else the need
+   * rounded up to 1 MiB (so that needs a little apart share one size), but not beyond the limit.
+   */
+  static long cudnnWorkspaceSize(long need, long limit) {
+    if (need <= 0) {
+      return 0;
     }
-    return cudnnWorkspace;
+    long mib = 1L << 20;
+    long rounded = need > Long.MAX_VALUE - mib ? need : (need + mib - 1) / mib * mib;
+    return Math.max(need, Math.min(rounded, limit));
+  }
+
+  /**
+   * Makes the cuDNN workspace at least {@code need} bytes (Note [cuDNN workspace]): waits for the compute stream,
+   * frees the old buffer and allocates one of cudnnWorkspaceSize(need). Refused during a CUDA graph capture.
+   */
+  synchronized void growCudnnWorkspace(long need) {
+    CudaBuffer old = cudnnWorkspace;
+    if (need <= (old == null ? 0 : old.bytes())) {
+      return;
+    }
+    long size = cudnnWorkspaceSize(need, CUDNN_WORKSPACE_BYTES);
+    checkNotCapturing("growing the cuDNN workspace to " + size + " bytes");
+    if (old != null) {
+      compute.synchronize(); // queued convolutions may still use the old buffer
+      cudnnWorkspace = null;
+      old.close();
+    }
+    cudnnWorkspace = arena.allocate(size, "cuDNN workspace");
+    LOG.log(System.Logger.Level.DEBUG, "{0}: cuDNN workspace now {1} bytes (limit {2})", name, size,
+        CUDNN_WORKSPACE_BYTES);
   }
 
   /** The activation dtype shared by {@code ts} (FLOAT32 or BFLOAT16), else IllegalArgumentException. */
@@ -2112,6 +2174,7 @@ public final class CudaDevice implements Device {
   private static final int CONV_BACKWARD_DATA = 1;
   private static final int CONV_BACKWARD_FILTER = 2;
   private boolean cudnnGraph = cudnnGraphApi(CUDNN_API);
+  private int cudnnSearch = CUDNN_SEARCH;
   private final java.util.Set<String> cudnnGraphFallbacks = java.util.concurrent.ConcurrentHashMap.newKeySet();
 
   private static boolean cudnnGraphApi(String api) {
@@ -2128,6 +2191,11 @@ public final class CudaDevice implements Device {
     cudnnGraph = graph;
   }
 
+  /** Switches this device's algorithm choice between heuristics and timing (tests run both; CUDNN_SEARCH). */
+  void useCudnnBenchmark(boolean timed) {
+    cudnnSearch = timed ? 1 : 0;
+  }
+
   /** The convolutions (as convWhat names them, plus the layout) that the graph API left to the legacy one. */
   java.util.Set<String> cudnnGraphFallbacks() {
     return java.util.Set.copyOf(cudnnGraphFallbacks);
@@ -2140,12 +2208,10 @@ public final class CudaDevice implements Device {
    */
   private void cudnnConv(int dir, DType d, int layout, int[] dims, long a, long b, long c, float beta,
       java.util.function.Supplier<String> what) {
-    CudaBuffer ws = cudnnWorkspace();
     long h = cudnn().handle();
     int mode = computeMode(d);
     if (cudnnGraph) {
-      int st = Native.cudnnGraphConv(h, dir, d.ordinal(), layout, dims, mode, CUDNN_SEARCH, a, b, c, beta,
-          ws.address(), ws.bytes());
+      int st = cudnnConvCall(true, dir, h, d, layout, dims, mode, a, b, c, beta);
       if (st != Native.NO_CUDNN_ENGINE) {
         dnn(st, () -> what.get() + " through the cuDNN graph API");
         return;
@@ -2156,15 +2222,77 @@ public final class CudaDevice implements Device {
             shape);
       }
     }
-    int st = switch (dir) {
-      case CONV_FORWARD -> Native.cudnnConvForward(h, d.ordinal(), layout, dims, mode, CUDNN_SEARCH, a, b, c, beta,
-          ws.address(), ws.bytes());
-      case CONV_BACKWARD_DATA -> Native.cudnnConvBackwardData(h, d.ordinal(), layout, dims, mode, CUDNN_SEARCH, a, b,
-          c, beta, ws.address(), ws.bytes());
-      default -> Native.cudnnConvBackwardFilter(h, d.ordinal(), layout, dims, mode, CUDNN_SEARCH, a, b, c, beta,
-          ws.address(), ws.bytes());
-    };
-    dnn(st, what);
+    dnn(cudnnConvCall(false, dir, h, d, layout, dims, mode, a, b, c, beta), what);
+  }
+
+  /**
+   * One convolution through the graph or the legacy API, answering its workspace requests (Note [cuDNN
+   * workspace]): grows the workspace, or lends a trial buffer for the call, and calls again. Returns the status of
+   * the last call (a request that asks for no more than it was given is returned, and so thrown by dnn).
+   */
+  private int cudnnConvCall(boolean graph, int dir, long h, DType d, int layout, int[] dims, int mode, long a,
+      long b, long c, float beta) {
+    long[] need = new long[1];
+    CudaBuffer trial = null;
+    try {
+      for (int attempt = 0; ; attempt++) {
+        CudaBuffer ws = trial != null ? trial : cudnnWorkspace;
+        long wsAddress = ws == null ? 0 : ws.address();
+        long wsBytes = ws == null ? 0 : ws.bytes();
+        need[0] = 0;
+        int st = graph
+            ? Native.cudnnGraphConv(h, dir, d.ordinal(), layout, dims, mode, cudnnSearch, a, b, c, beta, wsAddress,
+                wsBytes, CUDNN_WORKSPACE_BYTES, need)
+            : switch (dir) {
+              case CONV_FORWARD -> Native.cudnnConvForward(h, d.ordinal(), layout, dims, mode, cudnnSearch, a, b, c,
+                  beta, wsAddress, wsBytes, CUDNN_WORKSPACE_BYTES, need);
+              case CONV_BACKWARD_DATA -> Native.cudnnConvBackwardData(h, d.ordinal(), layout, dims, mode,
+                  cudnnSearch, a, b, c, beta, wsAddress, wsBytes, CUDNN_WORKSPACE_BYTES, need);
+              default -> Native.cudnnConvBackwardFilter(h, d.ordinal(), layout, dims, mode, cudnnSearch, a, b, c,
+                  beta, wsAddress, wsBytes, CUDNN_WORKSPACE_BYTES, need);
+            };
+        if (st == 0) {
+          if (need[0] > cudnnWorkspaceNeed) {
+            cudnnWorkspaceNeed = need[0];
+          }
+          if (trial != null) { // it ran on the trial buffer: the workspace takes the chosen plan's size now
+            freeTrialWorkspace(trial);
+            trial = null;
+            growCudnnWorkspace(need[0]);
+          }
+          return 0;
+        }
+        boolean request = st == Native.CUDNN_WORKSPACE_TOO_SMALL || st == Native.CUDNN_TRIAL_WORKSPACE;
+        if (!request || need[0] <= wsBytes || attempt >= 4) {
+          return st;
+        }
+        if (trial != null) {
+          freeTrialWorkspace(trial);
+          trial = null;
+        }
+        if (st == Native.CUDNN_WORKSPACE_TOO_SMALL) {
+          growCudnnWorkspace(need[0]);
+        } else {
+          checkNotCapturing("a cuDNN trial workspace of " + need[0] + " bytes");
+          trial = arena.allocate(need[0], "cuDNN trial workspace");
+        }
+      }
+    } finally {
+      if (trial != null) {
+        freeTrialWorkspace(trial);
+      }
+    }
+  }
+
+  /**
+   * Frees a trial buffer of Note [cuDNN workspace] once the work queued on it is done. No CUDA graph can use it, so
+   * the count of freed allocations that marks graphs stale stays as it was.
+   */
+  private void freeTrialWorkspace(CudaBuffer trial) {
+    compute.synchronize(); // the trial runs and the convolution may still use it
+    long frees = memoryFrees;
+    trial.close();
+    memoryFrees = frees;
   }
 
   @Override

@@ -26,6 +26,18 @@ final class Native {
    */
   static final int NO_CUDNN_ENGINE = (LIB_JNI << 24) | 6;
 
+  /**
+   * JNI_CUDNN_WORKSPACE: the convolution's chosen algorithm needs more workspace than the buffer given, {@code
+   * need[0]} bytes; nothing ran (Note [cuDNN workspace] in CudaDevice).
+   */
+  static final int CUDNN_WORKSPACE_TOO_SMALL = (LIB_JNI << 24) | 7;
+
+  /**
+   * JNI_CUDNN_TRIAL_WORKSPACE: timing the candidate engines (search 1, graph API) needs a workspace of {@code
+   * need[0]} bytes for this call; nothing ran (Note [cuDNN workspace] in CudaDevice).
+   */
+  static final int CUDNN_TRIAL_WORKSPACE = (LIB_JNI << 24) | 8;
+
   /** NCCL reduction codes of the binding. */
   static final int OP_SUM = 0;
   static final int OP_AVG = 4;
@@ -71,7 +83,17 @@ final class Native {
 
   static native int ncclGetUniqueId(byte[] out);
 
+  /** Non-blocking; commOut = {comm, cell} (Note [NCCL handle cells] in sparktrainer_jni.cpp). */
   static native int ncclCommInitRank(long[] commOut, int nranks, byte[] id, int rank, int device);
+
+  /**
+   * ncclCommSplit(parent, color 0, key) with config.blocking = blocking; commOut = {child now (may be 0), cell}
+   * (Note [NCCL handle cells] in sparktrainer_jni.cpp).
+   */
+  static native int ncclCommSplit(long parent, int key, int blocking, long[] commOut);
+
+  /** The communicator NCCL stored in a cell of ncclCommInitRank/ncclCommSplit, freeing the cell: call once done. */
+  static native long ncclTakeComm(long cell);
 
   static native int ncclCommGetAsyncError(long comm, int[] out);
 
@@ -121,24 +143,31 @@ final class Native {
    * layout 0 NCHW, 1 NHWC; dims: n, c, h, w, k, kh, kw, padH, padW, strideH, strideW, dilationH, dilationW,
    * groups, oh, ow; computeMode 0 fp32 (no TF32), 1 TF32 allowed, 2 bf16 tensor cores; search 0 heuristics,
    * 1 timed trials (cudnn.benchmark). The output is
-   * result + beta * output. Algorithms are chosen within {@code workspaceBytes} and cached per shape.
+   * result + beta * output. Algorithms are chosen within {@code limitBytes} of workspace and cached per shape; the
+   * buffer ({@code workspace}, {@code workspaceBytes}) may be smaller: if the chosen algorithm needs more, nothing
+   * runs and the status is {@link #CUDNN_WORKSPACE_TOO_SMALL}. {@code need[0]} receives the bytes the algorithm
+   * needs (on success too).
    */
   static native int cudnnConvForward(long handle, int dtype, int layout, int[] dims, int computeMode, int search,
-      long x, long w, long y, float beta, long workspace, long workspaceBytes);
+      long x, long w, long y, float beta, long workspace, long workspaceBytes, long limitBytes, long[] need);
 
   static native int cudnnConvBackwardData(long handle, int dtype, int layout, int[] dims, int computeMode,
-      int search, long dy, long w, long dx, float beta, long workspace, long workspaceBytes);
+      int search, long dy, long w, long dx, float beta, long workspace, long workspaceBytes, long limitBytes,
+      long[] need);
 
   static native int cudnnConvBackwardFilter(long handle, int dtype, int layout, int[] dims, int computeMode,
-      int search, long x, long dy, long dw, float beta, long workspace, long workspaceBytes);
+      int search, long x, long dy, long dw, float beta, long workspace, long workspaceBytes, long limitBytes,
+      long[] need);
 
   /**
    * The same convolutions through cuDNN's backend (graph) API (Note [cuDNN graph convolutions]): dir 0
    * forward (a x, b w, c y), 1 backward data (a dy, b w, c dx), 2 backward filter (a x, b dy, c dw); the other
-   * arguments as above. {@link #NO_CUDNN_ENGINE}: no engine for this shape (remembered per shape natively).
+   * arguments as above. {@link #NO_CUDNN_ENGINE}: no engine for this shape (remembered per shape natively);
+   * {@link #CUDNN_TRIAL_WORKSPACE}: timing the candidates needs a buffer of {@code need[0]} bytes.
    */
   static native int cudnnGraphConv(long handle, int dir, int dtype, int layout, int[] dims, int computeMode,
-      int search, long a, long b, long c, float beta, long workspace, long workspaceBytes);
+      int search, long a, long b, long c, float beta, long workspace, long workspaceBytes, long limitBytes,
+      long[] need);
 
   /**
    * Batch norm in evaluation mode (spatial); per-channel tensors are FLOAT32. Training and its backward run on the

@@ -24,6 +24,25 @@ import java.util.concurrent.locks.LockSupport;
  * cause. So a peer that dies, stalls or aborts makes this rank fail within the timeout instead of hanging.
  * After a failure every call throws.
  *
+ * <p>Note [blocking collectives]: the collectives themselves run on a second communicator, split from the first
+ * one (ncclCommSplit, same ranks in the same order) with config.blocking = 1, unless
+ * -Dsparktrainer.nccl.blockingCollectives=false. Why: NCCL runs every call of a non-blocking communicator on a
+ * thread it starts for that call (group.cc, groupLaunchNonBlocking), which the host then polls for: 0.08-0.23 ms
+ * of host time per collective was measured on 2x H100, as much as a 25 MiB all-reduce takes on the GPU, so a
+ * step of small buckets or a loop of all-reduces was bound by the host. A blocking communicator's collective
+ * only queues kernels, in the caller's thread. Nothing new can hang, because every step that waits for a peer
+ * still runs non-blocking under the watchdog: the split runs in the non-blocking parent's group (NCCL takes the
+ * parent's mode for it; it is polled like the init, and aborting the parent aborts it), and the connections
+ * that NCCL makes at a communicator's first collective of each algorithm (runtime connect) are made at
+ * creation by warm-up all-reduces of several sizes (1 element, 64 KiB, 8 MiB: the sizes the tuner maps to
+ * each algorithm and protocol it uses here). What remains blocking is queueing kernels, and the waits for
+ * their completion are the watchdog's polls of CUDA events as before, so a dead or stalled peer still fails
+ * the rank within the timeout (ncclCommAbort of both communicators). The one residue: a collective whose size
+ * makes NCCL pick an algorithm not connected at creation connects at that call, in the caller's thread; its
+ * peers issue the same call (DESIGN.md's same-order rule), and a dead peer's closed sockets fail it rather than
+ * hang it. close() waits for the streams under the watchdog before finalizing the blocking communicator, so
+ * finalizing does not wait on a dead peer either.
+ *
  * <p>Ordering: collectives run on the device's comm stream after the work queued so far on its compute
  * stream (an event joins them), and later compute work waits for the collective. Every rank must issue the
  * same collectives in the same order (DESIGN.md).
@@ -32,6 +51,10 @@ public final class NcclCommunicator implements Communicator {
   private static final System.Logger LOG = System.getLogger(NcclCommunicator.class.getName());
   /** Default collective timeout. */
   public static final Duration DEFAULT_TIMEOUT = Duration.ofMinutes(5);
+  /** -Dsparktrainer.nccl.blockingCollectives=false keeps the collectives on the non-blocking communicator. */
+  public static final String BLOCKING_COLLECTIVES_PROPERTY = "sparktrainer.nccl.blockingCollectives";
+  /** Element counts (fp32) of the warm-up all-reduces that connect NCCL's algorithms at creation. */
+  static final int[] WARM_UP_COUNTS = {1, 16 << 10, 2 << 20};
 
   private final int rank;
   private final int worldSize;
@@ -42,7 +65,8 @@ public final class NcclCommunicator implements Communicator {
   private final CudaEvent commDone;
   private final CudaEvent joinDone; // the compute stream at the last joinAsync
   private final boolean oneHost; // all ranks named the same host at creation
-  private long comm; // ncclComm_t; 0 once aborted or destroyed
+  private long comm; // ncclComm_t of the collectives; 0 once aborted or destroyed
+  private long parent; // the non-blocking ncclComm_t that comm was split from (Note [blocking collectives]), or 0
   private volatile boolean abortRequested;
   private volatile String failure; // why the communicator is no longer usable
   private int asyncPending; // async collectives started since the last awaitAsync
@@ -72,6 +96,16 @@ public final class NcclCommunicator implements Communicator {
    * @throws CommunicatorException when the rendezvous or ncclCommInitRank fails or times out
    */
   public static NcclCommunicator create(WorkerContext ctx, CudaDevice device, Duration timeout) {
+    return create(ctx, device, timeout,
+        !"false".equalsIgnoreCase(System.getProperty(BLOCKING_COLLECTIVES_PROPERTY)));
+  }
+
+  /**
+   * As {@link #create(WorkerContext, CudaDevice, Duration)}; {@code blockingCollectives} false keeps the
+   * collectives on the non-blocking communicator (Note [blocking collectives]).
+   */
+  public static NcclCommunicator create(WorkerContext ctx, CudaDevice device, Duration timeout,
+      boolean blockingCollectives) {
     if (timeout.isNegative() || timeout.isZero()) {
       throw new IllegalArgumentException("timeout must be > 0, got " + timeout);
     }
@@ -90,6 +124,10 @@ public final class NcclCommunicator implements Communicator {
     boolean ok = false;
     try {
       c.init(id);
+      if (blockingCollectives) {
+        c.splitBlocking();
+        c.warmUp();
+      }
       ok = true;
       return c;
     } finally {
@@ -160,6 +198,64 @@ public final class NcclCommunicator implements Communicator {
     }
   }
 
+  /**
+   * Splits the blocking communicator of the collectives from the non-blocking one (Note [blocking collectives]);
+   * the split is polled on both under the timeout.
+   */
+  private void splitBlocking() {
+    long deadline = System.nanoTime() + timeoutNanos;
+    String what = "ncclCommSplit (blocking collectives, world " + worldSize + ", " + device.name() + ")";
+    device.makeCurrent();
+    long[] out = new long[2];
+    int st;
+    synchronized (lock) {
+      ensureUsable(what);
+      st = Native.ncclCommSplit(comm, rank, 1, out);
+    }
+    if (st != 0 && !Native.ncclInProgress(st)) {
+      throw fail(what, Native.errorString(st) + lastError()); // aborts the parent (still comm)
+    }
+    // NCCL runs the split in the parent's group job, which reports it in progress until it is done; then the
+    // child is in the cell, and it reports its own state.
+    afterCall(0, what, deadline);
+    long child = Native.ncclTakeComm(out[1]);
+    if (child == 0) {
+      throw fail(what, "NCCL reported the split done but made no communicator" + lastError());
+    }
+    synchronized (lock) {
+      ensureUsable(what);
+      parent = comm;
+      comm = child;
+    }
+    afterCall(0, what, deadline);
+  }
+
+  /**
+   * All-reduces of {@link #WARM_UP_COUNTS} elements, so that NCCL makes its connections now, under the watchdog
+   * (Note [blocking collectives]); the buffer's values are not used.
+   */
+  private void warmUp() {
+    int max = 0;
+    for (int n : WARM_UP_COUNTS) {
+      max = Math.max(max, n);
+    }
+    Tensor scratch = device.allocate(DType.FLOAT32, max); // zero-filled
+    try {
+      for (int n : WARM_UP_COUNTS) {
+        allReduceSum(scratch.view(0, n));
+      }
+    } finally {
+      device.free(scratch); // after the all-reduces (Device#free orders it after queued work)
+    }
+  }
+
+  /** Whether the collectives run on a blocking communicator split from the non-blocking one. */
+  public boolean blockingCollectives() {
+    synchronized (lock) {
+      return parent != 0;
+    }
+  }
+
   /** Whether every rank of this communicator runs on this host (their host names at creation were equal). */
   @Override
   public boolean allRanksOnOneHost() {
@@ -168,13 +264,14 @@ public final class NcclCommunicator implements Communicator {
 
   private void init(byte[] id) {
     device.makeCurrent();
-    long[] out = new long[1];
+    long[] out = new long[2];
     int st = Native.ncclCommInitRank(out, worldSize, id, rank, device.ordinal());
     synchronized (lock) {
       comm = out[0];
     }
     long deadline = System.nanoTime() + timeoutNanos;
     afterCall(st, "ncclCommInitRank(world " + worldSize + ", " + device.name() + ")", deadline);
+    Native.ncclTakeComm(out[1]); // NCCL's job is done: it no longer stores into the cell
     LOG.log(System.Logger.Level.DEBUG, "rank {0}: NCCL communicator of {1} ranks on {2}", rank, worldSize,
         device.name());
   }
@@ -496,7 +593,7 @@ public final class NcclCommunicator implements Communicator {
   }
 
   private void ensureUsable(String what) {
-    if (abortRequested && comm != 0) {
+    if (abortRequested && (comm != 0 || parent != 0)) {
       abortLocked("abort() was called");
     }
     if (comm == 0) {
@@ -526,13 +623,16 @@ public final class NcclCommunicator implements Communicator {
     if (failure == null) {
       failure = why;
     }
-    if (comm != 0) {
-      long c = comm;
-      comm = 0;
-      device.makeCurrent();
-      int st = Native.ncclCommAbort(c);
-      if (st != 0 && !Native.ncclInProgress(st)) {
-        LOG.log(System.Logger.Level.WARNING, "rank {0}: ncclCommAbort: {1}", rank, Native.errorString(st));
+    long[] both = {comm, parent}; // the collectives' first: aborting the parent first could free what it uses
+    comm = 0;
+    parent = 0;
+    for (long c : both) {
+      if (c != 0) {
+        device.makeCurrent();
+        int st = Native.ncclCommAbort(c);
+        if (st != 0 && !Native.ncclInProgress(st)) {
+          LOG.log(System.Logger.Level.WARNING, "rank {0}: ncclCommAbort: {1}", rank, Native.errorString(st));
+        }
       }
     }
   }
@@ -557,8 +657,10 @@ public final class NcclCommunicator implements Communicator {
   public void close() {
     try {
       long c;
+      long p;
       synchronized (lock) {
         c = comm;
+        p = parent;
       }
       if (c == 0) {
         return;
@@ -566,6 +668,25 @@ public final class NcclCommunicator implements Communicator {
       device.makeCurrent();
       long deadline = System.nanoTime() + timeoutNanos;
       try {
+        if (p != 0) {
+          // Note [blocking collectives]: the blocking communicator's finalize waits in this thread, so first the
+          // work queued on both streams finishes under the watchdog; then nothing is left for it to wait for.
+          synchronized (lock) {
+            ensureUsable("close");
+            commDone.record(device.commStream());
+            computeDone.record(device.computeStream());
+          }
+          waitFor(commDone, "close: the queued collectives", deadline);
+          waitFor(computeDone, "close: the queued collectives", deadline);
+          synchronized (lock) {
+            ensureUsable("close");
+            Native.check(Native.ncclCommFinalize(c), "ncclCommFinalize (blocking collectives)");
+            comm = p;
+            parent = 0;
+            Native.check(Native.ncclCommDestroy(c), "ncclCommDestroy (blocking collectives)");
+          }
+          c = p;
+        }
         int st = Native.ncclCommFinalize(c);
         afterCall(st, "ncclCommFinalize", deadline);
         synchronized (lock) {

@@ -151,7 +151,7 @@ public final class Trainer {
    * Whether a fit with {@code gradientBytes} of fp32 gradients overlaps its all-reduce with backward, its ranks
    * all on one host or not.
    */
-  static boolean overlapsAllReduce(AllReduceMode mode, long gradientBytes, boolean oneHost) {
+  public static boolean overlapsAllReduce(AllReduceMode mode, long gradientBytes, boolean oneHost) {
     return switch (mode) {
       case OVERLAPPED -> true;
       case IN_ORDER -> false;
@@ -188,9 +188,13 @@ public final class Trainer {
   //   GRAPH_WARMUP_STEPS steps of each fit call run eagerly. The two input slots have different addresses: each
   //   gets its own graph, captured the first time it comes up after the warm-up. The graphs belong to the fit
   //   call (its slots and accumulators) and are closed when it returns.
-  // - Eligible runs (graphIneligibility): no bucketed all-reduce inside backward (NCCL with W > 1 keeps the eager
-  //   path; W = 1, or the TCP ring whose one all-reduce follows the step, are fine), accumulation 1, no dropout
-  //   (its mask seed changes every step), no synchronised batch norm (collectives inside the step).
+  // - Eligible runs (graphIneligibility): no all-reduce overlapping backward (NCCL with W > 1 whose buckets go on
+  //   the comm stream keeps the eager path), accumulation 1, no dropout (its mask seed changes every step), no
+  //   synchronised batch norm (collectives inside the step). With in-order buckets (Note [in-order gradient
+  //   all-reduce]) the graph holds the step without them and the buckets follow it eagerly, the same slices in
+  //   the same order on the compute stream, so the sums are bitwise the eager step's and every collective is
+  //   issued and waited for under the communicator's watchdog as before (none is captured). W = 1 and the TCP
+  //   ring, whose one all-reduce follows the step, are eligible as they were.
   // - The device refuses what it cannot capture (CudaDevice: the op profile, any allocation, free, host transfer
   //   or host wait during the capture, a library call that fails under capture): GraphCaptureException, and
   //   none of the step's device work ran. The trainer then gives the model's transient gradients back (the
@@ -202,10 +206,11 @@ public final class Trainer {
   // (benchmarks/results/2026-11-26-h100x2-final-graphs-*): the Fashion-MNIST CNN at batch 512 runs at 928k
   // samples/s with graphs against 327k-445k eager in the same session, bitwise the eager run (CudaGraphTest);
   // ResNet-50 is GPU-bound and unchanged. It stays opt-in until the whole GPU suite has run with it on (this
-  // session ran it with graphs off). A W > 1 variant with the one all-reduce on the compute stream was tried and
-  // removed: captured, NCCL 2.28 failed on 2x H100 ("the operation cannot be performed in the present state");
-  // queued after the graph, the ranks' parameters diverged in CudaFashionMnistTest. NCCL runs with W > 1 keep the
-  // eager bucketed path.
+  // session ran it with graphs off). An earlier W > 1 variant was tried and removed: with the all-reduce captured,
+  // NCCL 2.28 failed on 2x H100 ("the operation cannot be performed in the present state": a non-blocking
+  // communicator queues from a thread of its own); with the whole gradient all-reduced after the graph by the
+  // blocking path, the ranks' parameters diverged in CudaFashionMnistTest. The buckets after the graph above are
+  // checked against the eager run by CudaGraphTest.
 
   /**
    * Capture each training step's device work as a CUDA graph after {@value #GRAPH_WARMUP_STEPS} eager warm-up
@@ -339,7 +344,7 @@ public final class Trainer {
     }
 
     if (cudaGraphs && graphsOff == null) {
-      String why = graphIneligibility(bucketed, accum);
+      String why = graphIneligibility(bucketed && overlapBuckets, accum);
       if (why != null) {
         graphsOff(null, why, System.Logger.Level.INFO);
       }
@@ -419,6 +424,19 @@ public final class Trainer {
             };
             graphStep(graphs, slot, stepsRun - 1, work); // every step of the fit takes this path
             mark(timeline, "step (CUDA graph)");
+            if (useBuckets) {
+              // Note [CUDA graphs], W > 1: the in-order buckets follow the graph, eager, in the order and slices
+              // of the eager step's; the last step's are waited for now, with this step's work queued.
+              commNanos += awaitBuckets();
+              for (int k = 0; k < bucketStarts.length - 1; k++) {
+                launchBucket(grads, bucketStarts, k);
+              }
+              comm.joinAsync();
+              if (gradsLow != null) {
+                device.copy(gradsLow, grads);
+              }
+              mark(timeline, "all-reduce (buckets)");
+            }
           } else {
             if (micro == 0 && !overwrite) {
               model.zeroGrad();
@@ -581,10 +599,10 @@ public final class Trainer {
   }
 
   /** Why this run's steps cannot be captured as CUDA graphs (Note [CUDA graphs]), or null when they can. */
-  String graphIneligibility(boolean bucketed, int accum) {
-    if (bucketed) {
-      return "the gradients are all-reduced in buckets during backward (" + comm.worldSize() + " ranks, "
-          + comm.getClass().getSimpleName() + ")";
+  String graphIneligibility(boolean overlappedBuckets, int accum) {
+    if (overlappedBuckets) {
+      return "the gradients are all-reduced in buckets overlapping backward (" + comm.worldSize() + " ranks, "
+          + comm.getClass().getSimpleName() + "; AllReduceMode " + allReduceMode + ")";
     }
     if (accum != 1) {
       return "gradient accumulation over " + accum + " micro-batches";

@@ -162,6 +162,52 @@ class CudaNcclTest {
     assertEquals(List.of("ok", "ok"), ok);
   }
 
+  /**
+   * Note [blocking collectives]: the collectives on the blocking communicator split from the non-blocking one and
+   * on the non-blocking one itself give the same sums, through every path the trainer uses (blocking, async on
+   * the comm stream, in order on the compute stream, broadcast), sizes the warm-up did not use included.
+   */
+  @Test
+  void blockingAndNonBlockingCollectivesGiveTheSameSums() {
+    CudaTestSupport.assumeGpus(WORLD);
+    CudaTestSupport.assumeJni();
+    int[] sizes = {3, 4099, (1 << 20) + 5, 9_000_001};
+    for (boolean blocking : new boolean[] {true, false}) {
+      List<String> ok = LocalLauncher.run(WORLD, Cuda.deviceCount(), 300, ctx -> {
+        try (CudaDevice d = new CudaDevice(GpuSelector.select(ctx));
+            NcclCommunicator c = NcclCommunicator.create(ctx, d, Duration.ofSeconds(60), blocking)) {
+          assertEquals(blocking, c.blockingCollectives());
+          Tensor[] ts = new Tensor[sizes.length];
+          for (int i = 0; i < sizes.length; i++) {
+            ts[i] = d.allocate(DType.FLOAT32, sizes[i]);
+            d.upload(rankData(sizes[i], ctx.rank()), 0, ts[i]);
+          }
+          c.allReduceSum(ts[0]);
+          c.allReduceSumAsync(ts[1]);
+          c.allReduceSumInOrder(ts[2]);
+          c.allReduceSumAsync(ts[3]);
+          c.awaitAsync();
+          for (int i = 0; i < sizes.length; i++) {
+            float[] got = host(d, ts[i]);
+            float[] a = rankData(sizes[i], 0);
+            float[] b = rankData(sizes[i], 1);
+            for (int j = 0; j < got.length; j++) {
+              if (got[j] != a[j] + b[j]) {
+                throw new AssertionError("blocking=" + blocking + " rank " + ctx.rank() + " n=" + sizes[i]
+                    + " element " + j + ": " + got[j] + " != " + (a[j] + b[j]));
+              }
+            }
+          }
+          d.upload(rankData(sizes[1], ctx.rank()), 0, ts[1]);
+          c.broadcast(ts[1], 1);
+          assertArrayEquals(rankData(sizes[1], 1), host(d, ts[1]));
+          return "ok";
+        }
+      });
+      assertEquals(List.of("ok", "ok"), ok, "blocking=" + blocking);
+    }
+  }
+
   @Test
   void abortOnOneRankMakesTheOtherFailWithinTheTimeout() {
     CudaTestSupport.assumeGpus(WORLD);

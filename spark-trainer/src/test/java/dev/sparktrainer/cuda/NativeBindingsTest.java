@@ -1,6 +1,7 @@
 package dev.sparktrainer.cuda;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import java.lang.reflect.Method;
@@ -83,5 +84,25 @@ class NativeBindingsTest {
     TreeSet<String> undefined = new TreeSet<>(listed);
     undefined.removeAll(defined);
     assertEquals(new TreeSet<String>(), undefined, "in Kernels.NAMES but not defined in native/kernels");
+  }
+
+  /**
+   * The statuses CudaDevice answers without throwing (Note [cuDNN workspace]) carry the codes the JNI library
+   * returns for them, so a renumbering on one side fails here instead of as an exception on the GPU machine.
+   */
+  @Test
+  void cudnnStatusesCarryTheJniLibrarysCodes() throws Exception {
+    String cpp = Files.readString(repo().resolve(Path.of("native", "jni", "sparktrainer_jni.cpp")));
+    java.util.Map<String, Integer> codes = new java.util.TreeMap<>();
+    Matcher m = Pattern.compile("constexpr int (JNI_\\w+) = (\\d+);").matcher(cpp);
+    while (m.find()) {
+      codes.put(m.group(1), Integer.parseInt(m.group(2)));
+    }
+    Matcher lib = Pattern.compile("constexpr int LIB_JNI = (\\d+);").matcher(cpp);
+    assertTrue(lib.find(), "no LIB_JNI in the JNI source");
+    assertEquals(Native.LIB_JNI, Integer.parseInt(lib.group(1)));
+    assertEquals(Native.NO_CUDNN_ENGINE, (Native.LIB_JNI << 24) | codes.getOrDefault("JNI_NO_CUDNN_ENGINE", -1));
+    assertEquals(Native.CUDNN_WORKSPACE_TOO_SMALL, (Native.LIB_JNI << 24) | codes.getOrDefault("JNI_CUDNN_WORKSPACE", -1));
+    assertEquals(Native.CUDNN_TRIAL_WORKSPACE, (Native.LIB_JNI << 24) | codes.getOrDefault("JNI_CUDNN_TRIAL_WORKSPACE", -1));
   }
 }
