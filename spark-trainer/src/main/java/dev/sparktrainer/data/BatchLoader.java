@@ -5,25 +5,41 @@ import java.util.concurrent.BlockingQueue;
 import java.util.concurrent.TimeUnit;
 
 /**
- * Produces batches from a {@link RowStore} in a given row order, on a background thread that stays {@code
+ * Produces batches from a {@link RowStore} in a given row order, on background threads that stay about {@code
  * depth} batches ahead of training. The order comes in segments (the trainer's epochs, each with its own
  * shuffle): the producer goes from one segment to the next without a pause, so the first batch of an epoch is
  * gathered while the last steps of the one before still run, and the buffers are allocated once for all of
  * them (Note [one loader per fit] in train.Trainer). The time {@link #next()} spends waiting is reported as
- * data wait. A failure in the producer is rethrown by {@code next()}; {@link #close()} stops the producer.
+ * data wait. A failure in a producer is rethrown by {@code next()}; {@link #close()} stops the producers.
+ *
+ * <p>Note [loader threads]: with {@code threads} producers, producer j gathers the batches whose index in the
+ * whole sequence (over all segments) is j modulo threads, into buffers of its own (ceil(depth / threads) + 1
+ * each), and {@code next()} takes them from the producers in turn, so the batches come in the same order with the
+ * same rows whatever the number of threads. Why: one thread gathering a ResNet-50 batch (256 x 3 x 224 x 224
+ * floats, 154 MB) takes a good part of a 53 ms step, and two ranks' loaders of the small CNN at ~1,500 steps/s
+ * each did not keep up on 2x H100 (13.8% data wait at W = 2 with CUDA graphs). Each segment is made once (by the
+ * first producer to reach it) and shared. {@link RowStore#gather} is called from several threads at once, each
+ * with its own destination arrays.
  */
 public final class BatchLoader implements AutoCloseable {
+  /** -Dsparktrainer.data.loaderThreads: the trainer's producer threads per loader (default 2). */
+  public static final String THREADS_PROPERTY = "sparktrainer.data.loaderThreads";
   private static final Object END = new Object();
   private final RowStore store;
   private final int batch;
   private final int segments;
   private final java.util.function.IntFunction<Segment> segment;
-  private final BlockingQueue<Object> ready;
-  private final BlockingQueue<HostBatch> free;
-  private final Thread producer;
+  private final int threads;
+  private final BlockingQueue<Object>[] ready; // per producer
+  private final BlockingQueue<HostBatch>[] free; // per producer
+  private final Thread[] producers;
+  private final java.util.Map<Integer, Segment> made = new java.util.HashMap<>(); // segments not yet fetched by all
+  private final java.util.Map<Integer, Integer> fetched = new java.util.HashMap<>();
   private volatile boolean closed;
   private long waitNanos;
+  private long served; // batches next() has returned
   private HostBatch current;
+  private int currentOwner;
   private boolean ended; // next() has returned the end
 
   /**
@@ -38,8 +54,13 @@ public final class BatchLoader implements AutoCloseable {
     }
   }
 
+  /** The trainer's number of producer threads: {@value #THREADS_PROPERTY}, else 2. */
+  public static int defaultThreads() {
+    return Integer.getInteger(THREADS_PROPERTY, 2);
+  }
+
   /**
-   * One segment: the batches of {@code order}.
+   * One segment: the batches of {@code order}, one producer thread.
    *
    * @param order row indices in training order; step t uses order[t*batch .. (t+1)*batch)
    * @param steps number of batches (order.length >= steps*batch)
@@ -48,29 +69,47 @@ public final class BatchLoader implements AutoCloseable {
     this(store, batch, depth, 1, checked(new Segment(order, steps), batch));
   }
 
-  /**
-   * The batches of {@code segments} segments, one after the other: {@code segment.apply(i)} gives segment i,
-   * called on the producer thread when it gets there (so a segment's order, e.g. an epoch's shuffle, is made
-   * while training runs). A segment too short for its steps fails like any other producer error.
-   */
+  /** {@link #BatchLoader(RowStore, int, int, int, java.util.function.IntFunction, int)} with one producer. */
   public BatchLoader(RowStore store, int batch, int depth, int segments,
       java.util.function.IntFunction<Segment> segment) {
-    if (batch <= 0 || depth < 0 || segments < 0) {
+    this(store, batch, depth, segments, segment, 1);
+  }
+
+  /**
+   * The batches of {@code segments} segments, one after the other: {@code segment.apply(i)} gives segment i,
+   * called on a producer thread when the first one gets there (so a segment's order, e.g. an epoch's shuffle, is
+   * made while training runs), once. A segment too short for its steps fails like any other producer error.
+   * {@code threads} producers share the work (Note [loader threads]).
+   */
+  @SuppressWarnings("unchecked")
+  public BatchLoader(RowStore store, int batch, int depth, int segments,
+      java.util.function.IntFunction<Segment> segment, int threads) {
+    if (batch <= 0 || depth < 0 || segments < 0 || threads < 1) {
       throw new IllegalArgumentException("batch loader: batch " + batch + ", depth " + depth + ", segments "
-          + segments + " (batch > 0, depth >= 0, segments >= 0)");
+          + segments + ", threads " + threads + " (batch > 0, depth >= 0, segments >= 0, threads >= 1)");
     }
     this.store = store;
     this.batch = batch;
     this.segments = segments;
     this.segment = segment;
-    this.ready = new ArrayBlockingQueue<>(depth + 2);
-    this.free = new ArrayBlockingQueue<>(depth + 2);
-    for (int k = 0; k < depth + 1; k++) {
-      free.add(new HostBatch(batch, store.dim(), store.targetDim()));
+    this.threads = threads;
+    int each = (depth + threads - 1) / threads + 1; // buffers per producer
+    this.ready = new BlockingQueue[threads];
+    this.free = new BlockingQueue[threads];
+    this.producers = new Thread[threads];
+    for (int j = 0; j < threads; j++) {
+      ready[j] = new ArrayBlockingQueue<>(each + 1);
+      free[j] = new ArrayBlockingQueue<>(each + 1);
+      for (int k = 0; k < each; k++) {
+        free[j].add(new HostBatch(batch, store.dim(), store.targetDim()));
+      }
     }
-    this.producer = new Thread(this::produce, "batch-prefetch");
-    producer.setDaemon(true);
-    producer.start();
+    for (int j = 0; j < threads; j++) {
+      int me = j;
+      producers[j] = new Thread(() -> produce(me), threads == 1 ? "batch-prefetch" : "batch-prefetch-" + j);
+      producers[j].setDaemon(true);
+      producers[j].start();
+    }
   }
 
   private static java.util.function.IntFunction<Segment> checked(Segment s, int batch) {
@@ -85,40 +124,66 @@ public final class BatchLoader implements AutoCloseable {
     }
   }
 
-  private void produce() {
-    try {
-      for (int i = 0; i < segments && !closed; i++) {
-        Segment seg = segment.apply(i);
-        check(seg, batch);
-        for (int t = 0; t < seg.steps() && !closed; t++) {
-          HostBatch b = free.take();
-          store.gather(seg.order(), t * batch, batch, b.features, b.labels, b.targets);
-          b.size = batch;
-          ready.put(b);
-        }
+  /** Segment i, made by the first producer that asks and dropped once every producer has it. */
+  private Segment segment(int i) {
+    synchronized (made) {
+      Segment s = made.get(i);
+      if (s == null) {
+        s = segment.apply(i);
+        made.put(i, s);
       }
-      ready.put(END);
-    } catch (InterruptedException e) {
-      Thread.currentThread().interrupt();
-    } catch (Throwable e) {
-      ready.offer(e);
+      if (fetched.merge(i, 1, Integer::sum) == threads) {
+        made.remove(i);
+        fetched.remove(i);
+      }
+      return s;
     }
   }
 
-  /** The next batch (valid until the following call), or null after the last one. */
+  private void produce(int me) {
+    try {
+      long g = 0; // index of the next batch in the whole sequence
+      for (int i = 0; i < segments && !closed; i++) {
+        Segment seg = segment(i);
+        check(seg, batch);
+        for (int t = 0; t < seg.steps() && !closed; t++, g++) {
+          if (g % threads != me) {
+            continue;
+          }
+          HostBatch b = free[me].take();
+          store.gather(seg.order(), t * batch, batch, b.features, b.labels, b.targets);
+          b.size = batch;
+          ready[me].put(b);
+        }
+      }
+      ready[me].put(END);
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+    } catch (Throwable e) {
+      ready[me].offer(e);
+    }
+  }
+
+  /**
+   * The next batch, or null at the end. The batch returned stays valid until the next call (which gives its
+   * buffer back to its producer).
+   *
+   * @throws IllegalStateException when a producer failed (its error is the cause)
+   */
   public HostBatch next() {
     if (current != null) {
-      free.add(current);
+      free[currentOwner].add(current);
       current = null;
     }
     if (ended) {
       return null;
     }
+    int j = (int) (served % threads); // the producer of batch number `served` (Note [loader threads])
     long t0 = System.nanoTime();
     Object o;
     try {
-      while ((o = ready.poll(100, TimeUnit.MILLISECONDS)) == null) {
-        if (!producer.isAlive() && ready.isEmpty()) {
+      while ((o = ready[j].poll(100, TimeUnit.MILLISECONDS)) == null) {
+        if (!producers[j].isAlive() && ready[j].isEmpty()) {
           throw new IllegalStateException("batch prefetch thread ended without a result");
         }
       }
@@ -129,17 +194,19 @@ public final class BatchLoader implements AutoCloseable {
       waitNanos += System.nanoTime() - t0;
     }
     if (o == END) {
-      ended = true;
+      ended = true; // producer j has no batch number `served`: the sequence ends here
       return null;
     }
     if (o instanceof Throwable e) {
       throw new IllegalStateException("loading a batch failed: " + e, e);
     }
     current = (HostBatch) o;
+    currentOwner = j;
+    served++;
     return current;
   }
 
-  /** Total time next() waited for data, in nanoseconds. */
+  /** Total time {@link #next()} has spent waiting for a batch, in nanoseconds. */
   public long waitNanos() {
     return waitNanos;
   }
@@ -147,9 +214,13 @@ public final class BatchLoader implements AutoCloseable {
   @Override
   public void close() {
     closed = true;
-    producer.interrupt();
+    for (Thread p : producers) {
+      p.interrupt();
+    }
     try {
-      producer.join(10_000);
+      for (Thread p : producers) {
+        p.join(10_000);
+      }
     } catch (InterruptedException e) {
       Thread.currentThread().interrupt();
     }

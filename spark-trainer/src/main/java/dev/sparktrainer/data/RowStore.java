@@ -16,7 +16,8 @@ public interface RowStore extends AutoCloseable {
 
   /**
    * Copies rows idx[from..from+count) into dst arrays: features row-major (count x dim) and labels (count)
-   * or targets (count x targetDim).
+   * or targets (count x targetDim). Called from several threads at once, each with its own dst arrays (Note
+   * [loader threads] in BatchLoader).
    */
   void gather(int[] idx, int from, int count, float[] features, int[] labels, float[] targets);
 

@@ -113,7 +113,6 @@ final class TaskRows {
   static final class InOrder implements RowStore {
     private final RowStore store;
     private final int[] order;
-    private int[] scratch = new int[0];
 
     InOrder(RowStore store, int[] order) {
       if (order.length != store.rows()) {
@@ -139,10 +138,8 @@ final class TaskRows {
     }
 
     @Override
-    public synchronized void gather(int[] idx, int from, int count, float[] features, int[] labels, float[] targets) {
-      if (scratch.length < count) {
-        scratch = new int[count];
-      }
+    public void gather(int[] idx, int from, int count, float[] features, int[] labels, float[] targets) {
+      int[] scratch = new int[count]; // per call: loader threads gather at once (Note [loader threads])
       for (int k = 0; k < count; k++) {
         scratch[k] = order[idx[from + k]];
       }

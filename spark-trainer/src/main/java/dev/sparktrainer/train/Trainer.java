@@ -374,7 +374,7 @@ public final class Trainer {
       int skip = i == 0 ? firstSkip : 0;
       return new BatchLoader.Segment(skip == 0 ? order : java.util.Arrays.copyOfRange(order, skip * b,
           order.length), stepsPerEpoch - skip);
-    })) {
+    }, BatchLoader.defaultThreads())) {
       boolean staged = false; // whether the next batch is already queued into slot stepsRun & 1
       for (int epoch = firstEpoch; epoch < config.epochs(); epoch++) {
         int skip = epoch == firstEpoch ? firstSkip : 0;

@@ -68,6 +68,68 @@ class BatchLoaderTest {
     assertTrue(seen.size() <= 2, "buffers: " + seen.size());
   }
 
+  /** Note [loader threads]: 1, 2 or 3 producers give the same batches in the same order, each segment made once. */
+  @Test
+  void severalProducersGiveTheSameSequence() {
+    int rows = 40;
+    java.util.function.IntFunction<int[]> order = i -> {
+      java.util.SplittableRandom r = new java.util.SplittableRandom(i);
+      int[] o = new int[rows];
+      for (int k = 0; k < rows; k++) {
+        o[k] = r.nextInt(rows);
+      }
+      return o;
+    };
+    int[] steps = {7, 0, 10, 3, 5}; // an empty segment and uneven lengths: batch k's producer changes mid-segment
+    List<int[]> reference = null;
+    for (int threads = 1; threads <= 3; threads++) {
+      List<Integer> asked = java.util.Collections.synchronizedList(new ArrayList<>());
+      List<int[]> got = new ArrayList<>();
+      java.util.Set<float[]> buffers = java.util.Collections.newSetFromMap(new java.util.IdentityHashMap<>());
+      try (BatchLoader l = new BatchLoader(store(rows), 4, 2, steps.length, i -> {
+        asked.add(i);
+        return new BatchLoader.Segment(order.apply(i), steps[i]);
+      }, threads)) {
+        HostBatch b;
+        while ((b = l.next()) != null) {
+          assertEquals(b.labels[3], (int) b.features[6]);
+          got.add(b.labels.clone());
+          buffers.add(b.features);
+        }
+      }
+      assertEquals(25, got.size(), threads + " threads");
+      java.util.Collections.sort(asked);
+      assertEquals(List.of(0, 1, 2, 3, 4), asked, threads + " threads: each segment made once");
+      assertTrue(buffers.size() <= threads * ((2 + threads - 1) / threads + 1), threads + " threads: "
+          + buffers.size() + " buffers");
+      if (reference == null) {
+        reference = got;
+        int k = 0;
+        for (int i = 0; i < steps.length; i++) {
+          for (int t = 0; t < steps[i]; t++, k++) {
+            assertArrayEquals(java.util.Arrays.copyOfRange(order.apply(i), 4 * t, 4 * t + 4), got.get(k));
+          }
+        }
+      } else {
+        for (int k = 0; k < got.size(); k++) {
+          assertArrayEquals(reference.get(k), got.get(k), threads + " threads, batch " + k);
+        }
+      }
+    }
+  }
+
+  @Test
+  void aProducerErrorReachesNextWithSeveralThreads() {
+    try (BatchLoader l = new BatchLoader(store(4), 2, 2, 2, i -> new BatchLoader.Segment(new int[] {0, 1, 2},
+        i == 0 ? 1 : 2), 2)) {
+      assertEquals(2, l.next().size());
+      IllegalStateException e = assertThrows(IllegalStateException.class, l::next);
+      assertTrue(e.getMessage().contains("2 steps of 2 need 4 rows, the order has 3"), e.getMessage());
+    }
+    assertThrows(IllegalArgumentException.class,
+        () -> new BatchLoader(store(4), 2, 2, 1, i -> new BatchLoader.Segment(new int[4], 2), 0));
+  }
+
   @Test
   void aSegmentTooShortFailsOnNext() {
     AtomicInteger calls = new AtomicInteger();
