@@ -52,6 +52,9 @@ constexpr int JNI_NO_CUDNN_ENGINE = 6;
 // needs more than the caller's buffer (7), or timing the candidates does (8); the bytes come back in need[0].
 constexpr int JNI_CUDNN_WORKSPACE = 7;
 constexpr int JNI_CUDNN_TRIAL_WORKSPACE = 8;
+// A matmul ran nothing: its cached algorithm needs more workspace than the caller's buffer; the bytes come back in
+// need[0] (Note [cuBLASLt workspace] in BlasLt).
+constexpr int JNI_CUBLASLT_WORKSPACE = 9;
 
 inline jint status(int lib, int code) { return code == 0 ? 0 : (jint)((lib << 24) | (code & 0xffffff)); }
 inline jint nccl(ncclResult_t r) { return status(LIB_NCCL, (int)r); }
@@ -244,6 +247,10 @@ JNIEXPORT jstring JNICALL Java_dev_sparktrainer_cuda_Native_errorString(JNIEnv* 
         case JNI_CUDNN_TRIAL_WORKSPACE:
           s = "cuDNN graph API: timing the candidate engines needs a larger workspace than the buffer given (nothing "
               "ran; the caller lends a trial buffer and calls again)";
+          break;
+        case JNI_CUBLASLT_WORKSPACE:
+          s = "cuBLASLt: the chosen matmul algorithm needs a larger workspace than the buffer given (nothing ran; "
+              "the caller grows its buffer and calls again)";
           break;
         case JNI_ARRAY: s = "sparktrainer_jni: output array too small"; break;
         default: s = "sparktrainer_jni: error " + std::to_string(code);
@@ -471,13 +478,18 @@ namespace {
 // the thread (thread_local: one device is driven by one thread at a time, so no lock is needed and two
 // ranks on two threads never share a descriptor). The bias pointer is set on the cached descriptor on every
 // call; everything else in the key is fixed. Plans are never freed: a training job has a handful of shapes.
+// The workspace (Note [cuBLASLt workspace] in BlasLt): the heuristic chooses among the algorithms that need at most
+// limitBytes (part of the key); the plan keeps what the chosen one needs (the heuristic result's workspaceSize). The
+// caller's buffer may be smaller: then the call runs nothing and returns JNI_CUBLASLT_WORKSPACE with the bytes in
+// need[0]; on success need[0] holds the bytes the algorithm that ran needs. So the choice, and the bits, do not
+// depend on the buffer.
 struct PlanKey {
   int device;
   int transA, transB;
   int64_t m, n, k, lda, ldb, ldc;
   int aType, bType, cType, computeMode, epilogue;
   uint32_t alignA, alignB, alignC;
-  int64_t workspaceBytes;
+  int64_t limitBytes;  // the workspace the heuristic may choose for (not the buffer's size)
   bool operator==(const PlanKey& o) const { return std::memcmp(this, &o, sizeof(PlanKey)) == 0; }
 };
 struct PlanKeyHash {
@@ -491,6 +503,7 @@ struct PlanKeyHash {
 struct Plan {
   MatmulDescs d;
   cublasLtMatmulAlgo_t algo;
+  size_t workspaceNeed = 0;  // the workspace algo needs (the heuristic's workspaceSize), at most key.limitBytes
   jint status = 0;  // non-zero: planning failed with this status (returned again without retrying)
 };
 
@@ -528,7 +541,7 @@ jint buildPlan(cublasLtHandle_t h, const PlanKey& key, Plan* plan) {
   TRY_CUBLAS(cublasLtMatrixLayoutCreate(&d.b, dataType(key.bType), key.transB ? n : k, key.transB ? k : n, key.ldb));
   TRY_CUBLAS(cublasLtMatrixLayoutCreate(&d.c, dataType(key.cType), m, n, key.ldc));
   TRY_CUBLAS(cublasLtMatmulPreferenceCreate(&d.pref));
-  uint64_t ws = (uint64_t)key.workspaceBytes;
+  uint64_t ws = (uint64_t)key.limitBytes;
   TRY_CUBLAS(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                                   sizeof(ws)));
   // Tell the heuristic how aligned the pointers really are (views into flat buffers may be 4-byte aligned).
@@ -546,6 +559,7 @@ jint buildPlan(cublasLtHandle_t h, const PlanKey& key, Plan* plan) {
   TRY_CUBLAS(cublasLtMatmulAlgoGetHeuristic(h, d.op, d.a, d.b, d.c, d.c, d.pref, 1, &heuristic, &found));
   if (found == 0) return jniError(JNI_NO_ALGORITHM);
   plan->algo = heuristic.algo;
+  plan->workspaceNeed = heuristic.workspaceSize;
   return 0;
 }
 
@@ -559,13 +573,16 @@ extern "C" {
 // maps row-major calls onto it (C^T = op(B)^T op(A)^T). A, B: fp32 or bf16; C: fp32 or bf16; accumulation
 // and scale in fp32. computeMode: 0 = fp32 (no TF32), 1 = fp32 with TF32 tensor cores allowed.
 // epilogue: 0 none, 1 bias, 2 relu, 3 relu + bias; the bias (a vector of m) has C's type.
-// Plans are cached per thread (Note [matmul plan cache]).
+// Plans are cached per thread (Note [matmul plan cache]). The algorithm is chosen within limitBytes of workspace;
+// workspace/workspaceBytes is the caller's buffer: JNI_CUBLASLT_WORKSPACE (nothing ran) when the algorithm needs
+// more, need[0] = the bytes it needs (on success too).
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cublasLtMatmul(
-    JNIEnv*, jclass, jlong handle, jboolean transA, jboolean transB, jlong m, jlong n, jlong k, jfloat alpha,
+    JNIEnv* env, jclass, jlong handle, jboolean transA, jboolean transB, jlong m, jlong n, jlong k, jfloat alpha,
     jlong a, jlong lda, jint aType, jlong b, jlong ldb, jint bType, jfloat beta, jlong c, jlong ldc, jint cType,
-    jint computeMode, jint epilogue, jlong bias, jlong workspace, jlong workspaceBytes, jlong stream) {
-  if (m <= 0 || n <= 0 || k <= 0 || lda <= 0 || ldb <= 0 || ldc < m || workspaceBytes < 0 || epilogue < 0 ||
-      epilogue > 3) {
+    jint computeMode, jint epilogue, jlong bias, jlong workspace, jlong workspaceBytes, jlong limitBytes,
+    jlongArray needOut, jlong stream) {
+  if (m <= 0 || n <= 0 || k <= 0 || lda <= 0 || ldb <= 0 || ldc < m || workspaceBytes < 0 || limitBytes < 0 ||
+      epilogue < 0 || epilogue > 3 || needOut == nullptr || env->GetArrayLength(needOut) < 1) {
     return jniError(JNI_BAD_ARGUMENT);
   }
   if ((epilogue == 1 || epilogue == 3) && bias == 0) return jniError(JNI_BAD_ARGUMENT);
@@ -580,7 +597,7 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cublasLtMatmul(
   key.m = m; key.n = n; key.k = k; key.lda = lda; key.ldb = ldb; key.ldc = ldc;
   key.aType = aType; key.bType = bType; key.cType = cType; key.computeMode = computeMode; key.epilogue = epilogue;
   key.alignA = alignment(a); key.alignB = alignment(b); key.alignC = alignment(c);
-  key.workspaceBytes = workspaceBytes;
+  key.limitBytes = limitBytes;
   cublasLtHandle_t h = fromJ<cublasLtHandle_t>(handle);
   auto it = t_plans.find(key);
   Plan* plan;
@@ -593,6 +610,9 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cublasLtMatmul(
     plan = it->second.get();
   }
   if (plan->status != 0) return plan->status;
+  jlong need = (jlong)plan->workspaceNeed;
+  if (!putLong(env, needOut, need)) return jniError(JNI_ARRAY);
+  if (need > workspaceBytes) return jniError(JNI_CUBLASLT_WORKSPACE);
   if (epilogue == 1 || epilogue == 3) {
     void* biasPtr = fromJ<void*>(bias);
     TRY_CUBLAS(cublasLtMatmulDescSetAttribute(plan->d.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &biasPtr,

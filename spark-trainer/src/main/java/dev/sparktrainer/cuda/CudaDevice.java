@@ -291,6 +291,30 @@ public final class CudaDevice implements Device {
     return blasLt;
   }
 
+  /**
+   * Bytes of the cuBLASLt workspace now (0 while none is allocated, or without cuBLASLt); Note [cuBLASLt workspace]
+   * in BlasLt.
+   */
+  public long blasLtWorkspaceBytes() {
+    BlasLt lt = blasLt;
+    return lt == null ? 0 : lt.workspaceBytes();
+  }
+
+  /** The most workspace, in bytes, that the matmul algorithms this device ran through cuBLASLt have needed. */
+  long blasLtWorkspaceNeed() {
+    BlasLt lt = blasLt;
+    return lt == null ? 0 : lt.workspaceNeed();
+  }
+
+  /** Makes the cuBLASLt workspace at least {@code need} bytes (BlasLt#growWorkspace); tests use it. */
+  void growBlasLtWorkspace(long need) {
+    BlasLt lt = blasLt();
+    if (lt == null) {
+      throw new IllegalStateException(name + " has no cuBLASLt");
+    }
+    lt.growWorkspace(need);
+  }
+
   void makeCurrent() {
     Cuda.makeCurrent(context);
   }
@@ -2078,10 +2102,11 @@ public final class CudaDevice implements Device {
   }
 
   /**
-   * The workspace buffer's size for a need of {@code need} bytes under {@code limit}: none for none, else the need
-   * rounded up to 1 MiB (so that needs a little apart share one size), but not beyond the limit.
+   * A library workspace buffer's size for a need of {@code need} bytes under {@code limit} (the cuDNN one here and
+   * BlasLt's, Note [cuBLASLt workspace]): none for none, else the need rounded up to 1 MiB (so that needs a little
+   * apart share one size), but not beyond the limit.
    */
-  static long cudnnWorkspaceSize(long need, long limit) {
+  static long workspaceSize(long need, long limit) {
     if (need <= 0) {
       return 0;
     }
@@ -2092,14 +2117,14 @@ public final class CudaDevice implements Device {
 
   /**
    * Makes the cuDNN workspace at least {@code need} bytes (Note [cuDNN workspace]): waits for the compute stream,
-   * frees the old buffer and allocates one of cudnnWorkspaceSize(need). Refused during a CUDA graph capture.
+   * frees the old buffer and allocates one of workspaceSize(need). Refused during a CUDA graph capture.
    */
   synchronized void growCudnnWorkspace(long need) {
     CudaBuffer old = cudnnWorkspace;
     if (need <= (old == null ? 0 : old.bytes())) {
       return;
     }
-    long size = cudnnWorkspaceSize(need, CUDNN_WORKSPACE_BYTES);
+    long size = workspaceSize(need, CUDNN_WORKSPACE_BYTES);
     checkNotCapturing("growing the cuDNN workspace to " + size + " bytes");
     if (old != null) {
       compute.synchronize(); // queued convolutions may still use the old buffer

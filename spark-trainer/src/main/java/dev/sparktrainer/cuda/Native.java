@@ -38,6 +38,12 @@ final class Native {
    */
   static final int CUDNN_TRIAL_WORKSPACE = (LIB_JNI << 24) | 8;
 
+  /**
+   * JNI_CUBLASLT_WORKSPACE: the matmul's chosen algorithm needs more workspace than the buffer given, {@code
+   * need[0]} bytes; nothing ran (Note [cuBLASLt workspace] in BlasLt).
+   */
+  static final int CUBLASLT_WORKSPACE_TOO_SMALL = (LIB_JNI << 24) | 9;
+
   /** NCCL reduction codes of the binding. */
   static final int OP_SUM = 0;
   static final int OP_AVG = 4;
@@ -125,11 +131,15 @@ final class Native {
 
   /**
    * Column-major, in place (D = C): C = alpha op(A) op(B) + beta C. Types are DType ordinals; computeMode 0
-   * = fp32, 1 = TF32 allowed; epilogue 0 none, 1 bias, 2 relu, 3 relu+bias.
+   * = fp32, 1 = TF32 allowed; epilogue 0 none, 1 bias, 2 relu, 3 relu+bias. The algorithm is chosen within {@code
+   * limitBytes} of workspace and cached per shape; the buffer ({@code workspace}, {@code workspaceBytes}) may be
+   * smaller: if the chosen algorithm needs more, nothing runs and the status is {@link
+   * #CUBLASLT_WORKSPACE_TOO_SMALL}. {@code need[0]} receives the bytes the algorithm needs (on success too).
    */
   static native int cublasLtMatmul(long handle, boolean transA, boolean transB, long m, long n, long k,
       float alpha, long a, long lda, int aType, long b, long ldb, int bType, float beta, long c, long ldc,
-      int cType, int computeMode, int epilogue, long bias, long workspace, long workspaceBytes, long stream);
+      int cType, int computeMode, int epilogue, long bias, long workspace, long workspaceBytes, long limitBytes,
+      long[] need, long stream);
 
   // ---- cuDNN (opened on first use) ----
   static native int cudnnCreate(long[] out);

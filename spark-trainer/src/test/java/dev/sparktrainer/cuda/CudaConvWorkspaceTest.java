@@ -129,7 +129,7 @@ class CudaConvWorkspaceTest {
     long need = gpu.cudnnWorkspaceNeed();
     long bytes = gpu.cudnnWorkspaceBytes();
     assertTrue(need >= 0 && need <= LIMIT, what + ": need " + need + " beyond the limit " + LIMIT);
-    assertEquals(CudaDevice.cudnnWorkspaceSize(need, LIMIT), bytes,
+    assertEquals(CudaDevice.workspaceSize(need, LIMIT), bytes,
         what + ": the workspace must be the largest need so far (" + need + " bytes) rounded up to 1 MiB");
     assertTrue(bytes <= LIMIT, what + ": workspace " + bytes + " above the limit " + LIMIT);
     if (need == 0) {
@@ -235,7 +235,7 @@ class CudaConvWorkspaceTest {
       CudaTestLog.note("# cuDNN workspace, " + api + (timed ? ", timed" : ", heuristics") + ": largest need " + need
           + " bytes, buffer " + bytes + " bytes (limit " + LIMIT + "); " + zero.calls
           + " convolutions ran while none had needed any");
-      assertTrue(bytes <= LIMIT && bytes == CudaDevice.cudnnWorkspaceSize(need, LIMIT), "buffer " + bytes);
+      assertTrue(bytes <= LIMIT && bytes == CudaDevice.workspaceSize(need, LIMIT), "buffer " + bytes);
 
       gpu.growCudnnWorkspace(LIMIT); // as the workspace always was before Note [cuDNN workspace]
       assertEquals(LIMIT, gpu.cudnnWorkspaceBytes());

@@ -87,11 +87,12 @@ class NativeBindingsTest {
   }
 
   /**
-   * The statuses CudaDevice answers without throwing (Note [cuDNN workspace]) carry the codes the JNI library
-   * returns for them, so a renumbering on one side fails here instead of as an exception on the GPU machine.
+   * The statuses CudaDevice and BlasLt answer without throwing (Note [cuDNN workspace], Note [cuBLASLt workspace])
+   * carry the codes the JNI library returns for them, and no two of the library's codes share a number, so a
+   * renumbering on one side fails here instead of as an exception on the GPU machine.
    */
   @Test
-  void cudnnStatusesCarryTheJniLibrarysCodes() throws Exception {
+  void answeredStatusesCarryTheJniLibrarysCodes() throws Exception {
     String cpp = Files.readString(repo().resolve(Path.of("native", "jni", "sparktrainer_jni.cpp")));
     java.util.Map<String, Integer> codes = new java.util.TreeMap<>();
     Matcher m = Pattern.compile("constexpr int (JNI_\\w+) = (\\d+);").matcher(cpp);
@@ -104,5 +105,9 @@ class NativeBindingsTest {
     assertEquals(Native.NO_CUDNN_ENGINE, (Native.LIB_JNI << 24) | codes.getOrDefault("JNI_NO_CUDNN_ENGINE", -1));
     assertEquals(Native.CUDNN_WORKSPACE_TOO_SMALL, (Native.LIB_JNI << 24) | codes.getOrDefault("JNI_CUDNN_WORKSPACE", -1));
     assertEquals(Native.CUDNN_TRIAL_WORKSPACE, (Native.LIB_JNI << 24) | codes.getOrDefault("JNI_CUDNN_TRIAL_WORKSPACE", -1));
+    assertEquals(Native.CUBLASLT_WORKSPACE_TOO_SMALL,
+        (Native.LIB_JNI << 24) | codes.getOrDefault("JNI_CUBLASLT_WORKSPACE", -1));
+    assertEquals(codes.size(), new java.util.HashSet<>(codes.values()).size(),
+        "two JNI codes share a number: " + codes);
   }
 }
