@@ -120,26 +120,13 @@ class CudaConvWorkspaceTest {
     int calls;
   }
 
-  /**
-   * The invariant of Note [cuDNN workspace] after a convolution: the buffer is the largest need so far rounded up
-   * to 1 MiB, within the limit; while that need is 0 there is no buffer and nothing was allocated (arenaBefore: the
-   * arena's bytes before the call, or -1 when the op allocates scratch of its own).
-   */
+  /** Note [cuDNN workspace]'s invariant after a call (CudaTestSupport.checkWorkspace). */
   static void checkWorkspace(CudaDevice gpu, String what, long arenaBefore, ZeroNeed zero) {
-    long need = gpu.cudnnWorkspaceNeed();
-    long bytes = gpu.cudnnWorkspaceBytes();
-    assertTrue(need >= 0 && need <= LIMIT, what + ": need " + need + " beyond the limit " + LIMIT);
-    assertEquals(CudaDevice.workspaceSize(need, LIMIT), bytes,
-        what + ": the workspace must be the largest need so far (" + need + " bytes) rounded up to 1 MiB");
-    assertTrue(bytes <= LIMIT, what + ": workspace " + bytes + " above the limit " + LIMIT);
-    if (need == 0) {
-      assertEquals(0, bytes, what + ": no need, no workspace");
-      if (arenaBefore >= 0) {
-        assertEquals(arenaBefore, gpu.arena().bytesInUse(), what + ": no need, no allocation");
-      }
+    if (CudaTestSupport.checkWorkspace(gpu, what, gpu.cudnnWorkspaceNeed(), gpu.cudnnWorkspaceBytes(), LIMIT, arenaBefore)) {
       zero.calls++;
     }
   }
+
 
   /**
    * Forward y, backward data dx and backward filter dw (+= onto its start) of one case on gpu, checking the

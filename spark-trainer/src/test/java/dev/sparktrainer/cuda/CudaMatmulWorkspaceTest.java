@@ -16,7 +16,6 @@ import dev.sparktrainer.engine.GraphCaptureException;
 import dev.sparktrainer.engine.Tensor;
 import java.util.ArrayList;
 import java.util.List;
-import java.util.SplittableRandom;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 
@@ -65,12 +64,7 @@ class CudaMatmulWorkspaceTest {
       "dw += dy^T x", "c = 0.5 a^T b^T + 2 c"};
 
   static float[] rand(int n, long seed, double scale) {
-    SplittableRandom r = new SplittableRandom(seed);
-    float[] a = new float[n];
-    for (int i = 0; i < n; i++) {
-      a[i] = (float) ((r.nextDouble() * 2 - 1) * scale);
-    }
-    return a;
+    return CudaOpsTest.rand(n, seed, scale);
   }
 
   static Tensor up(Device d, DType dt, float[] data, int... shape) {
@@ -84,24 +78,13 @@ class CudaMatmulWorkspaceTest {
     int calls;
   }
 
-  /**
-   * The invariant of Note [cuBLASLt workspace] after a matmul: the buffer is the largest need so far rounded up to
-   * 1 MiB, within the limit; while that need is 0 there is no buffer and nothing was allocated (arenaBefore: the
-   * arena's bytes before the call).
-   */
+  /** Note [cuBLASLt workspace]'s invariant after a call (CudaTestSupport.checkWorkspace). */
   static void checkWorkspace(CudaDevice gpu, String what, long arenaBefore, ZeroNeed zero) {
-    long need = gpu.blasLtWorkspaceNeed();
-    long bytes = gpu.blasLtWorkspaceBytes();
-    assertTrue(need >= 0 && need <= LIMIT, what + ": need " + need + " beyond the limit " + LIMIT);
-    assertEquals(CudaDevice.workspaceSize(need, LIMIT), bytes,
-        what + ": the workspace must be the largest need so far (" + need + " bytes) rounded up to 1 MiB");
-    assertTrue(bytes <= LIMIT, what + ": workspace " + bytes + " above the limit " + LIMIT);
-    if (need == 0) {
-      assertEquals(0, bytes, what + ": no need, no workspace");
-      assertEquals(arenaBefore, gpu.arena().bytesInUse(), what + ": no need, no allocation");
+    if (CudaTestSupport.checkWorkspace(gpu, what, gpu.blasLtWorkspaceNeed(), gpu.blasLtWorkspaceBytes(), LIMIT, arenaBefore)) {
       zero.calls++;
     }
   }
+
 
   /**
    * The ops of one case on device d (the GPU, checked after each call when gpu is not null, or the CPU): their

@@ -110,4 +110,28 @@ final class CudaTestSupport {
     CudaTestLog.record(what + " (normwise)", err, tol);
     assertTrue(err <= tol, what + ": max normwise relative error " + err + " > " + tol);
   }
+
+  /**
+   * The invariant of Note [cuDNN workspace] and Note [cuBLASLt workspace] after a call: the buffer ({@code bytes})
+   * is the largest need so far rounded up to 1 MiB, within {@code limit}; while that need is 0 there is no buffer
+   * and, when {@code arenaBefore >= 0} (the arena's bytes before the call), nothing was allocated. Returns whether
+   * the need was 0.
+   */
+  static boolean checkWorkspace(CudaDevice gpu, String what, long need, long bytes, long limit, long arenaBefore) {
+    org.junit.jupiter.api.Assertions.assertTrue(need >= 0 && need <= limit,
+        what + ": need " + need + " beyond the limit " + limit);
+    org.junit.jupiter.api.Assertions.assertEquals(CudaDevice.workspaceSize(need, limit), bytes,
+        what + ": the workspace must be the largest need so far (" + need + " bytes) rounded up to 1 MiB");
+    org.junit.jupiter.api.Assertions.assertTrue(bytes <= limit, what + ": workspace " + bytes + " above the limit "
+        + limit);
+    if (need != 0) {
+      return false;
+    }
+    org.junit.jupiter.api.Assertions.assertEquals(0, bytes, what + ": no need, no workspace");
+    if (arenaBefore >= 0) {
+      org.junit.jupiter.api.Assertions.assertEquals(arenaBefore, gpu.arena().bytesInUse(),
+          what + ": no need, no allocation");
+    }
+    return true;
+  }
 }
