@@ -130,8 +130,9 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
             + "cuDNN's heuristics, unless the executors were started with that property");
     cudaGraphs = new BooleanParam(this, "cudaGraphs",
         "cuda: capture each training step as a CUDA graph after 2 eager steps and replay it (same results, fewer "
-            + "host launches: for small models; only for one GPU or the TCP ring, without dropout or synchronised "
-            + "batch norm; other runs train eagerly)");
+            + "host launches: for small models; one GPU, the TCP ring, or several GPUs whose gradient all-reduce "
+            + "runs in order (allReduceMode in_order, or auto on one host with <= 256 MiB of gradients); without "
+            + "dropout or synchronised batch norm; other runs train eagerly)");
     allReduceMode = new Param<>(this, "allReduceMode",
         "cuda, several GPUs: how the gradient all-reduce runs beside backward: overlapped (on its own stream, as "
             + "PyTorch DDP), in_order (on the compute stream, between backward's kernels) or auto (in_order when all "
