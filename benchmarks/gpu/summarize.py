@@ -40,6 +40,21 @@ def mib(b):
     return "%.0f MiB" % (b / 2**20) if b < 2**30 else "%.0f GiB" % (b / 2**30)
 
 
+def gpu_input_wait_share(timeline):
+    """The most, over ranks, of the step's device time spent before the step's input is there: the timeline's
+    "input wait" phase (CUDA graphs) or "input wait + zero grad" (eager), over the step's sum; None without one.
+    The host's wait for the loader (the column before) is not the GPU's: with graphs the host runs far ahead."""
+    if not timeline:
+        return None
+    shares = []
+    for r in timeline.values():
+        total = sum(r.values())
+        wait = r.get("input wait", r.get("input wait + zero grad"))
+        if wait is not None and total > 0:
+            shares.append(wait / total)
+    return max(shares) if shares else None
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("raw")
@@ -102,8 +117,8 @@ def main():
         json.dump(entries, f, indent=1)
 
     card = entries[0]["card"] if entries else "?"
-    lines = ["| benchmark | W | ours | PyTorch | ours / PyTorch | scaling ours | scaling PyTorch | peak GiB ours / PyTorch | data wait (ours, max rank) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| benchmark | W | ours | PyTorch | ours / PyTorch | scaling ours | scaling PyTorch | peak GiB ours / PyTorch | data wait, host (ours, max rank) | input wait, GPU (ours, max rank) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     rank = {b: i for i, b in enumerate(present(entries))}
     entries.sort(key=lambda e: (rank[e["benchmark"]], e["world"], e.get("size_bytes", 0)))
     for e in entries:
@@ -115,10 +130,11 @@ def main():
         if "ours_peak_mem_gib" in e and "pytorch_peak_mem_gib" in e:
             mem = "%.2f / %.2f" % (e["ours_peak_mem_gib"], e["pytorch_peak_mem_gib"])
         dw = e.get("ours_data_wait_share_max_rank")
-        lines.append("| %s | %d | %s | %s | %s | %s | %s | %s | %s |" % (
+        iw = gpu_input_wait_share(e.get("ours_timeline_ms_per_step"))
+        lines.append("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             name, e["world"], f(e["ours"], fmt), f(e["pytorch"], fmt), f(e["ratio"], "%.3fx"),
             f(e.get("ours_scaling"), "%.1f%%" if False else "%.3f"), f(e.get("pytorch_scaling"), "%.3f"),
-            mem, f(dw * 100 if dw is not None else None, "%.2f%%")))
+            mem, f(dw * 100 if dw is not None else None, "%.2f%%"), f(iw * 100 if iw is not None else None, "%.2f%%")))
     md = ["# GPU suite %s (%s, commit %s, card: %s)" % (a.label, a.date, a.commit, card), ""] + lines + [""]
     for e in entries:
         if isinstance(e.get("per_gpu_batch"), dict):

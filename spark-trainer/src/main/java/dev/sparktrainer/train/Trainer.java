@@ -395,6 +395,11 @@ public final class Trainer {
           Tensor y = ys[slot];
           mark(timeline, "between steps");
           device.awaitPrefetch(); // this step's batch, queued one step earlier
+          if (useGraphs) {
+            // the device's wait for this step's input, apart from the replayed step (eager steps have it in
+            // "input wait + zero grad")
+            mark(timeline, "input wait");
+          }
           staged = t + 1 < stepsPerEpoch || epoch + 1 < config.epochs();
           if (staged) {
             stage(loader.next(), xs[slot ^ 1], ys[slot ^ 1]); // copied while this step computes
