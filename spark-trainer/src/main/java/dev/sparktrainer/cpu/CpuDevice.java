@@ -1,6 +1,7 @@
 package dev.sparktrainer.cpu;
 
 import dev.ludovic.netlib.blas.BLAS;
+import dev.sparktrainer.engine.Bf16;
 import dev.sparktrainer.engine.Conv2dDesc;
 import dev.sparktrainer.engine.DType;
 import dev.sparktrainer.engine.Device;
@@ -92,16 +93,9 @@ public final class CpuDevice implements Device {
     }
   }
 
-  /** Rounds a float to the nearest bf16 value (ties to even), as the GPU cast does. */
+  /** Rounds a float to the nearest bf16 value (ties to even), as the GPU cast does ({@link Bf16#round}). */
   public static float roundBf16(float v) {
-    int bits = Float.floatToRawIntBits(v);
-    if (Float.isNaN(v)) {
-      // Keep it a NaN that bf16 can hold (quiet bit set), not one whose payload is only in the low 16 bits.
-      return Float.intBitsToFloat((bits & 0xffff0000) | 0x00400000);
-    }
-    int lsb = (bits >>> 16) & 1;
-    bits += 0x7fff + lsb;
-    return Float.intBitsToFloat(bits & 0xffff0000);
+    return Bf16.round(v);
   }
 
   private static void storeRounded(CpuTensor dst) {

@@ -555,7 +555,7 @@ public final class CudaDevice implements Device {
   }
 
   private static short bf16Bits(float v) {
-    return (short) (Float.floatToRawIntBits(CpuDevice.roundBf16(v)) >>> 16);
+    return dev.sparktrainer.engine.Bf16.bits(v);
   }
 
   @Override
@@ -724,6 +724,35 @@ public final class CudaDevice implements Device {
           f.position(lo);
           f.put(src, srcOffset + lo, hi - lo);
         }
+      });
+    });
+  }
+
+  /**
+   * Values rounded to bf16 by the loader threads (Note [bf16 input on the loader threads] in data.BatchLoader): a
+   * bulk copy into the pinned slot, the same bytes prefetch(float[]) would write from the unrounded floats.
+   */
+  @Override
+  public void prefetchBf16(short[] src, int srcOffset, Tensor dst) {
+    enter();
+    CudaTensor d = fl(dst);
+    if (d.dtype() != DType.BFLOAT16) {
+      throw new IllegalArgumentException("prefetchBf16 needs a BFLOAT16 tensor, got " + dst);
+    }
+    int n = d.size();
+    if (srcOffset < 0 || srcOffset + (long) n > src.length) {
+      throw new IndexOutOfBoundsException("prefetchBf16 of " + n + " values from offset " + srcOffset
+          + " of an array of " + src.length);
+    }
+    prefetchBytes(d, 2L * n, buf -> {
+      int parts = n >= PARALLEL_STAGING_MIN ? PARALLEL_STAGING_PARTS : 1; // Note [parallel staging]
+      java.util.stream.IntStream range = java.util.stream.IntStream.range(0, parts);
+      (parts > 1 ? range.parallel() : range).forEach(p -> {
+        int lo = (int) ((long) n * p / parts);
+        int hi = (int) ((long) n * (p + 1) / parts);
+        java.nio.ShortBuffer s = buf.duplicate().order(buf.order()).asShortBuffer();
+        s.position(lo);
+        s.put(src, srcOffset + lo, hi - lo);
       });
     });
   }

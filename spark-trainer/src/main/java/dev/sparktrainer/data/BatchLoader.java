@@ -20,6 +20,13 @@ import java.util.concurrent.TimeUnit;
  * each did not keep up on 2x H100 (13.8% data wait at W = 2 with CUDA graphs). Each segment is made once (by the
  * first producer to reach it) and shared. {@link RowStore#gather} is called from several threads at once, each
  * with its own destination arrays.
+ *
+ * <p>Note [bf16 input on the loader threads]: when the trainer stages its input in bf16 (Note [bf16 input] in
+ * nn.Model), the producer also rounds each batch's features to bf16 ({@link HostBatch#featuresBf16}, engine.Bf16,
+ * the rounding every engine uses), so the trainer's thread only copies them (Device#prefetchBf16). Measured on
+ * the development machine (benchmarks/results/2026-11-26-diagnostics/Bf16Staging.java), a Fashion-MNIST CNN batch
+ * (512 x 784): 0.70-0.79 ms of rounding on the trainer's thread, longer than the model's whole step on an H100,
+ * becomes 0.68 ms on a loader thread and a 0.023-0.032 ms copy on the trainer's. Not run on a GPU yet.
  */
 public final class BatchLoader implements AutoCloseable {
   /** -Dsparktrainer.data.loaderThreads: the trainer's producer threads per loader (default 2). */
@@ -81,9 +88,18 @@ public final class BatchLoader implements AutoCloseable {
    * made while training runs), once. A segment too short for its steps fails like any other producer error.
    * {@code threads} producers share the work (Note [loader threads]).
    */
-  @SuppressWarnings("unchecked")
   public BatchLoader(RowStore store, int batch, int depth, int segments,
       java.util.function.IntFunction<Segment> segment, int threads) {
+    this(store, batch, depth, segments, segment, threads, false);
+  }
+
+  /**
+   * As {@link #BatchLoader(RowStore, int, int, int, java.util.function.IntFunction, int)}; with {@code bf16Features}
+   * the producers also round each batch's features to bf16 (Note [bf16 input on the loader threads]).
+   */
+  @SuppressWarnings("unchecked")
+  public BatchLoader(RowStore store, int batch, int depth, int segments,
+      java.util.function.IntFunction<Segment> segment, int threads, boolean bf16Features) {
     if (batch <= 0 || depth < 0 || segments < 0 || threads < 1) {
       throw new IllegalArgumentException("batch loader: batch " + batch + ", depth " + depth + ", segments "
           + segments + ", threads " + threads + " (batch > 0, depth >= 0, segments >= 0, threads >= 1)");
@@ -101,7 +117,7 @@ public final class BatchLoader implements AutoCloseable {
       ready[j] = new ArrayBlockingQueue<>(each + 1);
       free[j] = new ArrayBlockingQueue<>(each + 1);
       for (int k = 0; k < each; k++) {
-        free[j].add(new HostBatch(batch, store.dim(), store.targetDim()));
+        free[j].add(new HostBatch(batch, store.dim(), store.targetDim(), bf16Features));
       }
     }
     for (int j = 0; j < threads; j++) {
@@ -152,6 +168,9 @@ public final class BatchLoader implements AutoCloseable {
           }
           HostBatch b = free[me].take();
           store.gather(seg.order(), t * batch, batch, b.features, b.labels, b.targets);
+          if (b.featuresBf16 != null) {
+            dev.sparktrainer.engine.Bf16.bits(b.features, 0, b.featuresBf16, 0, batch * store.dim());
+          }
           b.size = batch;
           ready[me].put(b);
         }

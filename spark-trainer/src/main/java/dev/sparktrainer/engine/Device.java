@@ -248,6 +248,28 @@ public interface Device extends AutoCloseable {
     upload(src, srcOffset, dst);
   }
 
+  /**
+   * {@link #prefetch(float[], int, Tensor)} of values already rounded to bf16 on the host ({@link Bf16#bits}), into
+   * a BFLOAT16 tensor: the same bytes as prefetching the floats they were rounded from, without rounding on the
+   * calling thread (Note [bf16 input on the loader threads] in data.BatchLoader). Default: the exact floats, through
+   * prefetch(float[]).
+   */
+  default void prefetchBf16(short[] src, int srcOffset, Tensor dst) {
+    if (dst.dtype() != DType.BFLOAT16) {
+      throw new IllegalArgumentException("prefetchBf16 needs a BFLOAT16 tensor, got " + dst);
+    }
+    int n = Math.toIntExact(dst.numel());
+    if (srcOffset < 0 || srcOffset + (long) n > src.length) {
+      throw new IndexOutOfBoundsException("prefetchBf16 of " + n + " values from offset " + srcOffset
+          + " of an array of " + src.length);
+    }
+    float[] f = new float[n];
+    for (int i = 0; i < n; i++) {
+      f[i] = Bf16.value(src[srcOffset + i]);
+    }
+    prefetch(f, 0, dst);
+  }
+
   /** {@link #prefetch(float[], int, Tensor)} for INT32 tensors. */
   default void prefetch(int[] src, int srcOffset, Tensor dst) {
     upload(src, srcOffset, dst);

@@ -246,8 +246,10 @@ public final class Model {
    * even: CpuDevice.roundBf16), so the numbers are unchanged (CudaBf16InputTest) while the input slots and the
    * host-to-device copies take half the bytes (ResNet-50 at batch 256: two 154 MB fp32 slots become 77 MB each,
    * peak 11.40 -> 11.26 GiB). Not the default because the host's element-by-element rounding is slower than the
-   * bulk fp32 copy: measured on H100, the GPU then waits for the input (ResNet-50 0.3 -> 1.0 ms per step, the
-   * Fashion-MNIST CNN at batch 512 0.3 -> 1.1 ms: 234k instead of ~400k samples/s).
+   * bulk fp32 copy: measured on H100, the GPU then waited for the input (ResNet-50 0.3 -> 1.0 ms per step, the
+   * Fashion-MNIST CNN at batch 512 0.3 -> 1.1 ms: 234k instead of ~400k samples/s), when the trainer's thread did
+   * the rounding. The loader threads do it now (Note [bf16 input on the loader threads] in data.BatchLoader); the
+   * default stays until that is measured on a GPU.
    */
   public dev.sparktrainer.engine.DType inputDType() {
     Layer first = net.layers().isEmpty() ? null : net.layers().get(0);

@@ -374,7 +374,7 @@ public final class Trainer {
       int skip = i == 0 ? firstSkip : 0;
       return new BatchLoader.Segment(skip == 0 ? order : java.util.Arrays.copyOfRange(order, skip * b,
           order.length), stepsPerEpoch - skip);
-    }, BatchLoader.defaultThreads())) {
+    }, BatchLoader.defaultThreads(), inDType == DType.BFLOAT16)) {
       boolean staged = false; // whether the next batch is already queued into slot stepsRun & 1
       for (int epoch = firstEpoch; epoch < config.epochs(); epoch++) {
         int skip = epoch == firstEpoch ? firstSkip : 0;
@@ -686,7 +686,11 @@ public final class Trainer {
 
   /** Queues the copy of a host batch into the device slot (device.prefetch: ordered, maybe asynchronous). */
   private void stage(HostBatch batch, Tensor x, Tensor y) {
-    device.prefetch(batch.features, 0, x);
+    if (batch.featuresBf16 != null && x.dtype() == DType.BFLOAT16) {
+      device.prefetchBf16(batch.featuresBf16, 0, x); // rounded by the loader (Note [bf16 input on the loader threads])
+    } else {
+      device.prefetch(batch.features, 0, x);
+    }
     if (batch.labels != null) {
       device.prefetch(batch.labels, 0, y);
     } else {

@@ -130,6 +130,37 @@ class BatchLoaderTest {
         () -> new BatchLoader(store(4), 2, 2, 1, i -> new BatchLoader.Segment(new int[4], 2), 0));
   }
 
+  /** Note [bf16 input on the loader threads]: the producers round the features to bf16 beside the floats. */
+  @Test
+  void bf16FeaturesAreTheRoundedFeatures() {
+    int rows = 8;
+    float[] x = new float[rows * 3];
+    int[] y = new int[rows];
+    java.util.SplittableRandom r = new java.util.SplittableRandom(3);
+    for (int i = 0; i < x.length; i++) {
+      x[i] = (float) (r.nextDouble() * 200 - 100);
+    }
+    HeapRowStore store = new HeapRowStore(x, y, 3);
+    int[] order = {7, 6, 5, 4, 3, 2, 1, 0};
+    for (boolean bf16 : new boolean[] {true, false}) {
+      try (BatchLoader l = new BatchLoader(store, 2, 2, 2, i -> new BatchLoader.Segment(order, 4), 2, bf16)) {
+        HostBatch b;
+        int n = 0;
+        while ((b = l.next()) != null) {
+          n++;
+          if (!bf16) {
+            assertNull(b.featuresBf16);
+            continue;
+          }
+          for (int i = 0; i < b.features.length; i++) {
+            assertEquals(dev.sparktrainer.engine.Bf16.bits(b.features[i]), b.featuresBf16[i], "value " + i);
+          }
+        }
+        assertEquals(8, n);
+      }
+    }
+  }
+
   @Test
   void aSegmentTooShortFailsOnNext() {
     AtomicInteger calls = new AtomicInteger();

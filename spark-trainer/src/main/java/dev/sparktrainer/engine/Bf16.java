@@ -1,0 +1,39 @@
+package dev.sparktrainer.engine;
+
+/**
+ * bf16 rounding on the host, the same everywhere it happens (the CPU engine's bf16 ops, the CUDA engine's uploads,
+ * the loader threads: Note [bf16 input on the loader threads] in data.BatchLoader): to nearest, ties to even, as
+ * the GPU's cast; a NaN stays a NaN bf16 can hold.
+ */
+public final class Bf16 {
+  private Bf16() {}
+
+  /** v rounded to the nearest bf16 value, as a float. */
+  public static float round(float v) {
+    int bits = Float.floatToRawIntBits(v);
+    if (Float.isNaN(v)) {
+      // Keep it a NaN that bf16 can hold (quiet bit set), not one whose payload is only in the low 16 bits.
+      return Float.intBitsToFloat((bits & 0xffff0000) | 0x00400000);
+    }
+    int lsb = (bits >>> 16) & 1;
+    bits += 0x7fff + lsb;
+    return Float.intBitsToFloat(bits & 0xffff0000);
+  }
+
+  /** The bf16 bits of v rounded ({@link #round}). */
+  public static short bits(float v) {
+    return (short) (Float.floatToRawIntBits(round(v)) >>> 16);
+  }
+
+  /** dst[dstOffset + i] = bits(src[srcOffset + i]) for i in [0, n). */
+  public static void bits(float[] src, int srcOffset, short[] dst, int dstOffset, int n) {
+    for (int i = 0; i < n; i++) {
+      dst[dstOffset + i] = bits(src[srcOffset + i]);
+    }
+  }
+
+  /** The float a bf16 holds (exact). */
+  public static float value(short bits) {
+    return Float.intBitsToFloat((bits & 0xffff) << 16);
+  }
+}
