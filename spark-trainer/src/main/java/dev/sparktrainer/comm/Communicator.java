@@ -64,6 +64,16 @@ public interface Communicator extends AutoCloseable {
    */
   default void awaitAsync() {}
 
+  /**
+   * Waits on the host, as {@link #awaitAsync()}, for the async collectives joined before the last {@code keep}
+   * {@link #joinAsync()} calls; those joined by the last {@code keep} joins, and any not joined yet, may still run
+   * (the trainer's lagged bucket wait: Note [bucket wait lag] in train.Trainer). keep 0 waits for every joined one.
+   * Default: {@link #awaitAsync()} (nothing is left running).
+   */
+  default void awaitAsyncBefore(int keep) {
+    awaitAsync();
+  }
+
   /** Tears the communicator down at once (unblocks collectives in flight, on this rank). Idempotent. */
   void abort();
 

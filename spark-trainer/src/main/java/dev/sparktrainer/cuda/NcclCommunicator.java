@@ -63,15 +63,18 @@ public final class NcclCommunicator implements Communicator {
   private final Object lock = new Object();
   private final CudaEvent computeDone;
   private final CudaEvent commDone;
-  private final CudaEvent joinDone; // the compute stream at the last joinAsync
+  // The compute stream at each joinAsync not yet waited for, oldest first, with the collectives each covers; and
+  // recorded events to reuse (Note [async gradient buckets]).
+  private final java.util.ArrayDeque<CudaEvent> joined = new java.util.ArrayDeque<>();
+  private final java.util.ArrayDeque<Integer> joinedCounts = new java.util.ArrayDeque<>();
+  private final java.util.ArrayDeque<CudaEvent> spareJoins = new java.util.ArrayDeque<>();
   private final boolean oneHost; // all ranks named the same host at creation
   private long comm; // ncclComm_t of the collectives; 0 once aborted or destroyed
   private long parent; // the non-blocking ncclComm_t that comm was split from (Note [blocking collectives]), or 0
   private volatile boolean abortRequested;
   private volatile String failure; // why the communicator is no longer usable
-  private int asyncPending; // async collectives started since the last awaitAsync
-  private int asyncOnComm; // of which on the comm stream, since the last joinAsync
-  private boolean asyncJoined;
+  private int unjoined; // async collectives started since the last joinAsync
+  private int asyncOnComm; // of which on the comm stream
 
   private NcclCommunicator(int rank, int worldSize, CudaDevice device, Duration timeout, boolean oneHost) {
     this.rank = rank;
@@ -81,7 +84,6 @@ public final class NcclCommunicator implements Communicator {
     this.timeoutNanos = timeout.toNanos();
     this.computeDone = device.newEvent();
     this.commDone = device.newEvent();
-    this.joinDone = device.newEvent();
   }
 
   /** {@link #create(WorkerContext, CudaDevice, Duration)} with {@link #DEFAULT_TIMEOUT}. */
@@ -390,7 +392,8 @@ public final class NcclCommunicator implements Communicator {
   // still fails the step within the timeout. The trainer calls awaitAsync after queueing the optimizer, so
   // the GPU goes from the last bucket to the optimizer without waiting for the host. allReduceSumInOrder queues
   // the all-reduce on the compute stream instead (no overlap, no cross-stream wait); joinAsync and awaitAsync
-  // cover both kinds (joinDone: the compute stream past the join).
+  // cover both kinds (an event on the compute stream past each join). awaitAsyncBefore(keep) waits only for the
+  // joins before the last `keep` ones (Note [bucket wait lag] in train.Trainer).
 
   @Override
   public boolean supportsAsync() {
@@ -429,18 +432,17 @@ public final class NcclCommunicator implements Communicator {
       if (st != 0 && !Native.ncclInProgress(st)) {
         throw fail(what + " of " + buf, "NCCL call failed: " + Native.errorString(st) + lastError());
       }
-      asyncPending++;
+      unjoined++;
       if (!inOrder) {
         asyncOnComm++;
       }
-      asyncJoined = false;
     }
     afterCall(0, what, deadline);
   }
 
   @Override
   public void joinAsync() {
-    if (asyncPending == 0 || asyncJoined) {
+    if (unjoined == 0) {
       return;
     }
     device.makeCurrent();
@@ -451,23 +453,34 @@ public final class NcclCommunicator implements Communicator {
         device.computeStream().waitFor(commDone);
       }
       // The compute stream past this point: after the comm stream's collectives (waited for above) and the
-      // in-order ones (queued on it), so awaitAsync covers both.
-      joinDone.record(device.computeStream());
-      asyncJoined = true;
+      // in-order ones (queued on it), so waiting for this event covers both.
+      CudaEvent e = spareJoins.isEmpty() ? device.newEvent() : spareJoins.poll();
+      e.record(device.computeStream());
+      joined.add(e);
+      joinedCounts.add(unjoined);
+      unjoined = 0;
       asyncOnComm = 0;
     }
   }
 
   @Override
   public void awaitAsync() {
-    if (asyncPending == 0) {
-      return;
-    }
     joinAsync();
-    String what = "async all-reduce of " + asyncPending + " gradient bucket(s)";
-    waitFor(joinDone, what, System.nanoTime() + timeoutNanos);
-    asyncPending = 0;
-    asyncJoined = false;
+    awaitAsyncBefore(0);
+  }
+
+  @Override
+  public void awaitAsyncBefore(int keep) {
+    if (keep < 0) {
+      throw new IllegalArgumentException("keep must be >= 0, got " + keep);
+    }
+    long deadline = System.nanoTime() + timeoutNanos;
+    while (joined.size() > keep) {
+      String what = "async all-reduce of " + joinedCounts.peek() + " gradient bucket(s)";
+      waitFor(joined.peek(), what, deadline);
+      joinedCounts.poll();
+      spareJoins.add(joined.poll());
+    }
   }
 
   @FunctionalInterface
@@ -713,7 +726,11 @@ public final class NcclCommunicator implements Communicator {
       try {
         commDone.close();
       } finally {
-        joinDone.close();
+        for (java.util.ArrayDeque<CudaEvent> q : java.util.List.of(joined, spareJoins)) {
+          while (!q.isEmpty()) {
+            q.poll().close();
+          }
+        }
       }
     }
   }

@@ -198,6 +198,23 @@ class CudaNcclTest {
               }
             }
           }
+          // Note [bucket wait lag]: two joins, the older waited for alone, then the rest: sums of the sums.
+          c.allReduceSumInOrder(ts[0]);
+          c.joinAsync();
+          c.allReduceSumAsync(ts[2]);
+          c.joinAsync();
+          c.awaitAsyncBefore(1);
+          c.awaitAsync();
+          for (int i : new int[] {0, 2}) {
+            float[] got = host(d, ts[i]);
+            float[] a = rankData(sizes[i], 0);
+            float[] b = rankData(sizes[i], 1);
+            for (int j = 0; j < got.length; j++) {
+              if (got[j] != 2 * (a[j] + b[j])) {
+                throw new AssertionError("lagged wait, blocking=" + blocking + " n=" + sizes[i] + " element " + j);
+              }
+            }
+          }
           d.upload(rankData(sizes[1], ctx.rank()), 0, ts[1]);
           c.broadcast(ts[1], 1);
           assertArrayEquals(rankData(sizes[1], 1), host(d, ts[1]));

@@ -28,11 +28,46 @@ import org.junit.jupiter.api.Timeout;
  */
 @Timeout(120)
 class AllReduceModeTest {
-  /** A ring that takes the async path's calls and counts which kind each bucket got. */
+  /**
+   * A ring that takes the async path's calls and counts which kind each bucket got; it also keeps the joins a real
+   * asynchronous communicator would still be running (the ring has summed them already), as Note [bucket wait lag]
+   * lets them stand, and the most that stood when a step started its buckets.
+   */
   static final class CountingAsyncRing implements Communicator {
     final Communicator ring;
     final boolean oneHost;
     final Map<String, Integer> calls = new TreeMap<>();
+    int unjoined; // buckets started since the last join
+    int joins; // joins not waited for
+    int mostJoinsAtBucketStart;
+    final Map<Integer, Integer> keeps = new TreeMap<>(); // awaitAsyncBefore(keep) calls by keep
+
+    private void started() {
+      if (unjoined == 0) {
+        mostJoinsAtBucketStart = Math.max(mostJoinsAtBucketStart, joins);
+      }
+      unjoined++;
+    }
+
+    @Override
+    public void joinAsync() {
+      if (unjoined > 0) {
+        joins++;
+        unjoined = 0;
+      }
+    }
+
+    @Override
+    public void awaitAsync() {
+      joinAsync();
+      joins = 0;
+    }
+
+    @Override
+    public void awaitAsyncBefore(int keep) {
+      keeps.merge(keep, 1, Integer::sum);
+      joins = Math.min(joins, keep);
+    }
 
     CountingAsyncRing(Communicator ring, boolean oneHost) {
       this.ring = ring;
@@ -46,12 +81,14 @@ class AllReduceModeTest {
 
     @Override
     public void allReduceSumAsync(Tensor buf) {
+      started();
       calls.merge("overlapped", 1, Integer::sum);
       ring.allReduceSum(buf);
     }
 
     @Override
     public void allReduceSumInOrder(Tensor buf) {
+      started();
       calls.merge("in order", 1, Integer::sum);
       ring.allReduceSum(buf);
     }
@@ -92,9 +129,13 @@ class AllReduceModeTest {
     }
   }
 
-  record Run(float[] params, Map<String, Integer> calls) {}
+  record Run(float[] params, Map<String, Integer> calls, int mostJoins, Map<Integer, Integer> keeps) {}
 
   static List<Run> train(Trainer.AllReduceMode mode, boolean oneHost) {
+    return train(mode, oneHost, 1);
+  }
+
+  static List<Run> train(Trainer.AllReduceMode mode, boolean oneHost, int lag) {
     HeapRowStore store = DataParallelInvariantsTest.data(256);
     SamplerPlan plan = new SamplerPlan(store.rows(), 2, 16, 5, false);
     return LocalLauncher.run(2, 0, 60, ctx -> {
@@ -105,10 +146,12 @@ class AllReduceModeTest {
               oneHost)) {
         Model m = new Model(DataParallelInvariantsTest.SPEC, d);
         // Tiny buckets (256 B, then 512 B): the model's 260 parameters make several.
-        Trainer t = new Trainer(m, cfg, comm).gradientBuckets(256, 512).allReduceMode(mode);
+        // No per-step non-finite check: it reads the gradients, so the host waits for every bucket before it.
+        Trainer t = new Trainer(m, cfg, comm).gradientBuckets(256, 512).allReduceMode(mode).bucketWaitLag(lag)
+            .checkNonFinite(false);
         t.initializeWeights();
         t.fit(store, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch());
-        return new Run(m.parametersToHost(), comm.calls);
+        return new Run(m.parametersToHost(), comm.calls, comm.mostJoinsAtBucketStart, comm.keeps);
       }
     });
   }
@@ -134,5 +177,28 @@ class AllReduceModeTest {
       assertArrayEquals(auto.get(rank).params(), autoAcrossHosts.get(rank).params(), "rank " + rank);
     }
     assertArrayEquals(auto.get(0).params(), auto.get(1).params(), "ranks agree");
+  }
+
+  /**
+   * Note [bucket wait lag]: with lag 2 a step starts its buckets while the step before last's are still joined (at
+   * most one join stands: the previous step's), with lag 1 none does; the weights are the same bits.
+   */
+  @Test
+  void theBucketWaitLagLeavesOneStepRunningAndTheSameBits() {
+    for (Trainer.AllReduceMode mode : new Trainer.AllReduceMode[] {Trainer.AllReduceMode.IN_ORDER,
+        Trainer.AllReduceMode.OVERLAPPED}) {
+      List<Run> one = train(mode, true, 1);
+      List<Run> two = train(mode, true, 2);
+      for (int rank = 0; rank < 2; rank++) {
+        assertEquals(0, one.get(rank).mostJoins(), mode + ": lag 1 waits for the previous step's buckets");
+        assertEquals(1, two.get(rank).mostJoins(), mode + ": lag 2 leaves the previous step's buckets running");
+        assertEquals(java.util.Set.of(0), one.get(rank).keeps().keySet(), mode + ": " + one.get(rank).keeps());
+        assertEquals(java.util.Set.of(1), two.get(rank).keeps().keySet(), mode + ": " + two.get(rank).keeps());
+        assertArrayEquals(one.get(rank).params(), two.get(rank).params(), mode + ", rank " + rank);
+      }
+    }
+    org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+        () -> new Trainer(new Model(DataParallelInvariantsTest.SPEC, new CpuDevice()), TrainerConfig.builder()
+            .epochs(1).batchSize(4).build(), new dev.sparktrainer.comm.LocalCommunicator()).bucketWaitLag(3));
   }
 }
