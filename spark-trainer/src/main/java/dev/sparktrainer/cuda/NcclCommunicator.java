@@ -34,8 +34,9 @@ import java.util.concurrent.locks.LockSupport;
  * still runs non-blocking under the watchdog: the split runs in the non-blocking parent's group (NCCL takes the
  * parent's mode for it; it is polled like the init, and aborting the parent aborts it), and the connections
  * that NCCL makes at a communicator's first collective of each algorithm (runtime connect) are made at
- * creation by warm-up all-reduces of several sizes (1 element, 64 KiB, 8 MiB: the sizes the tuner maps to
- * each algorithm and protocol it uses here). What remains blocking is queueing kernels, and the waits for
+ * creation by warm-up all-reduces of several sizes (4 B to 8 MiB; on one host with 2 H100s NCCL 2.28 chose Ring for
+ * every size, NCCL_DEBUG=INFO with the TUNING subsystem; the sizes between also meet the tuner's switch points to
+ * Tree across hosts, which is not measured here). What remains blocking is queueing kernels, and the waits for
  * their completion are the watchdog's polls of CUDA events as before, so a dead or stalled peer still fails
  * the rank within the timeout (ncclCommAbort of both communicators). The one residue: a collective whose size
  * makes NCCL pick an algorithm not connected at creation connects at that call, in the caller's thread; its
@@ -54,7 +55,7 @@ public final class NcclCommunicator implements Communicator {
   /** -Dsparktrainer.nccl.blockingCollectives=false keeps the collectives on the non-blocking communicator. */
   public static final String BLOCKING_COLLECTIVES_PROPERTY = "sparktrainer.nccl.blockingCollectives";
   /** Element counts (fp32) of the warm-up all-reduces that connect NCCL's algorithms at creation. */
-  static final int[] WARM_UP_COUNTS = {1, 16 << 10, 2 << 20};
+  static final int[] WARM_UP_COUNTS = {1, 1 << 10, 16 << 10, 256 << 10, 2 << 20};
 
   private final int rank;
   private final int worldSize;
