@@ -13,6 +13,7 @@ import static jcuda.driver.JCudaDriver.cuMemcpyHtoDAsync;
 import static jcuda.driver.JCudaDriver.cuMemsetD8Async;
 
 import dev.sparktrainer.cpu.CpuDevice;
+import dev.sparktrainer.engine.Bf16;
 import dev.sparktrainer.engine.Conv2dDesc;
 import dev.sparktrainer.engine.DType;
 import dev.sparktrainer.engine.Pool2dDesc;
@@ -554,10 +555,6 @@ public final class CudaDevice implements Device {
     void read(ByteBuffer staging, long byteOffset, int length);
   }
 
-  private static short bf16Bits(float v) {
-    return dev.sparktrainer.engine.Bf16.bits(v);
-  }
-
   @Override
   public void upload(float[] src, int srcOffset, Tensor dst) {
     uploadOn(src, srcOffset, dst, null);
@@ -598,7 +595,7 @@ public final class CudaDevice implements Device {
       int count = len / eb;
       if (bf) {
         for (int i = 0; i < count; i++) {
-          buf.putShort(i * 2, bf16Bits(src[first + i]));
+          buf.putShort(i * 2, Bf16.bits(src[first + i]));
         }
       } else {
         buf.asFloatBuffer().put(src, first, count);
@@ -705,27 +702,35 @@ public final class CudaDevice implements Device {
           + src.length);
     }
     boolean bf = d.dtype() == DType.BFLOAT16;
-    prefetchBytes(d, (long) n * d.dtype().bytes(), buf -> {
-      // Note [parallel staging]: a large batch (ResNet-50 at 256 x 3 x 224 x 224 fp32: 154 MB) is copied into the
-      // pinned slot by several threads, in disjoint ranges: one thread took ~20 ms of the trainer thread's step,
-      // time in which it launches nothing (two ranks in one JVM pay it twice).
-      int parts = n >= PARALLEL_STAGING_MIN ? PARALLEL_STAGING_PARTS : 1;
-      java.util.stream.IntStream range = java.util.stream.IntStream.range(0, parts);
-      (parts > 1 ? range.parallel() : range).forEach(p -> {
-        int lo = (int) ((long) n * p / parts);
-        int hi = (int) ((long) n * (p + 1) / parts);
-        ByteBuffer b = buf.duplicate().order(buf.order());
-        if (bf) {
-          for (int i = lo; i < hi; i++) {
-            b.putShort(i * 2, bf16Bits(src[srcOffset + i]));
-          }
-        } else {
-          java.nio.FloatBuffer f = b.asFloatBuffer();
-          f.position(lo);
-          f.put(src, srcOffset + lo, hi - lo);
+    prefetchBytes(d, (long) n * d.dtype().bytes(), buf -> stageInParts(n, buf, (b, lo, hi) -> {
+      if (bf) {
+        for (int i = lo; i < hi; i++) {
+          b.putShort(i * 2, Bf16.bits(src[srcOffset + i]));
         }
-      });
-    });
+      } else {
+        java.nio.FloatBuffer f = b.asFloatBuffer();
+        f.position(lo);
+        f.put(src, srcOffset + lo, hi - lo);
+      }
+    }));
+  }
+
+  /** Fills values [lo, hi) of a pinned slot through its own view {@code b} of it. */
+  @FunctionalInterface
+  private interface StagePart {
+    void fill(ByteBuffer b, int lo, int hi);
+  }
+
+  /**
+   * Note [parallel staging]: a large batch (ResNet-50 at 256 x 3 x 224 x 224 fp32: 154 MB) is copied into the
+   * pinned slot by several threads, in disjoint ranges of its n values: one thread took ~20 ms of the trainer
+   * thread's step, time in which it launches nothing (two ranks in one JVM pay it twice).
+   */
+  private static void stageInParts(int n, ByteBuffer slot, StagePart part) {
+    int parts = n >= PARALLEL_STAGING_MIN ? PARALLEL_STAGING_PARTS : 1;
+    java.util.stream.IntStream range = java.util.stream.IntStream.range(0, parts);
+    (parts > 1 ? range.parallel() : range).forEach(p -> part.fill(slot.duplicate().order(slot.order()),
+        (int) ((long) n * p / parts), (int) ((long) n * (p + 1) / parts)));
   }
 
   /**
@@ -744,17 +749,11 @@ public final class CudaDevice implements Device {
       throw new IndexOutOfBoundsException("prefetchBf16 of " + n + " values from offset " + srcOffset
           + " of an array of " + src.length);
     }
-    prefetchBytes(d, 2L * n, buf -> {
-      int parts = n >= PARALLEL_STAGING_MIN ? PARALLEL_STAGING_PARTS : 1; // Note [parallel staging]
-      java.util.stream.IntStream range = java.util.stream.IntStream.range(0, parts);
-      (parts > 1 ? range.parallel() : range).forEach(p -> {
-        int lo = (int) ((long) n * p / parts);
-        int hi = (int) ((long) n * (p + 1) / parts);
-        java.nio.ShortBuffer s = buf.duplicate().order(buf.order()).asShortBuffer();
-        s.position(lo);
-        s.put(src, srcOffset + lo, hi - lo);
-      });
-    });
+    prefetchBytes(d, 2L * n, buf -> stageInParts(n, buf, (b, lo, hi) -> {
+      java.nio.ShortBuffer s = b.asShortBuffer();
+      s.position(lo);
+      s.put(src, srcOffset + lo, hi - lo);
+    }));
   }
 
   /** Note [parallel staging]: batches of at least this many values are staged by several threads. */

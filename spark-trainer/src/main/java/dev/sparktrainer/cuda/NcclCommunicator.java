@@ -64,11 +64,12 @@ public final class NcclCommunicator implements Communicator {
   private final Object lock = new Object();
   private final CudaEvent computeDone;
   private final CudaEvent commDone;
-  // The compute stream at each joinAsync not yet waited for, oldest first, with the collectives each covers; and
-  // recorded events to reuse (Note [async gradient buckets]).
-  private final java.util.ArrayDeque<CudaEvent> joined = new java.util.ArrayDeque<>();
-  private final java.util.ArrayDeque<Integer> joinedCounts = new java.util.ArrayDeque<>();
+  // Each joinAsync not yet waited for, oldest first, and recorded events to reuse (Note [async gradient buckets]).
+  private final java.util.ArrayDeque<Join> joined = new java.util.ArrayDeque<>();
   private final java.util.ArrayDeque<CudaEvent> spareJoins = new java.util.ArrayDeque<>();
+
+  /** The compute stream at a joinAsync, and how many collectives that join covers. */
+  private record Join(CudaEvent done, int collectives) {}
   private final boolean oneHost; // all ranks named the same host at creation
   private long comm; // ncclComm_t of the collectives; 0 once aborted or destroyed
   private long parent; // the non-blocking ncclComm_t that comm was split from (Note [blocking collectives]), or 0
@@ -457,8 +458,7 @@ public final class NcclCommunicator implements Communicator {
       // in-order ones (queued on it), so waiting for this event covers both.
       CudaEvent e = spareJoins.isEmpty() ? device.newEvent() : spareJoins.poll();
       e.record(device.computeStream());
-      joined.add(e);
-      joinedCounts.add(unjoined);
+      joined.add(new Join(e, unjoined));
       unjoined = 0;
       asyncOnComm = 0;
     }
@@ -477,10 +477,9 @@ public final class NcclCommunicator implements Communicator {
     }
     long deadline = System.nanoTime() + timeoutNanos;
     while (joined.size() > keep) {
-      String what = "async all-reduce of " + joinedCounts.peek() + " gradient bucket(s)";
-      waitFor(joined.peek(), what, deadline);
-      joinedCounts.poll();
-      spareJoins.add(joined.poll());
+      Join j = joined.peek();
+      waitFor(j.done(), "async all-reduce of " + j.collectives() + " gradient bucket(s)", deadline);
+      spareJoins.add(joined.poll().done());
     }
   }
 
@@ -727,10 +726,11 @@ public final class NcclCommunicator implements Communicator {
       try {
         commDone.close();
       } finally {
-        for (java.util.ArrayDeque<CudaEvent> q : java.util.List.of(joined, spareJoins)) {
-          while (!q.isEmpty()) {
-            q.poll().close();
-          }
+        while (!joined.isEmpty()) {
+          joined.poll().done().close();
+        }
+        while (!spareJoins.isEmpty()) {
+          spareJoins.poll().close();
         }
       }
     }

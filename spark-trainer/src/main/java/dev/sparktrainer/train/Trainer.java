@@ -437,10 +437,7 @@ public final class Trainer {
               for (int k = 0; k < bucketStarts.length - 1; k++) {
                 launchBucket(grads, bucketStarts, k);
               }
-              comm.joinAsync();
-              if (gradsLow != null) {
-                device.copy(gradsLow, grads);
-              }
+              joinBuckets(grads);
               mark(timeline, "all-reduce (buckets)");
             }
           } else {
@@ -469,10 +466,7 @@ public final class Trainer {
                 launchBucket(grads, bucketStarts, next[0]++);
               }
               mark(timeline, "backward");
-              comm.joinAsync();
-              if (gradsLow != null) {
-                device.copy(gradsLow, grads); // the bf16 sums, widened (ordered after the buckets by joinAsync)
-              }
+              joinBuckets(grads);
               mark(timeline, "all-reduce wait (buckets)");
             } else {
               model.backward(dOut, ctx, overwrite, null);
@@ -770,6 +764,14 @@ public final class Trainer {
   /** A bucket's size in fp32 elements, a multiple of ParameterSet.ALIGN (at least one). */
   private static long alignedBucket(long bytes) {
     return Math.max(ParameterSet.ALIGN, bytes / 4 / ParameterSet.ALIGN * ParameterSet.ALIGN);
+  }
+
+  /** Orders later device work after this step's buckets; widens the bf16 sums (after them) into the gradients. */
+  private void joinBuckets(Tensor grads) {
+    comm.joinAsync();
+    if (gradsLow != null) {
+      device.copy(gradsLow, grads);
+    }
   }
 
   private void launchBucket(Tensor grads, long[] starts, int i) {
