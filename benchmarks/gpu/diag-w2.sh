@@ -2,9 +2,10 @@
 # Where does ResNet-50's W=2 step lose time? (benchmarks/results/2026-11-26-diagnostics/README.md) One device
 # call, kind nvidia-h100-x2, carry [".device/perf"] (bash benchmarks/gpu/stage.sh first). Ours only (TORCH=0),
 # one suite per variant, while nvidia-smi samples SM clock, power and clock-event reasons every 100 ms.
-# VARIANTS: ";"-separated "label|worlds|JVM options[|trace]" (a 4th field, any word: trace the kernels with
-# benchmarks/gpu/cupti and summarize the traces with its analyze.py into trace-summary.txt; TRACE_DUMP=1 also
-# brings back the traced windows as trace-windows.tar), default: W=1 and W=2 as they are, and W=2 with an idle
+# VARIANTS: ";"-separated "label|worlds|JVM options[|trace[|environment]]" (a 4th field, any word: trace the kernels
+# with benchmarks/gpu/cupti and summarize the traces with its analyze.py into trace-summary.txt; TRACE_DUMP=1 also
+# brings back the traced windows as trace-windows.tar; a 5th: environment assignments for ours, e.g.
+# NCCL_MAX_CTAS=16), default: W=1 and W=2 as they are, and W=2 with an idle
 # NCCL communicator beside two ranks that train apart (-Dsparktrainer.bench.commIdle=true). TESTS=1: the GPU
 # tests first. Useful options: -Dsparktrainer.train.timelineLayers=true (the timeline split by layer),
 # -Dsparktrainer.bench.bucketsMiB=first,rest (gradient bucket sizes). When nsys is installed (it was not on
@@ -23,11 +24,11 @@ tests=${TESTS:-0}
 traces=()
 IFS=';' read -ra vs <<< "$VARIANTS"
 for v in "${vs[@]}"; do
-  IFS='|' read -r label worlds opts trace <<< "$v"
+  IFS='|' read -r label worlds opts trace extra <<< "$v"
   echo "$(date +%T.%N) $label start" >> "$out/marks.txt"
-  envs=""
+  envs="$extra"
   if [ -n "$trace" ]; then # a kernel trace (benchmarks/gpu/cupti, built into $STAGE_DIR/cupti by stage.sh)
-    envs="CUDA_INJECTION64_PATH=$PWD/$STAGE_DIR/cupti/libkernel_trace.so KERNEL_TRACE_OUT=/tmp/trace-$label.csv"
+    envs="$envs CUDA_INJECTION64_PATH=$PWD/$STAGE_DIR/cupti/libkernel_trace.so KERNEL_TRACE_OUT=/tmp/trace-$label.csv"
     traces+=("$label=/tmp/trace-$label.csv")
   fi
   TESTS=$tests WORLDS="$worlds" LABEL="$label" BENCH_JAVA_OPTS="$opts" BENCH_ENV="$envs" bash benchmarks/gpu/run-suite.sh 2>&1 \

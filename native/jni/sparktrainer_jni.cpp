@@ -490,6 +490,7 @@ struct PlanKey {
   int aType, bType, cType, computeMode, epilogue;
   uint32_t alignA, alignB, alignC;
   int64_t limitBytes;  // the workspace the heuristic may choose for (not the buffer's size)
+  int smCountTarget;   // 0: all SMs; else CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET (Note [GEMM SM carve-out])
   bool operator==(const PlanKey& o) const { return std::memcmp(this, &o, sizeof(PlanKey)) == 0; }
 };
 struct PlanKeyHash {
@@ -525,6 +526,10 @@ jint buildPlan(cublasLtHandle_t h, const PlanKey& key, Plan* plan) {
   }
   if (key.epilogue != 0) {
     TRY_CUBLAS(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+  }
+  if (key.smCountTarget > 0) {  // Note [GEMM SM carve-out] in CudaDevice: the heuristic and the grid see fewer SMs
+    int32_t sms = key.smCountTarget;
+    TRY_CUBLAS(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sms, sizeof(sms)));
   }
   if (key.epilogue == 1 || key.epilogue == 3) {
     // The bias has C's type: fp32 bias for fp32 C (set explicitly), bf16 bias for bf16 C (the default, the
@@ -575,13 +580,15 @@ extern "C" {
 // epilogue: 0 none, 1 bias, 2 relu, 3 relu + bias; the bias (a vector of m) has C's type.
 // Plans are cached per thread (Note [matmul plan cache]). The algorithm is chosen within limitBytes of workspace;
 // workspace/workspaceBytes is the caller's buffer: JNI_CUBLASLT_WORKSPACE (nothing ran) when the algorithm needs
-// more, need[0] = the bytes it needs (on success too).
+// more, need[0] = the bytes it needs (on success too). smCountTarget: 0 = all SMs, else the SMs the algorithm is
+// chosen and launched for (CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET; part of the plan's key).
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cublasLtMatmul(
     JNIEnv* env, jclass, jlong handle, jboolean transA, jboolean transB, jlong m, jlong n, jlong k, jfloat alpha,
     jlong a, jlong lda, jint aType, jlong b, jlong ldb, jint bType, jfloat beta, jlong c, jlong ldc, jint cType,
     jint computeMode, jint epilogue, jlong bias, jlong workspace, jlong workspaceBytes, jlong limitBytes,
-    jlongArray needOut, jlong stream) {
+    jint smCountTarget, jlongArray needOut, jlong stream) {
   if (m <= 0 || n <= 0 || k <= 0 || lda <= 0 || ldb <= 0 || ldc < m || workspaceBytes < 0 || limitBytes < 0 ||
+      smCountTarget < 0 ||
       epilogue < 0 || epilogue > 3 || needOut == nullptr || env->GetArrayLength(needOut) < 1) {
     return jniError(JNI_BAD_ARGUMENT);
   }
@@ -598,6 +605,7 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cublasLtMatmul(
   key.aType = aType; key.bType = bType; key.cType = cType; key.computeMode = computeMode; key.epilogue = epilogue;
   key.alignA = alignment(a); key.alignB = alignment(b); key.alignC = alignment(c);
   key.limitBytes = limitBytes;
+  key.smCountTarget = smCountTarget;
   cublasLtHandle_t h = fromJ<cublasLtHandle_t>(handle);
   auto it = t_plans.find(key);
   Plan* plan;

@@ -39,6 +39,7 @@ final class BlasLt implements AutoCloseable {
   private final List<CudaStream> users = new ArrayList<>(2); // streams that queued matmuls on the buffer
   private volatile CudaStream lastUser; // the last of them (checked on every call without the lock)
   private long handle;
+  private volatile int smCountTarget; // 0: all SMs (Note [GEMM SM carve-out] in CudaDevice)
 
   BlasLt(CudaDevice device, CudaArena arena) {
     this.device = device;
@@ -90,6 +91,11 @@ final class BlasLt implements AutoCloseable {
         WORKSPACE_BYTES);
   }
 
+  /** The SMs later matmuls are chosen and launched for; 0 for all (Note [GEMM SM carve-out] in CudaDevice). */
+  void smCountTarget(int sms) {
+    this.smCountTarget = sms;
+  }
+
   /** Remembers that {@code stream} queued a matmul on the current buffer (growWorkspace waits for it). */
   private synchronized void noteUser(CudaStream stream) {
     if (!users.contains(stream)) {
@@ -131,7 +137,7 @@ final class BlasLt implements AutoCloseable {
       need[0] = 0;
       int st = Native.cublasLtMatmul(handle, transB, transA, n, m, k, alpha, b, ldb, bType, a, lda, aType, beta,
           c, ldc, cType, tf32 ? 1 : 0, epilogue, bias, ws == null ? 0 : ws.address(), wsBytes, WORKSPACE_BYTES,
-          need, stream.handle());
+          smCountTarget, need, stream.handle());
       if (st == 0) {
         if (need[0] > workspaceNeed) {
           workspaceNeed = need[0];

@@ -307,6 +307,38 @@ public final class CudaDevice implements Device {
     return lt == null ? 0 : lt.workspaceNeed();
   }
 
+  // Note [GEMM SM carve-out]: cuBLASLt's GEMMs on an H100 are persistent kernels sized for every SM (one CTA per
+  // SM, each holding ~200 KiB of shared memory), so a kernel on another stream finds no SM free until the GEMM
+  // ends, whatever that stream's priority. The benchmark MLP at W=2 showed it: its 832 MiB of gradient buckets are
+  // launched on the comm stream while backward's 8192x8192x4096 GEMMs run, yet NCCL's kernels ran only between
+  // them and 2.7 ms of all-reduce was left after backward (benchmarks/README.md). gemmSmCarveout(n) asks cuBLASLt
+  // (CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, part of the cached plan's key, Note [matmul plan cache]) to choose and
+  // launch later matmuls for smCount - n SMs, which leaves n SMs to NCCL's CTAs (NCCL_MAX_CTAS caps how many those
+  // are); PyTorch's experimental SM carve-out sets the same attribute. The trainer sets it around a backward whose
+  // buckets overlap it (Trainer#gemmSmCarveout) and clears it after. Convolutions (cuDNN) are not affected.
+
+  /**
+   * Leaves {@code sms} SMs to other streams in later cuBLASLt matmuls (Note [GEMM SM carve-out]); 0 clears it.
+   *
+   * @throws IllegalArgumentException unless 0 <= sms < the device's SM count
+   */
+  @Override
+  public void gemmSmCarveout(int sms) {
+    if (sms < 0 || sms >= smCount) {
+      throw new IllegalArgumentException("gemmSmCarveout must be in [0, " + smCount + ") SMs on " + name + ", got "
+          + sms);
+    }
+    BlasLt lt = blasLt();
+    if (lt != null) {
+      lt.smCountTarget(sms == 0 ? 0 : smCount - sms);
+    }
+  }
+
+  /** The device's number of streaming multiprocessors. */
+  public int smCount() {
+    return smCount;
+  }
+
   /** Makes the cuBLASLt workspace at least {@code need} bytes (BlasLt#growWorkspace); tests use it. */
   void growBlasLtWorkspace(long need) {
     BlasLt lt = blasLt();

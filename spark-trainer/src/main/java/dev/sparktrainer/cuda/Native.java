@@ -135,11 +135,13 @@ final class Native {
    * limitBytes} of workspace and cached per shape; the buffer ({@code workspace}, {@code workspaceBytes}) may be
    * smaller: if the chosen algorithm needs more, nothing runs and the status is {@link
    * #CUBLASLT_WORKSPACE_TOO_SMALL}. {@code need[0]} receives the bytes the algorithm needs (on success too).
+   * {@code smCountTarget}: 0 for all SMs, else the number of SMs the algorithm is chosen and launched for
+   * (CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, part of the cached plan's key; Note [GEMM SM carve-out] in CudaDevice).
    */
   static native int cublasLtMatmul(long handle, boolean transA, boolean transB, long m, long n, long k,
       float alpha, long a, long lda, int aType, long b, long ldb, int bType, float beta, long c, long ldc,
       int cType, int computeMode, int epilogue, long bias, long workspace, long workspaceBytes, long limitBytes,
-      long[] need, long stream);
+      int smCountTarget, long[] need, long stream);
 
   // ---- cuDNN (opened on first use) ----
   static native int cudnnCreate(long[] out);

@@ -297,6 +297,20 @@ public interface Device extends AutoCloseable {
   }
 
   /**
+   * Leaves {@code sms} of the device's streaming multiprocessors to other streams in the matrix multiplies queued
+   * from now on (0: none, the default): the GPU trainer sets it around a backward whose gradient all-reduce
+   * overlaps it, so that the communication kernels find SMs free (Note [GEMM SM carve-out] in CudaDevice). A
+   * device without SMs (the CPU engine) has nothing to leave: the default does nothing.
+   *
+   * @throws IllegalArgumentException when {@code sms} is negative or not below the device's SM count
+   */
+  default void gemmSmCarveout(int sms) {
+    if (sms < 0) {
+      throw new IllegalArgumentException("gemmSmCarveout must be >= 0 SMs, got " + sms);
+    }
+  }
+
+  /**
    * A new timeline of this device's work (Note [step timeline] in StepTimeline); the caller closes it. Default:
    * the host clock, right for devices whose ops are done when their call returns.
    */

@@ -78,6 +78,7 @@ public final class Trainer {
   private long bucketBytes = 25L << 20;
   private boolean overlapBuckets = true; // this fit's choice (allReduceMode)
   private int bucketWaitLag = checkLag(Integer.getInteger(BUCKET_WAIT_LAG_PROPERTY, 1)); // Note [bucket wait lag]
+  private int gemmSmCarveout = checkCarveout(Integer.getInteger(GEMM_SM_CARVEOUT_PROPERTY, 0));
   private boolean bf16Gradients;
   private Tensor gradsLow; // bf16 copy of the gradients for the all-reduce, or null
   private boolean cudaGraphs = Boolean.getBoolean(CUDA_GRAPHS_PROPERTY);
@@ -340,6 +341,10 @@ public final class Trainer {
     overlapBuckets = overlapsAllReduce(allReduceMode, 4 * model.parameters().totalElements(),
         comm.allRanksOnOneHost());
     Tensor grads = model.parameters().grads();
+    if (bucketed && overlapBuckets && gemmSmCarveout > 0) {
+      device.gemmSmCarveout(gemmSmCarveout); // checks it against the GPU's SMs before any step
+      device.gemmSmCarveout(0);
+    }
     if (bucketed && bf16Gradients && gradsLow == null) {
       gradsLow = device.allocate(DType.BFLOAT16, Math.toIntExact(grads.numel()));
     }
@@ -457,11 +462,21 @@ public final class Trainer {
             }
             if (useBuckets) {
               int[] next = {0};
-              model.backward(dOut, ctx, overwrite, readyFrom -> {
-                while (next[0] < bucketStarts.length - 1 && bucketStarts[next[0] + 1] >= readyFrom) {
-                  launchBucket(grads, bucketStarts, next[0]++);
+              boolean carve = overlapBuckets && gemmSmCarveout > 0; // Note [GEMM SM carve-out] in CudaDevice
+              if (carve) {
+                device.gemmSmCarveout(gemmSmCarveout);
+              }
+              try {
+                model.backward(dOut, ctx, overwrite, readyFrom -> {
+                  while (next[0] < bucketStarts.length - 1 && bucketStarts[next[0] + 1] >= readyFrom) {
+                    launchBucket(grads, bucketStarts, next[0]++);
+                  }
+                });
+              } finally {
+                if (carve) {
+                  device.gemmSmCarveout(0);
                 }
-              });
+              }
               while (next[0] < bucketStarts.length - 1) {
                 launchBucket(grads, bucketStarts, next[0]++);
               }
@@ -696,6 +711,29 @@ public final class Trainer {
           + steps);
     }
     return steps;
+  }
+
+  /** -Dsparktrainer.train.gemmSmCarveout: the default of {@link #gemmSmCarveout(int)} (0). */
+  public static final String GEMM_SM_CARVEOUT_PROPERTY = "sparktrainer.train.gemmSmCarveout";
+
+  /**
+   * SMs that the matrix multiplies of a backward leave free for its overlapping gradient all-reduce (Note [GEMM SM
+   * carve-out] in cuda.CudaDevice): only while buckets overlap backward (NCCL, W > 1, {@link AllReduceMode}), only
+   * on the GPU; 0 (the default) leaves none. The results are those of the same matmuls on fewer SMs (cuBLASLt may
+   * choose another algorithm for them, within fp32 accumulation). It must be below the GPU's SM count (checked when
+   * the fit starts, before any step).
+   */
+  public Trainer gemmSmCarveout(int sms) {
+    this.gemmSmCarveout = checkCarveout(sms);
+    return this;
+  }
+
+  private static int checkCarveout(int sms) {
+    if (sms < 0) {
+      throw new IllegalArgumentException("gemmSmCarveout (-D" + GEMM_SM_CARVEOUT_PROPERTY + ") must be >= 0 SMs, got "
+          + sms);
+    }
+    return sms;
   }
 
   /** The per-step bucket wait of Note [bucket wait lag]; returns the nanoseconds. */

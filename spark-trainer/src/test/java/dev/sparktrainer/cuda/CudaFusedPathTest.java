@@ -251,6 +251,11 @@ class CudaFusedPathTest {
 
   static RankRun trainRank(Device d, dev.sparktrainer.comm.Communicator c, DType compute, long firstBucket,
       long bucket, Trainer.AllReduceMode mode) {
+    return trainRank(d, c, compute, firstBucket, bucket, mode, 0);
+  }
+
+  static RankRun trainRank(Device d, dev.sparktrainer.comm.Communicator c, DType compute, long firstBucket,
+      long bucket, Trainer.AllReduceMode mode, int gemmSmCarveout) {
     ModelSpec spec = ModelSpec.mlp(96, new int[] {256, 512, 128}, 10, "relu", 0f);
     HeapRowStore store = synthetic(2048, 96, 10, 5);
     TrainerConfig cfg = TrainerConfig.builder().epochs(2).batchSize(64).seed(3)
@@ -258,7 +263,7 @@ class CudaFusedPathTest {
     Model m = new Model(spec, d, compute);
     List<Integer> hashes = new ArrayList<>();
     Trainer t = new Trainer(m, cfg, c).gradientBuckets(firstBucket, bucket).allReduceMode(mode)
-        .onStep(s -> hashes.add(Arrays.hashCode(m.parametersToHost())));
+        .gemmSmCarveout(gemmSmCarveout).onStep(s -> hashes.add(Arrays.hashCode(m.parametersToHost())));
     t.initializeWeights();
     SamplerPlan plan = new SamplerPlan(store.rows(), c.worldSize(), 64, 3, false);
     List<EpochStats> st = t.fit(store, plan.rowsOfRank(c.rank()), (int) plan.stepsPerEpoch());

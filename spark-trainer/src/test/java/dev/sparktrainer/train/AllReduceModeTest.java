@@ -10,6 +10,7 @@ import dev.sparktrainer.comm.RingCommunicator;
 import dev.sparktrainer.cpu.CpuDevice;
 import dev.sparktrainer.data.HeapRowStore;
 import dev.sparktrainer.data.SamplerPlan;
+import dev.sparktrainer.engine.Device;
 import dev.sparktrainer.engine.Tensor;
 import dev.sparktrainer.nn.Model;
 import dev.sparktrainer.optim.OptimizerConfig;
@@ -33,7 +34,7 @@ class AllReduceModeTest {
    * asynchronous communicator would still be running (the ring has summed them already), as Note [bucket wait lag]
    * lets them stand, and the most that stood when a step started its buckets.
    */
-  static final class CountingAsyncRing implements Communicator {
+  static class CountingAsyncRing implements Communicator {
     final Communicator ring;
     final boolean oneHost;
     final Map<String, Integer> calls = new TreeMap<>();
@@ -200,5 +201,98 @@ class AllReduceModeTest {
     org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
         () -> new Trainer(new Model(DataParallelInvariantsTest.SPEC, new CpuDevice()), TrainerConfig.builder()
             .epochs(1).batchSize(4).build(), new dev.sparktrainer.comm.LocalCommunicator()).bucketWaitLag(3));
+  }
+
+  /** A CpuDevice that records the SM carve-out the trainer asks for, and how many matmuls run under one. */
+  static final class CarveRecord {
+    final List<Integer> settings = new ArrayList<>();
+    int carved; // the carve-out in force
+    int matmulsCarved;
+    int matmulsPlain;
+    int bucketsCarved; // buckets started while a carve-out was in force
+  }
+
+  static Device recording(CpuDevice cpu, CarveRecord rec) {
+    return (Device) java.lang.reflect.Proxy.newProxyInstance(Device.class.getClassLoader(),
+        new Class<?>[] {Device.class}, (proxy, method, args) -> {
+          if (method.getName().equals("gemmSmCarveout")) {
+            rec.settings.add((Integer) args[0]);
+            rec.carved = (Integer) args[0];
+          } else if (method.getName().equals("matmul")) {
+            if (rec.carved > 0) {
+              rec.matmulsCarved++;
+            } else {
+              rec.matmulsPlain++;
+            }
+          }
+          try {
+            return method.invoke(cpu, args);
+          } catch (java.lang.reflect.InvocationTargetException e) {
+            throw e.getCause();
+          }
+        });
+  }
+
+  /**
+   * Note [GEMM SM carve-out] (cuda.CudaDevice): the trainer asks for the carve-out around each backward whose
+   * buckets overlap it, and clears it before the optimizer, so backward's matmuls run under it and forward's do
+   * not; buckets in order never get one. The CPU engine ignores it: the same bits as without.
+   */
+  @Test
+  void theGemmCarveoutCoversOverlappedBackwardsOnly() {
+    HeapRowStore store = DataParallelInvariantsTest.data(256);
+    SamplerPlan plan = new SamplerPlan(store.rows(), 2, 16, 5, false);
+    long steps = 2 * plan.stepsPerEpoch();
+    Map<String, List<Object[]>> runs = new TreeMap<>();
+    for (Trainer.AllReduceMode mode : new Trainer.AllReduceMode[] {Trainer.AllReduceMode.IN_ORDER,
+        Trainer.AllReduceMode.OVERLAPPED}) {
+      for (int sms : new int[] {0, 8}) {
+        runs.put(mode + "/" + sms, LocalLauncher.run(2, 0, 60, ctx -> {
+          TrainerConfig cfg = TrainerConfig.builder().epochs(2).batchSize(16).seed(5)
+              .optimizer(OptimizerConfig.sgd(0.05).withMomentum(0.9)).build();
+          CarveRecord rec = new CarveRecord();
+          try (CpuDevice cpu = new CpuDevice();
+              CountingAsyncRing comm = new CountingAsyncRing(RingCommunicator.create(ctx, Duration.ofSeconds(30)),
+                  true) {
+                @Override
+                public void allReduceSumAsync(Tensor buf) {
+                  if (rec.carved > 0) {
+                    rec.bucketsCarved++;
+                  }
+                  super.allReduceSumAsync(buf);
+                }
+              }) {
+            Model m = new Model(DataParallelInvariantsTest.SPEC, recording(cpu, rec));
+            Trainer t = new Trainer(m, cfg, comm).gradientBuckets(256, 512).allReduceMode(mode).gemmSmCarveout(sms);
+            t.initializeWeights();
+            t.fit(store, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch());
+            return new Object[] {m.parametersToHost(), rec};
+          }
+        }));
+      }
+    }
+    float[] reference = (float[]) runs.get("IN_ORDER/0").get(0)[0];
+    for (Map.Entry<String, List<Object[]>> e : runs.entrySet()) {
+      for (Object[] r : e.getValue()) {
+        assertArrayEquals(reference, (float[]) r[0], e.getKey() + ": the carve-out changed the CPU's bits");
+        CarveRecord rec = (CarveRecord) r[1];
+        if (!e.getKey().equals("OVERLAPPED/8")) {
+          assertTrue(rec.settings.stream().allMatch(x -> x == 0), e.getKey() + ": " + rec.settings);
+          assertEquals(0, rec.matmulsCarved, e.getKey());
+          continue;
+        }
+        // The check at the start of the fit (8, 0), then 8 and 0 around every step's backward.
+        assertEquals(2 + 2 * steps, rec.settings.size(), "settings: " + rec.settings);
+        for (int i = 0; i < rec.settings.size(); i++) {
+          assertEquals(i % 2 == 0 ? 8 : 0, rec.settings.get(i), "setting " + i + " of " + rec.settings);
+        }
+        assertTrue(rec.matmulsCarved > 0 && rec.matmulsPlain > 0, "backward's matmuls carved (" + rec.matmulsCarved
+            + "), forward's not (" + rec.matmulsPlain + ")");
+        assertTrue(rec.bucketsCarved > 0, "buckets started during backward: " + rec.bucketsCarved);
+      }
+    }
+    org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+        () -> new Trainer(new Model(DataParallelInvariantsTest.SPEC, new CpuDevice()), TrainerConfig.builder()
+            .epochs(1).batchSize(4).build(), new dev.sparktrainer.comm.LocalCommunicator()).gemmSmCarveout(-1));
   }
 }
