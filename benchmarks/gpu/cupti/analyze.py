@@ -10,6 +10,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--window", type=float, default=2.5, help="seconds before the device's last kernel (minus 0.2 s)")
 ap.add_argument("--steps", type=float, default=0, help="steps in the window per device (for per-step figures)")
 ap.add_argument("--dump", help="folder: write each run's window (all devices, all streams) as <label>.csv.gz")
+ap.add_argument("--top", type=int, default=15, help="per run: the compute stream's N kernels of most time")
 ap.add_argument("runs", nargs="+")
 a = ap.parse_args()
 
@@ -71,6 +72,10 @@ for spec in a.runs:
                 for k in win:
                     f.write(f"{dev},{k[4]},{k[0]},{k[1]},{k[2]},{k[3]},{k[5]}\n")
         stats[(label, dev)] = (names, span, len(cs))
+        if a.top and dev == min(d for (l, d) in stats if l == label):
+            print(f"[{label}] device {dev}: top kernels of the compute stream (share of the window, count, mean us):")
+            for n, (t, c) in sorted(names.items(), key=lambda x: -x[1][0])[:a.top]:
+                print(f"  {100*t/span:6.2f}%  {c:6d}  {t/c/1e3:9.1f}  {n[:90]}")
 
 labels = list(dict.fromkeys(l for l, _ in stats))
 if len(labels) >= 2:

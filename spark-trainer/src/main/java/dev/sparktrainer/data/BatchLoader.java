@@ -27,6 +27,13 @@ import java.util.concurrent.TimeUnit;
  * the development machine (benchmarks/results/2026-11-26-diagnostics/Bf16Staging.java), a Fashion-MNIST CNN batch
  * (512 x 784): 0.70-0.79 ms of rounding on the trainer's thread, longer than the model's whole step on an H100,
  * becomes 0.68 ms on a loader thread and a 0.023-0.032 ms copy on the trainer's. Not run on a GPU yet.
+ *
+ * <p>Note [loader depth]: the trainer's loader stays {@link #defaultDepth} batches ahead: as many as fit in 64 MiB,
+ * between 2 and 8 (the Fashion-MNIST CNN's 1.6 MB batches: 8; the benchmark MLP's 16 MB: 4; ResNet-50's 154 MB:
+ * 2, as before). Why: at W = 2 the small CNN's rank thread waited 19-24% of its time for the loader while the
+ * loader kept up on average (two ranks without communication ran at 97% of twice one rank's speed); a depth of 2
+ * batches is ~1 ms of slack at ~0.5 ms per step, less than the threads' scheduling hiccups, and every wait of one
+ * rank holds the other at the next all-reduce (benchmarks/README.md).
  */
 public final class BatchLoader implements AutoCloseable {
   /** -Dsparktrainer.data.loaderThreads: the trainer's producer threads per loader (default 2). */
@@ -59,6 +66,27 @@ public final class BatchLoader implements AutoCloseable {
         throw new IllegalArgumentException("a segment needs steps >= 0, got " + steps);
       }
     }
+  }
+
+  /** -Dsparktrainer.data.loaderDepth: the trainer's loader depth in batches (default: {@link #defaultDepth}). */
+  public static final String DEPTH_PROPERTY = "sparktrainer.data.loaderDepth";
+
+  /** The host memory the trainer's default depth aims its batches at: 64 MiB. */
+  public static final long DEPTH_BYTES = 64L << 20;
+
+  /**
+   * The trainer's loader depth for batches of {@code batchBytes} bytes: {@value #DEPTH_PROPERTY} if set, else as many
+   * batches as fit in {@link #DEPTH_BYTES}, between 2 and 8 (Note [loader depth]).
+   */
+  public static int defaultDepth(long batchBytes) {
+    Integer set = Integer.getInteger(DEPTH_PROPERTY);
+    if (set != null) {
+      if (set < 0) {
+        throw new IllegalArgumentException("-D" + DEPTH_PROPERTY + " must be >= 0 batches, got " + set);
+      }
+      return set;
+    }
+    return (int) Math.max(2, Math.min(8, DEPTH_BYTES / Math.max(1, batchBytes)));
   }
 
   /** The trainer's number of producer threads: {@value #THREADS_PROPERTY}, else 2. */

@@ -374,7 +374,8 @@ public final class Trainer {
     if (timeline != null && timelineByLayer && !useGraphs) {
       model.markLayers(timeline); // the timeline split by top-level layer
     }
-    try (BatchLoader loader = new BatchLoader(store, b, 2, epochsLeft, i -> {
+    long batchBytes = (long) b * store.dim() * (inDType == DType.BFLOAT16 ? 2 : 4);
+    try (BatchLoader loader = new BatchLoader(store, b, BatchLoader.defaultDepth(batchBytes), epochsLeft, i -> {
       int epoch = firstEpoch + i;
       int[] order = epochOrder(local, epoch);
       int skip = i == 0 ? firstSkip : 0;

@@ -181,4 +181,15 @@ class BatchLoaderTest {
     assertTrue(e.getMessage().contains("need 4 rows"), e.getMessage());
     assertThrows(IllegalArgumentException.class, () -> new BatchLoader.Segment(new int[0], -1));
   }
+
+  /** Note [loader depth]: the trainer's depth is 64 MiB of batches, 2 to 8 of them. */
+  @Test
+  void theDefaultDepthHoldsAbout64MiBOfBatches() {
+    org.junit.jupiter.api.Assumptions.assumeTrue(System.getProperty(BatchLoader.DEPTH_PROPERTY) == null);
+    assertEquals(8, BatchLoader.defaultDepth(512L * 784 * 4)); // the Fashion-MNIST CNN: 1.6 MB
+    assertEquals(4, BatchLoader.defaultDepth(4096L * 1024 * 4)); // the benchmark MLP: 16 MiB
+    assertEquals(2, BatchLoader.defaultDepth(256L * 3 * 224 * 224 * 4)); // ResNet-50: 154 MB
+    assertEquals(8, BatchLoader.defaultDepth(0));
+    assertEquals(3, BatchLoader.defaultDepth(20L << 20));
+  }
 }
