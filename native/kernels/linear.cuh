@@ -32,7 +32,34 @@ extern "C" __global__ void st_act_bwd_colsum(const void* dh, int tdh, const void
   int64_t r0 = (int64_t)blockIdx.y * COLSUM_ROWS;
   int64_t r1 = r0 + COLSUM_ROWS < rows ? r0 + COLSUM_ROWS : rows;
   float s = 0.0f;
-  if (c < cols) {
+  if (c < cols && r1 - r0 == COLSUM_ROWS) {
+    // Note [column sum loads]: a full chunk. The thread's COLSUM_ROWS / 8 rows are all loaded before any is used,
+    // so their loads are in flight together; one row at a time, each thread waited out a DRAM round trip per row
+    // and the kernel ran at ~1.2 TB/s (the benchmark MLP's 4096 x 8192 bf16 dz: 162 us, CUPTI trace). The sum
+    // takes the rows in the same order as the loop below, so the bits are the same.
+    constexpr int kRows = COLSUM_ROWS / 8;
+    float g[kRows];
+    float hv[kRows];
+#pragma unroll
+    for (int j = 0; j < kRows; j++) {
+      g[j] = ld(dh, tdh, (r0 + threadIdx.y + 8 * j) * cols + c);
+    }
+    if (h != nullptr) {
+#pragma unroll
+      for (int j = 0; j < kRows; j++) {
+        hv[j] = ld(h, th, (r0 + threadIdx.y + 8 * j) * cols + c);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kRows; j++) {
+      float v = g[j];
+      if (h != nullptr && !(hv[j] > 0)) {
+        v = 0.0f;
+      }
+      st(dz, tdz, (r0 + threadIdx.y + 8 * j) * cols + c, v);
+      s += v;
+    }
+  } else if (c < cols) {
     for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
       int64_t i = r * cols + c;
       float g = ld(dh, tdh, i);

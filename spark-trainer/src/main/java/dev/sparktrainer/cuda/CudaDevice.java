@@ -334,6 +334,15 @@ public final class CudaDevice implements Device {
     }
   }
 
+  /**
+   * A quarter of the SMs (33 on an H100): the benchmark MLP at W = 2 (832 MiB of gradients over NVLink) ran 5.9%
+   * faster with 32 or 24 left to NCCL than with none, 1.6% with 16 (benchmarks/README.md).
+   */
+  @Override
+  public int autoGemmSmCarveout() {
+    return smCount / 4;
+  }
+
   /** The device's number of streaming multiprocessors. */
   public int smCount() {
     return smCount;

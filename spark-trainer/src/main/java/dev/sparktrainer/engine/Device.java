@@ -311,6 +311,14 @@ public interface Device extends AutoCloseable {
   }
 
   /**
+   * The carve-out ({@link #gemmSmCarveout}) the trainer uses by default while an all-reduce between GPUs of one
+   * host overlaps backward: 0 here (nothing to leave), a quarter of the SMs on a GPU.
+   */
+  default int autoGemmSmCarveout() {
+    return 0;
+  }
+
+  /**
    * A new timeline of this device's work (Note [step timeline] in StepTimeline); the caller closes it. Default:
    * the host clock, right for devices whose ops are done when their call returns.
    */
