@@ -26,14 +26,20 @@ import java.util.concurrent.TimeUnit;
  * the rounding every engine uses), so the trainer's thread only copies them (Device#prefetchBf16). Measured on
  * the development machine (benchmarks/results/2026-11-26-diagnostics/Bf16Staging.java), a Fashion-MNIST CNN batch
  * (512 x 784): 0.70-0.79 ms of rounding on the trainer's thread, longer than the model's whole step on an H100,
- * becomes 0.68 ms on a loader thread and a 0.023-0.032 ms copy on the trainer's. Not run on a GPU yet.
+ * becomes 0.68 ms on a loader thread and a 0.023-0.032 ms copy on the trainer's. On 2 H100s (ours only, one call)
+ * it did not pay: small-cnn 956k / 1.43M samples/s at W = 1 / 2 against 967k / 1.40M without, and ResNet-50 at W = 2
+ * fell from 9,421 to 8,381 img/s, its rank threads waiting 53% of the time for loader threads that now also round
+ * 38.5M values per batch. So bf16 input stays opt-in (-Dsparktrainer.train.bf16Input=true).
  *
  * <p>Note [loader depth]: the trainer's loader stays {@link #defaultDepth} batches ahead: as many as fit in 64 MiB,
  * between 2 and 8 (the Fashion-MNIST CNN's 1.6 MB batches: 8; the benchmark MLP's 16 MB: 4; ResNet-50's 154 MB:
  * 2, as before). Why: at W = 2 the small CNN's rank thread waited 19-24% of its time for the loader while the
  * loader kept up on average (two ranks without communication ran at 97% of twice one rank's speed); a depth of 2
  * batches is ~1 ms of slack at ~0.5 ms per step, less than the threads' scheduling hiccups, and every wait of one
- * rank holds the other at the next all-reduce (benchmarks/README.md).
+ * rank holds the other at the next all-reduce (benchmarks/README.md). Measured on 2 H100s (small-cnn W = 2, ours
+ * only, one call): depth 2: 1.58M samples/s, depth 8: 1.72M and 1.66M. The host's wait for the loader did not
+ * fall steadily (9% at depth 2, 9-19% at depth 8, 0.5% at depth 8 with Note [bucket wait lag]'s lag 2), so the gain
+ * is smaller than the wait suggested and within two runs' spread of each other.
  */
 public final class BatchLoader implements AutoCloseable {
   /** -Dsparktrainer.data.loaderThreads: the trainer's producer threads per loader (default 2). */

@@ -700,8 +700,10 @@ public final class Trainer {
   // found a step later. The waits before the host reads the gradients or the weights (clipping, the non-finite
   // check, listeners, checkpoints) and at the end of an epoch still wait for every bucket, so the lag only shows
   // with checkNonFinite(false) and no clipping (the GPU benchmark's settings). Why: at W = 2 the
-  // Fashion-MNIST CNN's replayed step (~0.55 ms on an H100) left the host little room (benchmarks/README.md);
-  // whether 2 helps is not measured yet, so 1 stays the default (-Dsparktrainer.train.bucketWaitLag=2).
+  // Fashion-MNIST CNN's replayed step (~0.55 ms on an H100) left the host little room (benchmarks/README.md).
+  // Measured on 2 H100s (small-cnn W=2, ours only): 1.54M vs 1.40M samples/s with the loader 2 batches ahead, but
+  // 1.73M vs 1.66-1.72M once it ran 8 ahead (Note [loader depth] in BatchLoader) and 1.72M vs 1.76-1.79M with one
+  // in-order all-reduce: no steady gain, so 1 stays the default (-Dsparktrainer.train.bucketWaitLag=2).
 
   /** -Dsparktrainer.train.bucketWaitLag: the default of {@link #bucketWaitLag(int)} (1). */
   public static final String BUCKET_WAIT_LAG_PROPERTY = "sparktrainer.train.bucketWaitLag";
