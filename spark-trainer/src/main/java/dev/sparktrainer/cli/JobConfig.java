@@ -24,7 +24,7 @@ import org.apache.spark.sql.functions;
  *                "optimizer": {...}, "schedule": {...}, "loss": "cross_entropy", "clipNorm": 0,
  *                "accumulation": 1, "dropLast": false, "checkpointPath": "", "checkpointInterval": 0,
  *                "timeoutSeconds": 300, "nonFinite": "fail", "precision": "fp32", "cudnnBenchmark": false,
- *                "cudaGraphs": false, "allReduceMode": "auto"},
+ *                "cudaGraphs": false, "allReduceMode": "auto", "gemmSmCarveout": -1},
  *   "output":   {"modelPath": "..."}
  * }</pre>
  *
@@ -108,7 +108,8 @@ public final class JobConfig {
     JsonNode tr = root.has("training") ? object(root, "training") : JSON.createObjectNode();
     keys(tr, "training", Set.of("epochs", "batchSize", "numWorkers", "device", "seed", "optimizer", "schedule",
         "loss", "clipNorm", "accumulation", "dropLast", "checkpointPath", "checkpointInterval", "timeoutSeconds",
-        "nonFinite", "precision", "cudnnBenchmark", "cudaGraphs", "allReduceMode"));
+        "nonFinite", "precision", "cudnnBenchmark", "cudaGraphs", "allReduceMode",
+        "gemmSmCarveout"));
     if (tr.has("epochs")) {
       t.setEpochs(integer(tr, "epochs"));
     }
@@ -165,6 +166,14 @@ public final class JobConfig {
     }
     if (tr.has("allReduceMode")) {
       choice(t::setAllReduceMode, text(tr, "training", "allReduceMode", "auto"));
+    }
+    if (tr.has("gemmSmCarveout")) {
+      int sms = integer(tr, "gemmSmCarveout");
+      if (sms < -1) {
+        throw new IllegalArgumentException("training.gemmSmCarveout must be -1 (auto), 0 (none) or a number of SMs, got "
+            + sms);
+      }
+      t.setGemmSmCarveout(sms);
     }
     t.trainerConfig(); // validates the combination now, before Spark starts
     trainer = t;

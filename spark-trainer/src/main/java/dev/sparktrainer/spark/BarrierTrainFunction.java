@@ -56,6 +56,7 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
   private boolean cudnnBenchmark; // cuda: timed cuDNN algorithm search (Note [cudnn benchmark per executor JVM])
   private boolean cudaGraphs; // the trainer's CUDA graphs option (Note [CUDA graphs] in Trainer)
   private String allReduceMode = "auto"; // SparkTrainer.setAllReduceMode: auto keeps the trainer's default
+  private int gemmSmCarveout = -1; // SparkTrainer.setGemmSmCarveout: -1 keeps the trainer's default
 
   BarrierTrainFunction(String specJson, TrainerConfig cfg, String device, String token, int timeoutSeconds,
       int dim, int targetDim, int steps, long rowsPerRank, CheckpointPolicy checkpoints,
@@ -98,6 +99,12 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
   /** The trainers capture and replay their steps as CUDA graphs where that applies (Note [CUDA graphs]). */
   BarrierTrainFunction withCudaGraphs(boolean on) {
     this.cudaGraphs = on;
+    return this;
+  }
+
+  /** SMs backward's matmuls leave to NCCL when the all-reduce overlaps it; -1: the trainer's default (auto). */
+  BarrierTrainFunction withGemmSmCarveout(int sms) {
+    this.gemmSmCarveout = sms;
     return this;
   }
 
@@ -174,6 +181,9 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
           Trainer trainer = new Trainer(model, cfg, comm).cudaGraphs(cudaGraphs);
           if (!"auto".equals(allReduceMode)) {
             trainer.allReduceMode(Trainer.AllReduceMode.parse(allReduceMode));
+          }
+          if (gemmSmCarveout != Trainer.GEMM_SM_CARVEOUT_AUTO) {
+            trainer.gemmSmCarveout(gemmSmCarveout);
           }
           trainer
               .onStep(log.stepLogger().andThen(FaultInjection.forTask(ctx, rank)).andThen(reporter::onStep))

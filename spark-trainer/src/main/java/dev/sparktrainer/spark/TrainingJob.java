@@ -417,6 +417,7 @@ public final class TrainingJob {
     fn.withPrecision(params.getPrecision(), params.getCudnnBenchmark());
     fn.withCudaGraphs(params.getCudaGraphs());
     fn.withAllReduceMode(params.getAllReduceMode());
+    fn.withGemmSmCarveout(params.getGemmSmCarveout());
     if (validationFacts != null) {
       fn.withValidation(validationFacts.rows());
     }

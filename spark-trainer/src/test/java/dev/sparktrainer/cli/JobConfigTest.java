@@ -53,6 +53,17 @@ class JobConfigTest {
     assertEquals("auto", training("").trainer.getAllReduceMode());
     assertEquals("in_order", training("\"allReduceMode\": \"in_order\"").trainer.getAllReduceMode());
     assertEquals("overlapped", training("\"allReduceMode\": \"overlapped\"").trainer.getAllReduceMode());
+    assertEquals(-1, training("").trainer.getGemmSmCarveout());
+    assertEquals(0, training("\"gemmSmCarveout\": 0").trainer.getGemmSmCarveout());
+    assertEquals(24, training("\"gemmSmCarveout\": 24").trainer.getGemmSmCarveout());
+  }
+
+  @Test
+  void badGemmSmCarveoutSaysWhatIsAllowed() {
+    assertEquals("training.gemmSmCarveout must be -1 (auto), 0 (none) or a number of SMs, got -2",
+        fails("{" + DATA + ", " + MODEL + ", \"training\": {\"gemmSmCarveout\": -2}}"));
+    assertEquals("training.gemmSmCarveout must be an integer, got \"all\"",
+        fails("{" + DATA + ", " + MODEL + ", \"training\": {\"gemmSmCarveout\": \"all\"}}"));
   }
 
   @Test
@@ -122,7 +133,7 @@ class JobConfigTest {
   @Test
   void unknownTrainingKey() {
     assertEquals("training: unknown key 'epoch' (allowed: [accumulation, allReduceMode, batchSize, checkpointInterval, "
-        + "checkpointPath, clipNorm, cudaGraphs, cudnnBenchmark, device, dropLast, epochs, loss, nonFinite, numWorkers, optimizer, "
+        + "checkpointPath, clipNorm, cudaGraphs, cudnnBenchmark, device, dropLast, epochs, gemmSmCarveout, loss, nonFinite, numWorkers, optimizer, "
         + "precision, schedule, seed, timeoutSeconds])",
         fails("{\"data\": {\"format\": \"parquet\", \"path\": \"x\"}, " + MODEL + ", \"training\": {\"epoch\": 3}}"));
   }

@@ -146,6 +146,11 @@ class SparkTrainerTest {
       SparkTrainerModel inOrder = trainer(2).setAllReduceMode("in_order").fit(df);
       assertArrayEquals(fp32.parameters(), inOrder.parameters(), "allReduceMode on the CPU engine changes nothing");
       assertThrows(IllegalArgumentException.class, () -> trainer(2).setAllReduceMode("sometimes"));
+      // gemmSmCarveout is accepted and handed to the ranks' trainers; on the CPU (the TCP ring: no buckets overlap
+      // backward, no SMs to leave) it changes nothing.
+      SparkTrainerModel carved = trainer(2).setAllReduceMode("overlapped").setGemmSmCarveout(16).fit(df);
+      assertArrayEquals(fp32.parameters(), carved.parameters(), "gemmSmCarveout on the CPU engine changes nothing");
+      assertThrows(IllegalArgumentException.class, () -> trainer(2).setGemmSmCarveout(-2));
       SparkTrainer est = trainer(2).setPrecision("bf16").setCudnnBenchmark(true);
       SparkTrainerModel bf16 = est.fit(df);
       assertEquals("fp32", fp32.summary().precision());
@@ -173,6 +178,7 @@ class SparkTrainerTest {
       assertEquals(true, back.getCudnnBenchmark());
       assertEquals(false, back.getCudaGraphs());
       assertEquals("auto", back.getAllReduceMode());
+      assertEquals(-1, back.getGemmSmCarveout());
     } finally {
       df.unpersist();
     }
