@@ -126,6 +126,7 @@ public final class CudaDevice implements Device {
   private int prefetchNext;
   private CudaEvent prefetchOrder;
   private CudaEvent prefetchDone;
+  private boolean prefetchOrderMarked; // prefetchOrder was recorded by markPrefetchOrder (until awaitPrefetch)
   private boolean prefetchPending;
 
   /** Opens device {@code ordinal} with {@link Options#defaults()}. */
@@ -851,7 +852,9 @@ public final class CudaDevice implements Device {
     ByteBuffer buf = prefetchStaging[k].buffer();
     buf.clear();
     fill.accept(buf);
-    prefetchOrder.record(compute);
+    if (!prefetchOrderMarked) {
+      prefetchOrder.record(compute);
+    }
     copy.waitFor(prefetchOrder);
     Cuda.check(cuMemcpyHtoDAsync(Cuda.ptr(d.address()), prefetchStaging[k].pointer(), bytes, copy.cu()),
         "cuMemcpyHtoDAsync(prefetch, " + bytes + " bytes)");
@@ -863,11 +866,23 @@ public final class CudaDevice implements Device {
   public void awaitPrefetch() {
     enter();
     checkNotCapturing("awaitPrefetch (a wait for the copy stream)");
+    prefetchOrderMarked = false;
     if (prefetchPending) {
       prefetchDone.record(copy);
       compute.waitFor(prefetchDone);
       prefetchPending = false;
     }
+  }
+
+  @Override
+  public void markPrefetchOrder() {
+    enter();
+    checkNotCapturing("markPrefetchOrder (an event on the compute stream for the copy stream)");
+    if (prefetchOrder == null) {
+      return; // no prefetch yet: the next one records its order itself
+    }
+    prefetchOrder.record(compute);
+    prefetchOrderMarked = true;
   }
 
   // ---------------------------------------------------------------- CUDA graphs (Note [CUDA graphs] in train.Trainer)

@@ -279,6 +279,13 @@ public interface Device extends AutoCloseable {
   default void awaitPrefetch() {}
 
   /**
+   * Makes the prefetches queued from now until the next {@link #awaitPrefetch()} wait only for the compute work queued
+   * before this call, not for the work queued after it: the caller promises that work does not touch their
+   * destinations (Note [staging after the launch] in train.Trainer). Default: nothing (prefetch copies at once).
+   */
+  default void markPrefetchOrder() {}
+
+  /**
    * Runs {@code work} once and, where the device can, records the device work it queues so that {@link
    * StepGraph#replay()} queues the same ops again, on the same memory with the same arguments, without running
    * {@code work}'s host code (a CUDA graph; Note [CUDA graphs] in train.Trainer). The work must be static: only

@@ -417,7 +417,7 @@ public final class Trainer {
             mark(timeline, "input wait");
           }
           staged = t + 1 < stepsPerEpoch || epoch + 1 < config.epochs();
-          if (staged) {
+          if (staged && !useGraphs) {
             stage(loader.next(), xs[slot ^ 1], ys[slot ^ 1]); // copied while this step computes
           }
           boolean last = t == stepsPerEpoch - 1;
@@ -443,7 +443,17 @@ public final class Trainer {
                 device.countCorrect(out, y, correct);
               }
             };
+            // Note [staging after the launch]: the next batch is staged once this step's graph is queued, so the
+            // host's wait for the loader and its copy into pinned memory happen while the GPU runs the step, not
+            // before it gets it; its copy waits only for the work queued before this step (markPrefetchOrder: the
+            // last readers of slot ^ 1). At W = 2 the rank thread runs about one step ahead of its GPU (Note
+            // [deferred bucket wait]), and small-cnn's replayed step (~0.51 ms on an H100) had grown by up to 0.16 ms
+            // of GPU idling while the host staged (benchmarks/README.md).
+            device.markPrefetchOrder();
             graphStep(graphs, slot, stepsRun - 1, work); // every step of the fit takes this path
+            if (staged) {
+              stage(loader.next(), xs[slot ^ 1], ys[slot ^ 1]); // copied while this step computes
+            }
             mark(timeline, "step (CUDA graph)");
             if (useBuckets) {
               // Note [CUDA graphs], W > 1: the in-order buckets follow the graph, eager, in the order and slices

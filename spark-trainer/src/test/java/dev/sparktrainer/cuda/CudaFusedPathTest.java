@@ -229,6 +229,41 @@ class CudaFusedPathTest {
     assertArrayEquals(rounded, host(gpu, low), "a batch staged into a bf16 tensor (rounded to nearest even)");
   }
 
+  /**
+   * Note [staging after the launch] (train.Trainer): each step queues its reads of one slot, then stages the next
+   * step's batch into the other slot; markPrefetchOrder (before the reads) lets that copy skip waiting for them,
+   * while it still waits for the step before, the last reader of the other slot. Many reads per step make a
+   * copy that started too early show in the sums.
+   */
+  @Test
+  void stagingAfterTheLaunchWaitsForThePreviousStepOnly() {
+    int n = 1 << 20;
+    int reads = 30;
+    Tensor[] slots = {gpu.allocate(DType.FLOAT32, n), gpu.allocate(DType.FLOAT32, n)};
+    Tensor sum = gpu.allocate(DType.FLOAT32, n);
+    float[] expect = new float[n];
+    float[][] batches = new float[7][];
+    for (int step = 0; step < batches.length; step++) {
+      batches[step] = rand(n, 300 + step);
+    }
+    gpu.prefetch(batches[0], 0, slots[0]);
+    for (int step = 0; step < 6; step++) {
+      gpu.awaitPrefetch();
+      gpu.markPrefetchOrder();
+      for (int r = 0; r < reads; r++) {
+        gpu.axpy(1f, slots[step & 1], sum); // this step's reads of its slot
+      }
+      gpu.prefetch(batches[step + 1], 0, slots[(step + 1) & 1]); // the next batch, into the other slot
+      for (int r = 0; r < reads; r++) {
+        for (int i = 0; i < n; i++) {
+          expect[i] += batches[step][i];
+        }
+      }
+    }
+    assertArrayEquals(expect, host(gpu, sum), "sums of the staged batches");
+    assertArrayEquals(batches[6], host(gpu, slots[0]), "the last staged batch");
+  }
+
   static HeapRowStore synthetic(int rows, int dim, int classes, long seed) {
     SplittableRandom r = new SplittableRandom(seed);
     float[] x = new float[rows * dim];

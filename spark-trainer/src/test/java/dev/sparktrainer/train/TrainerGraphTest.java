@@ -223,7 +223,7 @@ class TrainerGraphTest {
   static final class Recording implements InvocationHandler {
     static final Set<String> QUERIES = Set.of("name", "prefersFusedLinear", "supportsChannelsLast");
     static final Set<String> REFUSED = Set.of("upload", "download", "synchronize", "prefetch", "awaitPrefetch",
-        "close", "allocate", "free", "sum", "sumSquares");
+        "markPrefetchOrder", "close", "allocate", "free", "sum", "sumSquares");
     final CpuDevice cpu = new CpuDevice();
     private List<Object[]> recording; // {Method, args} while capturing, else null
     String failOn; // an op that fails while capturing (a library call refused under capture), or null
