@@ -448,7 +448,8 @@ public final class Trainer {
             // before it gets it; its copy waits only for the work queued before this step (markPrefetchOrder: the
             // last readers of slot ^ 1). At W = 2 the rank thread runs about one step ahead of its GPU (Note
             // [deferred bucket wait]), and small-cnn's replayed step (~0.51 ms on an H100) had grown by up to 0.16 ms
-            // of GPU idling while the host staged (benchmarks/README.md).
+            // of GPU idling while the host staged. Measured after (two suites on 2 H100s, benchmarks/README.md): no
+            // difference two runs could show (small-cnn W=2 1.74M / 1.79M samples/s against 1.77M / 1.78M before).
             device.markPrefetchOrder();
             graphStep(graphs, slot, stepsRun - 1, work); // every step of the fit takes this path
             if (staged) {
