@@ -308,9 +308,8 @@ public final class CudaDevice implements Device {
     return lt == null ? 0 : lt.workspaceNeed();
   }
 
-  // Note [GEMM SM carve-out]: cuBLASLt's GEMMs on an H100 are persistent kernels sized for every SM (one CTA per
-  // SM, each holding ~200 KiB of shared memory), so a kernel on another stream finds no SM free until the GEMM
-  // ends, whatever that stream's priority. The benchmark MLP at W=2 showed it: its 832 MiB of gradient buckets are
+  // Note [GEMM SM carve-out]: cuBLASLt's large GEMMs on an H100 are persistent kernels sized for every SM, so a
+  // kernel on another stream finds no SM free until the GEMM ends, whatever that stream's priority. The benchmark MLP at W=2 showed it: its 832 MiB of gradient buckets are
   // launched on the comm stream while backward's 8192x8192x4096 GEMMs run, yet NCCL's kernels ran only between
   // them and 2.7 ms of all-reduce was left after backward (benchmarks/README.md). gemmSmCarveout(n) asks cuBLASLt
   // (CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, part of the cached plan's key, Note [matmul plan cache]) to choose and
