@@ -20,9 +20,18 @@ public final class Bf16 {
     return Float.intBitsToFloat(bits & 0xffff0000);
   }
 
-  /** The bf16 bits of v rounded ({@link #round}). */
+  /**
+   * The bf16 bits of v rounded ({@link #round}). Note [branch-free bf16 bits]: the NaN case is a select, not a branch
+   * before the rounding; the same bits as the branching version for all 2^32 floats (checked exhaustively when
+   * written; Bf16Test keeps the boundaries). A Fashion-MNIST CNN batch (512 x 784 values) on the development machine
+   * (benchmarks/results/2026-11-26-diagnostics/Bf16Staging.java, steady rounds): rounded into a bf16 pinned slot
+   * 698-777 -> 444-531 us, into a short[] on a loader thread 674-708 -> 505-554 us.
+   */
   public static short bits(float v) {
-    return (short) (Float.floatToRawIntBits(round(v)) >>> 16);
+    int b = Float.floatToRawIntBits(v);
+    int rounded = (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
+    int quietNan = (b >>> 16) | 0x0040;
+    return (short) ((b & 0x7fffffff) > 0x7f800000 ? quietNan : rounded);
   }
 
   /** dst[dstOffset + i] = bits(src[srcOffset + i]) for i in [0, n). */

@@ -13,7 +13,12 @@ class Bf16Test {
     SplittableRandom r = new SplittableRandom(5);
     float[] special = {0f, -0f, 1f, -1f, 1.00390625f /* a tie: 1 + 2^-8 */, 1.01171875f /* tie, odd: up */,
         Float.MIN_VALUE, -Float.MIN_VALUE, Float.MAX_VALUE, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY,
-        Float.NaN, Float.intBitsToFloat(0x7f800001) /* NaN with low payload only */, 3.3895314e38f};
+        Float.NaN, Float.intBitsToFloat(0x7f800001) /* NaN with low payload only */, 3.3895314e38f,
+        // around Note [branch-free bf16 bits]'s NaN test and the largest finite values
+        Float.intBitsToFloat(0x7fbfffff), Float.intBitsToFloat(0x7fc00000), Float.intBitsToFloat(0x7fffffff),
+        Float.intBitsToFloat(0xff800001), Float.intBitsToFloat(0xffffffff), Float.intBitsToFloat(0x7f7fffff),
+        Float.intBitsToFloat(0x7f7f8000), Float.intBitsToFloat(0x7f7f7fff), Float.intBitsToFloat(0xff7fffff),
+        Float.intBitsToFloat(0x7f807fff), Float.intBitsToFloat(0x7f808000)};
     float[] all = new float[special.length + 10_000];
     System.arraycopy(special, 0, all, 0, special.length);
     for (int i = special.length; i < all.length; i++) {
