@@ -483,7 +483,7 @@ public final class Trainer {
             }
             if (useBuckets) {
               int[] next = {0};
-              boolean carve = overlapBuckets && carveNow > 0; // Note [GEMM SM carve-out] in CudaDevice
+              boolean carve = carveNow > 0; // Note [GEMM SM carve-out] in CudaDevice: 0 unless buckets overlap backward
               if (carve) {
                 device.gemmSmCarveout(carveNow);
               }
