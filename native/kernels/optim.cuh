@@ -69,16 +69,26 @@ extern "C" __global__ void st_adamw_m(float* p, const void* g, int tg, float* m,
   }
 }
 
-// st_sgd_m over 4 elements per thread (16-byte loads and stores; n % 4 == 0, fp32 gradients, aligned
-// buffers: the flat buffers are). Same arithmetic per element, so the same bits; n counts elements.
+// st_sgd_m over 4 elements per thread (16-byte loads and stores; n % 4 == 0, aligned buffers: the flat buffers
+// are). Gradients fp32 (16-byte loads) or bf16 (8-byte loads: Note [bf16 gradients] in nn.Model). Same arithmetic
+// per element, so the same bits; n counts elements.
 extern "C" __global__ void st_sgd_m4(float* p, const void* g, int tg, float* buf, int64_t n, float lr,
                                      float momentum, int nesterov, float wd, int firstStep, uint16_t* mirror) {
   int64_t n4 = n / 4;
   GRID_STRIDE(j, n4) {
     float4 pv = reinterpret_cast<float4*>(p)[j];
-    float4 gv = reinterpret_cast<const float4*>(g)[j];
+    float ga[4];
+    if (tg == DT_BF16) {
+      uint2 gb = reinterpret_cast<const uint2*>(g)[j];
+      ga[0] = bf16_to_f32((uint16_t)(gb.x & 0xffffu));
+      ga[1] = bf16_to_f32((uint16_t)(gb.x >> 16));
+      ga[2] = bf16_to_f32((uint16_t)(gb.y & 0xffffu));
+      ga[3] = bf16_to_f32((uint16_t)(gb.y >> 16));
+    } else {
+      float4 gv = reinterpret_cast<const float4*>(g)[j];
+      ga[0] = gv.x; ga[1] = gv.y; ga[2] = gv.z; ga[3] = gv.w;
+    }
     float pa[4] = {pv.x, pv.y, pv.z, pv.w};
-    float ga[4] = {gv.x, gv.y, gv.z, gv.w};
     float ba[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     if (buf != nullptr && !firstStep) {
       float4 bv = reinterpret_cast<float4*>(buf)[j];

@@ -219,6 +219,19 @@ public final class GpuBench {
     return local;
   }
 
+  /**
+   * The gradient dtype the benchmark asks for: -Dsparktrainer.bench.gradDType=bf16 (Note [bf16 gradients] in
+   * nn.Model: the fused path of an all-linear model only) or fp32 (default).
+   */
+  static DType gradientDType() {
+    String v = System.getProperty("sparktrainer.bench.gradDType", "fp32");
+    return switch (v) {
+      case "fp32" -> DType.FLOAT32;
+      case "bf16" -> DType.BFLOAT16;
+      default -> throw new IllegalArgumentException("-Dsparktrainer.bench.gradDType must be fp32 or bf16, got " + v);
+    };
+  }
+
   static RankResult trainRank(WorkerContext ctx, ModelSpec spec, TrainerConfig cfg, HeapRowStore store,
       int[] local, int steps, boolean profile) {
     // Diagnostics: -Dsparktrainer.bench.noComm=true: W ranks in one JVM that train apart, no NCCL;
@@ -230,7 +243,7 @@ public final class GpuBench {
         Communicator idle = idleComm ? NcclCommunicator.create(ctx, d, Duration.ofMinutes(5)) : null;
         Communicator c = ctx.worldSize() == 1 || apart
             ? new LocalCommunicator() : NcclCommunicator.create(ctx, d, Duration.ofMinutes(5))) {
-      Model m = new Model(spec, d, DType.BFLOAT16);
+      Model m = new Model(spec, d, DType.BFLOAT16, gradientDType());
       if (idle != null) {
         idle.allReduceSum(m.parameters().grads());
         d.synchronize();
@@ -371,6 +384,8 @@ public final class GpuBench {
     m.put("engine", variant);
     m.put("world", world);
     m.put("value", median(tput));
+    m.put("gradients", gradientDType() == DType.BFLOAT16 ? "bf16 where the model allows (Note [bf16 gradients])"
+        : "fp32");
     m.put("unit", unit);
     m.put("card", card);
     m.put("per_gpu_batch", batch);

@@ -280,6 +280,7 @@ public final class CpuDevice implements Device {
       }
       cdb.f[cdb.offset + j] += s;
     }
+    storeRounded(cdb); // a bf16 bias gradient (Note [bf16 gradients] in nn.Model) holds the rounded sum, as on the GPU
   }
 
   @Override

@@ -1668,7 +1668,7 @@ public final class CudaDevice implements Device {
     long rows = logits.dim(0);
     if (rows > 0 && logits.dim(1) > 0) {
       kernels.launch("st_count_correct").l(z.address()).i(code(z)).l(y.address()).l(c.address()).l(rows)
-          .l(logits.dim(1)).run(grid(rows), BLOCK, compute);
+          .l(logits.dim(1)).run(rowGrid(rows), ROW_WARPS * 32, compute);
     }
   }
 
@@ -1719,8 +1719,9 @@ public final class CudaDevice implements Device {
     boolean mirrored = isMirrorSource(p);
     noteWritten(p);
     if (n > 0) {
-      boolean vec = mirrored && g.dtype() == DType.FLOAT32 && n % 4 == 0 && p.address() % 16 == 0
-          && g.address() % 16 == 0 && (b == null || b.address() % 16 == 0) && mirrorDst.address() % 8 == 0;
+      boolean vec = mirrored && n % 4 == 0 && p.address() % 16 == 0
+          && g.address() % (g.dtype() == DType.BFLOAT16 ? 8 : 16) == 0 && (b == null || b.address() % 16 == 0)
+          && mirrorDst.address() % 8 == 0;
       Kernels.Launch k = kernels.launch(vec ? "st_sgd_m4" : mirrored ? "st_sgd_m" : "st_sgd").l(p.address()).l(g.address()).i(code(g))
           .l(b == null ? 0 : b.address()).l(n).f(lr).f(momentum).i(nesterov ? 1 : 0).f(weightDecay)
           .i(firstStep ? 1 : 0);

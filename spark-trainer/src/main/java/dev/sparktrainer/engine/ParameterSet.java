@@ -42,13 +42,13 @@ public final class ParameterSet {
   private final Tensor[] paramViews;
   private final Tensor[] gradViews;
 
-  private ParameterSet(Device device, List<Entry> entries, long trainable, long total) {
+  private ParameterSet(Device device, List<Entry> entries, long trainable, long total, DType gradDType) {
     this.entries = Collections.unmodifiableList(new ArrayList<>(entries));
     this.totalElements = total;
     this.trainableElements = trainable;
     int n = Math.toIntExact(Math.max(total, 1));
     this.params = device.allocate(DType.FLOAT32, n);
-    this.grads = device.allocate(DType.FLOAT32, n);
+    this.grads = device.allocate(gradDType, n);
     this.paramViews = new Tensor[entries.size()];
     this.gradViews = new Tensor[entries.size()];
     for (int k = 0; k < entries.size(); k++) {
@@ -90,8 +90,24 @@ public final class ParameterSet {
       return entries.size() - 1;
     }
 
-    /** Allocates the parameter and gradient buffers on {@code device} (zero-filled). */
+    /** How many tensors were added so far. */
+    public int size() {
+      return entries.size();
+    }
+
+    /** Allocates the parameter and gradient buffers on {@code device} (zero-filled; fp32 gradients). */
     public ParameterSet build(Device device) {
+      return build(device, DType.FLOAT32);
+    }
+
+    /**
+     * Allocates the fp32 parameter buffer and a gradient buffer of {@code gradDType} (FLOAT32, or BFLOAT16 for
+     * Note [bf16 gradients] in nn.Model) on {@code device}, zero-filled.
+     */
+    public ParameterSet build(Device device, DType gradDType) {
+      if (gradDType != DType.FLOAT32 && gradDType != DType.BFLOAT16) {
+        throw new IllegalArgumentException("gradients must be float32 or bfloat16, got " + gradDType);
+      }
       List<Entry> laid = new ArrayList<>(entries);
       long next = 0;
       long trainable = 0;
@@ -107,7 +123,7 @@ public final class ParameterSet {
           trainable = next;
         }
       }
-      return new ParameterSet(device, laid, trainable, next);
+      return new ParameterSet(device, laid, trainable, next, gradDType);
     }
   }
 
@@ -151,7 +167,7 @@ public final class ParameterSet {
     return params;
   }
 
-  /** The flat gradient buffer (same layout as {@link #params()}). */
+  /** The flat gradient buffer (same layout as {@link #params()}): FLOAT32, or BFLOAT16 (Note [bf16 gradients]). */
   public Tensor grads() {
     return grads;
   }

@@ -51,6 +51,11 @@ public final class Linear extends Layer {
     return units;
   }
 
+  /** Whether the layer has a bias (a second parameter entry after its weight). */
+  public boolean hasBias() {
+    return bias;
+  }
+
   /**
    * The dtype the matmuls read: FLOAT32 (default) or BFLOAT16 (mixed precision: bf16 inputs, fp32
    * accumulation, fp32 master weights and gradients).

@@ -166,7 +166,8 @@ public final class Trainer {
    * All-reduce the gradient buckets in bf16 instead of fp32 (half the bytes on the wire), as PyTorch DDP's
    * bf16 compression hook: each bucket is rounded to bf16 once it is final, summed in bf16 by NCCL, and the
    * sums are widened back to the fp32 gradients before the optimizer. Only on the bucketed path (an
-   * asynchronous communicator, W > 1); elsewhere it has no effect. Default false.
+   * asynchronous communicator, W > 1); elsewhere it has no effect, and so with bf16 gradients (Note [bf16
+   * gradients] in nn.Model), which are all-reduced as they are. Default false.
    */
   public Trainer bf16GradientAllReduce(boolean on) {
     this.bf16Gradients = on;
@@ -311,6 +312,11 @@ public final class Trainer {
       throw new IllegalArgumentException("rank " + comm.rank() + " has no batch to train on");
     }
     int accum = config.accumulation();
+    Tensor grads = model.parameters().grads();
+    if (grads.dtype() == DType.BFLOAT16 && accum != 1) {
+      throw new IllegalArgumentException("bf16 gradients (Note [bf16 gradients] in nn.Model) need accumulation 1, got "
+          + accum + ": micro-batch sums would be rounded to bf16 every time; use fp32 gradients to accumulate");
+    }
     long totalOptSteps = (long) config.epochs() * ((stepsPerEpoch + accum - 1) / accum);
     LrSchedule schedule = config.schedule().withDefaultTotal(totalOptSteps);
     int dim = store.dim();
@@ -344,17 +350,16 @@ public final class Trainer {
     // CNN's 1.7 MB of gradients had been two all-reduces (1 MiB + the rest), ResNet-50's 98 MiB five. At W = 2 the
     // sums are the same bits either way (one addition per element); the bucket sizes apply to overlapped buckets.
     boolean bucketed = comm.supportsAsync() && comm.worldSize() > 1;
-    overlapBuckets = overlapsAllReduce(allReduceMode, 4 * model.parameters().totalElements(),
-        comm.allRanksOnOneHost());
     long total = model.parameters().totalElements();
-    long[] bucketStarts = !bucketed ? null : overlapBuckets ? bucketStarts(total) : new long[] {total, 0};
-    Tensor grads = model.parameters().grads();
+    int gradBytes = grads.dtype() == DType.BFLOAT16 ? 2 : 4;
+    overlapBuckets = overlapsAllReduce(allReduceMode, gradBytes * total, comm.allRanksOnOneHost());
+    long[] bucketStarts = !bucketed ? null : overlapBuckets ? bucketStarts(total, gradBytes) : new long[] {total, 0};
     carveNow = resolvedGemmSmCarveout(bucketed);
     if (carveNow > 0) {
       device.gemmSmCarveout(carveNow); // checks it against the GPU's SMs before any step
       device.gemmSmCarveout(0);
     }
-    if (bucketed && bf16Gradients && gradsLow == null) {
+    if (bucketed && bf16Gradients && gradsLow == null && grads.dtype() == DType.FLOAT32) {
       gradsLow = device.allocate(DType.BFLOAT16, Math.toIntExact(grads.numel()));
     }
 
@@ -817,13 +822,18 @@ public final class Trainer {
    * backward of layer1 and the stem). Boundaries are aligned to ParameterSet.ALIGN elements.
    */
   long[] bucketStarts(long total) {
+    return bucketStarts(total, 4);
+  }
+
+  /** {@link #bucketStarts(long)} for gradients of {@code elementBytes} each (bf16: 2; the sizes are in bytes). */
+  long[] bucketStarts(long total, int elementBytes) {
     List<Long> s = new ArrayList<>();
     s.add(total);
     long hi = total;
     boolean first = true;
-    long tail = alignedBucket(firstBucketBytes);
+    long tail = alignedBucket(firstBucketBytes, elementBytes);
     while (hi > 0) {
-      long lo = Math.max(0, hi - alignedBucket(first ? firstBucketBytes : bucketBytes));
+      long lo = Math.max(0, hi - alignedBucket(first ? firstBucketBytes : bucketBytes, elementBytes));
       if (lo < tail && hi > tail) {
         lo = tail; // leave a small last bucket
       }
@@ -838,9 +848,9 @@ public final class Trainer {
     return out;
   }
 
-  /** A bucket's size in fp32 elements, a multiple of ParameterSet.ALIGN (at least one). */
-  private static long alignedBucket(long bytes) {
-    return Math.max(ParameterSet.ALIGN, bytes / 4 / ParameterSet.ALIGN * ParameterSet.ALIGN);
+  /** A bucket's size in elements of {@code elementBytes}, a multiple of ParameterSet.ALIGN (at least one). */
+  private static long alignedBucket(long bytes, int elementBytes) {
+    return Math.max(ParameterSet.ALIGN, bytes / elementBytes / ParameterSet.ALIGN * ParameterSet.ALIGN);
   }
 
   /** Orders later device work after this step's buckets; widens the bf16 sums (after them) into the gradients. */
@@ -873,7 +883,8 @@ public final class Trainer {
 
   /**
    * Gradient bucket sizes for NCCL (Note [gradient buckets]): the first bucket (the last parameters, ready
-   * first) and the others, in bytes of fp32 gradients. Defaults 1 MiB and 25 MiB, as PyTorch DDP.
+   * first) and the others, in bytes of gradients (fp32, or bf16 under Note [bf16 gradients] in nn.Model: twice the
+   * elements). Defaults 1 MiB and 25 MiB, as PyTorch DDP.
    */
   public Trainer gradientBuckets(long firstBytes, long bytes) {
     if (firstBytes <= 0 || bytes <= 0) {

@@ -407,7 +407,8 @@ class CudaOpsTest {
 
   @Test
   void softmaxCrossEntropyFusedWithBackward() {
-    int[][] shapes = {{1, 1}, {1, 10}, {128, 10}, {77, 33}, {16, 1000}, {3, 50000}};
+    // Rows up to 1024 columns are held in registers (Note [rows in registers] in kernels/loss.cuh), wider ones not.
+    int[][] shapes = {{1, 1}, {1, 10}, {128, 10}, {77, 33}, {16, 1000}, {5, 1024}, {5, 1025}, {3, 50000}};
     for (int[] s : shapes) {
       int rows = s[0];
       int cols = s[1];
@@ -481,6 +482,37 @@ class CudaOpsTest {
       gpu.countCorrect(zt[1], y[1], correct[1]);
       same(correct, 0, "countCorrect " + rows + "x" + cols);
       assertEquals(3f + rows, host(gpu, correct[1])[0], 0f);
+    }
+    // The warp-per-row count (bf16 logits, as the fused path's): NaNs never win except as a row's first element,
+    // and every other row's label is not its argmax.
+    for (int[] s : new int[][] {{4096, 1000}, {33, 7}, {9, 2500}}) {
+      int rows = s[0];
+      int cols = s[1];
+      float[] z = rand(rows * cols, rows * 7L + cols, 3);
+      for (int r = 0; r < rows; r += 5) {
+        z[r * cols + (r % cols)] = Float.NaN;
+      }
+      for (int r = 1; r < rows; r += 3) {
+        z[r * cols + cols - 1] = 10f; // ties between the last column and the middle one
+        z[r * cols + cols / 2] = 10f;
+      }
+      Tensor[] zt = pair(DType.BFLOAT16, z, rows, cols);
+      Tensor[] am = intPair(new int[rows]);
+      cpu.argmax(zt[0], am[0]);
+      int[] labels = hostInts(cpu, am[0]);
+      int expect = 0;
+      for (int r = 0; r < rows; r++) {
+        if (r % 2 == 1) {
+          labels[r] = (labels[r] + 1) % cols;
+        }
+        expect += cols == 1 || r % 2 == 0 ? 1 : 0;
+      }
+      Tensor[] y = intPair(labels);
+      Tensor[] correct = pair(DType.FLOAT32, new float[] {0f}, 1);
+      cpu.countCorrect(zt[0], y[0], correct[0]);
+      gpu.countCorrect(zt[1], y[1], correct[1]);
+      same(correct, 0, "countCorrect with NaNs " + rows + "x" + cols);
+      assertEquals(expect, host(gpu, correct[1])[0], 0f, "countCorrect with NaNs " + rows + "x" + cols);
     }
   }
 
