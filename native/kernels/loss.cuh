@@ -9,12 +9,6 @@
 
 // losses[r] = -log softmax(z[r])[label]; dz[r] = (softmax(z[r]) - onehot(label)) * gradScale when dz != null.
 // A label outside [0, cols) gives NaN in the loss and in the row of dz.
-// Note [rows in registers]: a warp's three passes over its row (max, sum of exp, gradient) each waited out a
-// memory round trip per 32 elements; with up to XENT_REG_COLS columns the row is loaded once into registers, all
-// loads in flight together (the benchmark MLP's 4096 x 1000 bf16 logits: 40 us before, CUPTI trace). The same
-// operations in the same order per lane, so the same bits; wider rows take the loop below.
-#define XENT_REG_PER_LANE 32
-#define XENT_REG_COLS (32 * XENT_REG_PER_LANE)
 extern "C" __global__ void st_softmax_xent(const void* z, int tz, const int* labels, void* losses, int tl,
                                            void* dz, int tdz, int64_t rows, int64_t cols, float gradScale) {
   int lane = threadIdx.x & 31;
@@ -23,46 +17,6 @@ extern "C" __global__ void st_softmax_xent(const void* z, int tz, const int* lab
     int64_t base = r * cols;
     int label = labels[r];
     bool bad = label < 0 || label >= cols;
-    if (cols <= XENT_REG_COLS) {
-      float v[XENT_REG_PER_LANE];
-#pragma unroll
-      for (int t = 0; t < XENT_REG_PER_LANE; t++) {
-        int64_t j = lane + 32 * t;
-        v[t] = j < cols ? ld(z, tz, base + j) : 0.0f;
-      }
-      float mx = -INFINITY;
-#pragma unroll
-      for (int t = 0; t < XENT_REG_PER_LANE; t++) {
-        if (lane + 32 * t < cols) {
-          mx = fmaxf(mx, v[t]);
-        }
-      }
-      mx = warp_max(mx);
-      double sum = 0.0;
-#pragma unroll
-      for (int t = 0; t < XENT_REG_PER_LANE; t++) {
-        if (lane + 32 * t < cols) {
-          sum += exp((double)(v[t] - mx));
-        }
-      }
-      sum = warp_sum(sum);
-      if (lane == 0) {
-        float logSum = (float)log(sum);
-        st(losses, tl, r, bad ? NAN : logSum - (ld(z, tz, base + label) - mx));
-      }
-      if (dz != nullptr) {
-#pragma unroll
-        for (int t = 0; t < XENT_REG_PER_LANE; t++) {
-          int64_t j = lane + 32 * t;
-          if (j < cols) {
-            float pj = (float)(exp((double)(v[t] - mx)) / sum);
-            float g = (pj - (j == label ? 1.0f : 0.0f)) * gradScale;
-            st(dz, tdz, base + j, bad ? NAN : g);
-          }
-        }
-      }
-      continue;
-    }
     float mx = -INFINITY;
     for (int64_t j = lane; j < cols; j += 32) {
       mx = fmaxf(mx, ld(z, tz, base + j));

@@ -1425,6 +1425,113 @@ public final class CudaDevice implements Device {
     }
   }
 
+  // Note [ReLU mask epilogues]: on the fused linear path (Note [fused linear path] in nn.Linear) a ReLU layer's
+  // backward was a pass of its own (st_act_bwd_colsum: dz = dh * (y > 0) and the bias gradient's column sums) over
+  // every (N, C) activation gradient: 66 us for each of the benchmark MLP's 4096 x 8192 layers on an H100 (CUPTI
+  // trace), plus the sums' second pass. cuBLASLt does both inside the matmuls around it: the forward's RELU_AUX_BIAS
+  // epilogue also writes the ReLU's mask, one bit per element (rows padded to a multiple of 128 bits), and the next
+  // layer's input gradient dx = dz W, whose output is that ReLU's output gradient, runs with DRELU_BGRAD: it masks
+  // dx by those bits and writes the bias gradient, the sums of the masked dx over the batch, as the fused layer
+  // before would have. So a pair of fused linears with a ReLU between them needs no pass of its own. The bias
+  // gradient is written, not added: only when the layer overwrites its gradients (the trainer's step without
+  // accumulation). The numbers: the same products and masks (y > 0 where the ReLU's input was > 0); the column sums
+  // are cuBLASLt's, in its order, over the fp32 products before rounding to dx's bf16, where the kernel summed them in
+  // a fixed order of its own. Where cuBLASLt has no such algorithm (remembered per shape), the layers take the
+  // kernel path. -Dsparktrainer.cuda.reluMaskEpilogues=false turns it off (for comparisons).
+  static final boolean RELU_MASK_EPILOGUES =
+      Boolean.parseBoolean(System.getProperty("sparktrainer.cuda.reluMaskEpilogues", "true"));
+
+  /** The mask's bits per row of a (rows, cols) output: cols rounded up to 128 (cuBLASLt's rule for bit masks). */
+  private static long reluMaskLd(long cols) {
+    return (cols + 127) / 128 * 128;
+  }
+
+  @Override
+  public long reluMaskBytes(int rows, int cols) {
+    if (!RELU_MASK_EPILOGUES || blasLt() == null || rows <= 0 || cols <= 0) {
+      return 0;
+    }
+    return reluMaskLd(cols) * rows / 8;
+  }
+
+  /** Runs one matmul with a mask epilogue (4 or 5); false, remembered per key, when cuBLASLt has no algorithm. */
+  private boolean maskEpilogue(String key, int status) {
+    if (status == 0) {
+      return true;
+    }
+    if (capturing != null) { // not a fact about the shape: do not remember it (Note [CUDA graphs])
+      Native.check(status, "cublasLtMatmul " + key + " during CUDA graph capture");
+    }
+    LOG.log(System.Logger.Level.INFO, "{0}: cuBLASLt has no {1} ({2}); the ReLU layers take the kernel path", name,
+        key, Native.errorString(status));
+    epilogueUnsupported.add(key);
+    return false;
+  }
+
+  private void checkMask(Tensor mask, long rows, long cols, String op) {
+    if (mask.dtype() != DType.INT32 || 4L * mask.numel() < reluMaskLd(cols) * rows / 8) {
+      throw new IllegalArgumentException(op + ": the mask must be an int32 buffer of at least " + reluMaskLd(cols) * rows
+          / 8 + " bytes (reluMaskBytes), got " + mask);
+    }
+  }
+
+  @Override
+  public boolean linearForwardReluMask(Tensor x, Tensor w, Tensor bias, Tensor y, Tensor mask) {
+    enter();
+    CudaTensor cx = fl(x);
+    CudaTensor cw = fl(w);
+    CudaTensor cy = fl(y);
+    if (x.rank() != 2 || w.rank() != 2 || y.rank() != 2 || x.dim(1) != w.dim(1) || y.dim(0) != x.dim(0)
+        || y.dim(1) != w.dim(0) || bias == null || bias.numel() != w.dim(0)) {
+      throw new IllegalArgumentException("linearForwardReluMask shapes do not agree: x=" + x + ", w=" + w + ", bias="
+          + bias + ", y=" + y);
+    }
+    checkMask(mask, y.dim(0), y.dim(1), "linearForwardReluMask");
+    BlasLt lt = cx.dtype() == cw.dtype() && bias.dtype() == cy.dtype() && RELU_MASK_EPILOGUES ? blasLt() : null;
+    String key = "RELU_AUX_BIAS " + x.dim(0) + "x" + w.dim(0) + "x" + x.dim(1) + ":" + cx.dtype() + cy.dtype();
+    if (lt == null || x.dim(0) == 0 || x.dim(1) == 0 || epilogueUnsupported.contains(key)) {
+      return false;
+    }
+    CudaTensor m = t(mask);
+    int st = lt.tryMatmulRowMajor(false, true, x.dim(0), w.dim(0), x.dim(1), 1f, cx.address(), x.dim(1), code(cx),
+        cw.address(), w.dim(1), code(cw), 0f, cy.address(), w.dim(0), code(cy), options.tf32(), 4,
+        t(bias).address(), -1, m.address(), reluMaskLd(w.dim(0)), compute);
+    if (st == 0) {
+      noteWritten(cy);
+      noteWritten(m);
+    }
+    return maskEpilogue(key, st);
+  }
+
+  @Override
+  public boolean linearBackwardInputRelu(Tensor dz, Tensor w, Tensor dx, Tensor mask, Tensor dbias) {
+    enter();
+    CudaTensor cz = fl(dz);
+    CudaTensor cw = fl(w);
+    CudaTensor cx = fl(dx);
+    if (dz.rank() != 2 || w.rank() != 2 || dx.rank() != 2 || dz.dim(1) != w.dim(0) || dx.dim(0) != dz.dim(0)
+        || dx.dim(1) != w.dim(1) || dbias == null || dbias.numel() != w.dim(1) || dbias.dtype() == DType.INT32) {
+      throw new IllegalArgumentException("linearBackwardInputRelu shapes do not agree: dz=" + dz + ", w=" + w + ", dx="
+          + dx + ", dbias=" + dbias);
+    }
+    checkMask(mask, dx.dim(0), dx.dim(1), "linearBackwardInputRelu");
+    BlasLt lt = cz.dtype() == cw.dtype() && RELU_MASK_EPILOGUES ? blasLt() : null;
+    CudaTensor db = fl(dbias);
+    String key = "DRELU_BGRAD " + dz.dim(0) + "x" + w.dim(1) + "x" + dz.dim(1) + ":" + cz.dtype() + cx.dtype()
+        + db.dtype();
+    if (lt == null || dz.dim(0) == 0 || dz.dim(1) == 0 || epilogueUnsupported.contains(key)) {
+      return false;
+    }
+    int st = lt.tryMatmulRowMajor(false, false, dz.dim(0), w.dim(1), dz.dim(1), 1f, cz.address(), dz.dim(1),
+        code(cz), cw.address(), w.dim(1), code(cw), 0f, cx.address(), w.dim(1), code(cx), options.tf32(), 5,
+        db.address(), code(db), t(mask).address(), reluMaskLd(w.dim(1)), compute);
+    if (st == 0) {
+      noteWritten(cx);
+      noteWritten(db);
+    }
+    return maskEpilogue(key, st);
+  }
+
   /**
    * dz = h == null ? dh : dh * (h > 0), and dbias = (accumulate ? dbias : 0) + column sums of dz, in one pass
    * over (N, C) plus a small second pass over C (Note [deterministic column sums] in native/kernels/linear.cuh:

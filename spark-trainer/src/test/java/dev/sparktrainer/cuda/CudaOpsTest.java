@@ -407,7 +407,6 @@ class CudaOpsTest {
 
   @Test
   void softmaxCrossEntropyFusedWithBackward() {
-    // Rows up to 1024 columns are held in registers (Note [rows in registers] in kernels/loss.cuh), wider ones not.
     int[][] shapes = {{1, 1}, {1, 10}, {128, 10}, {77, 33}, {16, 1000}, {5, 1024}, {5, 1025}, {3, 50000}};
     for (int[] s : shapes) {
       int rows = s[0];
