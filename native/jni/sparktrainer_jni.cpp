@@ -488,8 +488,6 @@ struct PlanKey {
   int transA, transB;
   int64_t m, n, k, lda, ldb, ldc;
   int aType, bType, cType, computeMode, epilogue;
-  int biasType;   // -1: C's type; else a dtype code for the bias (or the bias gradient)
-  int64_t auxLd;  // the ReLU bit mask's leading dimension in elements (epilogues 4 and 5), else 0
   uint32_t alignA, alignB, alignC;
   int64_t limitBytes;  // the workspace the heuristic may choose for (not the buffer's size)
   int smCountTarget;   // 0: all SMs; else CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET (Note [GEMM SM carve-out])
@@ -524,8 +522,6 @@ jint buildPlan(cublasLtHandle_t h, const PlanKey& key, Plan* plan) {
     case 1: epi = CUBLASLT_EPILOGUE_BIAS; break;
     case 2: epi = CUBLASLT_EPILOGUE_RELU; break;
     case 3: epi = CUBLASLT_EPILOGUE_RELU_BIAS; break;
-    case 4: epi = CUBLASLT_EPILOGUE_RELU_AUX_BIAS; break;  // Note [ReLU mask epilogues]
-    case 5: epi = CUBLASLT_EPILOGUE_DRELU_BGRAD; break;
     default: return jniError(JNI_BAD_ARGUMENT);
   }
   if (key.epilogue != 0) {
@@ -535,19 +531,14 @@ jint buildPlan(cublasLtHandle_t h, const PlanKey& key, Plan* plan) {
     int32_t sms = key.smCountTarget;
     TRY_CUBLAS(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sms, sizeof(sms)));
   }
-  if (key.epilogue == 1 || key.epilogue >= 3) {
-    // The bias has C's type unless biasType says otherwise: fp32 bias for fp32 C (set explicitly), bf16 bias for
-    // bf16 C (the default, the output type, as PyTorch's autocast linear does).
-    int bt = key.biasType >= 0 ? key.biasType : key.cType;
-    if (bt != 2) {
-      cudaDataType_t biasType = dataType(bt);
+  if (key.epilogue == 1 || key.epilogue == 3) {
+    // The bias has C's type: fp32 bias for fp32 C (set explicitly), bf16 bias for bf16 C (the default, the
+    // output type, as PyTorch's autocast linear does).
+    if (key.cType != 2) {
+      cudaDataType_t biasType = CUDA_R_32F;
       TRY_CUBLAS(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &biasType,
                                                 sizeof(biasType)));
     }
-  }
-  if (key.epilogue >= 4) {
-    TRY_CUBLAS(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &key.auxLd,
-                                              sizeof(key.auxLd)));
   }
   const int64_t m = key.m, n = key.n, k = key.k;
   // Stored shapes (column-major): op(A) is m x k, so A is m x k (N) or k x m (T); likewise B.
@@ -586,10 +577,7 @@ extern "C" {
 // Column-major D = alpha * op(A) op(B) + beta * C with D == C (in place), as cuBLAS sees it; the Java side
 // maps row-major calls onto it (C^T = op(B)^T op(A)^T). A, B: fp32 or bf16; C: fp32 or bf16; accumulation
 // and scale in fp32. computeMode: 0 = fp32 (no TF32), 1 = fp32 with TF32 tensor cores allowed.
-// epilogue: 0 none, 1 bias, 2 relu, 3 relu + bias; the bias (a vector of m) has C's type unless biasType (a dtype
-// code, -1 for C's) says otherwise. 4: relu + bias that also writes the ReLU's bit mask to aux (leading dimension
-// auxLd bits, a multiple of 128); 5: C = the ReLU's backward of the product by the mask in aux, and the bias
-// gradient (the sums of C over n) into bias (Note [ReLU mask epilogues] in CudaDevice).
+// epilogue: 0 none, 1 bias, 2 relu, 3 relu + bias; the bias (a vector of m) has C's type.
 // Plans are cached per thread (Note [matmul plan cache]). The algorithm is chosen within limitBytes of workspace;
 // workspace/workspaceBytes is the caller's buffer: JNI_CUBLASLT_WORKSPACE (nothing ran) when the algorithm needs
 // more, need[0] = the bytes it needs (on success too). smCountTarget: 0 = all SMs, else the SMs the algorithm is
@@ -597,15 +585,14 @@ extern "C" {
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cublasLtMatmul(
     JNIEnv* env, jclass, jlong handle, jboolean transA, jboolean transB, jlong m, jlong n, jlong k, jfloat alpha,
     jlong a, jlong lda, jint aType, jlong b, jlong ldb, jint bType, jfloat beta, jlong c, jlong ldc, jint cType,
-    jint computeMode, jint epilogue, jlong bias, jint biasType, jlong aux, jlong auxLd, jlong workspace,
-    jlong workspaceBytes, jlong limitBytes, jint smCountTarget, jlongArray needOut, jlong stream) {
+    jint computeMode, jint epilogue, jlong bias, jlong workspace, jlong workspaceBytes, jlong limitBytes,
+    jint smCountTarget, jlongArray needOut, jlong stream) {
   if (m <= 0 || n <= 0 || k <= 0 || lda <= 0 || ldb <= 0 || ldc < m || workspaceBytes < 0 || limitBytes < 0 ||
-      smCountTarget < 0 || biasType < -1 || biasType == 1 || biasType > 2 ||
-      epilogue < 0 || epilogue > 5 || needOut == nullptr || env->GetArrayLength(needOut) < 1) {
+      smCountTarget < 0 ||
+      epilogue < 0 || epilogue > 3 || needOut == nullptr || env->GetArrayLength(needOut) < 1) {
     return jniError(JNI_BAD_ARGUMENT);
   }
-  if ((epilogue == 1 || epilogue >= 3) && bias == 0) return jniError(JNI_BAD_ARGUMENT);
-  if (epilogue >= 4 && (aux == 0 || auxLd < m || auxLd % 128 != 0)) return jniError(JNI_BAD_ARGUMENT);
+  if ((epilogue == 1 || epilogue == 3) && bias == 0) return jniError(JNI_BAD_ARGUMENT);
   PlanKey key;
   std::memset(&key, 0, sizeof(key));  // padding bytes take part in hashing and comparison
   int dev = 0;
@@ -619,8 +606,6 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cublasLtMatmul(
   key.alignA = alignment(a); key.alignB = alignment(b); key.alignC = alignment(c);
   key.limitBytes = limitBytes;
   key.smCountTarget = smCountTarget;
-  key.biasType = (epilogue == 1 || epilogue >= 3) ? biasType : -1;
-  key.auxLd = epilogue >= 4 ? auxLd : 0;
   cublasLtHandle_t h = fromJ<cublasLtHandle_t>(handle);
   auto it = t_plans.find(key);
   Plan* plan;
@@ -636,15 +621,10 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cublasLtMatmul(
   jlong need = (jlong)plan->workspaceNeed;
   if (!putLong(env, needOut, need)) return jniError(JNI_ARRAY);
   if (need > workspaceBytes) return jniError(JNI_CUBLASLT_WORKSPACE);
-  if (epilogue == 1 || epilogue >= 3) {
+  if (epilogue == 1 || epilogue == 3) {
     void* biasPtr = fromJ<void*>(bias);
     TRY_CUBLAS(cublasLtMatmulDescSetAttribute(plan->d.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &biasPtr,
                                               sizeof(biasPtr)));
-  }
-  if (epilogue >= 4) {
-    void* auxPtr = fromJ<void*>(aux);
-    TRY_CUBLAS(cublasLtMatmulDescSetAttribute(plan->d.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &auxPtr,
-                                              sizeof(auxPtr)));
   }
   void* cPtr = fromJ<void*>(c);
   return cublas(cublasLtMatmul(h, plan->d.op, &alpha, fromJ<const void*>(a), plan->d.a, fromJ<const void*>(b),

@@ -127,18 +127,6 @@ final class BlasLt implements AutoCloseable {
   int tryMatmulRowMajor(boolean transA, boolean transB, long m, long n, long k, float alpha, long a, long lda,
       int aType, long b, long ldb, int bType, float beta, long c, long ldc, int cType, boolean tf32,
       int epilogue, long bias, CudaStream stream) {
-    return tryMatmulRowMajor(transA, transB, m, n, k, alpha, a, lda, aType, b, ldb, bType, beta, c, ldc, cType, tf32,
-        epilogue, bias, -1, 0, 0, stream);
-  }
-
-  /**
-   * {@link #tryMatmulRowMajor} with the bias's dtype ({@code biasType}, -1 for C's) and, for the epilogues 4 and 5
-   * (Note [ReLU mask epilogues] in CudaDevice), the ReLU bit mask {@code aux} with {@code auxLd} bits per row of
-   * the row-major C.
-   */
-  int tryMatmulRowMajor(boolean transA, boolean transB, long m, long n, long k, float alpha, long a, long lda,
-      int aType, long b, long ldb, int bType, float beta, long c, long ldc, int cType, boolean tf32,
-      int epilogue, long bias, int biasType, long aux, long auxLd, CudaStream stream) {
     long[] need = new long[1];
     for (int attempt = 0; ; attempt++) {
       if (handle == 0) {
@@ -148,8 +136,7 @@ final class BlasLt implements AutoCloseable {
       long wsBytes = ws == null ? 0 : ws.bytes();
       need[0] = 0;
       int st = Native.cublasLtMatmul(handle, transB, transA, n, m, k, alpha, b, ldb, bType, a, lda, aType, beta,
-          c, ldc, cType, tf32 ? 1 : 0, epilogue, bias, biasType, aux, auxLd, ws == null ? 0 : ws.address(), wsBytes,
-          WORKSPACE_BYTES,
+          c, ldc, cType, tf32 ? 1 : 0, epilogue, bias, ws == null ? 0 : ws.address(), wsBytes, WORKSPACE_BYTES,
           smCountTarget, need, stream.handle());
       if (st == 0) {
         if (need[0] > workspaceNeed) {

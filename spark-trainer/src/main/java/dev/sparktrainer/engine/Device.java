@@ -225,33 +225,6 @@ public interface Device extends AutoCloseable {
   }
 
   /**
-   * Bytes of the ReLU mask that {@link #linearForwardReluMask} writes for a (rows, cols) output, or 0 when this
-   * device has no such path (the default: the CPU engine). Note [ReLU mask epilogues] in cuda.CudaDevice.
-   */
-  default long reluMaskBytes(int rows, int cols) {
-    return 0;
-  }
-
-  /**
-   * {@link #linearForward} with ReLU and bias that also writes the ReLU's mask into {@code mask} (at least {@link
-   * #reluMaskBytes} bytes) for {@link #linearBackwardInputRelu}. Returns false, having done nothing, when it cannot
-   * (the default); the caller then runs linearForward.
-   */
-  default boolean linearForwardReluMask(Tensor x, Tensor w, Tensor bias, Tensor y, Tensor mask) {
-    return false;
-  }
-
-  /**
-   * The input gradient of a linear layer through the ReLU and bias before it: dx = (dz w) * mask, where mask is
-   * what {@link #linearForwardReluMask} wrote for that ReLU's output (the shape of dx), and dbias = the column sums of
-   * dx (written, not added). dz (N, out), w (out, in), dx (N, in), dbias (in). Returns false, having done nothing,
-   * when it cannot (the default); the caller then runs the matmul and linearActBackward.
-   */
-  default boolean linearBackwardInputRelu(Tensor dz, Tensor w, Tensor dx, Tensor mask, Tensor dbias) {
-    return false;
-  }
-
-  /**
    * Declares that {@code mirror} (BFLOAT16, same element count) holds the low-precision copy of {@code src}
    * (the flat parameter buffer). A device may then write the mirror in the same pass as the fused optimizer
    * steps over src. Default: nothing.

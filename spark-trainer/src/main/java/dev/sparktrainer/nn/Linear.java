@@ -33,13 +33,6 @@ public final class Linear extends Layer {
   private Tensor yOut; // (N, out) bf16, saved by forward (the ReLU mask)
   private ScratchSource scratch; // shared bf16 buffers for dx, handed out by the model
   private int ordinal; // position among the model's fused linear layers (picks the dx buffer)
-  // Note [ReLU mask epilogues] in cuda.CudaDevice: this layer's fused ReLU keeps a bit mask for the next layer's
-  // input gradient (maskForNext), which then masks this layer's output gradient and writes its bias gradient
-  // (dyMasked); previous: the fused linear with ReLU and bias right before this one, or null.
-  private boolean maskForNext;
-  private Tensor mask; // the last forward's ReLU mask (a layer buffer), or null when it wrote none
-  private boolean dyMasked; // the next backward's dy is already dz, and db is written
-  private Linear previous;
 
   /** Where a fused layer gets its dx buffer: shared between layers by the model (ping-pong). */
   interface ScratchSource {
@@ -101,18 +94,6 @@ public final class Linear extends Layer {
     this.scratch = scratch;
   }
 
-  /**
-   * Links this fused layer to the fused linear with ReLU and bias right before it (Note [ReLU mask epilogues] in
-   * cuda.CudaDevice): its forward keeps the ReLU's mask, and this layer's input gradient applies it.
-   */
-  void linkPrevious(Linear prev) {
-    if (!fused || !prev.fused || !prev.fuseRelu || !prev.bias) {
-      throw new IllegalStateException("linear " + name + ": only a fused linear follows a fused linear with ReLU and bias");
-    }
-    this.previous = prev;
-    prev.maskForNext = true;
-  }
-
   /** Whether the next backward writes its parameter gradients instead of adding them (fused path only). */
   void setOverwriteGrads(boolean overwrite) {
     if (overwrite && !fused) {
@@ -123,11 +104,6 @@ public final class Linear extends Layer {
 
   boolean fused() {
     return fused;
-  }
-
-  /** Whether this fused layer also applies the ReLU after it. */
-  boolean fusesRelu() {
-    return fuseRelu;
   }
 
   /** Index of the weight in the model's parameter set (the first of this layer's entries). */
@@ -185,16 +161,7 @@ public final class Linear extends Layer {
     if (fused) {
       xLow = x.dtype() == DType.BFLOAT16 ? x : low("xLow", x);
       Tensor y = buffer("y", DType.BFLOAT16, new int[] {x.dim(0), units});
-      mask = null;
-      dyMasked = false; // a step discarded inside backward may have left it set
-      long maskBytes = maskForNext && ctx.training() ? device.reluMaskBytes(x.dim(0), units) : 0;
-      if (maskBytes > 0) {
-        Tensor m = buffer("reluMask", DType.INT32, new int[] {Math.toIntExact((maskBytes + 3) / 4)});
-        mask = device.linearForwardReluMask(xLow, wMirror, bMirror, y, m) ? m : null;
-      }
-      if (mask == null) {
-        device.linearForward(xLow, wMirror, bias ? bMirror : null, fuseRelu, y);
-      }
+      device.linearForward(xLow, wMirror, bias ? bMirror : null, fuseRelu, y);
       yOut = y;
       return y;
     }
@@ -235,15 +202,9 @@ public final class Linear extends Layer {
   private Tensor backwardFused(Tensor dy, boolean needInputGrad) {
     int n = dy.dim(0);
     boolean acc = !overwriteGrads;
-    Tensor dz;
-    if (dyMasked) { // the next layer's dx matmul masked dy and wrote db (Note [ReLU mask epilogues] in cuda.CudaDevice)
-      dyMasked = false;
-      dz = dy;
-    } else {
-      // dz in place when dy is already a bf16 buffer of the next layer; a bf16 copy of the loss gradient else.
-      dz = dy.dtype() == DType.BFLOAT16 ? dy : buffer("dz", DType.BFLOAT16, new int[] {n, units});
-      device.linearActBackward(dy, fuseRelu ? yOut : null, dz, bias ? db : null, acc);
-    }
+    // dz in place when dy is already a bf16 buffer of the next layer; a bf16 copy of the loss gradient else.
+    Tensor dz = dy.dtype() == DType.BFLOAT16 ? dy : buffer("dz", DType.BFLOAT16, new int[] {n, units});
+    device.linearActBackward(dy, fuseRelu ? yOut : null, dz, bias ? db : null, acc);
     device.matmul(dz, true, xLow, false, dw, 1f, acc ? 1f : 0f); // dW (+)= dz^T x
     gradientsReady();
     if (!needInputGrad) {
@@ -252,13 +213,7 @@ public final class Linear extends Layer {
     // dx goes to the shared buffer that this layer's dz is not in: layer k writes slot k % 2, and layer
     // k - 1 works in place in it, then writes slot (k - 1) % 2.
     Tensor dx = scratch.get(ordinal & 1, new int[] {n, in});
-    Linear p = previous;
-    if (p != null && p.mask != null && p.overwriteGrads
-        && device.linearBackwardInputRelu(dz, wMirror, dx, p.mask, p.db)) {
-      p.dyMasked = true; // dx = (dz W) * mask, and p's bias gradient is written
-    } else {
-      device.matmul(dz, false, wMirror, false, dx, 1f, 0f); // dx = dz W
-    }
+    device.matmul(dz, false, wMirror, false, dx, 1f, 0f); // dx = dz W
     return dx;
   }
 }

@@ -129,12 +129,6 @@ public final class Model {
         }
       }
       overwritable = linearEntries == params.entries().size();
-      for (int k = 1; k < run.size(); k++) { // Note [ReLU mask epilogues] in cuda.CudaDevice
-        if (run.get(k) instanceof Linear lin && run.get(k - 1) instanceof Linear prev && prev.fused()
-            && prev.fusesRelu() && prev.hasBias()) {
-          lin.linkPrevious(prev);
-        }
-      }
       for (Layer l : ls) {
         enableMixedConvolutions(l);
       }
@@ -417,17 +411,13 @@ public final class Model {
       endStep();
       return;
     }
-    if (fused) { // all first: a layer's backward may write the bias gradient of the one before (Linear.linkPrevious)
-      for (Layer l : steps) {
-        if (l instanceof Linear lin) {
-          lin.setOverwriteGrads(overwrite);
-        }
-      }
-    }
     Tensor dy = dOut;
     for (int k = steps.size() - 1; k >= 0; k--) {
       Layer l = steps.get(k);
       if (l instanceof Linear lin) {
+        if (fused) {
+          lin.setOverwriteGrads(overwrite);
+        }
         long offset = params.entries().get(lin.weightIndex()).offset();
         lin.onGradientsReady(readyFrom == null ? null : () -> readyFrom.accept(offset));
       }

@@ -125,52 +125,6 @@ class CudaFusedPathTest {
     assertArrayEquals(runs[0], runs[1], "column sums are deterministic");
   }
 
-  /**
-   * Note [ReLU mask epilogues]: the forward that keeps the ReLU's bit mask gives linearForward's output, and the input
-   * gradient masked by it, with the bias gradient, gives the plain matmul followed by linearActBackward; the
-   * widths are not multiples of 128 (the mask's rows are padded).
-   */
-  @Test
-  void reluMaskEpiloguesMatchTheKernelPath() {
-    CudaTestSupport.assumeJni();
-    int n = 192;
-    int in = 200;
-    int out = 136;
-    int next = 72;
-    Tensor x = up(gpu, DType.BFLOAT16, rand(n * in, 61), n, in);
-    Tensor w = up(gpu, DType.BFLOAT16, rand(out * in, 62), out, in);
-    Tensor b = up(gpu, DType.BFLOAT16, rand(out, 63), out);
-    Tensor w2 = up(gpu, DType.BFLOAT16, rand(next * out, 64), next, out);
-    Tensor dz = up(gpu, DType.BFLOAT16, rand(n * next, 65), n, next);
-    long bytes = gpu.reluMaskBytes(n, out);
-    assertEquals(256L * n / 8, bytes, "rows of 136 bits padded to 256");
-    Tensor mask = gpu.allocate(DType.INT32, (int) (bytes / 4));
-    Tensor y = gpu.allocate(DType.BFLOAT16, n, out);
-    Tensor yRef = gpu.allocate(DType.BFLOAT16, n, out);
-    assertTrue(gpu.linearForwardReluMask(x, w, b, y, mask), "cuBLASLt has RELU_AUX_BIAS for " + n + "x" + out);
-    gpu.linearForward(x, w, b, true, yRef);
-    assertCloseNormwise(host(gpu, yRef), host(gpu, y), 1e-2, "forward with the mask vs linearForward");
-    for (DType dbType : new DType[] {DType.FLOAT32, DType.BFLOAT16}) {
-      Tensor dx = gpu.allocate(DType.BFLOAT16, n, out);
-      Tensor db = gpu.allocate(dbType, out);
-      gpu.fill(db, 7f); // written, not added
-      assertTrue(gpu.linearBackwardInputRelu(dz, w2, dx, mask, db), "cuBLASLt has DRELU_BGRAD, " + dbType + " bias");
-      Tensor dxRef = gpu.allocate(DType.BFLOAT16, n, out);
-      Tensor dbRef = gpu.allocate(DType.FLOAT32, out);
-      gpu.matmul(dz, false, w2, false, dxRef, 1f, 0f);
-      gpu.linearActBackward(dxRef, yRef, dxRef, dbRef, false);
-      float[] got = host(gpu, dx);
-      float[] yv = host(gpu, y);
-      for (int i = 0; i < got.length; i++) {
-        if (!(yv[i] > 0)) {
-          assertEquals(0f, got[i], 0f, "dx[" + i + "] where the ReLU's output is " + yv[i]);
-        }
-      }
-      assertCloseNormwise(host(gpu, dxRef), got, 1e-2, "masked dx vs matmul + linearActBackward");
-      assertCloseNormwise(host(gpu, dbRef), host(gpu, db), 2e-2, dbType + " bias gradient vs the column sums");
-    }
-  }
-
   @Test
   void linearForwardWithBf16OutputAndBias() {
     int[][] shapes = {{4, 3, 5}, {128, 784, 256}, {33, 256, 128}, {64, 128, 10}};
