@@ -15,8 +15,15 @@ def key(r):
 
 
 # Display order of the benchmarks; unknown names follow in the order they appear.
-ORDER = ("mlp", "fmnist", "small-cnn", "resnet50", "allreduce")
-TRAINING = ("mlp", "fmnist", "small-cnn", "resnet50")
+ORDER = ("mlp", "mlp-bf16g", "fmnist", "small-cnn", "resnet50", "allreduce", "gemm-peak")
+TRAINING = ("mlp", "mlp-bf16g", "fmnist", "small-cnn", "resnet50")
+
+
+# The benchmark MLP's matmul work per sample: forward and dW 2 x (1024*8192 + 3*8192^2 + 8192*1000) each, dx the same
+# less the first layer's (not computed): 1.291 GFLOP.
+MLP_FLOP_PER_SAMPLE = 2 * (3 * (1024 * 8192 + 3 * 8192 ** 2 + 8192 * 1000) - 1024 * 8192)
+# An 8192^3 bf16 matmul through PyTorch on an H100 80GB HBM3 of this machine kind (KINDS.md, 2026-11-13).
+KINDS_PEAK_TFLOPS = 787.0
 
 
 def value_format(unit):
@@ -142,6 +149,17 @@ def main():
                       " sample, so the ratio still compares rates)." % (e["benchmark"], e["world"],
                                                                         e["per_gpu_batch"]["ours"],
                                                                         e["per_gpu_batch"]["pytorch"]))
+    peak = next((e["pytorch"] for e in entries if e["benchmark"] == "gemm-peak" and e["pytorch"]), None)
+    for e in entries:
+        if e["benchmark"] in ("mlp", "mlp-bf16g") and e["world"] == 1:
+            for eng in ("ours", "pytorch"):
+                if e[eng] is None:
+                    continue
+                tflops = e[eng] * MLP_FLOP_PER_SAMPLE / 1e12
+                md.append("%s W=1, %s: %.0f TFLOP/s = %s of the bf16 peak measured in this call (gemm-peak), %.1f%% of"
+                          " the %.0f TFLOP/s KINDS.md records" % (
+                              e["benchmark"], eng, tflops, "%.1f%%" % (100 * tflops / peak) if peak else "-",
+                              100 * tflops / KINDS_PEAK_TFLOPS, KINDS_PEAK_TFLOPS))
     prof = [e for e in entries if "ours_profile_ms_rank0" in e]
     for e in prof:
         md.append("Phase breakdown, ours, %s W=%d, rank 0 (ms, each phase synchronized): %s" % (

@@ -148,7 +148,7 @@ def bench_train(name, rank, world, device, args):
     torch.manual_seed(1 + rank)
     torch.cuda.reset_peak_memory_stats(device)
     cnn, unit, data_desc = False, "samples/s", None
-    if name == "mlp":
+    if name in ("mlp", "mlp-bf16g"):
         model = mlp_model().to(device)
         opt_ctor = lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9)
         pool = [(torch.rand(MLP_BATCH, MLP_IN, device=device) * 2 - 1,
@@ -156,6 +156,8 @@ def bench_train(name, rank, world, device, args):
         batch_of = lambda i: pool[i % len(pool)]
         steps, batch = args.steps, MLP_BATCH
         desc = "MLP 1024-8192-8192-8192-8192-1000 ReLU, bf16 autocast, SGD momentum 0.9"
+        if name == "mlp-bf16g":
+            desc += ", DDP bf16_compress_hook at W > 1"
     elif name == "fmnist":
         data = fashion_mnist(args.fmnist, device, images=False)
         if data is None:
@@ -207,6 +209,9 @@ def bench_train(name, rank, world, device, args):
     torch.backends.cudnn.benchmark = cnn
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index], broadcast_buffers=not cnn)
+        if name == "mlp-bf16g":  # the gradients all-reduced in bf16, as ours with bf16 gradients
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+            model.register_comm_hook(None, default_hooks.bf16_compress_hook)
     opt = opt_ctor(model.parameters())
     secs, loss = timed_epochs(model, opt, batch_of, steps, args.repeats, world)
     secs = [gather_max(s, world, device) for s in secs]
@@ -220,6 +225,29 @@ def bench_train(name, rank, world, device, args):
     if data_desc:
         r["data"] = data_desc
     return r
+
+
+def bench_gemm_peak(device):
+    """The card's bf16 matmul peak, measured in the same call: an 8192^3 bf16 product of random normal matrices
+    (as KINDS.md's 787 TFLOP/s), 10 warm-up and 50 timed products, CUDA events; the median of 5 such rounds."""
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(10):
+        c = a @ b
+    rounds = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(50):
+            c = a @ b
+        end.record()
+        torch.cuda.synchronize()
+        rounds.append(2.0 * n ** 3 * 50 / (start.elapsed_time(end) / 1e3) / 1e12)
+    del a, b, c
+    return {"benchmark": "gemm-peak", "engine": "pytorch", "world": 1, "value": statistics.median(rounds),
+            "unit": "TFLOP/s", "card": torch.cuda.get_device_name(device), "repeats": rounds,
+            "model": "8192^3 bf16 matmul, random normal data", "torch": torch.__version__}
 
 
 # Timed all-reduces per size, as GpuBench's (50: 20 left the 25 MiB figure to one straggling call).
@@ -256,8 +284,11 @@ def worker(rank, world, args):
     results = []
     for b in args.benches.split(","):
         t0 = time.time()
-        if b in ("mlp", "fmnist", "small-cnn", "resnet50"):
+        if b in ("mlp", "mlp-bf16g", "fmnist", "small-cnn", "resnet50"):
             results.append(bench_train(b, rank, world, device, args))
+        elif b == "gemm-peak":
+            if world == 1:
+                results.append(bench_gemm_peak(device))
         elif b == "allreduce":
             if world > 1:
                 results += bench_allreduce(rank, world, device)

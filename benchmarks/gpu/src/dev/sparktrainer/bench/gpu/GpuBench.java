@@ -94,7 +94,11 @@ public final class GpuBench {
     for (String b : benches) {
       long t0 = System.nanoTime();
       switch (b) {
-        case "mlp" -> emit(out, mlp(world, steps, repeats, card, variant, a.containsKey("profile")));
+        case "mlp" -> emit(out, mlp("mlp", gradientDType(), world, steps, repeats, card, variant,
+            a.containsKey("profile")));
+        case "mlp-bf16g" -> emit(out, mlp(b, DType.BFLOAT16, world, steps, repeats, card, variant,
+            a.containsKey("profile")));
+        case "gemm-peak" -> System.out.println("[gpu-bench] gemm-peak: measured by torch_ref.py only");
         case "fmnist" -> emit(out, fmnist(world, Path.of(a.getOrDefault("fmnist",
             FashionMnist.DEFAULT_DIR.toString())), repeats, card, variant));
         case "small-cnn" -> emit(out, smallCnn(world, Path.of(a.getOrDefault("fmnist",
@@ -110,7 +114,7 @@ public final class GpuBench {
           }
         }
         default -> throw new IllegalArgumentException("unknown benchmark " + b
-            + " (mlp, fmnist, small-cnn, resnet50, allreduce)");
+            + " (mlp, mlp-bf16g, fmnist, small-cnn, resnet50, allreduce, gemm-peak)");
       }
       System.out.printf(Locale.ROOT, "[gpu-bench] %s W=%d done in %.1f s%n", b, world, (System.nanoTime() - t0) / 1e9);
     }
@@ -123,7 +127,12 @@ public final class GpuBench {
       long graphSteps, String graphsOff, Map<String, Double> timeline, long steadyBytes,
       Model.PlannedMemory memoryPlan) {}
 
-  static Map<String, Object> mlp(int world, int steps, int repeats, String card, String variant, boolean profile) {
+  /**
+   * mlp: the issue's MLP at per-GPU batch 4096, bf16, SGD momentum 0.9. {@code grads}: the gradient dtype (mlp-bf16g:
+   * BFLOAT16, Note [bf16 gradients] in nn.Model, compared with PyTorch DDP's bf16 compression hook at W > 1).
+   */
+  static Map<String, Object> mlp(String name, DType grads, int world, int steps, int repeats, String card,
+      String variant, boolean profile) {
     ModelSpec spec = ModelSpec.mlp(MLP_IN, new int[] {8192, 8192, 8192, 8192}, MLP_CLASSES, "relu", 0f);
     TrainerConfig cfg = TrainerConfig.builder().epochs(1 + repeats).batchSize(MLP_BATCH).seed(1)
         .optimizer(OptimizerConfig.sgd(0.01).withMomentum(0.9)).build();
@@ -135,10 +144,11 @@ public final class GpuBench {
       for (int i = 0; i < local.length; i++) {
         local[i] = i % pool;
       }
-      return trainRank(ctx, spec, cfg, store, local, steps, profile);
+      return trainRank(ctx, spec, cfg, store, local, steps, profile, grads);
     });
-    Map<String, Object> r = summarize("mlp", world, card, variant, cfg.batchSize(), rs, "samples/s");
+    Map<String, Object> r = summarize(name, world, card, variant, cfg.batchSize(), rs, "samples/s");
     r.put("model", "MLP 1024-8192-8192-8192-8192-1000 ReLU, bf16 mixed precision, SGD momentum 0.9");
+    r.put("gradients", grads == DType.BFLOAT16 ? "bf16 (Note [bf16 gradients])" : "fp32");
     return r;
   }
 
@@ -234,6 +244,11 @@ public final class GpuBench {
 
   static RankResult trainRank(WorkerContext ctx, ModelSpec spec, TrainerConfig cfg, HeapRowStore store,
       int[] local, int steps, boolean profile) {
+    return trainRank(ctx, spec, cfg, store, local, steps, profile, gradientDType());
+  }
+
+  static RankResult trainRank(WorkerContext ctx, ModelSpec spec, TrainerConfig cfg, HeapRowStore store,
+      int[] local, int steps, boolean profile, DType grads) {
     // Diagnostics: -Dsparktrainer.bench.noComm=true: W ranks in one JVM that train apart, no NCCL;
     // -Dsparktrainer.bench.commIdle=true: as noComm, but an NCCL communicator exists beside (created, its
     // connections made by one all-reduce of the gradient buffer's size, then left idle during training).
@@ -243,7 +258,7 @@ public final class GpuBench {
         Communicator idle = idleComm ? NcclCommunicator.create(ctx, d, Duration.ofMinutes(5)) : null;
         Communicator c = ctx.worldSize() == 1 || apart
             ? new LocalCommunicator() : NcclCommunicator.create(ctx, d, Duration.ofMinutes(5))) {
-      Model m = new Model(spec, d, DType.BFLOAT16, gradientDType());
+      Model m = new Model(spec, d, DType.BFLOAT16, grads);
       if (idle != null) {
         idle.allReduceSum(m.parameters().grads());
         d.synchronize();
@@ -384,8 +399,6 @@ public final class GpuBench {
     m.put("engine", variant);
     m.put("world", world);
     m.put("value", median(tput));
-    m.put("gradients", gradientDType() == DType.BFLOAT16 ? "bf16 where the model allows (Note [bf16 gradients])"
-        : "fp32");
     m.put("unit", unit);
     m.put("card", card);
     m.put("per_gpu_batch", batch);
