@@ -71,12 +71,15 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
   private final BooleanParam cudnnBenchmark;
   private final BooleanParam cudaGraphs;
   private final IntParam gemmSmCarveout;
+  private final Param<String> gradientPrecision;
   private final Param<String> allReduceMode;
 
   /** The values of the {@code precision} param. */
   public static final String[] PRECISIONS = {"fp32", "bf16", "auto"};
   /** The values of {@link #setAllReduceMode}. */
   public static final String[] ALL_REDUCE_MODES = {"auto", "overlapped", "in_order"};
+  /** The values of {@link #setGradientPrecision}. */
+  public static final String[] GRADIENT_PRECISIONS = {"fp32", "bf16"};
 
   public SparkTrainer() {
     this(Identifiable$.MODULE$.randomUID("sparkTrainer"));
@@ -143,9 +146,15 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
         "cuda, several GPUs, all-reduce overlapped: SMs that backward's matrix multiplies leave free for NCCL's "
             + "kernels (Note [GEMM SM carve-out]); -1 (auto): a quarter of the GPU's SMs when all ranks share a host, "
             + "else 0; 0: none; it must be below the GPU's SM count", ParamValidators.gtEq(-1));
+    gradientPrecision = new Param<>(this, "gradientPrecision",
+        "fp32 (default) or bf16: the parameter gradients stored in bf16, as PyTorch's autocast computes them, "
+            + "halving the gradient memory and the all-reduce's bytes; only where the model takes the fused linear "
+            + "path on a GPU (bf16 precision, every layer with parameters a linear layer), else fp32; needs "
+            + "accumulation 1", ParamValidators.inArray(GRADIENT_PRECISIONS));
     setDefault(precision, "fp32");
     setDefault(allReduceMode, "auto");
     setDefault(gemmSmCarveout, -1);
+    setDefault(gradientPrecision, "fp32");
     setDefault(cudnnBenchmark, false);
     setDefault(cudaGraphs, false);
     setDefault(validationIndicatorCol, "");
@@ -372,6 +381,32 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
     return (Integer) $(gemmSmCarveout);
   }
 
+  /**
+   * The dtype of the parameter gradients: "fp32" (default) or "bf16" (Note [bf16 gradients] in nn.Model). bf16
+   * stores each gradient as PyTorch's autocast computes it for the bf16 copy of its parameter (the dW GEMM's
+   * product rounded to bf16), halving the gradient memory and, on several GPUs, the all-reduce's bytes (NCCL sums
+   * the bf16 values, as DDP's bf16 compression hook does); the master weights and optimizer state stay fp32. It
+   * applies only where the model takes the fused linear path on a GPU: precision bf16 (or auto on cuda) and every
+   * layer with parameters a linear layer; elsewhere (the CPU engine, fp32 precision, convolutions, batch norm) the
+   * gradients stay fp32 (each rank logs a warning saying so). It needs accumulation 1 (a bf16 gradient would round
+   * the micro-batches' sum at every micro-batch): fit refuses bf16 with accumulation > 1 before any task starts.
+   * Default "fp32". Throws IllegalArgumentException for any other value.
+   */
+  public SparkTrainer setGradientPrecision(String v) {
+    set(gradientPrecision, checkGradientPrecision(v));
+    return this;
+  }
+
+  /** The param of {@link #setGradientPrecision}. */
+  public Param<String> gradientPrecision() {
+    return gradientPrecision;
+  }
+
+  /** "fp32" or "bf16" (see {@link #setGradientPrecision}). */
+  public String getGradientPrecision() {
+    return $(gradientPrecision);
+  }
+
   public SparkTrainer setFeaturesCol(String v) {
     set(featuresCol, v);
     return this;
@@ -528,6 +563,12 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
         + "master weights; auto: bf16 on cuda, fp32 on cpu");
   }
 
+  /** {@code v} when it is a valid gradient precision, else an IllegalArgumentException that lists the choices. */
+  public static String checkGradientPrecision(String v) {
+    return checkChoice("gradientPrecision", v, GRADIENT_PRECISIONS, "bf16: bf16 parameter gradients where the model "
+        + "takes the fused linear path on cuda, else fp32");
+  }
+
   /** {@code v} when it is one of {@code choices}, else "NAME must be a, b or c, got 'v' (HELP)". */
   private static String checkChoice(String name, String v, String[] choices, String help) {
     if (v == null || !java.util.Arrays.asList(choices).contains(v)) {
@@ -587,8 +628,19 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
     return Loss.parse($(loss));
   }
 
-  /** The training configuration these params describe (validated). */
+  /**
+   * The training configuration these params describe (validated, with the checks across params that need no data
+   * or device: bf16 gradients need accumulation 1).
+   */
   public TrainerConfig trainerConfig() {
+    int micro = (Integer) $(accumulation);
+    if ("bf16".equals(getGradientPrecision()) && micro > 1) {
+      // The Trainer refuses it too, but only where bf16 gradients apply (on a GPU, after the ranks started); this
+      // fails every such fit on the driver, before any task, whatever the device.
+      throw new IllegalArgumentException("gradientPrecision bf16 needs accumulation 1, got accumulation " + micro
+          + " (a bf16 gradient would round the micro-batches' sum at every micro-batch): set accumulation to 1 or "
+          + "gradientPrecision to fp32");
+    }
     return TrainerConfig.builder()
         .epochs((Integer) $(epochs))
         .batchSize((Integer) $(batchSize))
@@ -597,7 +649,7 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
         .schedule(LrSchedule.fromJson($(schedule)))
         .loss(getLoss())
         .clipNorm((Double) $(clipNorm))
-        .accumulation((Integer) $(accumulation))
+        .accumulation(micro)
         .dropLast((Boolean) $(dropLast))
         .nonFinite(TrainerConfig.NonFinitePolicy.parse($(nonFinite)))
         .build();

@@ -24,7 +24,8 @@ import org.apache.spark.sql.functions;
  *                "optimizer": {...}, "schedule": {...}, "loss": "cross_entropy", "clipNorm": 0,
  *                "accumulation": 1, "dropLast": false, "checkpointPath": "", "checkpointInterval": 0,
  *                "timeoutSeconds": 300, "nonFinite": "fail", "precision": "fp32", "cudnnBenchmark": false,
- *                "cudaGraphs": false, "allReduceMode": "auto", "gemmSmCarveout": -1},
+ *                "cudaGraphs": false, "allReduceMode": "auto", "gemmSmCarveout": -1,
+ *                "gradientPrecision": "fp32"},
  *   "output":   {"modelPath": "..."}
  * }</pre>
  *
@@ -109,7 +110,7 @@ public final class JobConfig {
     keys(tr, "training", Set.of("epochs", "batchSize", "numWorkers", "device", "seed", "optimizer", "schedule",
         "loss", "clipNorm", "accumulation", "dropLast", "checkpointPath", "checkpointInterval", "timeoutSeconds",
         "nonFinite", "precision", "cudnnBenchmark", "cudaGraphs", "allReduceMode",
-        "gemmSmCarveout"));
+        "gemmSmCarveout", "gradientPrecision"));
     if (tr.has("epochs")) {
       t.setEpochs(integer(tr, "epochs"));
     }
@@ -174,6 +175,9 @@ public final class JobConfig {
             + sms);
       }
       t.setGemmSmCarveout(sms);
+    }
+    if (tr.has("gradientPrecision")) {
+      choice(t::setGradientPrecision, text(tr, "training", "gradientPrecision", "fp32"));
     }
     t.trainerConfig(); // validates the combination now, before Spark starts
     trainer = t;

@@ -6,6 +6,7 @@ import dev.sparktrainer.checkpoint.CheckpointIO;
 import dev.sparktrainer.checkpoint.CheckpointInfo;
 import dev.sparktrainer.comm.Communicator;
 import dev.sparktrainer.data.RowStore;
+import dev.sparktrainer.engine.DType;
 import dev.sparktrainer.engine.Device;
 import dev.sparktrainer.nn.Model;
 import dev.sparktrainer.nn.ModelSpec;
@@ -57,6 +58,7 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
   private boolean cudaGraphs; // the trainer's CUDA graphs option (Note [CUDA graphs] in Trainer)
   private String allReduceMode = "auto"; // SparkTrainer.setAllReduceMode: auto keeps the trainer's default
   private int gemmSmCarveout = -1; // SparkTrainer.setGemmSmCarveout: -1 keeps the trainer's default
+  private String gradientPrecision = "fp32"; // SparkTrainer.setGradientPrecision: fp32 or bf16 (where it applies)
 
   BarrierTrainFunction(String specJson, TrainerConfig cfg, String device, String token, int timeoutSeconds,
       int dim, int targetDim, int steps, long rowsPerRank, CheckpointPolicy checkpoints,
@@ -105,6 +107,15 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
   /** SMs backward's matmuls leave to NCCL when the all-reduce overlaps it; -1: the trainer's default (auto). */
   BarrierTrainFunction withGemmSmCarveout(int sms) {
     this.gemmSmCarveout = sms;
+    return this;
+  }
+
+  /**
+   * The gradients are stored in {@code precision} ("fp32" or "bf16"); bf16 only where the model takes the fused
+   * linear path (Note [bf16 gradients] in Model), else fp32.
+   */
+  BarrierTrainFunction withGradientPrecision(String precision) {
+    this.gradientPrecision = precision;
     return this;
   }
 
@@ -174,7 +185,16 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
             + trainedIn);
         try {
           ModelSpec spec = ModelSpec.fromJson(specJson);
-          Model model = new Model(spec, dev, Backends.computeDType(trainedIn));
+          Model model = new Model(spec, dev, Backends.computeDType(trainedIn),
+              gradientPrecision.equals("bf16") ? DType.BFLOAT16 : DType.FLOAT32);
+          // The gradient dtype in effect: bf16 applies only on the fused linear path, else the model keeps fp32.
+          String grads = model.gradientDType() == DType.BFLOAT16 ? "bf16" : "fp32";
+          log.add("model built, precision " + trainedIn + ", gradients " + grads);
+          if (!grads.equals(gradientPrecision)) {
+            LOG.warn("rank " + rank + ": gradientPrecision " + gradientPrecision + " does not apply here, the "
+                + "gradients are " + grads + " (bf16 gradients need cuda, precision bf16 and a model whose every layer "
+                + "with parameters is linear)");
+          }
           ValidationPass validation = data.validation() == null ? null
               : new ValidationPass(model, cfg.loss(), comm, data.validation(), cfg.batchSize(), validationRows);
           List<TrainingSummary.Validation> validated = new ArrayList<>();

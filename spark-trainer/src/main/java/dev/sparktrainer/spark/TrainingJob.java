@@ -96,6 +96,7 @@ public final class TrainingJob {
     ModelSpec spec = params.getModelSpec();
     TrainerConfig cfg = params.trainerConfig();
     SparkTrainer.checkPrecision(params.getPrecision());
+    SparkTrainer.checkGradientPrecision(params.getGradientPrecision());
     Loss loss = cfg.loss();
     int world = params.getNumWorkers();
     Dataset<?> train = dataset;
@@ -418,6 +419,7 @@ public final class TrainingJob {
     fn.withCudaGraphs(params.getCudaGraphs());
     fn.withAllReduceMode(params.getAllReduceMode());
     fn.withGemmSmCarveout(params.getGemmSmCarveout());
+    fn.withGradientPrecision(params.getGradientPrecision());
     if (validationFacts != null) {
       fn.withValidation(validationFacts.rows());
     }

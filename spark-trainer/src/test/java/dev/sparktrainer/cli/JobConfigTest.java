@@ -56,6 +56,23 @@ class JobConfigTest {
     assertEquals(-1, training("").trainer.getGemmSmCarveout());
     assertEquals(0, training("\"gemmSmCarveout\": 0").trainer.getGemmSmCarveout());
     assertEquals(24, training("\"gemmSmCarveout\": 24").trainer.getGemmSmCarveout());
+    assertEquals("fp32", training("").trainer.getGradientPrecision());
+    assertEquals("fp32", training("\"gradientPrecision\": \"fp32\"").trainer.getGradientPrecision());
+    assertEquals("bf16", training("\"gradientPrecision\": \"bf16\", \"precision\": \"bf16\"").trainer
+        .getGradientPrecision());
+  }
+
+  @Test
+  void badGradientPrecisionNamesTheChoices() {
+    assertEquals("training.gradientPrecision must be fp32 or bf16, got 'fp16' (bf16: bf16 parameter gradients where "
+        + "the model takes the fused linear path on cuda, else fp32)",
+        fails("{" + DATA + ", " + MODEL + ", \"training\": {\"gradientPrecision\": \"fp16\"}}"));
+    assertEquals("training.gradientPrecision must be a string, got 16",
+        fails("{" + DATA + ", " + MODEL + ", \"training\": {\"gradientPrecision\": 16}}"));
+    // The combination fails when the job file is read, before Spark starts.
+    assertEquals("gradientPrecision bf16 needs accumulation 1, got accumulation 4 (a bf16 gradient would round the "
+        + "micro-batches' sum at every micro-batch): set accumulation to 1 or gradientPrecision to fp32",
+        fails("{" + DATA + ", " + MODEL + ", \"training\": {\"gradientPrecision\": \"bf16\", \"accumulation\": 4}}"));
   }
 
   @Test
@@ -133,7 +150,8 @@ class JobConfigTest {
   @Test
   void unknownTrainingKey() {
     assertEquals("training: unknown key 'epoch' (allowed: [accumulation, allReduceMode, batchSize, checkpointInterval, "
-        + "checkpointPath, clipNorm, cudaGraphs, cudnnBenchmark, device, dropLast, epochs, gemmSmCarveout, loss, nonFinite, numWorkers, optimizer, "
+        + "checkpointPath, clipNorm, cudaGraphs, cudnnBenchmark, device, dropLast, epochs, gemmSmCarveout, "
+        + "gradientPrecision, loss, nonFinite, numWorkers, optimizer, "
         + "precision, schedule, seed, timeoutSeconds])",
         fails("{\"data\": {\"format\": \"parquet\", \"path\": \"x\"}, " + MODEL + ", \"training\": {\"epoch\": 3}}"));
   }

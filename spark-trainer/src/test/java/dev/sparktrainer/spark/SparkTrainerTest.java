@@ -153,6 +153,10 @@ class SparkTrainerTest {
       assertThrows(IllegalArgumentException.class, () -> trainer(2).setGemmSmCarveout(-2));
       SparkTrainer est = trainer(2).setPrecision("bf16").setCudnnBenchmark(true);
       SparkTrainerModel bf16 = est.fit(df);
+      // gradientPrecision bf16 reaches the ranks' models; the CPU engine has no fused linear path, so they keep fp32
+      // gradients (Note [bf16 gradients] in Model) and the run is exactly the bf16-precision one.
+      SparkTrainerModel bf16Grads = trainer(2).setPrecision("bf16").setGradientPrecision("bf16").fit(df);
+      assertArrayEquals(bf16.parameters(), bf16Grads.parameters(), "gradientPrecision bf16 on the CPU engine is fp32");
       assertEquals("fp32", fp32.summary().precision());
       assertEquals("fp32", fp32.getPrecision());
       assertEquals("fp32", auto.summary().precision(), "auto is fp32 on the CPU");
@@ -179,9 +183,49 @@ class SparkTrainerTest {
       assertEquals(false, back.getCudaGraphs());
       assertEquals("auto", back.getAllReduceMode());
       assertEquals(-1, back.getGemmSmCarveout());
+      assertEquals("fp32", back.getGradientPrecision());
+      est.setGradientPrecision("bf16").write().overwrite().save(dir.resolve("bf16-grads-est").toString());
+      assertEquals("bf16", SparkTrainer.load(dir.resolve("bf16-grads-est").toString()).getGradientPrecision());
     } finally {
       df.unpersist();
     }
+  }
+
+  @Test
+  void gradientPrecisionParam() {
+    assertEquals("fp32", trainer(1).getGradientPrecision());
+    assertEquals("bf16", trainer(1).setGradientPrecision("bf16").getGradientPrecision());
+    assertEquals("fp32", trainer(1).setGradientPrecision("bf16").setGradientPrecision("fp32").getGradientPrecision());
+    assertEquals("gradientPrecision must be fp32 or bf16, got 'fp16' (bf16: bf16 parameter gradients where the model "
+        + "takes the fused linear path on cuda, else fp32)",
+        assertThrows(IllegalArgumentException.class, () -> trainer(1).setGradientPrecision("fp16")).getMessage());
+    assertThrows(IllegalArgumentException.class, () -> trainer(1).setGradientPrecision("BF16"));
+    assertThrows(IllegalArgumentException.class, () -> trainer(1).setGradientPrecision(null));
+    // Around the setter (a ParamMap, as fit(df, paramMap) or a loaded estimator do) Spark's validator refuses it.
+    SparkTrainer t = trainer(1);
+    assertThrows(IllegalArgumentException.class,
+        () -> t.copy(new org.apache.spark.ml.param.ParamMap().put(t.gradientPrecision(), "fp16")));
+  }
+
+  @Test
+  void bf16GradientsWithAccumulationFailBeforeAnySparkJob() {
+    Dataset<Row> df = blobs(100, 6);
+    String group = "bf16-gradients-accumulation";
+    spark.sparkContext().setJobGroup(group, "fit that must fail on the driver", false);
+    try {
+      IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+          () -> trainer(2).setGradientPrecision("bf16").setAccumulation(2).fit(df));
+      assertEquals("gradientPrecision bf16 needs accumulation 1, got accumulation 2 (a bf16 gradient would round the "
+          + "micro-batches' sum at every micro-batch): set accumulation to 1 or gradientPrecision to fp32",
+          e.getMessage());
+      assertEquals(0, spark.sparkContext().statusTracker().getJobIdsForGroup(group).length,
+          "the combination must fail before any Spark job (no data pass, no barrier stage)");
+    } finally {
+      spark.sparkContext().clearJobGroup();
+    }
+    // Each alone is fine: bf16 gradients with accumulation 1, and accumulation with fp32 gradients.
+    assertEquals(1, (int) trainer(2).setGradientPrecision("bf16").trainerConfig().accumulation());
+    assertEquals(2, (int) trainer(2).setAccumulation(2).trainerConfig().accumulation());
   }
 
   @Test
