@@ -18,12 +18,32 @@ class GradientBucketsTest {
   private static final long MIB = 1L << 20;
 
   private static long[] starts(long total, long firstBytes, long bytes) {
+    return starts(total, firstBytes, bytes, 4);
+  }
+
+  private static long[] starts(long total, long firstBytes, long bytes, int elementBytes) {
     TrainerConfig cfg = TrainerConfig.builder().epochs(1).batchSize(2).optimizer(OptimizerConfig.sgd(0.1)).build();
     try (CpuDevice d = new CpuDevice()) {
       Trainer t = new Trainer(new Model(ModelSpec.builder().input(2).linear(3).build(), d), cfg,
           new LocalCommunicator()).gradientBuckets(firstBytes, bytes);
-      return t.bucketStarts(total);
+      return elementBytes == 4 ? t.bucketStarts(total) : t.bucketStarts(total, elementBytes);
     }
+  }
+
+  @Test
+  void bf16BucketsHoldTwiceTheElements() { // Note [bf16 gradients] in nn.Model: bucket sizes stay in bytes
+    long total = 218_465_280; // the GPU benchmark's MLP, aligned
+    long[] s = starts(total, MIB, 25 * MIB, 2);
+    long mib = MIB / 2; // bf16 elements in a MiB
+    assertEquals(total - mib, s[1], "first bucket: 1 MiB of bf16");
+    assertEquals(25 * mib, s[1] - s[2], "then 25 MiB of bf16");
+    assertEquals(mib, s[s.length - 2], "the last bucket: the first MiB");
+    assertEquals(0, s[s.length - 1]);
+    for (int i = 1; i < s.length - 3; i++) { // all but the first, the remainder before the last and the last
+      assertEquals(25 * mib, s[i] - s[i + 1], "bucket " + i + ": 25 MiB of bf16");
+    }
+    assertEquals(20, s.length, "19 buckets, where fp32 gradients make 36");
+    assertEquals(37, starts(total, MIB, 25 * MIB).length);
   }
 
   @Test
