@@ -5,6 +5,7 @@
 # --conf spark.sparktrainer.rendezvous=barrier).
 # Call 1 (carry [".device/sched1"]):  xz -dc .device/sched1/part-1.tar.xz | tar -C /tmp/slim -xf -  (mkdir first)
 # Call 2 (carry [".device/sched2"]):  bash examples/device/spark-gpu-run.sh
+#   (CONFIG=examples/device/fashion-mnist-spark-bf16g.json: bf16 precision and bf16 gradients, Note [bf16 gradients])
 # Writes gpus.txt, cmake.log, spark-gpu.log and summary.txt under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -34,12 +35,12 @@ timeout 400 /tmp/slim/jre/bin/java @/tmp/slim/jvm.opts -Xmx24g -Dspark.ui.enable
   -Dsparktrainer.jni.path=/tmp/st-native/out/libsparktrainer_jni.so \
   -Dlog4j2.configurationFile=conf/log4j2.properties \
   -cp "/tmp/st/jars/*:/tmp/slim/jars/*" dev.sparktrainer.cli.SparkTrainApp \
-  --config examples/device/fashion-mnist-spark.json --master 'local[2]' 2>&1 | tee "$out/spark-gpu.log"
+  --config "${CONFIG:-examples/device/fashion-mnist-spark.json}" --master 'local[2]' 2>&1 | tee "$out/spark-gpu.log"
 rc=${PIPESTATUS[0]}
 {
   echo "rc $rc; job wall $(( $(date +%s) - start )) s; call $(( $(date +%s) - t0 )) s"
   cat "$out/gpus.txt"
-  grep -E "rank [0-9].*(GPU|device)|GpuSelector|NCCL|nccl|cuda:|test accuracy|epoch|fit ->|training stage GPUs" "$out/spark-gpu.log" | head -40
+  grep -E "rank [0-9].*(GPU|device)|GpuSelector|NCCL|nccl|cuda:|test accuracy|epoch|fit ->|training stage GPUs|gradient" "$out/spark-gpu.log" | head -40
   echo "CPU reference (development machine, same job, device cpu):"
   grep -E "test accuracy|wall" "$s2/cpu-run.txt" 2>/dev/null
 } | tee "$out/summary.txt"

@@ -190,7 +190,9 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
           // The gradient dtype in effect: bf16 applies only on the fused linear path, else the model keeps fp32.
           String grads = model.gradientDType() == DType.BFLOAT16 ? "bf16" : "fp32";
           log.add("model built, precision " + trainedIn + ", gradients " + grads);
-          if (!grads.equals(gradientPrecision)) {
+          if (grads.equals("bf16")) {
+            LOG.info("rank {}: bf16 gradients (Note [bf16 gradients] in nn.Model)", rank);
+          } else if (!grads.equals(gradientPrecision)) {
             LOG.warn("rank " + rank + ": gradientPrecision " + gradientPrecision + " does not apply here, the "
                 + "gradients are " + grads + " (bf16 gradients need cuda, precision bf16 and a model whose every layer "
                 + "with parameters is linear)");
