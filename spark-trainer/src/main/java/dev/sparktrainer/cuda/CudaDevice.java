@@ -319,7 +319,9 @@ public final class CudaDevice implements Device {
   // Measured, the MLP at W=2 on 2 H100s (ours only; samples/s): none 649k-653k, 16 SMs 660k, 24 SMs (NCCL_MAX_CTAS=24)
   // 688k, 32 SMs 688k, 33 (the default) 694k, 44 679k. With 33 the all-reduce wait after backward fell from 2.7 to
   // 0.5-0.9 ms and backward grew from 5.3 to 7.0 ms: cuBLASLt picked other kernels for 99 SMs (CUPTI: the dW GEMM
-  // 765 -> 1016 us, about 132/99 slower), and NCCL's kernels ran 4.8 ms of each 11.8 ms step beside them.
+  // 765 -> 1016 us, about 132/99 slower), and NCCL's kernels ran 4.8 ms of each 11.8 ms step beside them. With bf16
+  // gradients (Note [bf16 gradients] in nn.Model) the all-reduce moves half the bytes and the trainer's automatic
+  // choice is three quarters of this device's (24 SMs): 769-775k samples/s against 746-748k with 33 (two samples each).
 
   /**
    * Leaves {@code sms} SMs to other streams in later cuBLASLt matmuls (Note [GEMM SM carve-out]); 0 clears it.

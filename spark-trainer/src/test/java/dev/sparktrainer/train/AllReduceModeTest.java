@@ -204,6 +204,44 @@ class AllReduceModeTest {
             .epochs(1).batchSize(4).build(), new dev.sparktrainer.comm.LocalCommunicator()).bucketWaitLag(3));
   }
 
+  /**
+   * The automatic carve-out on one host: the device's choice, three quarters of it with bf16 gradients (Note [bf16
+   * gradients] in nn.Model), none across hosts.
+   */
+  @Test
+  void theAutomaticCarveoutIsSmallerWithBf16Gradients() {
+    try (CpuDevice cpu = new CpuDevice()) {
+      Device fused = (Device) java.lang.reflect.Proxy.newProxyInstance(Device.class.getClassLoader(),
+          new Class<?>[] {Device.class}, (proxy, method, args) -> {
+            switch (method.getName()) {
+              case "autoGemmSmCarveout":
+                return 32;
+              case "prefersFusedLinear":
+                return true;
+              default:
+                try {
+                  return method.invoke(cpu, args);
+                } catch (java.lang.reflect.InvocationTargetException e) {
+                  throw e.getCause();
+                }
+            }
+          });
+      dev.sparktrainer.nn.ModelSpec mlp = dev.sparktrainer.nn.ModelSpec.mlp(8, new int[] {16}, 3, "relu", 0f);
+      TrainerConfig cfg = TrainerConfig.builder().epochs(1).batchSize(4).build();
+      for (boolean oneHost : new boolean[] {true, false}) {
+        CountingAsyncRing comm = new CountingAsyncRing(new dev.sparktrainer.comm.LocalCommunicator(), oneHost);
+        Model fp32 = new Model(mlp, fused, dev.sparktrainer.engine.DType.BFLOAT16, dev.sparktrainer.engine.DType.FLOAT32);
+        Model bf16 = new Model(mlp, fused, dev.sparktrainer.engine.DType.BFLOAT16,
+            dev.sparktrainer.engine.DType.BFLOAT16);
+        assertEquals(dev.sparktrainer.engine.DType.BFLOAT16, bf16.gradientDType());
+        assertEquals(oneHost ? 32 : 0, new Trainer(fp32, cfg, comm).resolvedGemmSmCarveout(true));
+        assertEquals(oneHost ? 24 : 0, new Trainer(bf16, cfg, comm).resolvedGemmSmCarveout(true));
+        assertEquals(0, new Trainer(bf16, cfg, comm).resolvedGemmSmCarveout(false), "no buckets, no carve-out");
+        assertEquals(5, new Trainer(bf16, cfg, comm).gemmSmCarveout(5).resolvedGemmSmCarveout(true), "as set");
+      }
+    }
+  }
+
   /** A CpuDevice that records the SM carve-out the trainer asks for, and how many matmuls run under one. */
   static final class CarveRecord {
     final List<Integer> settings = new ArrayList<>();
