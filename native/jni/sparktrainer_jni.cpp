@@ -488,6 +488,7 @@ struct PlanKey {
   int transA, transB;
   int64_t m, n, k, lda, ldb, ldc;
   int aType, bType, cType, computeMode, epilogue;
+  int64_t auxLd;  // GELU's input's leading dimension in elements (epilogues 4 and 5), else 0
   uint32_t alignA, alignB, alignC;
   int64_t limitBytes;  // the workspace the heuristic may choose for (not the buffer's size)
   int smCountTarget;   // 0: all SMs; else CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET (Note [GEMM SM carve-out])
@@ -522,6 +523,8 @@ jint buildPlan(cublasLtHandle_t h, const PlanKey& key, Plan* plan) {
     case 1: epi = CUBLASLT_EPILOGUE_BIAS; break;
     case 2: epi = CUBLASLT_EPILOGUE_RELU; break;
     case 3: epi = CUBLASLT_EPILOGUE_RELU_BIAS; break;
+    case 4: epi = CUBLASLT_EPILOGUE_GELU_AUX_BIAS; break;  // Note [fused GELU] in nn.Linear
+    case 5: epi = CUBLASLT_EPILOGUE_GELU_AUX; break;
     default: return jniError(JNI_BAD_ARGUMENT);
   }
   if (key.epilogue != 0) {
@@ -531,7 +534,7 @@ jint buildPlan(cublasLtHandle_t h, const PlanKey& key, Plan* plan) {
     int32_t sms = key.smCountTarget;
     TRY_CUBLAS(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sms, sizeof(sms)));
   }
-  if (key.epilogue == 1 || key.epilogue == 3) {
+  if (key.epilogue == 1 || key.epilogue == 3 || key.epilogue == 4) {
     // The bias has C's type: fp32 bias for fp32 C (set explicitly), bf16 bias for bf16 C (the default, the
     // output type, as PyTorch's autocast linear does).
     if (key.cType != 2) {
@@ -539,6 +542,10 @@ jint buildPlan(cublasLtHandle_t h, const PlanKey& key, Plan* plan) {
       TRY_CUBLAS(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &biasType,
                                                 sizeof(biasType)));
     }
+  }
+  if (key.epilogue >= 4) {
+    TRY_CUBLAS(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &key.auxLd,
+                                              sizeof(key.auxLd)));
   }
   const int64_t m = key.m, n = key.n, k = key.k;
   // Stored shapes (column-major): op(A) is m x k, so A is m x k (N) or k x m (T); likewise B.
@@ -577,7 +584,9 @@ extern "C" {
 // Column-major D = alpha * op(A) op(B) + beta * C with D == C (in place), as cuBLAS sees it; the Java side
 // maps row-major calls onto it (C^T = op(B)^T op(A)^T). A, B: fp32 or bf16; C: fp32 or bf16; accumulation
 // and scale in fp32. computeMode: 0 = fp32 (no TF32), 1 = fp32 with TF32 tensor cores allowed.
-// epilogue: 0 none, 1 bias, 2 relu, 3 relu + bias; the bias (a vector of m) has C's type.
+// epilogue: 0 none, 1 bias, 2 relu, 3 relu + bias, 4 gelu + bias, 5 gelu; 4 and 5 also write GELU's input (the
+// product, plus the bias) to aux, a matrix of C's type and shape with leading dimension auxLd (a multiple of 8;
+// Note [fused GELU] in nn.Linear). The bias (a vector of m) has C's type.
 // Plans are cached per thread (Note [matmul plan cache]). The algorithm is chosen within limitBytes of workspace;
 // workspace/workspaceBytes is the caller's buffer: JNI_CUBLASLT_WORKSPACE (nothing ran) when the algorithm needs
 // more, need[0] = the bytes it needs (on success too). smCountTarget: 0 = all SMs, else the SMs the algorithm is
@@ -585,14 +594,15 @@ extern "C" {
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cublasLtMatmul(
     JNIEnv* env, jclass, jlong handle, jboolean transA, jboolean transB, jlong m, jlong n, jlong k, jfloat alpha,
     jlong a, jlong lda, jint aType, jlong b, jlong ldb, jint bType, jfloat beta, jlong c, jlong ldc, jint cType,
-    jint computeMode, jint epilogue, jlong bias, jlong workspace, jlong workspaceBytes, jlong limitBytes,
-    jint smCountTarget, jlongArray needOut, jlong stream) {
+    jint computeMode, jint epilogue, jlong bias, jlong aux, jlong auxLd, jlong workspace,
+    jlong workspaceBytes, jlong limitBytes, jint smCountTarget, jlongArray needOut, jlong stream) {
   if (m <= 0 || n <= 0 || k <= 0 || lda <= 0 || ldb <= 0 || ldc < m || workspaceBytes < 0 || limitBytes < 0 ||
       smCountTarget < 0 ||
-      epilogue < 0 || epilogue > 3 || needOut == nullptr || env->GetArrayLength(needOut) < 1) {
+      epilogue < 0 || epilogue > 5 || needOut == nullptr || env->GetArrayLength(needOut) < 1) {
     return jniError(JNI_BAD_ARGUMENT);
   }
-  if ((epilogue == 1 || epilogue == 3) && bias == 0) return jniError(JNI_BAD_ARGUMENT);
+  if ((epilogue == 1 || epilogue == 3 || epilogue == 4) && bias == 0) return jniError(JNI_BAD_ARGUMENT);
+  if (epilogue >= 4 && (aux == 0 || auxLd < m || auxLd % 8 != 0)) return jniError(JNI_BAD_ARGUMENT);
   PlanKey key;
   std::memset(&key, 0, sizeof(key));  // padding bytes take part in hashing and comparison
   int dev = 0;
@@ -606,6 +616,7 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cublasLtMatmul(
   key.alignA = alignment(a); key.alignB = alignment(b); key.alignC = alignment(c);
   key.limitBytes = limitBytes;
   key.smCountTarget = smCountTarget;
+  key.auxLd = epilogue >= 4 ? auxLd : 0;
   cublasLtHandle_t h = fromJ<cublasLtHandle_t>(handle);
   auto it = t_plans.find(key);
   Plan* plan;
@@ -621,10 +632,15 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_cublasLtMatmul(
   jlong need = (jlong)plan->workspaceNeed;
   if (!putLong(env, needOut, need)) return jniError(JNI_ARRAY);
   if (need > workspaceBytes) return jniError(JNI_CUBLASLT_WORKSPACE);
-  if (epilogue == 1 || epilogue == 3) {
+  if (epilogue == 1 || epilogue == 3 || epilogue == 4) {
     void* biasPtr = fromJ<void*>(bias);
     TRY_CUBLAS(cublasLtMatmulDescSetAttribute(plan->d.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &biasPtr,
                                               sizeof(biasPtr)));
+  }
+  if (epilogue >= 4) {
+    void* auxPtr = fromJ<void*>(aux);
+    TRY_CUBLAS(cublasLtMatmulDescSetAttribute(plan->d.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &auxPtr,
+                                              sizeof(auxPtr)));
   }
   void* cPtr = fromJ<void*>(c);
   return cublas(cublasLtMatmul(h, plan->d.op, &alpha, fromJ<const void*>(a), plan->d.a, fromJ<const void*>(b),

@@ -67,16 +67,17 @@ extern "C" __global__ void st_gelu(const void* x, int tx, void* y, int ty, int64
   }
 }
 
+// GELU's derivative at v (tanh approximation), as CpuDevice.geluBackward computes it.
+__device__ __forceinline__ float gelu_grad(float v) {
+  float u = SQRT_2_OVER_PI * (v + 0.044715f * v * v * v);
+  float th = (float)tanh((double)u);
+  float sech2 = 1.0f - th * th;
+  return 0.5f * (1.0f + th) + 0.5f * v * sech2 * SQRT_2_OVER_PI * (1.0f + 3.0f * 0.044715f * v * v);
+}
+
 extern "C" __global__ void st_gelu_bwd(const void* x, int tx, const void* dy, int tdy, void* dx, int tdx,
                                        int64_t n) {
-  GRID_STRIDE(i, n) {
-    float v = ld(x, tx, i);
-    float u = SQRT_2_OVER_PI * (v + 0.044715f * v * v * v);
-    float th = (float)tanh((double)u);
-    float sech2 = 1.0f - th * th;
-    float d = 0.5f * (1.0f + th) + 0.5f * v * sech2 * SQRT_2_OVER_PI * (1.0f + 3.0f * 0.044715f * v * v);
-    st(dx, tdx, i, ld(dy, tdy, i) * d);
-  }
+  GRID_STRIDE(i, n) { st(dx, tdx, i, ld(dy, tdy, i) * gelu_grad(ld(x, tx, i))); }
 }
 
 // Inverted dropout: y = keep ? x * scale : 0, keep = Rng.uniform(seed, offset + i) >= p.

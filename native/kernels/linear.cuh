@@ -22,11 +22,23 @@ extern "C" __global__ void st_bias_act(void* y, int ty, const void* bias, int tb
 // of a column in chunk order. No atomics: the same inputs give the same bits on every run and every rank.
 #define COLSUM_ROWS 128
 
-// dz = h == null ? dh : (h > 0 ? dh : 0), elementwise over (rows, cols), in place allowed (dz == dh);
+// The activation's backward at one element, h != null: ACT 1 (ReLU): h is its output, h > 0 ? g : 0; ACT 2 (GELU,
+// Note [fused GELU] in nn.Linear): h is its input, g * GELU'(h), as st_gelu_bwd. A template argument, so the ReLU
+// kernel is the code it was.
+template <int ACT>
+__device__ __forceinline__ float act_bwd(float g, float hv) {
+  if (ACT == 2) {
+    return g * gelu_grad(hv);
+  }
+  return hv > 0 ? g : 0.0f;
+}
+
+// dz = h == null ? dh : act_bwd<ACT>(dh, h), elementwise over (rows, cols), in place allowed (dz == dh);
 // when partials != null, partials[chunk * cols + c] = sum of dz (before rounding to dz's type) over the
 // rows of the chunk. Block (32, 8); grid (ceil(cols / 32), ceil(rows / COLSUM_ROWS)).
-extern "C" __global__ void st_act_bwd_colsum(const void* dh, int tdh, const void* h, int th, void* dz, int tdz,
-                                             int64_t rows, int64_t cols, float* partials) {
+template <int ACT>
+__device__ __forceinline__ void act_bwd_colsum(const void* dh, int tdh, const void* h, int th, void* dz, int tdz,
+                                               int64_t rows, int64_t cols, float* partials) {
   __shared__ float lanes[8][33];
   int64_t c = (int64_t)blockIdx.x * 32 + threadIdx.x;
   int64_t r0 = (int64_t)blockIdx.y * COLSUM_ROWS;
@@ -52,10 +64,7 @@ extern "C" __global__ void st_act_bwd_colsum(const void* dh, int tdh, const void
     }
 #pragma unroll
     for (int j = 0; j < kRows; j++) {
-      float v = g[j];
-      if (h != nullptr && !(hv[j] > 0)) {
-        v = 0.0f;
-      }
+      float v = h != nullptr ? act_bwd<ACT>(g[j], hv[j]) : g[j];
       st(dz, tdz, (r0 + threadIdx.y + 8 * j) * cols + c, v);
       s += v;
     }
@@ -63,8 +72,8 @@ extern "C" __global__ void st_act_bwd_colsum(const void* dh, int tdh, const void
     for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
       int64_t i = r * cols + c;
       float g = ld(dh, tdh, i);
-      if (h != nullptr && !(ld(h, th, i) > 0)) {
-        g = 0.0f;
+      if (h != nullptr) {
+        g = act_bwd<ACT>(g, ld(h, th, i));
       }
       st(dz, tdz, i, g);
       s += g;
@@ -82,6 +91,18 @@ extern "C" __global__ void st_act_bwd_colsum(const void* dh, int tdh, const void
     }
     partials[blockIdx.y * cols + c] = t;
   }
+}
+
+// act_bwd_colsum for a ReLU (h: its output) or no activation (h null).
+extern "C" __global__ void st_act_bwd_colsum(const void* dh, int tdh, const void* h, int th, void* dz, int tdz,
+                                             int64_t rows, int64_t cols, float* partials) {
+  act_bwd_colsum<1>(dh, tdh, h, th, dz, tdz, rows, cols, partials);
+}
+
+// act_bwd_colsum for a GELU (h: its input, not null).
+extern "C" __global__ void st_gelu_bwd_colsum(const void* dh, int tdh, const void* h, int th, void* dz, int tdz,
+                                              int64_t rows, int64_t cols, float* partials) {
+  act_bwd_colsum<2>(dh, tdh, h, th, dz, tdz, rows, cols, partials);
 }
 
 // dbias(cols) = (accumulate ? dbias : 0) + sum over chunks of partials(chunks, cols), chunks in order.

@@ -127,6 +127,17 @@ final class BlasLt implements AutoCloseable {
   int tryMatmulRowMajor(boolean transA, boolean transB, long m, long n, long k, float alpha, long a, long lda,
       int aType, long b, long ldb, int bType, float beta, long c, long ldc, int cType, boolean tf32,
       int epilogue, long bias, CudaStream stream) {
+    return tryMatmulRowMajor(transA, transB, m, n, k, alpha, a, lda, aType, b, ldb, bType, beta, c, ldc, cType, tf32,
+        epilogue, bias, 0, 0, stream);
+  }
+
+  /**
+   * {@link #tryMatmulRowMajor} with, for the epilogues 4 and 5 (Note [fused GELU] in nn.Linear), GELU's input
+   * written to {@code aux}, C's shape and type with rows of {@code auxLd} elements.
+   */
+  int tryMatmulRowMajor(boolean transA, boolean transB, long m, long n, long k, float alpha, long a, long lda,
+      int aType, long b, long ldb, int bType, float beta, long c, long ldc, int cType, boolean tf32,
+      int epilogue, long bias, long aux, long auxLd, CudaStream stream) {
     long[] need = new long[1];
     for (int attempt = 0; ; attempt++) {
       if (handle == 0) {
@@ -136,7 +147,8 @@ final class BlasLt implements AutoCloseable {
       long wsBytes = ws == null ? 0 : ws.bytes();
       need[0] = 0;
       int st = Native.cublasLtMatmul(handle, transB, transA, n, m, k, alpha, b, ldb, bType, a, lda, aType, beta,
-          c, ldc, cType, tf32 ? 1 : 0, epilogue, bias, ws == null ? 0 : ws.address(), wsBytes, WORKSPACE_BYTES,
+          c, ldc, cType, tf32 ? 1 : 0, epilogue, bias, aux, auxLd, ws == null ? 0 : ws.address(), wsBytes,
+          WORKSPACE_BYTES,
           smCountTarget, need, stream.handle());
       if (st == 0) {
         if (need[0] > workspaceNeed) {

@@ -1428,12 +1428,68 @@ public final class CudaDevice implements Device {
   }
 
   /**
+   * Note [fused GELU] in nn.Linear: one cuBLASLt call with the GELU_AUX_BIAS (or GELU_AUX) epilogue, y = GELU(x W^T
+   * + bias) and pre = x W^T + bias, where cuBLASLt has it for the shape (remembered per shape, as linearForward's
+   * epilogues) and pre's rows are a multiple of 8 elements; else linearForward into pre, then the GELU kernel.
+   */
+  @Override
+  public void linearForwardGelu(Tensor x, Tensor w, Tensor bias, Tensor pre, Tensor y) {
+    enter();
+    CudaTensor cx = fl(x);
+    CudaTensor cw = fl(w);
+    CudaTensor cp = fl(pre);
+    CudaTensor cy = fl(y);
+    if (x.rank() != 2 || w.rank() != 2 || y.rank() != 2 || x.dim(1) != w.dim(1) || y.dim(0) != x.dim(0)
+        || y.dim(1) != w.dim(0) || !java.util.Arrays.equals(pre.shape(), y.shape()) || cp.dtype() != cy.dtype()) {
+      throw new IllegalArgumentException("linearForwardGelu shapes do not agree: x=" + x + ", w=" + w + ", pre=" + pre
+          + ", y=" + y);
+    }
+    if (bias != null && (bias.numel() != w.dim(0) || bias.dtype() == DType.INT32)) {
+      throw new IllegalArgumentException("linearForwardGelu: bias must be a float vector of " + w.dim(0) + ", got "
+          + bias);
+    }
+    int epilogue = bias != null ? 4 : 5;
+    String key = "gelu " + x.dim(0) + "x" + w.dim(0) + "x" + x.dim(1) + ":" + cx.dtype() + cy.dtype() + epilogue;
+    BlasLt lt = cx.dtype() == cw.dtype() && (bias == null || bias.dtype() == cy.dtype()) && w.dim(0) % 8 == 0
+        && x.dim(0) > 0 && x.dim(1) > 0 && !epilogueUnsupported.contains(key) ? blasLt() : null;
+    if (lt != null) {
+      int st = lt.tryMatmulRowMajor(false, true, x.dim(0), w.dim(0), x.dim(1), 1f, cx.address(), x.dim(1), code(cx),
+          cw.address(), w.dim(1), code(cw), 0f, cy.address(), w.dim(0), code(cy), options.tf32(), epilogue,
+          bias == null ? 0 : t(bias).address(), cp.address(), w.dim(0), compute);
+      if (st == 0) {
+        noteWritten(cy);
+        noteWritten(cp);
+        return;
+      }
+      if (capturing != null) { // not a fact about the shape: do not remember it (Note [CUDA graphs])
+        Native.check(st, "cublasLtMatmul with GELU epilogue " + epilogue + " for " + key + " during CUDA graph capture");
+      }
+      LOG.log(System.Logger.Level.INFO, "{0}: cuBLASLt GELU epilogue {1} not available for {2} ({3}); using a kernel",
+          name, epilogue, key, Native.errorString(st));
+      epilogueUnsupported.add(key);
+    }
+    linearForward(x, w, bias, false, pre);
+    gelu(pre, y);
+  }
+
+  /**
    * dz = h == null ? dh : dh * (h > 0), and dbias = (accumulate ? dbias : 0) + column sums of dz, in one pass
    * over (N, C) plus a small second pass over C (Note [deterministic column sums] in native/kernels/linear.cuh:
    * no atomics, same bits on every run and rank). The sums are taken before rounding to dz's dtype.
    */
   @Override
   public void linearActBackward(Tensor dh, Tensor h, Tensor dz, Tensor dbias, boolean accumulate) {
+    actBackwardColsum("st_act_bwd_colsum", dh, h, dz, dbias, accumulate);
+  }
+
+  /** linearActBackward for a GELU, h its input (Note [fused GELU] in nn.Linear): the same pass, GELU's derivative. */
+  @Override
+  public void linearGeluBackward(Tensor dh, Tensor pre, Tensor dz, Tensor dbias, boolean accumulate) {
+    java.util.Objects.requireNonNull(pre, "linearGeluBackward: GELU's input");
+    actBackwardColsum("st_gelu_bwd_colsum", dh, pre, dz, dbias, accumulate);
+  }
+
+  private void actBackwardColsum(String kernel, Tensor dh, Tensor h, Tensor dz, Tensor dbias, boolean accumulate) {
     enter();
     CudaTensor g = fl(dh);
     CudaTensor o = fl(dz);
@@ -1469,7 +1525,7 @@ public final class CudaDevice implements Device {
       partials = colsumPartials.address();
     }
     if (rows > 0) {
-      kernels.launch("st_act_bwd_colsum").l(g.address()).i(code(g)).l(m == null ? 0 : m.address())
+      kernels.launch(kernel).l(g.address()).i(code(g)).l(m == null ? 0 : m.address())
           .i(m == null ? 0 : code(m)).l(o.address()).i(code(o)).l(rows).l(cols).l(partials)
           .run2d((int) ((cols + 31) / 32), chunks, 32, 8, compute);
     }

@@ -131,7 +131,9 @@ final class Native {
 
   /**
    * Column-major, in place (D = C): C = alpha op(A) op(B) + beta C. Types are DType ordinals; computeMode 0
-   * = fp32, 1 = TF32 allowed; epilogue 0 none, 1 bias, 2 relu, 3 relu+bias. The algorithm is chosen within {@code
+   * = fp32, 1 = TF32 allowed; epilogue 0 none, 1 bias, 2 relu, 3 relu+bias, 4 gelu+bias, 5 gelu; 4 and 5 also
+   * write GELU's input to {@code aux} (C's type, leading dimension {@code auxLd}, a multiple of 8; Note [fused GELU]
+   * in nn.Linear). The algorithm is chosen within {@code
    * limitBytes} of workspace and cached per shape; the buffer ({@code workspace}, {@code workspaceBytes}) may be
    * smaller: if the chosen algorithm needs more, nothing runs and the status is {@link
    * #CUBLASLT_WORKSPACE_TOO_SMALL}. {@code need[0]} receives the bytes the algorithm needs (on success too).
@@ -140,8 +142,8 @@ final class Native {
    */
   static native int cublasLtMatmul(long handle, boolean transA, boolean transB, long m, long n, long k,
       float alpha, long a, long lda, int aType, long b, long ldb, int bType, float beta, long c, long ldc,
-      int cType, int computeMode, int epilogue, long bias, long workspace, long workspaceBytes, long limitBytes,
-      int smCountTarget, long[] need, long stream);
+      int cType, int computeMode, int epilogue, long bias, long aux, long auxLd, long workspace,
+      long workspaceBytes, long limitBytes, int smCountTarget, long[] need, long stream);
 
   // ---- cuDNN (opened on first use) ----
   static native int cudnnCreate(long[] out);

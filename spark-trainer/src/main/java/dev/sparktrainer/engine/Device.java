@@ -225,6 +225,32 @@ public interface Device extends AutoCloseable {
   }
 
   /**
+   * y = GELU(x W^T + bias) (tanh approximation), keeping GELU's input pre = x W^T + bias for {@link
+   * #linearGeluBackward}: x (N, in), w (out, in), bias (out) or null, pre and y (N, out) of one dtype (Note [fused
+   * GELU] in nn.Linear). On the GPU one cuBLASLt call with a GELU epilogue where it has one. Default: linearForward
+   * into pre, then gelu.
+   */
+  default void linearForwardGelu(Tensor x, Tensor w, Tensor bias, Tensor pre, Tensor y) {
+    linearForward(x, w, bias, false, pre);
+    gelu(pre, y);
+  }
+
+  /**
+   * {@link #linearActBackward} for a GELU: dz = dh * GELU'(pre), pre being GELU's input ({@link
+   * #linearForwardGelu}), and when dbias is not null dbias = (accumulate ? dbias : 0) + column sums of dz. dz may
+   * be dh (in place). On the GPU one pass, the sums taken before rounding to dz's dtype, in a fixed order.
+   */
+  default void linearGeluBackward(Tensor dh, Tensor pre, Tensor dz, Tensor dbias, boolean accumulate) {
+    geluBackward(pre, dh, dz);
+    if (dbias != null) {
+      if (!accumulate) {
+        fill(dbias, 0f);
+      }
+      biasGrad(dz, dbias);
+    }
+  }
+
+  /**
    * Declares that {@code mirror} (BFLOAT16, same element count) holds the low-precision copy of {@code src}
    * (the flat parameter buffer). A device may then write the mirror in the same pass as the fused optimizer
    * steps over src. Default: nothing.

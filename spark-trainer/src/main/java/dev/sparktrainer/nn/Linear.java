@@ -27,6 +27,8 @@ public final class Linear extends Layer {
   // Fused path (Note [fused linear path]): set by Model when the device prefers it and compute is bf16.
   private boolean fused;
   private boolean fuseRelu; // this layer also applies the ReLU that follows it in the spec
+  private boolean fuseGelu; // this layer also applies the GELU that follows it (Note [fused GELU])
+  private Tensor preOut; // (N, out) bf16: GELU's input, saved by forward when fuseGelu
   private boolean overwriteGrads; // backward writes dW/db instead of adding (the model skipped zeroGrad)
   private Tensor wMirror; // (out, in) bf16 view of the model's parameter mirror
   private Tensor bMirror; // (out) bf16 view of the model's parameter mirror, or null
@@ -86,11 +88,29 @@ public final class Linear extends Layer {
    * gradients-ready signal (the trainer's bucket), then dx = dz W in bf16 into a buffer shared between layers.
    */
   void enableFused(Tensor wMirror, Tensor bMirror, boolean fuseRelu, ScratchSource scratch, int ordinal) {
+    enableFused(wMirror, bMirror, fuseRelu, false, scratch, ordinal);
+  }
+
+  // Note [fused GELU]: as a ReLU, a GELU right after a fused linear runs inside it: forward is one cuBLASLt call with
+  // the GELU_AUX_BIAS epilogue (device.linearForwardGelu), which writes GELU's output and keeps its input, and
+  // backward is one pass for GELU's derivative and the bias gradient (device.linearGeluBackward, the ReLU's pass with
+  // GELU's derivative), where the Activation layer had a pass of its own each way. The numbers: GELU's tanh
+  // approximation, as the layer's; cuBLASLt's epilogue computes it in its own way (in fp32, where the kernels take
+  // tanh in double), so outputs may differ in the last bits of bf16. Opt-in (-Dsparktrainer.nn.fuseGelu=true, read
+  // when a model is built) until it is measured on a GPU.
+
+  /** The fused path, with the activation after this layer applied inside it: ReLU, GELU or none. */
+  void enableFused(Tensor wMirror, Tensor bMirror, boolean fuseRelu, boolean fuseGelu, ScratchSource scratch,
+      int ordinal) {
+    if (fuseRelu && fuseGelu) {
+      throw new IllegalArgumentException("linear " + name + ": one activation is fused, not two");
+    }
     this.fused = true;
     this.ordinal = ordinal;
     this.wMirror = wMirror;
     this.bMirror = bMirror;
     this.fuseRelu = fuseRelu;
+    this.fuseGelu = fuseGelu;
     this.scratch = scratch;
   }
 
@@ -161,7 +181,12 @@ public final class Linear extends Layer {
     if (fused) {
       xLow = x.dtype() == DType.BFLOAT16 ? x : low("xLow", x);
       Tensor y = buffer("y", DType.BFLOAT16, new int[] {x.dim(0), units});
-      device.linearForward(xLow, wMirror, bias ? bMirror : null, fuseRelu, y);
+      if (fuseGelu) {
+        preOut = buffer("pre", DType.BFLOAT16, new int[] {x.dim(0), units});
+        device.linearForwardGelu(xLow, wMirror, bias ? bMirror : null, preOut, y);
+      } else {
+        device.linearForward(xLow, wMirror, bias ? bMirror : null, fuseRelu, y);
+      }
       yOut = y;
       return y;
     }
@@ -204,7 +229,11 @@ public final class Linear extends Layer {
     boolean acc = !overwriteGrads;
     // dz in place when dy is already a bf16 buffer of the next layer; a bf16 copy of the loss gradient else.
     Tensor dz = dy.dtype() == DType.BFLOAT16 ? dy : buffer("dz", DType.BFLOAT16, new int[] {n, units});
-    device.linearActBackward(dy, fuseRelu ? yOut : null, dz, bias ? db : null, acc);
+    if (fuseGelu) {
+      device.linearGeluBackward(dy, preOut, dz, bias ? db : null, acc);
+    } else {
+      device.linearActBackward(dy, fuseRelu ? yOut : null, dz, bias ? db : null, acc);
+    }
     device.matmul(dz, true, xLow, false, dw, 1f, acc ? 1f : 0f); // dW (+)= dz^T x
     gradientsReady();
     if (!needInputGrad) {

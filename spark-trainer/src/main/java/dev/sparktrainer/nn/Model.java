@@ -111,6 +111,8 @@ public final class Model {
         run.add(l);
         if (l instanceof Linear lin) {
           boolean relu = k + 1 < ls.size() && ls.get(k + 1) instanceof Activation a && a.kind() == Activation.Kind.RELU;
+          boolean gelu = fuseGeluEnabled() && k + 1 < ls.size() && ls.get(k + 1) instanceof Activation g
+              && g.kind() == Activation.Kind.GELU; // Note [fused GELU] in Linear
           int wi = lin.weightIndex();
           ParameterSet.Entry we = params.entries().get(wi);
           Tensor wm = mirror.view(we.offset(), we.shape());
@@ -121,10 +123,10 @@ public final class Model {
             linearEntries++;
           }
           linearEntries++;
-          lin.enableFused(wm, bm, relu, this::dxBuffer, ordinal++);
+          lin.enableFused(wm, bm, relu, gelu, this::dxBuffer, ordinal++);
           maxIn = Math.max(maxIn, we.shape()[1]);
-          if (relu) {
-            k++; // the ReLU runs inside the linear
+          if (relu || gelu) {
+            k++; // the activation runs inside the linear
           }
         }
       }
@@ -180,6 +182,13 @@ public final class Model {
    * model is built; default true.
    */
   public static final String MEMORY_PLAN_PROPERTY = "sparktrainer.nn.memoryPlan";
+
+  /** -Dsparktrainer.nn.fuseGelu=true fuses a GELU after a linear into it on the fused path (Note [fused GELU] in Linear). */
+  public static final String FUSE_GELU_PROPERTY = "sparktrainer.nn.fuseGelu";
+
+  static boolean fuseGeluEnabled() {
+    return Boolean.getBoolean(FUSE_GELU_PROPERTY);
+  }
 
   static boolean memoryPlanEnabled() {
     return Boolean.parseBoolean(System.getProperty(MEMORY_PLAN_PROPERTY, "true"));

@@ -125,6 +125,87 @@ class CudaFusedPathTest {
     assertArrayEquals(runs[0], runs[1], "column sums are deterministic");
   }
 
+  /**
+   * Note [fused GELU] in nn.Linear: linearForwardGelu (cuBLASLt's GELU_AUX_BIAS / GELU_AUX epilogue where the width is
+   * a multiple of 8, else linearForward + the GELU kernel) gives linearForward + gelu, pre included; linearGeluBackward
+   * gives geluBackward's bits and biasGrad's sums.
+   */
+  @Test
+  void fusedGeluMatchesTheLayerPath() {
+    int n = 192;
+    int in = 200;
+    for (int out : new int[] {136, 130}) {
+      for (boolean withBias : new boolean[] {true, false}) {
+        String what = out + " wide, " + (withBias ? "bias" : "no bias");
+        Tensor x = up(gpu, DType.BFLOAT16, rand(n * in, 71), n, in);
+        Tensor w = up(gpu, DType.BFLOAT16, rand(out * in, 72), out, in);
+        gpu.scale(w, 0.1f); // pre-activations of order 1, where GELU bends
+        Tensor b = withBias ? up(gpu, DType.BFLOAT16, rand(out, 73), out) : null;
+        Tensor pre = gpu.allocate(DType.BFLOAT16, n, out);
+        Tensor y = gpu.allocate(DType.BFLOAT16, n, out);
+        gpu.linearForwardGelu(x, w, b, pre, y);
+        Tensor preRef = gpu.allocate(DType.BFLOAT16, n, out);
+        Tensor yRef = gpu.allocate(DType.BFLOAT16, n, out);
+        gpu.linearForward(x, w, b, false, preRef);
+        gpu.gelu(preRef, yRef);
+        assertCloseNormwise(host(gpu, preRef), host(gpu, pre), 1e-2, "GELU's input, " + what);
+        assertCloseNormwise(host(gpu, yRef), host(gpu, y), 1e-2, "GELU's output, " + what);
+        Tensor dh = up(gpu, DType.BFLOAT16, rand(n * out, 74), n, out);
+        Tensor dz = gpu.allocate(DType.BFLOAT16, n, out);
+        Tensor db = gpu.allocate(DType.FLOAT32, out);
+        gpu.fill(db, 5f);
+        gpu.linearGeluBackward(dh, pre, dz, db, false);
+        Tensor dzRef = gpu.allocate(DType.BFLOAT16, n, out);
+        Tensor dbRef = gpu.allocate(DType.FLOAT32, out);
+        gpu.geluBackward(pre, dh, dzRef);
+        gpu.biasGrad(dzRef, dbRef);
+        assertArrayEquals(host(gpu, dzRef), host(gpu, dz), "dz = dh * GELU'(pre), as geluBackward, " + what);
+        assertCloseNormwise(host(gpu, dbRef), host(gpu, db), 1e-2, "bias gradient, " + what);
+        gpu.linearGeluBackward(dh, pre, dh, db, true); // in place, accumulating
+        assertArrayEquals(host(gpu, dzRef), host(gpu, dh), "in place, " + what);
+        float[] twice = host(gpu, dbRef);
+        for (int i = 0; i < twice.length; i++) {
+          twice[i] *= 2;
+        }
+        assertCloseNormwise(twice, host(gpu, db), 1e-2, "accumulated bias gradient, " + what);
+      }
+    }
+  }
+
+  /** Note [fused GELU]: a GELU MLP with its GELUs inside the linears, on the GPU, against the CPU engine's layers. */
+  @Test
+  void fusedGeluTrainerMatchesTheCpuLayers() {
+    ModelSpec spec = ModelSpec.mlp(96, new int[] {256, 128}, 10, "gelu", 0f);
+    System.setProperty(Model.FUSE_GELU_PROPERTY, "true");
+    Model g;
+    try {
+      g = new Model(spec, gpu, DType.BFLOAT16);
+    } finally {
+      System.clearProperty(Model.FUSE_GELU_PROPERTY);
+    }
+    List<EpochStats> gs = fitGelu(g, gpu);
+    List<EpochStats> cs;
+    try (CpuDevice d = new CpuDevice()) {
+      cs = fitGelu(new Model(spec, d, DType.BFLOAT16), d);
+    }
+    for (int e = 0; e < 2; e++) {
+      double lg = gs.get(e).loss();
+      double lc = cs.get(e).loss();
+      CudaTestLog.note(String.format("fused GELU trainer epoch %d: GPU loss %.5f, CPU bf16 loss %.5f", e, lg, lc));
+      assertTrue(Math.abs(lg - lc) <= 0.02 * Math.abs(lc), "epoch " + e + " loss GPU " + lg + " vs CPU " + lc);
+    }
+  }
+
+  static List<EpochStats> fitGelu(Model m, Device d) {
+    HeapRowStore store = synthetic(2048, 96, 10, 5);
+    TrainerConfig cfg = TrainerConfig.builder().epochs(2).batchSize(64).seed(3)
+        .optimizer(OptimizerConfig.sgd(0.05).withMomentum(0.9)).build();
+    Trainer t = new Trainer(m, cfg, new LocalCommunicator());
+    t.initializeWeights();
+    SamplerPlan plan = new SamplerPlan(store.rows(), 1, 64, 3, false);
+    return t.fit(store, plan.rowsOfRank(0), (int) plan.stepsPerEpoch());
+  }
+
   @Test
   void linearForwardWithBf16OutputAndBias() {
     int[][] shapes = {{4, 3, 5}, {128, 784, 256}, {33, 256, 128}, {64, 128, 10}};
