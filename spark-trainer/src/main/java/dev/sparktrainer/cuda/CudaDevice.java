@@ -1410,12 +1410,7 @@ public final class CudaDevice implements Device {
       if (st == 0) {
         return;
       }
-      if (capturing != null) { // not a fact about the shape: do not remember it (Note [CUDA graphs])
-        Native.check(st, "cublasLtMatmul with epilogue " + epilogue + " for " + key + " during CUDA graph capture");
-      }
-      LOG.log(System.Logger.Level.INFO, "{0}: cuBLASLt epilogue {1} not available for {2} ({3}); using a kernel",
-          name, epilogue, key, Native.errorString(st));
-      epilogueUnsupported.add(key);
+      epilogueFailed("epilogue " + epilogue, key, st);
     }
     lt.matmulRowMajor(false, true, x.dim(0), w.dim(0), x.dim(1), 1f, cx.address(), x.dim(1), code(cx),
         cw.address(), w.dim(1), code(cw), 0f, cy.address(), w.dim(0), code(cy), options.tf32(), 0, 0, compute);
@@ -1425,6 +1420,20 @@ public final class CudaDevice implements Device {
       kernels.launch("st_bias_act").l(cy.address()).i(code(cy)).l(cb == null ? 0 : cb.address())
           .i(cb == null ? 0 : code(cb)).l(x.dim(0)).l(w.dim(0)).i(relu ? 1 : 0).run(grid(n), BLOCK, compute);
     }
+  }
+
+  /**
+   * A matmul with {@code epilogue} returned status {@code st} for {@code key}: remembered, so the shape takes the
+   * kernel path from now on (logged once); during a CUDA graph capture it throws instead, as the status is then not a
+   * fact about the shape (Note [CUDA graphs]).
+   */
+  private void epilogueFailed(String epilogue, String key, int st) {
+    if (capturing != null) {
+      Native.check(st, "cublasLtMatmul with " + epilogue + " for " + key + " during CUDA graph capture");
+    }
+    LOG.log(System.Logger.Level.INFO, "{0}: cuBLASLt {1} not available for {2} ({3}); using a kernel", name, epilogue,
+        key, Native.errorString(st));
+    epilogueUnsupported.add(key);
   }
 
   /**
@@ -1461,12 +1470,7 @@ public final class CudaDevice implements Device {
         noteWritten(cp);
         return;
       }
-      if (capturing != null) { // not a fact about the shape: do not remember it (Note [CUDA graphs])
-        Native.check(st, "cublasLtMatmul with GELU epilogue " + epilogue + " for " + key + " during CUDA graph capture");
-      }
-      LOG.log(System.Logger.Level.INFO, "{0}: cuBLASLt GELU epilogue {1} not available for {2} ({3}); using a kernel",
-          name, epilogue, key, Native.errorString(st));
-      epilogueUnsupported.add(key);
+      epilogueFailed("GELU epilogue " + epilogue, key, st);
     }
     linearForward(x, w, bias, false, pre);
     gelu(pre, y);
