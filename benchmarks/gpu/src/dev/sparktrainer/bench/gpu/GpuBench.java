@@ -94,7 +94,7 @@ public final class GpuBench {
     for (String b : benches) {
       long t0 = System.nanoTime();
       switch (b) {
-        case "mlp" -> emit(out, mlp("mlp", gradientDType(), world, steps, repeats, card, variant,
+        case "mlp" -> emit(out, mlp("mlp", DType.FLOAT32, world, steps, repeats, card, variant,
             a.containsKey("profile")));
         case "mlp-bf16g" -> emit(out, mlp(b, DType.BFLOAT16, world, steps, repeats, card, variant,
             a.containsKey("profile")));
@@ -229,22 +229,9 @@ public final class GpuBench {
     return local;
   }
 
-  /**
-   * The gradient dtype the benchmark asks for: -Dsparktrainer.bench.gradDType=bf16 (Note [bf16 gradients] in
-   * nn.Model: the fused path of an all-linear model only) or fp32 (default).
-   */
-  static DType gradientDType() {
-    String v = System.getProperty("sparktrainer.bench.gradDType", "fp32");
-    return switch (v) {
-      case "fp32" -> DType.FLOAT32;
-      case "bf16" -> DType.BFLOAT16;
-      default -> throw new IllegalArgumentException("-Dsparktrainer.bench.gradDType must be fp32 or bf16, got " + v);
-    };
-  }
-
   static RankResult trainRank(WorkerContext ctx, ModelSpec spec, TrainerConfig cfg, HeapRowStore store,
       int[] local, int steps, boolean profile) {
-    return trainRank(ctx, spec, cfg, store, local, steps, profile, gradientDType());
+    return trainRank(ctx, spec, cfg, store, local, steps, profile, DType.FLOAT32);
   }
 
   static RankResult trainRank(WorkerContext ctx, ModelSpec spec, TrainerConfig cfg, HeapRowStore store,

@@ -1367,6 +1367,17 @@ public final class CudaDevice implements Device {
         .l(m).l(n).l(k).f(alpha).f(beta).run(grid(m * n), BLOCK, compute);
   }
 
+  /** x (N, in), w (out, in), bias (out) or null and y (N, out) of a linear layer's forward, or an exception. */
+  private static void checkLinear(String op, Tensor x, Tensor w, Tensor bias, Tensor y) {
+    if (x.rank() != 2 || w.rank() != 2 || y.rank() != 2 || x.dim(1) != w.dim(1) || y.dim(0) != x.dim(0)
+        || y.dim(1) != w.dim(0)) {
+      throw new IllegalArgumentException(op + " shapes do not agree: x=" + x + ", w=" + w + ", y=" + y);
+    }
+    if (bias != null && (bias.numel() != w.dim(0) || bias.dtype() == DType.INT32)) {
+      throw new IllegalArgumentException(op + ": bias must be a float vector of " + w.dim(0) + ", got " + bias);
+    }
+  }
+
   /**
    * y = act(x W^T + bias), act = ReLU or identity, in one cuBLASLt call with a bias/ReLU epilogue: x (N, in),
    * w (out, in), bias (out) or null, y (N, out), fp32 or bf16 (x and w of one dtype). The epilogue needs the
@@ -1381,13 +1392,7 @@ public final class CudaDevice implements Device {
     CudaTensor cw = fl(w);
     CudaTensor cy = fl(y);
     noteWritten(cy);
-    if (x.rank() != 2 || w.rank() != 2 || y.rank() != 2 || x.dim(1) != w.dim(1) || y.dim(0) != x.dim(0)
-        || y.dim(1) != w.dim(0)) {
-      throw new IllegalArgumentException("linearForward shapes do not agree: x=" + x + ", w=" + w + ", y=" + y);
-    }
-    if (bias != null && (bias.numel() != w.dim(0) || bias.dtype() == DType.INT32)) {
-      throw new IllegalArgumentException("linearForward: bias must be a float vector of " + w.dim(0) + ", got " + bias);
-    }
+    checkLinear("linearForward", x, w, bias, y);
     BlasLt lt = cx.dtype() == cw.dtype() ? blasLt() : null;
     if (lt == null || x.dim(0) == 0 || x.dim(1) == 0) {
       matmul(x, false, w, true, y, 1f, 0f);
@@ -1448,14 +1453,10 @@ public final class CudaDevice implements Device {
     CudaTensor cw = fl(w);
     CudaTensor cp = fl(pre);
     CudaTensor cy = fl(y);
-    if (x.rank() != 2 || w.rank() != 2 || y.rank() != 2 || x.dim(1) != w.dim(1) || y.dim(0) != x.dim(0)
-        || y.dim(1) != w.dim(0) || !java.util.Arrays.equals(pre.shape(), y.shape()) || cp.dtype() != cy.dtype()) {
-      throw new IllegalArgumentException("linearForwardGelu shapes do not agree: x=" + x + ", w=" + w + ", pre=" + pre
+    checkLinear("linearForwardGelu", x, w, bias, y);
+    if (!java.util.Arrays.equals(pre.shape(), y.shape()) || cp.dtype() != cy.dtype()) {
+      throw new IllegalArgumentException("linearForwardGelu: pre must have y's shape and dtype, got pre=" + pre
           + ", y=" + y);
-    }
-    if (bias != null && (bias.numel() != w.dim(0) || bias.dtype() == DType.INT32)) {
-      throw new IllegalArgumentException("linearForwardGelu: bias must be a float vector of " + w.dim(0) + ", got "
-          + bias);
     }
     int epilogue = bias != null ? 4 : 5;
     String key = "gelu " + x.dim(0) + "x" + w.dim(0) + "x" + x.dim(1) + ":" + cx.dtype() + cy.dtype() + epilogue;

@@ -80,17 +80,6 @@ public final class Linear extends Layer {
     return t;
   }
 
-  /**
-   * Note [fused linear path]: with bf16 compute on a device that prefers it, forward is one cuBLASLt call
-   * (bf16 x and W from the model's parameter mirror, bias + optional ReLU epilogue, bf16 output); backward is
-   * one pass for the ReLU mask + bias gradient (device.linearActBackward, bf16 dz in place), then dW = dz^T x
-   * (fp32, into the gradient buffer; written instead of added when the model skipped zeroGrad), then the
-   * gradients-ready signal (the trainer's bucket), then dx = dz W in bf16 into a buffer shared between layers.
-   */
-  void enableFused(Tensor wMirror, Tensor bMirror, boolean fuseRelu, ScratchSource scratch, int ordinal) {
-    enableFused(wMirror, bMirror, fuseRelu, false, scratch, ordinal);
-  }
-
   // Note [fused GELU]: as a ReLU, a GELU right after a fused linear runs inside it: forward is one cuBLASLt call with
   // the GELU_AUX_BIAS epilogue (device.linearForwardGelu), which writes GELU's output and keeps its input, and
   // backward is one pass for GELU's derivative and the bias gradient (device.linearGeluBackward, the ReLU's pass with
@@ -99,7 +88,15 @@ public final class Linear extends Layer {
   // tanh in double), so outputs may differ in the last bits of bf16. Opt-in (-Dsparktrainer.nn.fuseGelu=true, read
   // when a model is built) until it is measured on a GPU.
 
-  /** The fused path, with the activation after this layer applied inside it: ReLU, GELU or none. */
+  /**
+   * Note [fused linear path]: with bf16 compute on a device that prefers it, forward is one cuBLASLt call
+   * (bf16 x and W from the model's parameter mirror, bias + optional ReLU epilogue, bf16 output); backward is
+   * one pass for the ReLU mask + bias gradient (device.linearActBackward, bf16 dz in place), then dW = dz^T x
+   * (fp32, or bf16 under Note [bf16 gradients] in Model, into the gradient buffer; written instead of added when the
+   * model skipped zeroGrad), then the gradients-ready signal (the trainer's bucket), then dx = dz W in bf16 into a
+   * buffer shared between layers. The activation after this layer may run inside it: a ReLU ({@code fuseRelu}), or a
+   * GELU ({@code fuseGelu}, Note [fused GELU]).
+   */
   void enableFused(Tensor wMirror, Tensor bMirror, boolean fuseRelu, boolean fuseGelu, ScratchSource scratch,
       int ordinal) {
     if (fuseRelu && fuseGelu) {

@@ -83,8 +83,8 @@ public final class Model {
     ParameterSet.Builder b = ParameterSet.builder();
     net.declare("", spec.input(), b);
     boolean fusedPath = computeDType == DType.BFLOAT16 && device.prefersFusedLinear();
-    boolean lowGrads = gradientDType == DType.BFLOAT16 && fusedPath
-        && linearEntries(net) == b.size();
+    boolean allLinear = linearEntries(net) == b.size(); // every parameter entry belongs to a top-level linear
+    boolean lowGrads = gradientDType == DType.BFLOAT16 && fusedPath && allLinear;
     this.params = b.build(device, lowGrads ? DType.BFLOAT16 : DType.FLOAT32);
     net.bind(device, params);
     if (fuseRelu) {
@@ -105,7 +105,6 @@ public final class Model {
       device.registerMirror(params.params(), mirror);
       List<Layer> ls = net.layers();
       int ordinal = 0;
-      int linearEntries = 0;
       for (int k = 0; k < ls.size(); k++) {
         Layer l = ls.get(k);
         run.add(l);
@@ -120,9 +119,7 @@ public final class Model {
           if (wi + 1 < params.entries().size() && params.entries().get(wi + 1).name().equals(lin.name() + ".bias")) {
             ParameterSet.Entry be = params.entries().get(wi + 1);
             bm = mirror.view(be.offset(), be.shape());
-            linearEntries++;
           }
-          linearEntries++;
           lin.enableFused(wm, bm, relu, gelu, this::dxBuffer, ordinal++);
           maxIn = Math.max(maxIn, we.shape()[1]);
           if (relu || gelu) {
@@ -130,7 +127,7 @@ public final class Model {
           }
         }
       }
-      overwritable = linearEntries == params.entries().size();
+      overwritable = allLinear;
       for (Layer l : ls) {
         enableMixedConvolutions(l);
       }

@@ -80,7 +80,7 @@ public final class Trainer {
   private int bucketWaitLag = checkLag(Integer.getInteger(BUCKET_WAIT_LAG_PROPERTY, 1)); // Note [bucket wait lag]
   private int gemmSmCarveout = checkCarveout(Integer.getInteger(GEMM_SM_CARVEOUT_PROPERTY, GEMM_SM_CARVEOUT_AUTO));
   private int carveNow; // this fit's carve-out (gemmSmCarveout resolved)
-  private boolean bf16Gradients;
+  private boolean bf16AllReduce;
   private Tensor gradsLow; // bf16 copy of the gradients for the all-reduce, or null
   private boolean cudaGraphs = Boolean.getBoolean(CUDA_GRAPHS_PROPERTY);
   private long graphCaptures; // steps whose device work was captured (and run from the graph)
@@ -170,7 +170,7 @@ public final class Trainer {
    * gradients] in nn.Model), which are all-reduced as they are. Default false.
    */
   public Trainer bf16GradientAllReduce(boolean on) {
-    this.bf16Gradients = on;
+    this.bf16AllReduce = on;
     return this;
   }
 
@@ -359,7 +359,7 @@ public final class Trainer {
       device.gemmSmCarveout(carveNow); // checks it against the GPU's SMs before any step
       device.gemmSmCarveout(0);
     }
-    if (bucketed && bf16Gradients && gradsLow == null && grads.dtype() == DType.FLOAT32) {
+    if (bucketed && bf16AllReduce && gradsLow == null && grads.dtype() == DType.FLOAT32) {
       gradsLow = device.allocate(DType.BFLOAT16, Math.toIntExact(grads.numel()));
     }
 

@@ -86,9 +86,9 @@ class Bf16GradientsTest {
     }
   }
 
-  static List<EpochStats> fit(Device d, DType grads, int accumulation, float[][] paramsOut) {
-    SplittableRandom r = new SplittableRandom(5);
-    int rows = 512;
+  /** {@code rows} rows of 24 Gaussian features and 5 classes, each class raising its features j with j % 5 == class. */
+  static HeapRowStore separable(int rows, long seed) {
+    SplittableRandom r = new SplittableRandom(seed);
     float[] x = new float[rows * 24];
     int[] y = new int[rows];
     for (int i = 0; i < rows; i++) {
@@ -97,17 +97,27 @@ class Bf16GradientsTest {
         x[i * 24 + j] = (float) r.nextGaussian() + (j % 5 == y[i] ? 1f : 0f);
       }
     }
-    HeapRowStore store = new HeapRowStore(x, y, 24);
+    return new HeapRowStore(x, y, 24);
+  }
+
+  /** 0, 1, ..., rows - 1: every row once, in order. */
+  static int[] inOrder(int rows) {
+    int[] local = new int[rows];
+    for (int i = 0; i < rows; i++) {
+      local[i] = i;
+    }
+    return local;
+  }
+
+  static List<EpochStats> fit(Device d, DType grads, int accumulation, float[][] paramsOut) {
+    int rows = 512;
+    HeapRowStore store = separable(rows, 5);
     TrainerConfig cfg = TrainerConfig.builder().epochs(3).batchSize(32).seed(3).accumulation(accumulation)
         .optimizer(OptimizerConfig.sgd(0.05).withMomentum(0.9)).build();
     Model m = new Model(MLP, d, DType.BFLOAT16, grads);
     Trainer t = new Trainer(m, cfg, new LocalCommunicator());
     t.initializeWeights();
-    int[] local = new int[rows];
-    for (int i = 0; i < rows; i++) {
-      local[i] = i;
-    }
-    List<EpochStats> st = t.fit(store, local, rows / 32);
+    List<EpochStats> st = t.fit(store, inOrder(rows), rows / 32);
     if (paramsOut != null) {
       paramsOut[0] = m.parametersToHost();
     }

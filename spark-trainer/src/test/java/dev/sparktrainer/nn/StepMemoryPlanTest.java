@@ -463,13 +463,16 @@ class StepMemoryPlanTest {
   }
 
   /**
-   * A CPU device through a dynamic proxy: optionally answers that it prefers the fused linear path, and throws on
-   * the op named {@code failOn} (a library call that fails midway through a step).
+   * A CPU device through a dynamic proxy: optionally answers that it prefers the fused linear path, throws on the op
+   * named {@code failOn} (a library call that fails midway through a step), and counts the calls of the ops named in
+   * {@code counted} into {@code calls}.
    */
   static final class Wrapped {
     final CpuDevice cpu;
     boolean fused;
     String failOn;
+    final java.util.Set<String> counted = new java.util.HashSet<>();
+    final java.util.Map<String, Integer> calls = new java.util.TreeMap<>();
 
     Wrapped(CpuDevice cpu) {
       this.cpu = cpu;
@@ -496,6 +499,9 @@ class StepMemoryPlanTest {
             }
             if (n.equals(failOn)) {
               throw new IllegalStateException("simulated: " + n + " failed");
+            }
+            if (counted.contains(n)) {
+              calls.merge(n, 1, Integer::sum);
             }
             try {
               return method.invoke(cpu, args);
