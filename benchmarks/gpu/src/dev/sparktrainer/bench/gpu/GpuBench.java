@@ -133,7 +133,9 @@ public final class GpuBench {
    */
   static Map<String, Object> mlp(String name, DType grads, int world, int steps, int repeats, String card,
       String variant, boolean profile) {
-    ModelSpec spec = ModelSpec.mlp(MLP_IN, new int[] {8192, 8192, 8192, 8192}, MLP_CLASSES, "relu", 0f);
+    // -Dsparktrainer.bench.mlpActivation=gelu: the same MLP with GELU (ours only, for Note [fused GELU] in nn.Linear)
+    String act = System.getProperty("sparktrainer.bench.mlpActivation", "relu");
+    ModelSpec spec = ModelSpec.mlp(MLP_IN, new int[] {8192, 8192, 8192, 8192}, MLP_CLASSES, act, 0f);
     TrainerConfig cfg = TrainerConfig.builder().epochs(1 + repeats).batchSize(MLP_BATCH).seed(1)
         .optimizer(OptimizerConfig.sgd(0.01).withMomentum(0.9)).build();
     // A pool of 4 batches of random rows per rank, cycled (the host path copies every batch anyway).
@@ -147,7 +149,8 @@ public final class GpuBench {
       return trainRank(ctx, spec, cfg, store, local, steps, profile, grads);
     });
     Map<String, Object> r = summarize(name, world, card, variant, cfg.batchSize(), rs, "samples/s");
-    r.put("model", "MLP 1024-8192-8192-8192-8192-1000 ReLU, bf16 mixed precision, SGD momentum 0.9");
+    r.put("model", "MLP 1024-8192-8192-8192-8192-1000 " + (act.equals("relu") ? "ReLU" : act)
+        + ", bf16 mixed precision, SGD momentum 0.9" + (Boolean.getBoolean(Model.FUSE_GELU_PROPERTY) ? ", fused GELU" : ""));
     r.put("gradients", grads == DType.BFLOAT16 ? "bf16 (Note [bf16 gradients])" : "fp32");
     return r;
   }
