@@ -180,11 +180,14 @@ public final class Model {
    */
   public static final String MEMORY_PLAN_PROPERTY = "sparktrainer.nn.memoryPlan";
 
-  /** -Dsparktrainer.nn.fuseGelu=true fuses a GELU after a linear into it on the fused path (Note [fused GELU] in Linear). */
+  /**
+   * A GELU after a linear runs inside it on the fused path (Note [fused GELU] in Linear) unless
+   * -Dsparktrainer.nn.fuseGelu=false.
+   */
   public static final String FUSE_GELU_PROPERTY = "sparktrainer.nn.fuseGelu";
 
   static boolean fuseGeluEnabled() {
-    return Boolean.getBoolean(FUSE_GELU_PROPERTY);
+    return !"false".equalsIgnoreCase(System.getProperty(FUSE_GELU_PROPERTY, "true").trim());
   }
 
   static boolean memoryPlanEnabled() {
