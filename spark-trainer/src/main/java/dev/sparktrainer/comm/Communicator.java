@@ -48,6 +48,25 @@ public interface Communicator extends AutoCloseable {
   }
 
   /**
+   * Starts the in-place reduce-scatter of buf, whose element count is a multiple of the world size, ordered and
+   * joined as {@link #allReduceSumAsync}: afterwards rank r's slice [r n / W, (r + 1) n / W) holds the sum over ranks
+   * of that slice, and the rest of buf is unspecified (Note [sharded optimizer] in train.Trainer). Default: {@link
+   * #allReduceSum} (every slice summed).
+   */
+  default void reduceScatterSumAsync(Tensor buf) {
+    allReduceSum(buf);
+  }
+
+  /**
+   * Starts the in-place all-gather of buf, whose element count is a multiple of the world size, ordered and joined
+   * as {@link #allReduceSumAsync}: afterwards every rank's slice r of buf holds rank r's slice r. Default: not
+   * supported (only communicators with {@link #supportsAsync()} are asked).
+   */
+  default void allGatherAsync(Tensor buf) {
+    throw new UnsupportedOperationException(getClass().getSimpleName() + " has no in-place all-gather");
+  }
+
+  /**
    * Whether all ranks are known to run on one host (then collectives do not cross a network). Default: only
    * when there is one rank.
    */

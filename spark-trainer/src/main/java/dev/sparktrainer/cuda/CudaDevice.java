@@ -1153,6 +1153,29 @@ public final class CudaDevice implements Device {
         && p.dtype() == DType.FLOAT32;
   }
 
+  /**
+   * The mirror's address for the fp32 parameters {@code p} when they are the mirror source or a slice of it
+   * (Note [sharded optimizer] in train.Trainer: the optimizer steps over this rank's slices and writes their mirror
+   * in the same pass), else 0.
+   */
+  private long mirrorAddressOf(CudaTensor p) {
+    if (mirrorSrc == null || p.dtype() != DType.FLOAT32 || p.address() < mirrorSrc.address()
+        || p.address() + p.bytes() > mirrorSrc.address() + mirrorSrc.bytes()) {
+      return 0;
+    }
+    return mirrorDst.address() + (p.address() - mirrorSrc.address()) / 2;
+  }
+
+  @Override
+  public void markMirrorCurrent(Tensor src, Tensor mirror) {
+    enter();
+    if (!isMirrorSource(t(src)) || t(mirror).address() != mirrorDst.address() || mirror.numel() != mirrorDst.numel()) {
+      throw new IllegalArgumentException("markMirrorCurrent: " + src + " and " + mirror + " are not the registered"
+          + " parameters and mirror");
+    }
+    mirrorFresh = true;
+  }
+
   /** Every op that writes device memory reports the tensor here (marks the parameters' mirror stale). */
   void noteWritten(CudaTensor x) {
     if (mirrorFresh && x.address() < mirrorSrc.address() + mirrorSrc.bytes()
@@ -1779,21 +1802,22 @@ public final class CudaDevice implements Device {
       sameSize(params, momentumBuf, "sgdStep");
     }
     long n = p.numel();
-    boolean mirrored = isMirrorSource(p);
+    long mirrorAt = mirrorAddressOf(p); // the whole source, or a slice of it (Note [sharded optimizer])
+    boolean mirrored = mirrorAt != 0;
     noteWritten(p);
     if (n > 0) {
       boolean vec = mirrored && n % 4 == 0 && p.address() % 16 == 0
           && g.address() % (g.dtype() == DType.BFLOAT16 ? 8 : 16) == 0 && (b == null || b.address() % 16 == 0)
-          && mirrorDst.address() % 8 == 0;
+          && mirrorAt % 8 == 0;
       Kernels.Launch k = kernels.launch(vec ? "st_sgd_m4" : mirrored ? "st_sgd_m" : "st_sgd").l(p.address()).l(g.address()).i(code(g))
           .l(b == null ? 0 : b.address()).l(n).f(lr).f(momentum).i(nesterov ? 1 : 0).f(weightDecay)
           .i(firstStep ? 1 : 0);
       if (mirrored) {
-        k.l(mirrorDst.address());
+        k.l(mirrorAt);
       }
       k.run(grid(vec ? n / 4 : n), BLOCK, compute);
     }
-    if (mirrored) {
+    if (isMirrorSource(p)) {
       mirrorFresh = true; // Note [bf16 mirror of the parameters]: written in the same pass
     }
     if (b != null) {
@@ -1816,7 +1840,8 @@ public final class CudaDevice implements Device {
     float bc1 = 1f - (float) Math.pow(beta1, step);
     float bc2 = 1f - (float) Math.pow(beta2, step);
     long n = p.numel();
-    boolean mirrored = isMirrorSource(p);
+    long mirrorAt = mirrorAddressOf(p); // the whole source, or a slice of it (Note [sharded optimizer])
+    boolean mirrored = mirrorAt != 0;
     noteWritten(p);
     noteWritten(cm);
     noteWritten(cv);
@@ -1824,11 +1849,11 @@ public final class CudaDevice implements Device {
       Kernels.Launch k = kernels.launch(mirrored ? "st_adamw_m" : "st_adamw").l(p.address()).l(g.address()).i(code(g))
           .l(cm.address()).l(cv.address()).l(n).f(lr).f(beta1).f(beta2).f(eps).f(weightDecay).f(bc1).f(bc2);
       if (mirrored) {
-        k.l(mirrorDst.address());
+        k.l(mirrorAt);
       }
       k.run(grid(n), BLOCK, compute);
     }
-    if (mirrored) {
+    if (isMirrorSource(p)) {
       mirrorFresh = true;
     }
   }

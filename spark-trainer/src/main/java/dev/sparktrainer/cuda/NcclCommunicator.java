@@ -404,7 +404,17 @@ public final class NcclCommunicator implements Communicator {
 
   @Override
   public void allReduceSumAsync(Tensor buf) {
-    startAllReduce(buf, false);
+    startAsync(Kind.ALL_REDUCE, buf, false);
+  }
+
+  @Override
+  public void reduceScatterSumAsync(Tensor buf) {
+    startAsync(Kind.REDUCE_SCATTER, buf, false);
+  }
+
+  @Override
+  public void allGatherAsync(Tensor buf) {
+    startAsync(Kind.ALL_GATHER, buf, false);
   }
 
   /**
@@ -413,12 +423,24 @@ public final class NcclCommunicator implements Communicator {
    */
   @Override
   public void allReduceSumInOrder(Tensor buf) {
-    startAllReduce(buf, true);
+    startAsync(Kind.ALL_REDUCE, buf, true);
   }
 
-  private void startAllReduce(Tensor buf, boolean inOrder) {
-    String what = inOrder ? "allReduceSumInOrder" : "allReduceSumAsync";
+  /** The collectives startAsync issues: in place on the whole buffer, or on rank slices of it. */
+  private enum Kind { ALL_REDUCE, REDUCE_SCATTER, ALL_GATHER }
+
+  private void startAsync(Kind kind, Tensor buf, boolean inOrder) {
+    String what = inOrder ? "allReduceSumInOrder" : switch (kind) {
+      case ALL_REDUCE -> "allReduceSumAsync";
+      case REDUCE_SCATTER -> "reduceScatterSumAsync";
+      case ALL_GATHER -> "allGatherAsync";
+    };
     CudaTensor b = tensor(buf, what);
+    long slice = b.numel() / worldSize; // this rank's slice of a reduce-scatter or all-gather
+    if (kind != Kind.ALL_REDUCE && b.numel() % worldSize != 0) {
+      throw new IllegalArgumentException(what + ": " + buf + " does not split into " + worldSize + " equal slices");
+    }
+    long mine = b.address() + rank * slice * b.dtype().bytes();
     long deadline = System.nanoTime() + timeoutNanos;
     device.makeCurrent();
     device.noteWritten(b);
@@ -429,8 +451,15 @@ public final class NcclCommunicator implements Communicator {
         computeDone.record(device.computeStream());
         s.waitFor(computeDone);
       }
-      int st = Native.ncclAllReduce(b.address(), b.address(), b.numel(), b.dtype().ordinal(), Native.OP_SUM, comm,
-          s.handle());
+      int st = switch (kind) {
+        case ALL_REDUCE -> Native.ncclAllReduce(b.address(), b.address(), b.numel(), b.dtype().ordinal(),
+            Native.OP_SUM, comm, s.handle());
+        // in place, as NCCL defines it: recvbuff = sendbuff + rank * recvcount
+        case REDUCE_SCATTER -> Native.ncclReduceScatter(b.address(), mine, slice, b.dtype().ordinal(),
+            Native.OP_SUM, comm, s.handle());
+        // in place: sendbuff = recvbuff + rank * sendcount
+        case ALL_GATHER -> Native.ncclAllGather(mine, b.address(), slice, b.dtype().ordinal(), comm, s.handle());
+      };
       if (st != 0 && !Native.ncclInProgress(st)) {
         throw fail(what + " of " + buf, "NCCL call failed: " + Native.errorString(st) + lastError());
       }

@@ -258,6 +258,15 @@ public interface Device extends AutoCloseable {
   default void registerMirror(Tensor src, Tensor mirror) {}
 
   /**
+   * Declares the registered {@code mirror} current although {@code src} was written since: the caller made every
+   * element of the mirror the rounding of the parameters' latest values by other means (Note [sharded optimizer] in
+   * train.Trainer: each rank's optimizer writes the mirror of its slices, an all-gather brings the others', and the
+   * fp32 values of the other ranks' slices are stale until they are gathered). The next {@link #refreshMirror} then
+   * copies nothing. Default: nothing (a device without registered mirrors copies on every refresh).
+   */
+  default void markMirrorCurrent(Tensor src, Tensor mirror) {}
+
+  /**
    * Makes {@code mirror} equal to src rounded to its dtype. A device that tracks writes may skip the copy
    * when the mirror is known to be current. Default: copy.
    */

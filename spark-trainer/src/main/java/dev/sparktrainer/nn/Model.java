@@ -331,6 +331,14 @@ public final class Model {
     return fused && overwritable;
   }
 
+  /**
+   * Whether forward and backward read the parameters only through {@link #parameterMirror()} (the fused path with
+   * every parameter in a fused linear), never the fp32 values (Note [sharded optimizer] in train.Trainer).
+   */
+  public boolean readsParametersOnlyFromMirror() {
+    return fused && overwritable;
+  }
+
   /** Draws initial weights from {@code seed} (host side, deterministic) and uploads them. */
   public void initialize(long seed) {
     float[] host = new float[Math.toIntExact(params.totalElements())];
@@ -365,6 +373,14 @@ public final class Model {
 
   public ParameterSet parameters() {
     return params;
+  }
+
+  /**
+   * The flat bf16 mirror of the parameters that the mixed-precision path computes with (the parameters' layout), or
+   * null when this model has none (fp32, or no fused or mixed layer).
+   */
+  public Tensor parameterMirror() {
+    return mirror;
   }
 
   /** logits/predictions (N, out) for x (N, input...). */

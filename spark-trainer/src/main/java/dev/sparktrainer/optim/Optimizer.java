@@ -70,4 +70,37 @@ public final class Optimizer {
     }
     steps++;
   }
+
+  /**
+   * Applies one update with learning rate {@code lr} to the given element ranges of the trainable parameters only
+   * ({from, to} pairs; Note [sharded optimizer] in train.Trainer: this rank's slices), one device call per range, each
+   * the same arithmetic as {@link #step(double)} on those elements. The rest of the parameters and state are left as
+   * they are. Counts as one step.
+   */
+  public void step(double lr, long[][] ranges) {
+    Tensor p = params.trainableParams();
+    Tensor g = params.trainableGrads();
+    for (long[] r : ranges) {
+      if (r.length != 2 || r[0] < 0 || r[1] < r[0] || r[1] > p.numel()) {
+        throw new IllegalArgumentException("range " + java.util.Arrays.toString(r) + " is not within the "
+            + p.numel() + " trainable elements");
+      }
+    }
+    for (long[] r : ranges) {
+      int n = Math.toIntExact(r[1] - r[0]);
+      if (n == 0) {
+        continue;
+      }
+      if (config.type() == OptimizerConfig.Type.SGD) {
+        Tensor mom = state.get("momentum");
+        device.sgdStep(p.view(r[0], n), g.view(r[0], n), mom == null ? null : mom.view(r[0], n), (float) lr,
+            (float) config.momentum(), config.nesterov(), (float) config.weightDecay(), steps == 0);
+      } else {
+        device.adamwStep(p.view(r[0], n), g.view(r[0], n), state.get("m").view(r[0], n),
+            state.get("v").view(r[0], n), (float) lr, (float) config.beta1(), (float) config.beta2(),
+            (float) config.eps(), (float) config.weightDecay(), steps + 1);
+      }
+    }
+    steps++;
+  }
 }
