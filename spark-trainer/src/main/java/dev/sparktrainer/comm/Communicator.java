@@ -66,6 +66,13 @@ public interface Communicator extends AutoCloseable {
     throw new UnsupportedOperationException(getClass().getSimpleName() + " has no in-place all-gather");
   }
 
+  /** {@link #allGatherAsync(Tensor)} of each buffer, in order (NCCL: one group, one launch). */
+  default void allGatherAsync(java.util.List<? extends Tensor> bufs) {
+    for (Tensor b : bufs) {
+      allGatherAsync(b);
+    }
+  }
+
   /**
    * Whether all ranks are known to run on one host (then collectives do not cross a network). Default: only
    * when there is one rank.

@@ -417,6 +417,12 @@ public final class NcclCommunicator implements Communicator {
     startAsync(Kind.ALL_GATHER, buf, false);
   }
 
+  /** One NCCL group of in-place all-gathers (one launch; Note [sharded optimizer] in train.Trainer). */
+  @Override
+  public void allGatherAsync(List<? extends Tensor> bufs) {
+    startAsync(Kind.ALL_GATHER, bufs, false);
+  }
+
   /**
    * On the compute stream itself, so nothing waits on the comm stream for compute work not yet done (Note
    * [in-order gradient all-reduce] in train.Trainer says why that matters).
@@ -430,20 +436,33 @@ public final class NcclCommunicator implements Communicator {
   private enum Kind { ALL_REDUCE, REDUCE_SCATTER, ALL_GATHER }
 
   private void startAsync(Kind kind, Tensor buf, boolean inOrder) {
+    startAsync(kind, List.of(buf), inOrder);
+  }
+
+  /** One collective per buffer, as one NCCL group (one launch) when there are several. */
+  private void startAsync(Kind kind, List<? extends Tensor> bufs, boolean inOrder) {
     String what = inOrder ? "allReduceSumInOrder" : switch (kind) {
       case ALL_REDUCE -> "allReduceSumAsync";
       case REDUCE_SCATTER -> "reduceScatterSumAsync";
       case ALL_GATHER -> "allGatherAsync";
     };
-    CudaTensor b = tensor(buf, what);
-    long slice = b.numel() / worldSize; // this rank's slice of a reduce-scatter or all-gather
-    if (kind != Kind.ALL_REDUCE && b.numel() % worldSize != 0) {
-      throw new IllegalArgumentException(what + ": " + buf + " does not split into " + worldSize + " equal slices");
+    if (bufs.isEmpty()) {
+      return;
     }
-    long mine = b.address() + rank * slice * b.dtype().bytes();
+    List<CudaTensor> bs = new java.util.ArrayList<>(bufs.size());
+    for (Tensor buf : bufs) {
+      CudaTensor b = tensor(buf, what);
+      if (kind != Kind.ALL_REDUCE && b.numel() % worldSize != 0) {
+        throw new IllegalArgumentException(what + ": " + buf + " does not split into " + worldSize + " equal slices");
+      }
+      bs.add(b);
+    }
     long deadline = System.nanoTime() + timeoutNanos;
     device.makeCurrent();
-    device.noteWritten(b);
+    for (CudaTensor b : bs) {
+      device.noteWritten(b);
+    }
+    String target = bs.size() == 1 ? bufs.get(0).toString() : bs.size() + " buffers";
     synchronized (lock) {
       ensureUsable(what);
       CudaStream s = inOrder ? device.computeStream() : device.commStream();
@@ -451,17 +470,28 @@ public final class NcclCommunicator implements Communicator {
         computeDone.record(device.computeStream());
         s.waitFor(computeDone);
       }
-      int st = switch (kind) {
-        case ALL_REDUCE -> Native.ncclAllReduce(b.address(), b.address(), b.numel(), b.dtype().ordinal(),
-            Native.OP_SUM, comm, s.handle());
-        // in place, as NCCL defines it: recvbuff = sendbuff + rank * recvcount
-        case REDUCE_SCATTER -> Native.ncclReduceScatter(b.address(), mine, slice, b.dtype().ordinal(),
-            Native.OP_SUM, comm, s.handle());
-        // in place: sendbuff = recvbuff + rank * sendcount
-        case ALL_GATHER -> Native.ncclAllGather(mine, b.address(), slice, b.dtype().ordinal(), comm, s.handle());
-      };
+      boolean group = bs.size() > 1;
+      int st = group ? Native.ncclGroupStart() : 0;
+      for (int k = 0; k < bs.size() && (st == 0 || Native.ncclInProgress(st)); k++) {
+        CudaTensor b = bs.get(k);
+        long slice = b.numel() / worldSize; // this rank's slice of a reduce-scatter or all-gather
+        long mine = b.address() + rank * slice * b.dtype().bytes();
+        st = switch (kind) {
+          case ALL_REDUCE -> Native.ncclAllReduce(b.address(), b.address(), b.numel(), b.dtype().ordinal(),
+              Native.OP_SUM, comm, s.handle());
+          // in place, as NCCL defines it: recvbuff = sendbuff + rank * recvcount
+          case REDUCE_SCATTER -> Native.ncclReduceScatter(b.address(), mine, slice, b.dtype().ordinal(),
+              Native.OP_SUM, comm, s.handle());
+          // in place: sendbuff = recvbuff + rank * sendcount
+          case ALL_GATHER -> Native.ncclAllGather(mine, b.address(), slice, b.dtype().ordinal(), comm, s.handle());
+        };
+      }
+      if (group) {
+        int end = Native.ncclGroupEnd();
+        st = st != 0 && !Native.ncclInProgress(st) ? st : end;
+      }
       if (st != 0 && !Native.ncclInProgress(st)) {
-        throw fail(what + " of " + buf, "NCCL call failed: " + Native.errorString(st) + lastError());
+        throw fail(what + " of " + target, "NCCL call failed: " + Native.errorString(st) + lastError());
       }
       unjoined++;
       if (!inOrder) {

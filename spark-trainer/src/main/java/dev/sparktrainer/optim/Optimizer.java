@@ -78,6 +78,15 @@ public final class Optimizer {
    * they are. Counts as one step.
    */
   public void step(double lr, long[][] ranges) {
+    update(lr, ranges);
+    steps++;
+  }
+
+  /**
+   * {@link #step(double, long[][])} without counting the step: a step's ranges may be updated in several calls (Note
+   * [sharded optimizer] in train.Trainer: as their gradients arrive), then {@link #endStep()} counts it.
+   */
+  public void update(double lr, long[][] ranges) {
     Tensor p = params.trainableParams();
     Tensor g = params.trainableGrads();
     for (long[] r : ranges) {
@@ -101,6 +110,10 @@ public final class Optimizer {
             (float) config.eps(), (float) config.weightDecay(), steps + 1);
       }
     }
+  }
+
+  /** Counts a step whose ranges {@link #update(double, long[][])} applied. */
+  public void endStep() {
     steps++;
   }
 }

@@ -503,13 +503,19 @@ public final class Trainer {
             }
             if (useBuckets) {
               int[] next = {0};
+              List<Integer> pending = new ArrayList<>(); // Note [sharded optimizer]: buckets not updated yet
+              double lr = schedule.lr(config.optimizer().lr(), optimizerStep);
               boolean carve = carveNow > 0; // Note [GEMM SM carve-out] in CudaDevice: 0 unless buckets overlap backward
               if (carve) {
                 device.gemmSmCarveout(carveNow);
               }
               try {
                 model.backward(dOut, ctx, overwrite, readyFrom -> {
+                  if (shards != null) {
+                    updateShards(pending, lr); // those of the layers before: their dx is queued already
+                  }
                   while (next[0] < bucketStarts.length - 1 && bucketStarts[next[0] + 1] >= readyFrom) {
+                    pending.add(next[0]);
                     launchBucket(grads, bucketStarts, next[0]++);
                   }
                 });
@@ -519,11 +525,15 @@ public final class Trainer {
                 }
               }
               while (next[0] < bucketStarts.length - 1) {
+                pending.add(next[0]);
                 launchBucket(grads, bucketStarts, next[0]++);
               }
               mark(timeline, "backward");
               joinBuckets(grads);
               mark(timeline, "all-reduce wait (buckets)");
+              if (shards != null) {
+                updateShards(pending, lr);
+              }
             } else {
               model.backward(dOut, ctx, overwrite, null);
               mark(timeline, "backward");
@@ -549,9 +559,9 @@ public final class Trainer {
               commNanos += awaitBuckets(); // the check below reads the gradients: wait under the watchdog
             }
             if (shards != null && useBuckets) {
-              // Note [sharded optimizer]: this rank's slices, then every rank's slices of the weights gathered
-              optimizer.step(schedule.lr(config.optimizer().lr(), optimizerStep), shards.owned());
-              gatherShards();
+              // Note [sharded optimizer]: every bucket updated and gathered above; the next forward waits for them
+              optimizer.endStep();
+              gatherShardsDone();
             } else if (checkFinite(epoch)) {
               optimizer.step(schedule.lr(config.optimizer().lr(), optimizerStep));
             } else {
@@ -893,7 +903,12 @@ public final class Trainer {
   // - the optimizer runs on this rank's slices only: 1/W of its memory pass, which on the benchmark MLP is the step's
   //   largest part after the matmuls (1.5 ms of 9.3 on an H100);
   // - the weights that forward reads are all-gathered. That is the bf16 mirror where the model reads its weights only
-  //   from it (the fused path of an all-linear model: half the bytes of fp32), else the fp32 weights themselves.
+  //   from it (the fused path of an all-linear model: half the bytes of fp32), else the fp32 weights themselves;
+  // - both happen during backward (updateShards): when backward signals the next layer's gradients final, the
+  //   buckets started at the signal before are updated on the compute stream (which first waits for their
+  //   collectives, by then done) and their slices all-gathered on the comm stream, as one NCCL group. One signal
+  //   later, not at once: a layer signals between its dW and its dx, and dx still reads the weights being updated.
+  //   What backward's end leaves (the first layers' buckets) follows it; the next forward waits for the gathers.
   // The fp32 weights and optimizer state of the other ranks' slices are not kept current on this rank: they are
   // gathered (consolidateShards) before anything reads them: a step listener, a checkpoint, the end of the fit. The
   // sums are those of the all-reduce (at W = 2, one addition per element either way), and each slice's update is the
@@ -959,21 +974,43 @@ public final class Trainer {
   }
 
   /**
-   * Note [sharded optimizer]: all-gathers every sharded bucket's slices of the weights forward reads (the bf16 mirror,
-   * or the fp32 weights), first parameters first, ordered after this rank's optimizer; later device work waits for
-   * them.
+   * Note [sharded optimizer]: queues the update of the buckets in {@code pending} (their gradients summed: the compute
+   * stream waits for their collectives first) on this rank's slices, then the all-gather of their sharded slices of
+   * the weights forward reads (the bf16 mirror, or the fp32 weights), as one NCCL group; clears pending.
    */
-  private void gatherShards() {
-    Tensor mirror = model.readsParametersOnlyFromMirror() ? model.parameterMirror() : null;
-    Tensor target = mirror != null ? mirror : model.parameters().params();
-    for (int i = shards.buckets() - 1; i >= 0; i--) {
-      if (shards.sharded(i)) {
-        comm.allGatherAsync(target.view(shards.lo(i), Math.toIntExact(shards.hi(i) - shards.lo(i))));
-      }
+  private void updateShards(List<Integer> pending, double lr) {
+    if (pending.isEmpty()) {
+      return;
     }
     comm.joinAsync();
-    if (mirror != null) {
-      device.markMirrorCurrent(model.parameters().params(), mirror); // its own slices written by the optimizer
+    long[][] owned = shards.owned();
+    long[][] ranges = new long[pending.size()][];
+    List<Tensor> gather = new ArrayList<>();
+    Tensor target = gatherTarget();
+    for (int k = 0; k < pending.size(); k++) {
+      int i = pending.get(k);
+      ranges[k] = owned[i];
+      if (shards.sharded(i)) {
+        gather.add(target.view(shards.lo(i), Math.toIntExact(shards.hi(i) - shards.lo(i))));
+      }
+    }
+    optimizer.update(lr, ranges);
+    comm.allGatherAsync(gather);
+    pending.clear();
+  }
+
+  /** The weights forward reads: the bf16 mirror where the model reads only it, else the fp32 weights. */
+  private Tensor gatherTarget() {
+    Tensor mirror = model.readsParametersOnlyFromMirror() ? model.parameterMirror() : null;
+    return mirror != null ? mirror : model.parameters().params();
+  }
+
+  /** After a step's last {@link #updateShards}: later device work waits for its all-gathers; the mirror is current. */
+  private void gatherShardsDone() {
+    comm.joinAsync();
+    Tensor target = gatherTarget();
+    if (target != model.parameters().params()) {
+      device.markMirrorCurrent(model.parameters().params(), target); // its own slices written by the optimizer
     }
   }
 
@@ -991,13 +1028,15 @@ public final class Trainer {
     if (model.readsParametersOnlyFromMirror() && model.parameterMirror() != null) {
       whole.add(model.parameters().params());
     }
+    List<Tensor> gather = new ArrayList<>();
     for (Tensor t : whole) {
       for (int i = shards.buckets() - 1; i >= 0; i--) {
         if (shards.sharded(i)) {
-          comm.allGatherAsync(t.view(shards.lo(i), Math.toIntExact(shards.hi(i) - shards.lo(i))));
+          gather.add(t.view(shards.lo(i), Math.toIntExact(shards.hi(i) - shards.lo(i))));
         }
       }
     }
+    comm.allGatherAsync(gather);
     comm.awaitAsync();
     return System.nanoTime() - c0;
   }
