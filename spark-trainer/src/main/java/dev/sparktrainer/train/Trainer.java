@@ -511,19 +511,12 @@ public final class Trainer {
               }
               try {
                 model.backward(dOut, ctx, overwrite, readyFrom -> {
-                  List<Integer> before = shards == null ? null : List.copyOf(pending);
-                  if (before != null) {
-                    comm.joinAsync(); // the compute stream waits for the collectives of the buckets before
-                    pending.clear();
+                  if (shards != null) {
+                    updateShards(pending, lr); // those of the layers before: their dx is queued already
                   }
                   while (next[0] < bucketStarts.length - 1 && bucketStarts[next[0] + 1] >= readyFrom) {
                     pending.add(next[0]);
                     launchBucket(grads, bucketStarts, next[0]++);
-                  }
-                  if (before != null) {
-                    // those of the layers before (their dx is queued already), after this layer's collectives on the
-                    // comm stream, which then run first
-                    updateShards(new ArrayList<>(before), lr);
                   }
                 });
               } finally {
@@ -913,14 +906,19 @@ public final class Trainer {
   //   from it (the fused path of an all-linear model: half the bytes of fp32), else the fp32 weights themselves;
   // - both happen during backward (updateShards): when backward signals the next layer's gradients final, the
   //   buckets started at the signal before are updated on the compute stream (which first waits for their
-  //   collectives, by then done) and their slices all-gathered on the comm stream, as one NCCL group, queued after
-  //   the new layer's reduce-scatters (at backward's end these were waiting behind the gathers: 0.47 ms of tail). One
-  //   signal later, not at once: a layer signals between its dW and its dx, and dx still reads the weights updated.
+  //   collectives, by then done) and their slices all-gathered on the comm stream, as one NCCL group, before the new
+  //   layer's reduce-scatters. One signal later, not at once: a layer signals between its dW and its dx, and dx still
+  //   reads the weights being updated. The other order (the new reduce-scatters first, which then ran beside the
+  //   update) measured slower: 748-750k samples/s against 798k (benchmark MLP, W = 2, 2 H100s, one call).
   //   What backward's end leaves (the first layers' buckets) follows it; the next forward waits for the gathers.
   // The fp32 weights and optimizer state of the other ranks' slices are not kept current on this rank: they are
   // gathered (consolidateShards) before anything reads them: a step listener, a checkpoint, the end of the fit. The
   // sums are those of the all-reduce (at W = 2, one addition per element either way), and each slice's update is the
-  // same arithmetic on the same elements, so the weights are the same bits as without sharding. Opt-in
+  // same arithmetic on the same elements, so the weights are the same bits as without sharding
+  // (CudaShardedOptimizerTest). The benchmark MLP with bf16 gradients at W = 2 on 2 H100s: 798k samples/s against
+  // 766-768k unsharded in the same call (+4%, scaling 84.5% -> 87.9%; ours only, benchmarks/README.md). What is left:
+  // backward runs 7.1 ms against 5.25 at W = 1 plus the 0.77 ms update inside it, because the GEMMs leave 24 SMs to
+  // NCCL (Note [GEMM SM carve-out]); the last layers' gathers and reduce-scatters wait 0.7 ms after it. Opt-in
   // (shardOptimizer, -Dsparktrainer.train.shardOptimizer=true), and only where shardingIneligibility finds nothing:
   // NCCL buckets overlapping backward at W > 1, no accumulation, no bf16 all-reduce hook, nothing that reads the
   // whole gradients on the host (clipping, the per-step non-finite check), no step listener, no buffers. A checkpoint
