@@ -1167,6 +1167,11 @@ public final class CudaDevice implements Device {
   }
 
   @Override
+  public boolean tracksMirror() {
+    return true;
+  }
+
+  @Override
   public void markMirrorCurrent(Tensor src, Tensor mirror) {
     enter();
     if (!isMirrorSource(t(src)) || t(mirror).address() != mirrorDst.address() || mirror.numel() != mirrorDst.numel()) {

@@ -267,6 +267,15 @@ public interface Device extends AutoCloseable {
   default void markMirrorCurrent(Tensor src, Tensor mirror) {}
 
   /**
+   * Whether this device tracks the registered mirror: its fused optimizer steps write the mirror of the parameters
+   * (or of a slice of them) in the same pass, and {@link #markMirrorCurrent} makes the next {@link #refreshMirror}
+   * skip its copy. Default false: every refresh copies the parameters.
+   */
+  default boolean tracksMirror() {
+    return false;
+  }
+
+  /**
    * Makes {@code mirror} equal to src rounded to its dtype. A device that tracks writes may skip the copy
    * when the mirror is known to be current. Default: copy.
    */

@@ -1006,9 +1006,13 @@ public final class Trainer {
     pending.clear();
   }
 
-  /** The weights forward reads: the bf16 mirror where the model reads only it, else the fp32 weights. */
+  /**
+   * What the ranks gather: the bf16 mirror where the model reads only it and the device keeps it (its optimizer writes
+   * the mirror of the slices it updates, and forward does not copy the stale fp32 slices over it), else the fp32
+   * weights.
+   */
   private Tensor gatherTarget() {
-    Tensor mirror = model.readsParametersOnlyFromMirror() ? model.parameterMirror() : null;
+    Tensor mirror = model.readsParametersOnlyFromMirror() && device.tracksMirror() ? model.parameterMirror() : null;
     return mirror != null ? mirror : model.parameters().params();
   }
 
@@ -1032,8 +1036,8 @@ public final class Trainer {
     }
     long c0 = System.nanoTime();
     List<Tensor> whole = new ArrayList<>(optimizer.state().values());
-    if (model.readsParametersOnlyFromMirror() && model.parameterMirror() != null) {
-      whole.add(model.parameters().params());
+    if (gatherTarget() != model.parameters().params()) {
+      whole.add(model.parameters().params()); // the mirror was gathered instead
     }
     List<Tensor> gather = new ArrayList<>();
     for (Tensor t : whole) {
