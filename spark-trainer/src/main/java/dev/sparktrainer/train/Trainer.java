@@ -85,6 +85,7 @@ public final class Trainer {
   private boolean cudaGraphs = Boolean.getBoolean(CUDA_GRAPHS_PROPERTY);
   private boolean shardOptimizer = Boolean.getBoolean(SHARD_OPTIMIZER_PROPERTY);
   private ShardPlan shards; // this fit's Note [sharded optimizer] plan, or null
+  private Tensor nonFiniteFlag; // (1) the sharded non-finite check's all-reduced flag
   private String shardingOff; // why this fit's optimizer is not sharded although asked, or null
   private long graphCaptures; // steps whose device work was captured (and run from the graph)
   private long graphReplays; // steps whose device work was a replay
@@ -104,10 +105,23 @@ public final class Trainer {
     return this;
   }
 
-  /** Called after every optimizer step with the step number (tests check invariants here). */
+  /**
+   * Called after every optimizer step with the step number (tests check invariants here). It may read device memory:
+   * the host waits for the step's collectives first, and the optimizer is not sharded (Note [sharded optimizer]).
+   */
   public Trainer onStep(Consumer<Long> listener) {
     this.stepListener = listener;
     this.listening = true;
+    return this;
+  }
+
+  /**
+   * Called after every optimizer step is queued, with the step number, for progress (logs, reports, fault
+   * injection): it must not read device memory, which may still be in flight.
+   */
+  public Trainer onStepProgress(Consumer<Long> listener) {
+    this.stepListener = listener;
+    this.listening = false;
     return this;
   }
 
@@ -562,6 +576,9 @@ public final class Trainer {
               // Note [sharded optimizer]: every bucket updated and gathered above; the next forward waits for them
               optimizer.endStep();
               gatherShardsDone();
+              if (checkEveryStep) {
+                commNanos += checkFiniteSharded(epoch);
+              }
             } else if (checkFinite(epoch)) {
               optimizer.step(schedule.lr(config.optimizer().lr(), optimizerStep));
             } else {
@@ -920,8 +937,10 @@ public final class Trainer {
   // backward runs 7.1 ms against 5.25 at W = 1 plus the 0.77 ms update inside it, because the GEMMs leave 24 SMs to
   // NCCL (Note [GEMM SM carve-out]); the last layers' gathers and reduce-scatters wait 0.7 ms after it. Opt-in
   // (shardOptimizer, -Dsparktrainer.train.shardOptimizer=true), and only where shardingIneligibility finds nothing:
-  // NCCL buckets overlapping backward at W > 1, no accumulation, no bf16 all-reduce hook, nothing that reads the
-  // whole gradients on the host (clipping, the per-step non-finite check), no step listener, no buffers. A checkpoint
+  // NCCL buckets overlapping backward at W > 1, no accumulation, no bf16 all-reduce hook, nothing that needs the
+  // whole gradients before the update (clipping, nonFinite=skip), no step listener that reads device memory (onStep;
+  // onStepProgress is fine), no buffers. The per-step non-finite check (nonFinite=fail) runs after the update
+  // (checkFiniteSharded): it can only fail the fit, then. A checkpoint
   // is a collective then: every rank must be given the same checkpointing policy (as the Spark path does).
 
   /** -Dsparktrainer.train.shardOptimizer=true: the default of {@link #shardOptimizer(boolean)} (false). */
@@ -962,9 +981,8 @@ public final class Trainer {
     if (bf16AllReduce) {
       return "the bf16 all-reduce hook is on (bf16 gradients halve the bytes the same way and shard)";
     }
-    if (needsGradientsOnHost()) {
-      return "the optimizer step reads the whole gradients (clipNorm, nonFinite=skip or the per-step non-finite check;"
-          + " checkNonFinite(false) turns the check off)";
+    if (config.clipNorm() > 0 || config.nonFinite() != TrainerConfig.NonFinitePolicy.FAIL) {
+      return "the optimizer step needs the whole gradients first (clipNorm, or nonFinite=skip)";
     }
     if (listening) {
       return "a step listener may read the weights after every step (each read would gather them whole)";
@@ -1049,6 +1067,31 @@ public final class Trainer {
     }
     comm.allGatherAsync(gather);
     comm.awaitAsync();
+    return System.nanoTime() - c0;
+  }
+
+  /**
+   * The per-step non-finite check under Note [sharded optimizer] (nonFinite=fail): the update is already applied, so
+   * it can only fail the fit, as the unsharded check does before it. Each rank's gradient buffer holds its own
+   * gradients outside its slices and the sums in them, so a NaN or infinity in any rank's gradients shows on that rank
+   * at least; one all-reduced flag makes every rank decide the same. Returns the nanoseconds.
+   */
+  private long checkFiniteSharded(int epoch) {
+    long c0 = System.nanoTime();
+    boolean finite = Double.isFinite(device.sumSquares(model.parameters().grads()));
+    if (nonFiniteFlag == null) {
+      nonFiniteFlag = device.allocate(DType.FLOAT32, 1);
+    }
+    device.upload(new float[] {finite ? 0f : 1f}, 0, nonFiniteFlag);
+    comm.allReduceSum(nonFiniteFlag);
+    float[] flag = new float[1];
+    device.download(nonFiniteFlag, flag, 0);
+    if (flag[0] != 0f) {
+      throw new NonFiniteException("rank " + comm.rank() + ": gradients are NaN or infinite at optimizer step "
+          + optimizerStep + " (epoch " + (epoch + 1) + ", on " + (finite ? "another rank" : "this rank")
+          + "; the sharded optimizer had applied the step); lower the learning rate, clip gradients (clipNorm, which"
+          + " trains unsharded), check the input for extreme values, or set nonFinite=skip to skip such steps");
+    }
     return System.nanoTime() - c0;
   }
 

@@ -58,7 +58,8 @@ class ShardedOptimizerTest {
     }
   }
 
-  record Run(float[] params, Map<String, float[]> state, Map<String, Integer> calls, boolean sharded, String off) {}
+  record Run(float[] params, Map<String, float[]> state, Map<String, Integer> calls, boolean sharded, String off,
+      String failure) {}
 
   /** A CPU device that asks for the fused mixed-precision path (bf16 mirror, fused linears). */
   static Device fused(CpuDevice cpu) {
@@ -83,26 +84,35 @@ class ShardedOptimizerTest {
   }
 
   static List<Run> train(int world, OptimizerConfig opt, boolean bf16, boolean shard) {
-    HeapRowStore store = DataParallelInvariantsTest.data(384);
+    return train(world, opt, bf16, shard, false, 0, DataParallelInvariantsTest.data(384));
+  }
+
+  static List<Run> train(int world, OptimizerConfig opt, boolean bf16, boolean shard, boolean checkNonFinite,
+      double clipNorm, HeapRowStore store) {
     SamplerPlan plan = new SamplerPlan(store.rows(), world, 16, 5, false);
     return LocalLauncher.run(world, 0, 60, ctx -> {
-      TrainerConfig cfg = TrainerConfig.builder().epochs(2).batchSize(16).seed(5).optimizer(opt).build();
+      TrainerConfig cfg = TrainerConfig.builder().epochs(2).batchSize(16).seed(5).optimizer(opt).clipNorm(clipNorm)
+          .build();
       try (CpuDevice cpu = new CpuDevice();
           ShardingRing comm = new ShardingRing(RingCommunicator.create(ctx, Duration.ofSeconds(30)))) {
         Device d = bf16 ? fused(cpu) : cpu;
         Model m = bf16 ? new Model(SPEC, d, DType.BFLOAT16) : new Model(SPEC, d);
         // Buckets of 384 elements (sharded at 2 and 3 ranks) and a first one of 64 (all-reduced).
         Trainer t = new Trainer(m, cfg, comm).gradientBuckets(256, 1536).allReduceMode(Trainer.AllReduceMode.OVERLAPPED)
-            .checkNonFinite(false).shardOptimizer(shard);
+            .checkNonFinite(checkNonFinite).shardOptimizer(shard);
         t.initializeWeights();
-        t.fit(store, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch());
+        try {
+          t.fit(store, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch());
+        } catch (NonFiniteException e) {
+          return new Run(null, null, comm.calls, t.shardedOptimizer(), t.shardingOffReason(), e.getMessage());
+        }
         Map<String, float[]> state = new LinkedHashMap<>();
         for (Map.Entry<String, Tensor> e : t.optimizer().state().entrySet()) {
           float[] h = new float[Math.toIntExact(e.getValue().numel())];
           cpu.download(e.getValue(), h, 0);
           state.put(e.getKey(), h);
         }
-        return new Run(m.parametersToHost(), state, comm.calls, t.shardedOptimizer(), t.shardingOffReason());
+        return new Run(m.parametersToHost(), state, comm.calls, t.shardedOptimizer(), t.shardingOffReason(), null);
       }
     });
   }
@@ -127,6 +137,38 @@ class ShardedOptimizerTest {
     OptimizerConfig sgd = OptimizerConfig.sgd(0.05).withMomentum(0.9);
     for (int world : new int[] {2, 3}) {
       assertSameBits(train(world, sgd, false, true), train(world, sgd, false, false), "fp32 SGD, W=" + world);
+    }
+  }
+
+  /**
+   * The per-step non-finite check runs after the sharded update (checkFiniteSharded) and fails every rank alike;
+   * clipping needs the whole gradients first and trains unsharded.
+   */
+  @Test
+  void theNonFiniteCheckFailsEveryRankAndClippingStaysUnsharded() {
+    OptimizerConfig sgd = OptimizerConfig.sgd(0.05).withMomentum(0.9);
+    HeapRowStore data = DataParallelInvariantsTest.data(384);
+    assertSameBits(train(2, sgd, false, true, true, 0, data), train(2, sgd, false, false, true, 0, data),
+        "with the per-step check");
+    float[] x = new float[384 * 10];
+    int[] y = new int[384];
+    for (int i = 0; i < 384; i++) {
+      y[i] = i % 4;
+      for (int j = 0; j < 10; j++) {
+        x[i * 10 + j] = (i * 10 + j) % 7 * 0.1f;
+      }
+    }
+    x[200 * 10 + 3] = Float.NaN; // one row: one rank's gradients at one step
+    List<Run> nan = train(2, sgd, false, true, true, 0, new HeapRowStore(x, y, 10));
+    for (Run r : nan) {
+      assertTrue(r.sharded());
+      assertTrue(r.failure() != null && r.failure().contains("NaN or infinite"), "every rank fails: " + r.failure());
+    }
+    assertTrue(nan.get(0).failure().contains("this rank") || nan.get(1).failure().contains("this rank"));
+    List<Run> clipped = train(2, sgd, false, true, false, 1.0, data);
+    for (Run r : clipped) {
+      assertTrue(!r.sharded() && r.off().contains("clipNorm"), r.off());
+      assertEquals(null, r.calls().get("reduce-scatter"));
     }
   }
 
