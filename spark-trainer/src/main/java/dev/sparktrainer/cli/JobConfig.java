@@ -110,7 +110,7 @@ public final class JobConfig {
     keys(tr, "training", Set.of("epochs", "batchSize", "numWorkers", "device", "seed", "optimizer", "schedule",
         "loss", "clipNorm", "accumulation", "dropLast", "checkpointPath", "checkpointInterval", "timeoutSeconds",
         "nonFinite", "precision", "cudnnBenchmark", "cudaGraphs", "allReduceMode",
-        "gemmSmCarveout", "gradientPrecision"));
+        "gemmSmCarveout", "gradientPrecision", "shardOptimizer"));
     if (tr.has("epochs")) {
       t.setEpochs(integer(tr, "epochs"));
     }
@@ -178,6 +178,9 @@ public final class JobConfig {
     }
     if (tr.has("gradientPrecision")) {
       choice(t::setGradientPrecision, text(tr, "training", "gradientPrecision", "fp32"));
+    }
+    if (tr.has("shardOptimizer")) {
+      t.setShardOptimizer(bool(tr, "training", "shardOptimizer"));
     }
     t.trainerConfig(); // validates the combination now, before Spark starts
     trainer = t;

@@ -56,6 +56,7 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
   private String precision = "fp32"; // fp32, bf16 or auto (bf16 on cuda, fp32 on cpu)
   private boolean cudnnBenchmark; // cuda: timed cuDNN algorithm search (Note [cudnn benchmark per executor JVM])
   private boolean cudaGraphs; // the trainer's CUDA graphs option (Note [CUDA graphs] in Trainer)
+  private boolean shardOptimizer; // the trainer's option (Note [sharded optimizer] in Trainer)
   private String allReduceMode = "auto"; // SparkTrainer.setAllReduceMode: auto keeps the trainer's default
   private int gemmSmCarveout = -1; // SparkTrainer.setGemmSmCarveout: -1 keeps the trainer's default
   private String gradientPrecision = "fp32"; // SparkTrainer.setGradientPrecision: fp32 or bf16 (where it applies)
@@ -101,6 +102,12 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
   /** The trainers capture and replay their steps as CUDA graphs where that applies (Note [CUDA graphs]). */
   BarrierTrainFunction withCudaGraphs(boolean on) {
     this.cudaGraphs = on;
+    return this;
+  }
+
+  /** The trainers shard their optimizer where that applies (Note [sharded optimizer] in Trainer). */
+  BarrierTrainFunction withShardOptimizer(boolean on) {
+    this.shardOptimizer = on;
     return this;
   }
 
@@ -200,7 +207,7 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
           ValidationPass validation = data.validation() == null ? null
               : new ValidationPass(model, cfg.loss(), comm, data.validation(), cfg.batchSize(), validationRows);
           List<TrainingSummary.Validation> validated = new ArrayList<>();
-          Trainer trainer = new Trainer(model, cfg, comm).cudaGraphs(cudaGraphs);
+          Trainer trainer = new Trainer(model, cfg, comm).cudaGraphs(cudaGraphs).shardOptimizer(shardOptimizer);
           if (!"auto".equals(allReduceMode)) {
             trainer.allReduceMode(Trainer.AllReduceMode.parse(allReduceMode));
           }
@@ -208,7 +215,8 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
             trainer.gemmSmCarveout(gemmSmCarveout);
           }
           trainer
-              .onStep(log.stepLogger().andThen(FaultInjection.forTask(ctx, rank)).andThen(reporter::onStep))
+              // progress only: no listener here reads device memory (a reading one would keep the optimizer unsharded)
+              .onStepProgress(log.stepLogger().andThen(FaultInjection.forTask(ctx, rank)).andThen(reporter::onStep))
               .onEpochEnd(e -> {
                 log.add(String.format(java.util.Locale.ROOT, "epoch %d done: loss %.4f, %.0f samples/s",
                     e.epoch() + 1, e.loss(), e.samplesPerSecond()));

@@ -417,6 +417,7 @@ public final class TrainingJob {
     fn.withProgress(progress == null ? null : progress.endpoint());
     fn.withPrecision(params.getPrecision(), params.getCudnnBenchmark());
     fn.withCudaGraphs(params.getCudaGraphs());
+    fn.withShardOptimizer(params.getShardOptimizer());
     fn.withAllReduceMode(params.getAllReduceMode());
     fn.withGemmSmCarveout(params.getGemmSmCarveout());
     fn.withGradientPrecision(params.getGradientPrecision());

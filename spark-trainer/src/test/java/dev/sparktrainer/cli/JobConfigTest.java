@@ -50,6 +50,8 @@ class JobConfigTest {
     assertEquals("auto", training("\"precision\": \"auto\"").trainer.getPrecision());
     assertEquals(false, training("").trainer.getCudaGraphs());
     assertEquals(true, training("\"cudaGraphs\": true").trainer.getCudaGraphs());
+    assertEquals(false, training("").trainer.getShardOptimizer());
+    assertEquals(true, training("\"shardOptimizer\": true").trainer.getShardOptimizer());
     assertEquals("auto", training("").trainer.getAllReduceMode());
     assertEquals("in_order", training("\"allReduceMode\": \"in_order\"").trainer.getAllReduceMode());
     assertEquals("overlapped", training("\"allReduceMode\": \"overlapped\"").trainer.getAllReduceMode());
@@ -152,7 +154,7 @@ class JobConfigTest {
     assertEquals("training: unknown key 'epoch' (allowed: [accumulation, allReduceMode, batchSize, checkpointInterval, "
         + "checkpointPath, clipNorm, cudaGraphs, cudnnBenchmark, device, dropLast, epochs, gemmSmCarveout, "
         + "gradientPrecision, loss, nonFinite, numWorkers, optimizer, "
-        + "precision, schedule, seed, timeoutSeconds])",
+        + "precision, schedule, seed, shardOptimizer, timeoutSeconds])",
         fails("{\"data\": {\"format\": \"parquet\", \"path\": \"x\"}, " + MODEL + ", \"training\": {\"epoch\": 3}}"));
   }
 

@@ -151,6 +151,10 @@ class SparkTrainerTest {
       SparkTrainerModel carved = trainer(2).setAllReduceMode("overlapped").setGemmSmCarveout(16).fit(df);
       assertArrayEquals(fp32.parameters(), carved.parameters(), "gemmSmCarveout on the CPU engine changes nothing");
       assertThrows(IllegalArgumentException.class, () -> trainer(2).setGemmSmCarveout(-2));
+      // shardOptimizer reaches the ranks' trainers; the TCP ring has no asynchronous collectives, so they train
+      // unsharded (each logs why) and the weights are the plain run's.
+      SparkTrainerModel sharded = trainer(2).setShardOptimizer(true).fit(df);
+      assertArrayEquals(fp32.parameters(), sharded.parameters(), "shardOptimizer on the CPU engine changes nothing");
       SparkTrainer est = trainer(2).setPrecision("bf16").setCudnnBenchmark(true);
       SparkTrainerModel bf16 = est.fit(df);
       // gradientPrecision bf16 reaches the ranks' models; the CPU engine has no fused linear path, so they keep fp32
@@ -184,8 +188,12 @@ class SparkTrainerTest {
       assertEquals("auto", back.getAllReduceMode());
       assertEquals(-1, back.getGemmSmCarveout());
       assertEquals("fp32", back.getGradientPrecision());
-      est.setGradientPrecision("bf16").write().overwrite().save(dir.resolve("bf16-grads-est").toString());
-      assertEquals("bf16", SparkTrainer.load(dir.resolve("bf16-grads-est").toString()).getGradientPrecision());
+      assertEquals(false, back.getShardOptimizer());
+      est.setGradientPrecision("bf16").setShardOptimizer(true).write().overwrite()
+          .save(dir.resolve("bf16-grads-est").toString());
+      SparkTrainer backGrads = SparkTrainer.load(dir.resolve("bf16-grads-est").toString());
+      assertEquals("bf16", backGrads.getGradientPrecision());
+      assertEquals(true, backGrads.getShardOptimizer());
     } finally {
       df.unpersist();
     }
