@@ -472,6 +472,7 @@ public final class NcclCommunicator implements Communicator {
       }
       boolean group = bs.size() > 1;
       int st = group ? Native.ncclGroupStart() : 0;
+      boolean started = st == 0 || Native.ncclInProgress(st); // a group is ended only once it has begun
       for (int k = 0; k < bs.size() && (st == 0 || Native.ncclInProgress(st)); k++) {
         CudaTensor b = bs.get(k);
         long slice = b.numel() / worldSize; // this rank's slice of a reduce-scatter or all-gather
@@ -486,7 +487,7 @@ public final class NcclCommunicator implements Communicator {
           case ALL_GATHER -> Native.ncclAllGather(mine, b.address(), slice, b.dtype().ordinal(), comm, s.handle());
         };
       }
-      if (group) {
+      if (group && started) {
         int end = Native.ncclGroupEnd();
         st = st != 0 && !Native.ncclInProgress(st) ? st : end;
       }

@@ -62,6 +62,7 @@ public final class Trainer {
   private final Optimizer optimizer;
   private Consumer<Long> stepListener = s -> { };
   private Consumer<EpochStats> epochListener = e -> { };
+  private boolean epochListening; // an epoch listener was set: under sharding, each epoch ends consolidated
   private boolean listening; // a listener was set: it may read device memory, so buckets are awaited first
   private long optimizerStep;
   private CheckpointPolicy checkpoints;
@@ -85,6 +86,7 @@ public final class Trainer {
   private boolean cudaGraphs = Boolean.getBoolean(CUDA_GRAPHS_PROPERTY);
   private boolean shardOptimizer = Boolean.getBoolean(SHARD_OPTIMIZER_PROPERTY);
   private ShardPlan shards; // this fit's Note [sharded optimizer] plan, or null
+  private boolean shardsStale; // steps since the last consolidateShards left other ranks' slices stale here
   private Tensor nonFiniteFlag; // (1) the sharded non-finite check's all-reduced flag
   private String shardingOff; // why this fit's optimizer is not sharded although asked, or null
   private long graphCaptures; // steps whose device work was captured (and run from the graph)
@@ -102,6 +104,7 @@ public final class Trainer {
   /** Called at the end of every epoch with this rank's statistics (live progress reports them). */
   public Trainer onEpochEnd(Consumer<EpochStats> listener) {
     this.epochListener = listener;
+    this.epochListening = true;
     return this;
   }
 
@@ -269,7 +272,10 @@ public final class Trainer {
     return this;
   }
 
-  /** Rank 0 writes checkpoints under this policy (other ranks never write). */
+  /**
+   * Rank 0 writes checkpoints under this policy (other ranks never write). Give every rank the same policy: under
+   * Note [sharded optimizer] each checkpoint first gathers the weights and optimizer state, a collective.
+   */
   public Trainer checkpointing(CheckpointPolicy policy, org.apache.hadoop.conf.Configuration conf) {
     this.checkpoints = policy;
     this.hadoopConf = conf;
@@ -375,6 +381,9 @@ public final class Trainer {
     if (carveNow > 0) {
       device.gemmSmCarveout(carveNow); // checks it against the GPU's SMs before any step
       device.gemmSmCarveout(0);
+    }
+    if (!bf16AllReduce) {
+      gradsLow = null; // an earlier fit's hook: this fit all-reduces the gradients as they are
     }
     if (bucketed && bf16AllReduce && gradsLow == null && grads.dtype() == DType.FLOAT32) {
       gradsLow = device.allocate(DType.BFLOAT16, Math.toIntExact(grads.numel()));
@@ -604,6 +613,9 @@ public final class Trainer {
         }
         long waitNanos = loader.waitNanos() - wait0;
         commNanos += awaitBuckets();
+        if (epochListening) {
+          commNanos += consolidateShards(); // the listener may read the weights (Note [sharded optimizer])
+        }
         device.synchronize();
         double seconds = (System.nanoTime() - t0) / 1e9;
         long samples = (long) (stepsPerEpoch - skip) * b;
@@ -932,10 +944,14 @@ public final class Trainer {
   // gathered (consolidateShards) before anything reads them: a step listener, a checkpoint, the end of the fit. The
   // sums are those of the all-reduce (at W = 2, one addition per element either way), and each slice's update is the
   // same arithmetic on the same elements, so the weights are the same bits as without sharding
-  // (CudaShardedOptimizerTest). The benchmark MLP with bf16 gradients at W = 2 on 2 H100s: 798k samples/s against
+  // (CudaShardedOptimizerTest). Every rank's fp32 weights and optimizer state are whole again (consolidateShards) at
+  // each epoch's end when an epoch listener is set, before each checkpoint, and at the end of the fit; between those,
+  // and after a fit that threw, only the weights forward reads are. A step makes several joins, so bucketWaitLag 2
+  // acts as 1 here. The benchmark MLP with bf16 gradients at W = 2 on 2 H100s: 798k samples/s against
   // 766-768k unsharded in the same call (+4%, scaling 84.5% -> 87.9%; ours only, benchmarks/README.md). What is left:
   // backward runs 7.1 ms against 5.25 at W = 1 plus the 0.77 ms update inside it, because the GEMMs leave 24 SMs to
-  // NCCL (Note [GEMM SM carve-out]); the last layers' gathers and reduce-scatters wait 0.7 ms after it. Opt-in
+  // NCCL (Note [GEMM SM carve-out]); the last layers' gathers and reduce-scatters wait 0.7 ms after it. Those figures
+  // are without the per-step non-finite check, which makes the host wait for every step. Opt-in
   // (shardOptimizer, -Dsparktrainer.train.shardOptimizer=true), and only where shardingIneligibility finds nothing:
   // NCCL buckets overlapping backward at W > 1, no accumulation, no bf16 all-reduce hook, nothing that needs the
   // whole gradients before the update (clipping, nonFinite=skip), no step listener that reads device memory (onStep;
@@ -1036,6 +1052,7 @@ public final class Trainer {
 
   /** After a step's last {@link #updateShards}: later device work waits for its all-gathers; the mirror is current. */
   private void gatherShardsDone() {
+    shardsStale = true;
     comm.joinAsync();
     Tensor target = gatherTarget();
     if (target != model.parameters().params()) {
@@ -1049,9 +1066,10 @@ public final class Trainer {
    * nanoseconds (0 when the fit is not sharded).
    */
   private long consolidateShards() {
-    if (shards == null) {
+    if (shards == null || !shardsStale) {
       return 0;
     }
+    shardsStale = false;
     long c0 = System.nanoTime();
     List<Tensor> whole = new ArrayList<>(optimizer.state().values());
     if (gatherTarget() != model.parameters().params()) {
@@ -1106,14 +1124,14 @@ public final class Trainer {
   private void launchBucket(Tensor grads, long[] starts, int i) {
     long lo = starts[i + 1];
     long hi = starts[i];
+    if (shards != null && shards.sharded(i)) { // never with the bf16 hook (shardingIneligibility)
+      comm.reduceScatterSumAsync(grads.view(lo, Math.toIntExact(hi - lo))); // Note [sharded optimizer]
+      return;
+    }
     if (gradsLow != null) {
       Tensor low = gradsLow.view(lo, Math.toIntExact(hi - lo));
       device.copy(grads.view(lo, Math.toIntExact(hi - lo)), low); // rounded on the compute stream, in order
       startAllReduce(low);
-      return;
-    }
-    if (shards != null && shards.sharded(i)) {
-      comm.reduceScatterSumAsync(grads.view(lo, Math.toIntExact(hi - lo))); // Note [sharded optimizer]
       return;
     }
     startAllReduce(grads.view(lo, Math.toIntExact(hi - lo)));

@@ -59,7 +59,7 @@ class ShardedOptimizerTest {
   }
 
   record Run(float[] params, Map<String, float[]> state, Map<String, Integer> calls, boolean sharded, String off,
-      String failure) {}
+      String failure, List<float[]> epochState) {}
 
   /** A CPU device that asks for the fused mixed-precision path (bf16 mirror, fused linears). */
   static Device fused(CpuDevice cpu) {
@@ -100,11 +100,20 @@ class ShardedOptimizerTest {
         // Buckets of 384 elements (sharded at 2 and 3 ranks) and a first one of 64 (all-reduced).
         Trainer t = new Trainer(m, cfg, comm).gradientBuckets(256, 1536).allReduceMode(Trainer.AllReduceMode.OVERLAPPED)
             .checkNonFinite(checkNonFinite).shardOptimizer(shard);
+        // what an epoch listener reads: the optimizer state, gathered whole first
+        List<float[]> epochState = new java.util.ArrayList<>();
+        t.onEpochEnd(e -> {
+          for (Tensor s : t.optimizer().state().values()) {
+            float[] h = new float[Math.toIntExact(s.numel())];
+            cpu.download(s, h, 0);
+            epochState.add(h);
+          }
+        });
         t.initializeWeights();
         try {
           t.fit(store, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch());
         } catch (NonFiniteException e) {
-          return new Run(null, null, comm.calls, t.shardedOptimizer(), t.shardingOffReason(), e.getMessage());
+          return new Run(null, null, comm.calls, t.shardedOptimizer(), t.shardingOffReason(), e.getMessage(), null);
         }
         Map<String, float[]> state = new LinkedHashMap<>();
         for (Map.Entry<String, Tensor> e : t.optimizer().state().entrySet()) {
@@ -112,7 +121,8 @@ class ShardedOptimizerTest {
           cpu.download(e.getValue(), h, 0);
           state.put(e.getKey(), h);
         }
-        return new Run(m.parametersToHost(), state, comm.calls, t.shardedOptimizer(), t.shardingOffReason(), null);
+        return new Run(m.parametersToHost(), state, comm.calls, t.shardedOptimizer(), t.shardingOffReason(), null,
+            epochState);
       }
     });
   }
@@ -129,6 +139,11 @@ class ShardedOptimizerTest {
         assertArrayEquals(plain.get(r).state().get(k), s.state().get(k), what + ", rank " + r + ": " + k);
       }
       assertEquals(null, plain.get(r).calls().get("reduce-scatter"), what + ": the plain run reduce-scattered");
+      assertEquals(plain.get(r).epochState().size(), s.epochState().size());
+      for (int k = 0; k < s.epochState().size(); k++) {
+        assertArrayEquals(plain.get(r).epochState().get(k), s.epochState().get(k),
+            what + ", rank " + r + ": optimizer state seen by the epoch listener #" + k);
+      }
     }
   }
 
