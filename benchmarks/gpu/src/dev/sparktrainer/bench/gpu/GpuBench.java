@@ -150,8 +150,7 @@ public final class GpuBench {
     });
     Map<String, Object> r = summarize(name, world, card, variant, cfg.batchSize(), rs, "samples/s");
     r.put("model", "MLP 1024-8192-8192-8192-8192-1000 " + (act.equals("relu") ? "ReLU" : act)
-        + ", bf16 mixed precision, SGD momentum 0.9" + (act.equals("gelu") && !"false".equalsIgnoreCase(System.getProperty(Model.FUSE_GELU_PROPERTY, "true"))
-        ? ", fused GELU" : ""));
+        + ", bf16 mixed precision, SGD momentum 0.9" + (act.equals("gelu") && Model.fuseGeluEnabled() ? ", fused GELU" : ""));
     r.put("gradients", grads == DType.BFLOAT16 ? "bf16 (Note [bf16 gradients])" : "fp32");
     return r;
   }

@@ -1136,16 +1136,21 @@ public final class CudaDevice implements Device {
   @Override
   public void refreshMirror(Tensor src, Tensor mirror) {
     enter();
-    if (mirrorFresh && isMirrorSource(t(src)) && t(mirror).address() == mirrorDst.address()
-        && mirror.numel() == mirrorDst.numel()) {
+    boolean registered = isRegisteredMirror(src, mirror);
+    if (mirrorFresh && registered) {
       captureSkippedRefresh |= capturing != null; // a replay of this capture needs a current mirror (CudaGraph)
       return;
     }
     copy(src, mirror);
-    if (isMirrorSource(t(src)) && t(mirror).address() == mirrorDst.address() && mirror.numel() == mirrorDst.numel()) {
+    if (registered) {
       mirrorFresh = true;
       captureRefreshedMirror |= capturing != null;
     }
+  }
+
+  /** Whether src and mirror are the registered parameters and their mirror (registerMirror). */
+  private boolean isRegisteredMirror(Tensor src, Tensor mirror) {
+    return isMirrorSource(t(src)) && t(mirror).address() == mirrorDst.address() && mirror.numel() == mirrorDst.numel();
   }
 
   private boolean isMirrorSource(CudaTensor p) {
@@ -1174,7 +1179,7 @@ public final class CudaDevice implements Device {
   @Override
   public void markMirrorCurrent(Tensor src, Tensor mirror) {
     enter();
-    if (!isMirrorSource(t(src)) || t(mirror).address() != mirrorDst.address() || mirror.numel() != mirrorDst.numel()) {
+    if (!isRegisteredMirror(src, mirror)) {
       throw new IllegalArgumentException("markMirrorCurrent: " + src + " and " + mirror + " are not the registered"
           + " parameters and mirror");
     }

@@ -186,7 +186,8 @@ public final class Model {
    */
   public static final String FUSE_GELU_PROPERTY = "sparktrainer.nn.fuseGelu";
 
-  static boolean fuseGeluEnabled() {
+  /** Whether models built now fuse a GELU after a linear into it ({@link #FUSE_GELU_PROPERTY}, default true). */
+  public static boolean fuseGeluEnabled() {
     return !"false".equalsIgnoreCase(System.getProperty(FUSE_GELU_PROPERTY, "true").trim());
   }
 
@@ -336,7 +337,7 @@ public final class Model {
    * every parameter in a fused linear), never the fp32 values (Note [sharded optimizer] in train.Trainer).
    */
   public boolean readsParametersOnlyFromMirror() {
-    return fused && overwritable;
+    return canOverwriteGradients(); // the same condition: every parameter in a fused linear
   }
 
   /** Draws initial weights from {@code seed} (host side, deterministic) and uploads them. */

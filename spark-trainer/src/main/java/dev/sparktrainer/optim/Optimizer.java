@@ -72,19 +72,11 @@ public final class Optimizer {
   }
 
   /**
-   * Applies one update with learning rate {@code lr} to the given element ranges of the trainable parameters only
-   * ({from, to} pairs; Note [sharded optimizer] in train.Trainer: this rank's slices), one device call per range, each
-   * the same arithmetic as {@link #step(double)} on those elements. The rest of the parameters and state are left as
-   * they are. Counts as one step.
-   */
-  public void step(double lr, long[][] ranges) {
-    update(lr, ranges);
-    steps++;
-  }
-
-  /**
-   * {@link #step(double, long[][])} without counting the step: a step's ranges may be updated in several calls (Note
-   * [sharded optimizer] in train.Trainer: as their gradients arrive), then {@link #endStep()} counts it.
+   * Applies the update of the coming step with learning rate {@code lr} to the given element ranges of the trainable
+   * parameters only ({from, to} pairs; Note [sharded optimizer] in train.Trainer: this rank's slices, as their
+   * gradients arrive), one device call per range, each the same arithmetic as {@link #step(double)} on those elements;
+   * the rest of the parameters and state are left as they are. A step's ranges may take several calls; {@link
+   * #endStep()} then counts the step.
    */
   public void update(double lr, long[][] ranges) {
     Tensor p = params.trainableParams();

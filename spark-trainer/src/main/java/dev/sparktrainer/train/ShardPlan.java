@@ -1,6 +1,7 @@
 package dev.sparktrainer.train;
 
 import dev.sparktrainer.engine.ParameterSet;
+import dev.sparktrainer.engine.Tensor;
 
 /**
  * Which gradient buckets' optimizer work each rank does under Note [sharded optimizer] (in {@link Trainer}). Bucket i
@@ -11,17 +12,18 @@ import dev.sparktrainer.engine.ParameterSet;
 final class ShardPlan {
   private final long[] starts;
   private final boolean[] sharded;
-  private final int world;
-  private final int rank;
+  private final long[][] owned; // per bucket: the {from, to} this rank updates
 
   private ShardPlan(long[] starts, int world, int rank) {
     this.starts = starts.clone();
-    this.world = world;
-    this.rank = rank;
     this.sharded = new boolean[starts.length - 1];
+    this.owned = new long[sharded.length][];
     for (int i = 0; i < sharded.length; i++) {
-      long len = starts[i] - starts[i + 1];
+      long lo = starts[i + 1];
+      long len = starts[i] - lo;
       sharded[i] = len > 0 && len % ((long) world * ParameterSet.ALIGN) == 0;
+      owned[i] = sharded[i] ? new long[] {lo + rank * len / world, lo + (rank + 1) * len / world}
+          : new long[] {lo, starts[i]};
     }
   }
 
@@ -53,13 +55,17 @@ final class ShardPlan {
 
   /** The element ranges this rank's optimizer updates: its slice of each sharded bucket, all of each other one. */
   long[][] owned() {
-    long[][] out = new long[sharded.length][];
-    for (int i = 0; i < sharded.length; i++) {
-      long lo = lo(i);
-      long len = hi(i) - lo;
-      out[i] = sharded[i] ? new long[] {lo + rank * len / world, lo + (rank + 1) * len / world} : new long[] {lo, hi(i)};
-    }
-    return out;
+    return owned.clone();
+  }
+
+  /** The range this rank's optimizer updates in bucket i (see {@link #owned()}). */
+  long[] owned(int i) {
+    return owned[i];
+  }
+
+  /** Bucket i of the flat buffer t (the gradients, the weights, their mirror or optimizer state). */
+  Tensor view(Tensor t, int i) {
+    return t.view(lo(i), Math.toIntExact(hi(i) - lo(i)));
   }
 
   /** Elements in sharded buckets (each rank updates 1 / W of them). */

@@ -86,6 +86,7 @@ public final class Trainer {
   private boolean cudaGraphs = Boolean.getBoolean(CUDA_GRAPHS_PROPERTY);
   private boolean shardOptimizer = Boolean.getBoolean(SHARD_OPTIMIZER_PROPERTY);
   private ShardPlan shards; // this fit's Note [sharded optimizer] plan, or null
+  private Tensor shardGather; // what the ranks all-gather after their updates (gatherTarget), with shards
   private boolean shardsStale; // steps since the last consolidateShards left other ranks' slices stale here
   private Tensor nonFiniteFlag; // (1) the sharded non-finite check's all-reduced flag
   private String shardingOff; // why this fit's optimizer is not sharded although asked, or null
@@ -394,6 +395,7 @@ public final class Trainer {
       shardingOff = shardingIneligibility(bucketed && overlapBuckets, accum);
       if (shardingOff == null) {
         shards = ShardPlan.of(bucketStarts, comm.worldSize(), comm.rank());
+        shardGather = gatherTarget();
         LOG.log(System.Logger.Level.INFO, "rank {0}: sharded optimizer over {1} of {2} elements ({3} ranks)",
             comm.rank(), shards.shardedElements(), total, comm.worldSize());
       } else {
@@ -931,33 +933,32 @@ public final class Trainer {
   //   and every rank updates them whole);
   // - the optimizer runs on this rank's slices only: 1/W of its memory pass, which on the benchmark MLP is the step's
   //   largest part after the matmuls (1.5 ms of 9.3 on an H100);
-  // - the weights that forward reads are all-gathered. That is the bf16 mirror where the model reads its weights only
-  //   from it (the fused path of an all-linear model: half the bytes of fp32), else the fp32 weights themselves;
+  // - the weights that forward reads are all-gathered (shardGather): the bf16 mirror where the model reads its
+  //   weights only from it and the device keeps it (half the bytes of fp32), else the fp32 weights themselves;
   // - both happen during backward (updateShards): when backward signals the next layer's gradients final, the
   //   buckets started at the signal before are updated on the compute stream (which first waits for their
   //   collectives, by then done) and their slices all-gathered on the comm stream, as one NCCL group, before the new
   //   layer's reduce-scatters. One signal later, not at once: a layer signals between its dW and its dx, and dx still
   //   reads the weights being updated. The other order (the new reduce-scatters first, which then ran beside the
-  //   update) measured slower: 748-750k samples/s against 798k (benchmark MLP, W = 2, 2 H100s, one call).
-  //   What backward's end leaves (the first layers' buckets) follows it; the next forward waits for the gathers.
-  // The fp32 weights and optimizer state of the other ranks' slices are not kept current on this rank: they are
-  // gathered (consolidateShards) before anything reads them: a step listener, a checkpoint, the end of the fit. The
-  // sums are those of the all-reduce (at W = 2, one addition per element either way), and each slice's update is the
-  // same arithmetic on the same elements, so the weights are the same bits as without sharding
-  // (CudaShardedOptimizerTest). Every rank's fp32 weights and optimizer state are whole again (consolidateShards) at
-  // each epoch's end when an epoch listener is set, before each checkpoint, and at the end of the fit; between those,
-  // and after a fit that threw, only the weights forward reads are. A step makes several joins, so bucketWaitLag 2
-  // acts as 1 here. The benchmark MLP with bf16 gradients at W = 2 on 2 H100s: 798k samples/s against
-  // 766-768k unsharded in the same call (+4%, scaling 84.5% -> 87.9%; ours only, benchmarks/README.md). What is left:
-  // backward runs 7.1 ms against 5.25 at W = 1 plus the 0.77 ms update inside it, because the GEMMs leave 24 SMs to
-  // NCCL (Note [GEMM SM carve-out]); the last layers' gathers and reduce-scatters wait 0.7 ms after it. Those figures
-  // are without the per-step non-finite check, which makes the host wait for every step. Opt-in
-  // (shardOptimizer, -Dsparktrainer.train.shardOptimizer=true), and only where shardingIneligibility finds nothing:
-  // NCCL buckets overlapping backward at W > 1, no accumulation, no bf16 all-reduce hook, nothing that needs the
-  // whole gradients before the update (clipping, nonFinite=skip), no step listener that reads device memory (onStep;
-  // onStepProgress is fine), no buffers. The per-step non-finite check (nonFinite=fail) runs after the update
-  // (checkFiniteSharded): it can only fail the fit, then. A checkpoint
-  // is a collective then: every rank must be given the same checkpointing policy (as the Spark path does).
+  //   update) measured slower: 748-750k samples/s against 798k (benchmark MLP, W = 2, 2 H100s, one call). What
+  //   backward's end leaves (the first layers' buckets) follows it; the next forward waits for the gathers.
+  // The sums are those of the all-reduce (at W = 2, one addition per element either way), and each slice's update is
+  // the same arithmetic on the same elements, so the weights are the same bits as without sharding
+  // (CudaShardedOptimizerTest, ShardedOptimizerTest).
+  // What is stale: the other ranks' slices of this rank's fp32 weights (where the mirror is gathered) and optimizer
+  // state. consolidateShards gathers them whole at each epoch's end when an epoch listener is set, before each
+  // checkpoint (a collective, so every rank must be given the same checkpointing policy, as the Spark path does), and
+  // at the end of the fit; after a fit that threw, only the weights forward reads are whole.
+  // Where: opt-in (shardOptimizer, -Dsparktrainer.train.shardOptimizer=true), and only where shardingIneligibility
+  // finds nothing: NCCL buckets overlapping backward at W > 1, no accumulation, no bf16 all-reduce hook, nothing that
+  // needs the whole gradients before the update (clipping, nonFinite=skip), no step listener that reads device memory
+  // (onStep; onStepProgress is fine), no buffers. The per-step non-finite check (nonFinite=fail) runs after the update
+  // (checkFiniteSharded), so it can only fail the fit. A step makes several joins, so bucketWaitLag 2 acts as 1.
+  // Measured: the benchmark MLP with bf16 gradients at W = 2 on 2 H100s, 798k samples/s against 766-768k unsharded in
+  // the same call (+4%; ours only, without the per-step non-finite check, which makes the host wait for every step;
+  // benchmarks/README.md). What is left: backward runs 7.1 ms against 5.25 at W = 1 plus the 0.77 ms update inside
+  // it, because the GEMMs leave 24 SMs to NCCL (Note [GEMM SM carve-out]); the last layers' gathers and
+  // reduce-scatters wait 0.7 ms after it.
 
   /** -Dsparktrainer.train.shardOptimizer=true: the default of {@link #shardOptimizer(boolean)} (false). */
   public static final String SHARD_OPTIMIZER_PROPERTY = "sparktrainer.train.shardOptimizer";
@@ -1024,15 +1025,13 @@ public final class Trainer {
       return;
     }
     comm.joinAsync();
-    long[][] owned = shards.owned();
     long[][] ranges = new long[pending.size()][];
     List<Tensor> gather = new ArrayList<>();
-    Tensor target = gatherTarget();
     for (int k = 0; k < pending.size(); k++) {
       int i = pending.get(k);
-      ranges[k] = owned[i];
+      ranges[k] = shards.owned(i);
       if (shards.sharded(i)) {
-        gather.add(target.view(shards.lo(i), Math.toIntExact(shards.hi(i) - shards.lo(i))));
+        gather.add(shards.view(shardGather, i));
       }
     }
     optimizer.update(lr, ranges);
@@ -1054,9 +1053,8 @@ public final class Trainer {
   private void gatherShardsDone() {
     shardsStale = true;
     comm.joinAsync();
-    Tensor target = gatherTarget();
-    if (target != model.parameters().params()) {
-      device.markMirrorCurrent(model.parameters().params(), target); // its own slices written by the optimizer
+    if (shardGather != model.parameters().params()) {
+      device.markMirrorCurrent(model.parameters().params(), shardGather); // its own slices written by the optimizer
     }
   }
 
@@ -1072,14 +1070,14 @@ public final class Trainer {
     shardsStale = false;
     long c0 = System.nanoTime();
     List<Tensor> whole = new ArrayList<>(optimizer.state().values());
-    if (gatherTarget() != model.parameters().params()) {
+    if (shardGather != model.parameters().params()) {
       whole.add(model.parameters().params()); // the mirror was gathered instead
     }
     List<Tensor> gather = new ArrayList<>();
     for (Tensor t : whole) {
       for (int i = shards.buckets() - 1; i >= 0; i--) {
         if (shards.sharded(i)) {
-          gather.add(t.view(shards.lo(i), Math.toIntExact(shards.hi(i) - shards.lo(i))));
+          gather.add(shards.view(t, i));
         }
       }
     }
@@ -1125,7 +1123,7 @@ public final class Trainer {
     long lo = starts[i + 1];
     long hi = starts[i];
     if (shards != null && shards.sharded(i)) { // never with the bf16 hook (shardingIneligibility)
-      comm.reduceScatterSumAsync(grads.view(lo, Math.toIntExact(hi - lo))); // Note [sharded optimizer]
+      comm.reduceScatterSumAsync(shards.view(grads, i)); // Note [sharded optimizer]
       return;
     }
     if (gradsLow != null) {
