@@ -32,7 +32,7 @@ for v in "${vs[@]}"; do
     traces+=("$label=/tmp/trace-$label.csv")
   fi
   TESTS=$tests WORLDS="$worlds" LABEL="$label" BENCH_JAVA_OPTS="$opts" BENCH_ENV="$envs" bash benchmarks/gpu/run-suite.sh 2>&1 \
-    | grep -E "nccl-enqueue|junit rc|tests (successful|failed)|\| resnet50 \| [0-9] \| [0-9]|\| mlp \| [0-9] \| [0-9]|\| small-cnn \| [0-9] \| [0-9]|FAIL|Exception" | cut -c1-200
+    | grep -E "nccl-enqueue|junit rc|tests (successful|failed)|\| resnet50 \| [0-9] \| [0-9]|\| mlp \| [0-9] \| [0-9]|\| small-cnn \| [0-9] \| [0-9]|FAIL|Exception|copy.engine" | cut -c1-200
   tests=0
 done
 echo "$(date +%T.%N) end" >> "$out/marks.txt"

@@ -345,11 +345,21 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclCommInitRank(JNIEnv
 // their abort flags while it runs). Note [blocking collectives] in NcclCommunicator.java says why. commOut:
 // {child now (may still be null), cell} (Note [NCCL handle cells]): the child is in the cell once the parent
 // reports the split done.
+// ctaPolicy: -1 leaves NCCL's default; else config.CTAPolicy (2 = NCCL_CTA_POLICY_ZERO: Note [copy-engine
+// collectives] in NcclCommunicator.java).
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclCommSplit(JNIEnv* env, jclass, jlong parent, jint key,
-                                                                       jint blocking, jlongArray commOut) {
-  if (parent == 0 || key < 0) return jniError(JNI_BAD_ARGUMENT);
+                                                                       jint blocking, jint ctaPolicy,
+                                                                       jlongArray commOut) {
+  if (parent == 0 || key < 0 || ctaPolicy < -1) return jniError(JNI_BAD_ARGUMENT);
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = blocking != 0 ? 1 : 0;
+  if (ctaPolicy >= 0) {
+#if NCCL_VERSION_CODE >= 22700
+    config.CTAPolicy = ctaPolicy;
+#else
+    return jniError(JNI_BAD_ARGUMENT);
+#endif
+  }
   ncclComm_t* cell = new (std::nothrow) ncclComm_t(nullptr);
   if (cell == nullptr) return jniError(JNI_BAD_ARGUMENT);
   ncclResult_t r = ncclCommSplit(fromJ<ncclComm_t>(parent), 0, key, cell, &config);
@@ -429,6 +439,69 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclAllGather(JNIEnv*, 
   if (!ncclTypes(dtype, 0, &t, &o) || sendCount < 0) return jniError(JNI_BAD_ARGUMENT);
   return nccl(ncclAllGather(fromJ<const void*>(send), fromJ<void*>(recv), (size_t)sendCount, t,
                             fromJ<ncclComm_t>(comm), fromJ<cudaStream_t>(stream)));
+}
+
+// count elements to each rank from sendbuff's chunk r, count from each rank into recvbuff's chunk r (NCCL 2.28+).
+JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclAlltoAll(JNIEnv*, jclass, jlong send, jlong recv,
+                                                                      jlong count, jint dtype, jlong comm,
+                                                                      jlong stream) {
+  ncclDataType_t t;
+  ncclRedOp_t o;
+  if (!ncclTypes(dtype, 0, &t, &o) || count < 0) return jniError(JNI_BAD_ARGUMENT);
+#if NCCL_VERSION_CODE >= 22800
+  return nccl(ncclAlltoAll(fromJ<const void*>(send), fromJ<void*>(recv), (size_t)count, t, fromJ<ncclComm_t>(comm),
+                           fromJ<cudaStream_t>(stream)));
+#else
+  return nccl(ncclInvalidUsage);
+#endif
+}
+
+// Note [copy-engine collectives] (NcclCommunicator.java): memory that NCCL can register as a symmetric window
+// (cuMem, exportable), in the current device's context; out[0] = the address.
+JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclMemAlloc(JNIEnv* env, jclass, jlong bytes,
+                                                                      jlongArray out) {
+  if (bytes <= 0) return jniError(JNI_BAD_ARGUMENT);
+  if (out == nullptr || env->GetArrayLength(out) < 1) return jniError(JNI_ARRAY);
+  void* p = nullptr;
+  ncclResult_t r = ncclMemAlloc(&p, (size_t)bytes);
+  if (r != ncclSuccess) return nccl(r);
+  jlong v = toJ(p);
+  env->SetLongArrayRegion(out, 0, 1, &v);
+  return 0;
+}
+
+JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclMemFree(JNIEnv*, jclass, jlong address) {
+  return nccl(ncclMemFree(fromJ<void*>(address)));
+}
+
+// ncclCommWindowRegister(comm, buff, bytes, &win, NCCL_WIN_COLL_SYMMETRIC), a collective of the communicator's
+// ranks (each registers the same-sized buffer); out[0] = the window (NCCL 2.27+).
+JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclCommWindowRegister(JNIEnv* env, jclass, jlong comm,
+                                                                                jlong address, jlong bytes,
+                                                                                jlongArray out) {
+  if (comm == 0 || address == 0 || bytes <= 0) return jniError(JNI_BAD_ARGUMENT);
+  if (out == nullptr || env->GetArrayLength(out) < 1) return jniError(JNI_ARRAY);
+#if NCCL_VERSION_CODE >= 22700
+  ncclWindow_t win = nullptr;
+  ncclResult_t r = ncclCommWindowRegister(fromJ<ncclComm_t>(comm), fromJ<void*>(address), (size_t)bytes, &win,
+                                          NCCL_WIN_COLL_SYMMETRIC);
+  if (r != ncclSuccess) return nccl(r);
+  jlong v = toJ(win);
+  env->SetLongArrayRegion(out, 0, 1, &v);
+  return 0;
+#else
+  return nccl(ncclInvalidUsage);
+#endif
+}
+
+JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclCommWindowDeregister(JNIEnv*, jclass, jlong comm,
+                                                                                  jlong win) {
+  if (comm == 0 || win == 0) return jniError(JNI_BAD_ARGUMENT);
+#if NCCL_VERSION_CODE >= 22700
+  return nccl(ncclCommWindowDeregister(fromJ<ncclComm_t>(comm), fromJ<ncclWindow_t>(win)));
+#else
+  return nccl(ncclInvalidUsage);
+#endif
 }
 
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclGroupStart(JNIEnv*, jclass) {

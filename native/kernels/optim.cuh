@@ -116,3 +116,48 @@ extern "C" __global__ void st_sgd_m4(float* p, const void* g, int tg, float* buf
     reinterpret_cast<uint2*>(mirror)[j] = packed;
   }
 }
+
+// dst[k] = sum over j < ways of src[j * n + k], added in fp32 in order j = 0, 1, ..., rounded once to dst's type (the
+// chunks an all-to-all brought, summed: Note [sharded optimizer] in train.Trainer; Device.sumSlices). vec4: n % 4 == 0
+// and both buffers 8-byte (bf16) or 16-byte (fp32) aligned; then 4 elements per thread, the same arithmetic.
+extern "C" __global__ void st_sum_slices(const void* src, void* dst, int t, int64_t n, int ways, int vec4) {
+  if (vec4) {
+    int64_t n4 = n / 4;
+    GRID_STRIDE(q, n4) {
+      float a[4];
+      for (int j = 0; j < ways; j++) {
+        float c[4];
+        if (t == DT_BF16) {
+          uint2 b = reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(src) + j * n)[q];
+          c[0] = bf16_to_f32((uint16_t)(b.x & 0xffffu));
+          c[1] = bf16_to_f32((uint16_t)(b.x >> 16));
+          c[2] = bf16_to_f32((uint16_t)(b.y & 0xffffu));
+          c[3] = bf16_to_f32((uint16_t)(b.y >> 16));
+        } else {
+          float4 v = reinterpret_cast<const float4*>(static_cast<const float*>(src) + j * n)[q];
+          c[0] = v.x; c[1] = v.y; c[2] = v.z; c[3] = v.w;
+        }
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          a[e] = j == 0 ? c[e] : a[e] + c[e];  // the first as it is (so -0 + -0 stays -0, as NCCL's sum)
+        }
+      }
+      if (t == DT_BF16) {
+        uint2 packed;
+        packed.x = (uint32_t)f32_to_bf16(a[0]) | ((uint32_t)f32_to_bf16(a[1]) << 16);
+        packed.y = (uint32_t)f32_to_bf16(a[2]) | ((uint32_t)f32_to_bf16(a[3]) << 16);
+        reinterpret_cast<uint2*>(dst)[q] = packed;
+      } else {
+        reinterpret_cast<float4*>(dst)[q] = make_float4(a[0], a[1], a[2], a[3]);
+      }
+    }
+    return;
+  }
+  GRID_STRIDE(k, n) {
+    float v = ld(src, t, k);
+    for (int j = 1; j < ways; j++) {
+      v += ld(src, t, j * n + k);
+    }
+    st(dst, t, k, v);
+  }
+}

@@ -74,6 +74,29 @@ public interface Communicator extends AutoCloseable {
   }
 
   /**
+   * Starts the all-to-all of send into recv, ordered and joined as {@link #allReduceSumAsync}: both have n elements,
+   * a multiple of the world size; chunk r of send (n / W elements from r n / W) goes to rank r, and chunk r of recv
+   * receives rank r's chunk for this rank. Default: not supported (only communicators with {@link #supportsAsync()}
+   * and registered buffers are asked: Note [copy-engine collectives] in cuda.NcclCommunicator).
+   */
+  default void allToAllAsync(Tensor send, Tensor recv) {
+    throw new UnsupportedOperationException(getClass().getSimpleName() + " has no all-to-all");
+  }
+
+  /**
+   * Registers the allocations that {@code bufs} lie in, so that {@link #allToAllAsync} and {@link #allGatherAsync}
+   * between them run without the GPU's SMs (Note [copy-engine collectives] in cuda.NcclCommunicator). A collective:
+   * every rank passes buffers of the same sizes in the same order. Returns null when registered, else why not (then
+   * nothing was registered, and no rank made a collective call). Default: not supported.
+   */
+  default String registerCopyEngineBuffers(java.util.List<? extends Tensor> bufs) {
+    return getClass().getSimpleName() + " has no copy-engine collectives";
+  }
+
+  /** Gives back what {@link #registerCopyEngineBuffers} registered (a collective), after the work queued on it. */
+  default void releaseCopyEngineBuffers() {}
+
+  /**
    * Whether all ranks are known to run on one host (then collectives do not cross a network). Default: only
    * when there is one rank.
    */

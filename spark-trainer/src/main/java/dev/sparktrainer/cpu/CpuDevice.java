@@ -173,6 +173,25 @@ public final class CpuDevice implements Device {
   }
 
   @Override
+  public void sumSlices(Tensor src, int ways, Tensor dst) {
+    CpuTensor s = fl(src);
+    CpuTensor d = fl(dst);
+    int n = d.size();
+    if (ways < 1 || s.size() != (long) ways * n || src.dtype() != dst.dtype()) {
+      throw new IllegalArgumentException("sumSlices: src must hold " + ways + " slices of dst's " + n + " elements"
+          + " and dtype, got " + src + " and " + dst);
+    }
+    for (int k = 0; k < n; k++) {
+      float v = s.f[s.offset + k]; // the first as it is: -0 + -0 stays -0, as NCCL's sum
+      for (int j = 1; j < ways; j++) {
+        v += s.f[s.offset + j * n + k];
+      }
+      d.f[d.offset + k] = v;
+    }
+    storeRounded(d);
+  }
+
+  @Override
   public void axpy(float alpha, Tensor x, Tensor y) {
     sameSize(x, y, "axpy");
     CpuTensor a = fl(x);

@@ -4,6 +4,7 @@ import static jcuda.driver.JCudaDriver.cuDeviceGet;
 import static jcuda.driver.JCudaDriver.cuDeviceGetAttribute;
 import static jcuda.driver.JCudaDriver.cuDevicePrimaryCtxRelease;
 import static jcuda.driver.JCudaDriver.cuDevicePrimaryCtxRetain;
+import static jcuda.driver.JCudaDriver.cuCtxSynchronize;
 import static jcuda.driver.JCudaDriver.cuMemAlloc;
 import static jcuda.driver.JCudaDriver.cuMemFree;
 import static jcuda.driver.JCudaDriver.cuMemGetInfo;
@@ -520,6 +521,78 @@ public final class CudaDevice implements Device {
     checkNotCapturing("free(" + x + ")");
     compute.synchronize();
     c.buffer().close();
+  }
+
+  // ---- Note [copy-engine collectives] (NcclCommunicator): registrable memory comes from ncclMemAlloc (cuMem that
+  // NCCL can map into its symmetric windows), in an arena of its own. Opt-in, per device, before the model is built
+  // (its flat parameter, gradient and mirror buffers are allocated with allocateRegistrable): NCCL rounds such
+  // allocations up to its granularity, which would waste memory on a small model that gains nothing from it.
+
+  /** -Dsparktrainer.cuda.registrableMemory=true: the default of {@link #preferRegistrableMemory(boolean)} (false). */
+  public static final String REGISTRABLE_MEMORY_PROPERTY = "sparktrainer.cuda.registrableMemory";
+
+  private volatile boolean registrable = Boolean.getBoolean(REGISTRABLE_MEMORY_PROPERTY);
+  private CudaArena registrableArena; // made at the first registrable allocation
+
+  /**
+   * Whether {@link #allocateRegistrable} gives memory that NCCL can register for copy-engine collectives (ncclMemAlloc)
+   * from now on. Set it before building the model whose sharded optimizer should use them. Default:
+   * -Dsparktrainer.cuda.registrableMemory (false).
+   */
+  public void preferRegistrableMemory(boolean on) {
+    this.registrable = on;
+  }
+
+  @Override
+  public CudaTensor allocateRegistrable(DType dtype, int... shape) {
+    if (!registrable) {
+      return allocate(dtype, shape);
+    }
+    enter();
+    checkNotCapturing("allocateRegistrable(" + dtype + Shape.str(shape) + ")");
+    long numel = Shape.numel(shape);
+    CudaArena a;
+    synchronized (this) {
+      if (registrableArena == null) {
+        NativeLoader.loadJni();
+        registrableArena = new CudaArena(name + " (registrable)", new NcclAllocator(), false);
+      }
+      a = registrableArena;
+    }
+    CudaBuffer b = a.allocate(numel * dtype.bytes(), dtype.wireName() + Shape.str(shape) + " (registrable)");
+    Cuda.check(cuMemsetD8Async(Cuda.ptr(b.address()), (byte) 0, b.bytes(), compute.cu()), "cuMemsetD8Async");
+    return new CudaTensor(this, b, dtype, shape);
+  }
+
+  /** Whether t lies in memory from {@link #allocateRegistrable} made while registrable memory was preferred. */
+  public boolean isRegistrable(CudaTensor t) {
+    CudaArena a;
+    synchronized (this) {
+      a = registrableArena;
+    }
+    return a != null && t.buffer().arena() == a;
+  }
+
+  /** ncclMemAlloc/ncclMemFree in this device's context. */
+  private final class NcclAllocator implements DeviceAllocator {
+    @Override
+    public long allocate(long bytes) {
+      makeCurrent();
+      checkNotCapturing("ncclMemAlloc(" + bytes + " bytes)");
+      long[] out = new long[1];
+      Native.check(Native.ncclMemAlloc(bytes, out), "ncclMemAlloc(" + bytes + " bytes) on " + name);
+      return out[0];
+    }
+
+    @Override
+    public void free(long address) {
+      makeCurrent();
+      checkNotCapturing("ncclMemFree");
+      memoryFrees++; // as Allocator#free
+      // Unmapping does not wait for the device as cuMemFree does: every stream first.
+      Cuda.check(cuCtxSynchronize(), "cuCtxSynchronize before ncclMemFree on " + name);
+      Native.check(Native.ncclMemFree(address), "ncclMemFree on " + name);
+    }
   }
 
   /** cuMemAlloc/cuMemFree in this device's context. */
@@ -1868,6 +1941,25 @@ public final class CudaDevice implements Device {
     }
   }
 
+  @Override
+  public void sumSlices(Tensor src, int ways, Tensor dst) {
+    enter();
+    CudaTensor s = fl(src);
+    CudaTensor d = fl(dst);
+    long n = d.numel();
+    if (ways < 1 || s.numel() != ways * n || s.dtype() != d.dtype()) {
+      throw new IllegalArgumentException("sumSlices: src must hold " + ways + " slices of dst's " + n + " elements"
+          + " and dtype, got " + src + " and " + dst);
+    }
+    noteWritten(d);
+    if (n > 0) {
+      int align = d.dtype() == DType.BFLOAT16 ? 8 : 16;
+      boolean vec = n % 4 == 0 && s.address() % align == 0 && d.address() % align == 0;
+      kernels.launch("st_sum_slices").l(s.address()).l(d.address()).i(code(d)).l(n).i(ways).i(vec ? 1 : 0)
+          .run(grid(vec ? n / 4 : n), BLOCK, compute);
+    }
+  }
+
   // ---------------------------------------------------------------- synchronised batch norm (bn_sync.cuh)
   // Note [synchronised batch norm] in BatchNorm2d: the training forward and backward split where the layer
   // all-reduces per-channel sums. The reductions are deterministic (a fixed share per thread, added in a fixed
@@ -2874,6 +2966,11 @@ public final class CudaDevice implements Device {
     }
     List<AutoCloseable> order = new ArrayList<>(openGraphs); // CUDA graphs first: they use the memory below
     order.add(arena); // tensors first: their memory, the scratch and the cuBLASLt workspace
+    synchronized (this) {
+      if (registrableArena != null) {
+        order.add(registrableArena);
+      }
+    }
     order.addAll(open);
     for (int i = owned.size() - 1; i >= 0; i--) {
       order.add(owned.get(i));

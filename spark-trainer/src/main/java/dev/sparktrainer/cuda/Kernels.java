@@ -25,7 +25,7 @@ final class Kernels implements AutoCloseable {
       "st_scale_check", "st_relu", "st_relu_bwd", "st_gelu", "st_gelu_bwd", "st_dropout", "st_add_bias",
       "st_bias_grad", "st_sum_partial", "st_sum_final", "st_softmax_xent", "st_softmax", "st_mse", "st_argmax",
       "st_count_correct", "st_sgd", "st_adamw", "st_gemm_ref", "st_bias_act", "st_act_bwd_colsum", "st_gelu_bwd_colsum",
-      "st_colsum_final", "st_sgd_m", "st_sgd_m4", "st_adamw_m", "st_channel_bias", "st_layout_convert", "st_add2",
+      "st_colsum_final", "st_sgd_m", "st_sgd_m4", "st_sum_slices", "st_adamw_m", "st_channel_bias", "st_layout_convert", "st_add2",
       "st_bn_partials_nchw", "st_bn_partials_nhwc", "st_bn_sums_nhwc", "st_bn_partials_final", "st_bn_finalize", "st_bn_apply",
       "st_bn_bwd_apply", "st_max_pool_fwd", "st_avg_pool_fwd", "st_max_pool_bwd", "st_avg_pool_bwd");
 

@@ -93,10 +93,13 @@ final class Native {
   static native int ncclCommInitRank(long[] commOut, int nranks, byte[] id, int rank, int device);
 
   /**
-   * ncclCommSplit(parent, color 0, key) with config.blocking = blocking; commOut = {child now (may be 0), cell}
-   * (Note [NCCL handle cells] in sparktrainer_jni.cpp).
+   * ncclCommSplit(parent, color 0, key) with config.blocking = blocking and config.CTAPolicy = ctaPolicy (-1:
+   * NCCL's default); commOut = {child now (may be 0), cell} (Note [NCCL handle cells] in sparktrainer_jni.cpp).
    */
-  static native int ncclCommSplit(long parent, int key, int blocking, long[] commOut);
+  static native int ncclCommSplit(long parent, int key, int blocking, int ctaPolicy, long[] commOut);
+
+  /** NCCL_CTA_POLICY_ZERO: collectives that can run on the copy engines do (Note [copy-engine collectives]). */
+  static final int NCCL_CTA_POLICY_ZERO = 2;
 
   /** The communicator NCCL stored in a cell of ncclCommInitRank/ncclCommSplit, freeing the cell: call once done. */
   static native long ncclTakeComm(long cell);
@@ -113,6 +116,19 @@ final class Native {
       long stream);
 
   static native int ncclAllGather(long send, long recv, long sendCount, int dtype, long comm, long stream);
+
+  /** ncclAlltoAll (NCCL 2.28+): count elements of send's chunk r to rank r, rank r's into recv's chunk r. */
+  static native int ncclAlltoAll(long send, long recv, long count, int dtype, long comm, long stream);
+
+  /** ncclMemAlloc in the current context; out[0] = the address. */
+  static native int ncclMemAlloc(long bytes, long[] out);
+
+  static native int ncclMemFree(long address);
+
+  /** ncclCommWindowRegister(..., NCCL_WIN_COLL_SYMMETRIC), a collective; out[0] = the window (NCCL 2.27+). */
+  static native int ncclCommWindowRegister(long comm, long address, long bytes, long[] out);
+
+  static native int ncclCommWindowDeregister(long comm, long window);
 
   static native int ncclGroupStart();
 

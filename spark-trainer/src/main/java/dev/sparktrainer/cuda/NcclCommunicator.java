@@ -73,6 +73,8 @@ public final class NcclCommunicator implements Communicator {
   private final boolean oneHost; // all ranks named the same host at creation
   private long comm; // ncclComm_t of the collectives; 0 once aborted or destroyed
   private long parent; // the non-blocking ncclComm_t that comm was split from (Note [blocking collectives]), or 0
+  private long zero; // the zero-CTA ncclComm_t of Note [copy-engine collectives], made at the first registration
+  private final java.util.ArrayList<Window> windows = new java.util.ArrayList<>(); // registered on zero
   private volatile boolean abortRequested;
   private volatile String failure; // why the communicator is no longer usable
   private int unjoined; // async collectives started since the last joinAsync
@@ -207,31 +209,46 @@ public final class NcclCommunicator implements Communicator {
    * the split is polled on both under the timeout.
    */
   private void splitBlocking() {
+    long child = split(-1, "ncclCommSplit (blocking collectives, world " + worldSize + ", " + device.name() + ")");
+    synchronized (lock) {
+      ensureUsable("ncclCommSplit");
+      parent = comm;
+      comm = child;
+    }
+  }
+
+  /**
+   * A blocking communicator of the same ranks split from the non-blocking one (parent, or comm before
+   * splitBlocking), with config.CTAPolicy = ctaPolicy (-1: NCCL's default); polled under the timeout.
+   */
+  private long split(int ctaPolicy, String what) {
     long deadline = System.nanoTime() + timeoutNanos;
-    String what = "ncclCommSplit (blocking collectives, world " + worldSize + ", " + device.name() + ")";
     device.makeCurrent();
     long[] out = new long[2];
+    long from;
     int st;
     synchronized (lock) {
       ensureUsable(what);
-      st = Native.ncclCommSplit(comm, rank, 1, out);
+      from = parent != 0 ? parent : comm;
+      st = Native.ncclCommSplit(from, rank, 1, ctaPolicy, out);
     }
     if (st != 0 && !Native.ncclInProgress(st)) {
-      throw fail(what, Native.errorString(st) + lastError()); // aborts the parent (still comm)
+      throw fail(what, Native.errorString(st) + lastError()); // aborts the parent
     }
     // NCCL runs the split in the parent's group job, which reports it in progress until it is done; then the
     // child is in the cell, and it reports its own state.
-    afterCall(0, what, deadline);
+    afterCall(0, what, deadline, from);
     long child = Native.ncclTakeComm(out[1]);
     if (child == 0) {
       throw fail(what, "NCCL reported the split done but made no communicator" + lastError());
     }
-    synchronized (lock) {
-      ensureUsable(what);
-      parent = comm;
-      comm = child;
+    try {
+      afterCall(0, what, deadline, child);
+    } catch (RuntimeException e) {
+      Native.ncclCommAbort(child); // fail() aborted the others
+      throw e;
     }
-    afterCall(0, what, deadline);
+    return child;
   }
 
   /**
@@ -432,19 +449,39 @@ public final class NcclCommunicator implements Communicator {
     startAsync(Kind.ALL_REDUCE, buf, true);
   }
 
-  /** The collectives startAsync issues: in place on the whole buffer, or on rank slices of it. */
-  private enum Kind { ALL_REDUCE, REDUCE_SCATTER, ALL_GATHER }
+  /**
+   * Starts the all-to-all of send into recv (Note [copy-engine collectives]), ordered and joined as {@link
+   * #allReduceSumAsync}; on the copy engines when both lie in registered windows.
+   */
+  @Override
+  public void allToAllAsync(Tensor send, Tensor recv) {
+    CudaTensor s = tensor(send, "allToAllAsync");
+    CudaTensor r = tensor(recv, "allToAllAsync");
+    if (s.numel() != r.numel() || s.dtype() != r.dtype() || s.numel() % worldSize != 0) {
+      throw new IllegalArgumentException("allToAllAsync: send and recv must have the same dtype and element count, a"
+          + " multiple of the " + worldSize + " ranks; got " + send + " and " + recv);
+    }
+    startAsync(Kind.ALL_TO_ALL, List.of(s, r), false);
+  }
+
+  /** The collectives startAsync issues: in place on the whole buffer, on rank slices of it, or send to recv. */
+  private enum Kind { ALL_REDUCE, REDUCE_SCATTER, ALL_GATHER, ALL_TO_ALL }
 
   private void startAsync(Kind kind, Tensor buf, boolean inOrder) {
     startAsync(kind, List.of(buf), inOrder);
   }
 
-  /** One collective per buffer, as one NCCL group (one launch) when there are several. */
+  /**
+   * One collective per buffer (ALL_TO_ALL: one of the pair send, recv), as one NCCL group (one launch) when there are
+   * several. All-gathers and all-to-alls whose buffers lie in registered windows run on the zero-CTA communicator
+   * (Note [copy-engine collectives]).
+   */
   private void startAsync(Kind kind, List<? extends Tensor> bufs, boolean inOrder) {
     String what = inOrder ? "allReduceSumInOrder" : switch (kind) {
       case ALL_REDUCE -> "allReduceSumAsync";
       case REDUCE_SCATTER -> "reduceScatterSumAsync";
       case ALL_GATHER -> "allGatherAsync";
+      case ALL_TO_ALL -> "allToAllAsync";
     };
     if (bufs.isEmpty()) {
       return;
@@ -459,10 +496,11 @@ public final class NcclCommunicator implements Communicator {
     }
     long deadline = System.nanoTime() + timeoutNanos;
     device.makeCurrent();
-    for (CudaTensor b : bs) {
-      device.noteWritten(b);
+    for (int k = kind == Kind.ALL_TO_ALL ? 1 : 0; k < bs.size(); k++) {
+      device.noteWritten(bs.get(k));
     }
-    String target = bs.size() == 1 ? bufs.get(0).toString() : bs.size() + " buffers";
+    String target = kind == Kind.ALL_TO_ALL ? bufs.get(0) + " to " + bufs.get(1)
+        : bs.size() == 1 ? bufs.get(0).toString() : bs.size() + " buffers";
     synchronized (lock) {
       ensureUsable(what);
       CudaStream s = inOrder ? device.computeStream() : device.commStream();
@@ -470,10 +508,11 @@ public final class NcclCommunicator implements Communicator {
         computeDone.record(device.computeStream());
         s.waitFor(computeDone);
       }
-      boolean group = bs.size() > 1;
+      int calls = kind == Kind.ALL_TO_ALL ? 1 : bs.size();
+      boolean group = calls > 1;
       int st = group ? Native.ncclGroupStart() : 0;
       boolean started = st == 0 || Native.ncclInProgress(st); // a group is ended only once it has begun
-      for (int k = 0; k < bs.size() && (st == 0 || Native.ncclInProgress(st)); k++) {
+      for (int k = 0; k < calls && (st == 0 || Native.ncclInProgress(st)); k++) {
         CudaTensor b = bs.get(k);
         long slice = b.numel() / worldSize; // this rank's slice of a reduce-scatter or all-gather
         long mine = b.address() + rank * slice * b.dtype().bytes();
@@ -484,7 +523,13 @@ public final class NcclCommunicator implements Communicator {
           case REDUCE_SCATTER -> Native.ncclReduceScatter(b.address(), mine, slice, b.dtype().ordinal(),
               Native.OP_SUM, comm, s.handle());
           // in place: sendbuff = recvbuff + rank * sendcount
-          case ALL_GATHER -> Native.ncclAllGather(mine, b.address(), slice, b.dtype().ordinal(), comm, s.handle());
+          case ALL_GATHER -> Native.ncclAllGather(mine, b.address(), slice, b.dtype().ordinal(),
+              inWindow(b) ? zero : comm, s.handle());
+          case ALL_TO_ALL -> {
+            CudaTensor r = bs.get(1);
+            yield Native.ncclAlltoAll(b.address(), r.address(), slice, b.dtype().ordinal(),
+                inWindow(b) && inWindow(r) ? zero : comm, s.handle());
+          }
         };
       }
       if (group && started) {
@@ -500,6 +545,134 @@ public final class NcclCommunicator implements Communicator {
       }
     }
     afterCall(0, what, deadline);
+  }
+
+  // ---- Note [copy-engine collectives]: beside the kernels' communicator, a third one split with
+  // config.CTAPolicy = NCCL_CTA_POLICY_ZERO, on which NCCL (2.28+) runs all-gathers and all-to-alls between GPUs of
+  // one NVLink domain on the copy engines, without SMs, when both buffers lie in windows registered as symmetric
+  // (ncclCommWindowRegister, NCCL_WIN_COLL_SYMMETRIC: every rank uses the same offsets). Such windows need cuMem
+  // memory NCCL can export: CudaDevice#allocateRegistrable (ncclMemAlloc). The sharded optimizer uses them (Note
+  // [sharded optimizer] in train.Trainer): its reduce-scatter becomes an all-to-all whose sums the compute stream
+  // adds, and its all-gathers move to the copy engines, so the backward GEMMs keep nearly every SM. Measured
+  // (benchmarks/gpu/ce/ce_overlap.cu, 2 H100s): 40 GEMMs beside 7 passes of reduce-scatter + all-gather over
+  // 250 MiB of bf16 took 31.3-32.5 ms with the kernels and a 24-SM carve-out, 26.1-29.7 ms with the copy engines
+  // and a 4-SM carve-out, both finishing the communication at 14.4-15.4 ms; with no carve-out at all the copy
+  // engines' collectives wait for the GEMMs (NCCL still launches a small kernel per collective). Registration is
+  // a collective of the zero-CTA communicator (blocking, as the collectives' communicator: Note [blocking
+  // collectives]).
+
+  private record Window(long handle, long address, long bytes) {}
+
+  /** Whether t lies inside a registered window (lock held). */
+  private boolean inWindow(CudaTensor t) {
+    long lo = t.address();
+    long hi = lo + t.bytes();
+    for (Window w : windows) {
+      if (lo >= w.address() && hi <= w.address() + w.bytes()) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /** Why buffers cannot be registered for copy-engine collectives, or null. */
+  private String copyEngineIneligibility(List<? extends Tensor> bufs) {
+    if (worldSize < 2) {
+      return "one rank";
+    }
+    if (!oneHost) {
+      return "the ranks are on more than one host (NCCL's copy-engine collectives stay within one NVLink domain)";
+    }
+    long[] v = new long[4];
+    Native.check(Native.versions(v), "versions");
+    if (v[0] < COPY_ENGINE_MIN_NCCL) {
+      return "NCCL " + v[0] + " is older than 2.28.3, the first with copy-engine collectives";
+    }
+    for (Tensor t : bufs) {
+      CudaTensor c = tensor(t, "registerCopyEngineBuffers");
+      if (!device.isRegistrable(c)) {
+        return t + " is not in registrable memory (CudaDevice#allocateRegistrable; build the model after "
+            + "CudaDevice#preferRegistrableMemory(true) or with -D" + CudaDevice.REGISTRABLE_MEMORY_PROPERTY + "=true)";
+      }
+    }
+    return null;
+  }
+
+  /** NCCL 2.28.3: the first version with copy-engine collectives (NCCL_VERSION_CODE). */
+  static final long COPY_ENGINE_MIN_NCCL = 22803;
+
+  /**
+   * Registers the whole allocations of {@code bufs} as symmetric windows of the zero-CTA communicator (made at the
+   * first call), a collective (Note [copy-engine collectives]). Returns null, or why not (then nothing is
+   * registered and no rank has made a collective call: the reasons are the same on every rank of one job).
+   */
+  @Override
+  public String registerCopyEngineBuffers(List<? extends Tensor> bufs) {
+    String why = copyEngineIneligibility(bufs);
+    if (why != null) {
+      return why;
+    }
+    long z;
+    synchronized (lock) {
+      z = zero;
+    }
+    if (z == 0) {
+      z = split(Native.NCCL_CTA_POLICY_ZERO, "ncclCommSplit (copy-engine collectives, world " + worldSize + ", "
+          + device.name() + ")");
+      synchronized (lock) {
+        if (comm == 0) {
+          Native.ncclCommAbort(z);
+          ensureUsable("registerCopyEngineBuffers");
+        }
+        zero = z;
+      }
+    }
+    device.makeCurrent();
+    java.util.Set<CudaBuffer> seen = new java.util.HashSet<>();
+    synchronized (lock) {
+      for (Tensor t : bufs) {
+        CudaBuffer b = ((CudaTensor) t).buffer();
+        if (!seen.add(b)) {
+          continue;
+        }
+        ensureUsable("registerCopyEngineBuffers");
+        long[] out = new long[1];
+        int st = Native.ncclCommWindowRegister(zero, b.address(), b.bytes(), out);
+        if (st != 0) {
+          throw fail("ncclCommWindowRegister of " + t, Native.errorString(st) + lastError());
+        }
+        windows.add(new Window(out[0], b.address(), b.bytes()));
+      }
+    }
+    return null;
+  }
+
+  /** Deregisters every window (a collective), after the queued work that may use them. */
+  @Override
+  public void releaseCopyEngineBuffers() {
+    synchronized (lock) {
+      if (windows.isEmpty()) {
+        return;
+      }
+    }
+    awaitAsync();
+    long deadline = System.nanoTime() + timeoutNanos;
+    synchronized (lock) {
+      ensureUsable("releaseCopyEngineBuffers");
+      commDone.record(device.commStream());
+    }
+    waitFor(commDone, "releaseCopyEngineBuffers: the queued collectives", deadline);
+    device.makeCurrent();
+    synchronized (lock) {
+      ensureUsable("releaseCopyEngineBuffers");
+      while (!windows.isEmpty()) {
+        Window w = windows.remove(windows.size() - 1);
+        int st = Native.ncclCommWindowDeregister(zero, w.handle());
+        if (st != 0) {
+          throw fail("ncclCommWindowDeregister", Native.errorString(st) + lastError());
+        }
+      }
+    }
   }
 
   @Override
@@ -575,6 +748,11 @@ public final class NcclCommunicator implements Communicator {
 
   /** Handles a status of a non-blocking call: success, in progress (poll until done), or failure. */
   private void afterCall(int st, String what, long deadline) {
+    afterCall(st, what, deadline, 0);
+  }
+
+  /** {@link #afterCall(int, String, long)} polling {@code target} (0: the collectives' communicator). */
+  private void afterCall(int st, String what, long deadline, long target) {
     if (st != 0 && !Native.ncclInProgress(st)) {
       throw fail(what, Native.errorString(st) + lastError());
     }
@@ -583,7 +761,7 @@ public final class NcclCommunicator implements Communicator {
     while (true) {
       synchronized (lock) {
         ensureUsable(what);
-        int r = Native.ncclCommGetAsyncError(comm, async);
+        int r = Native.ncclCommGetAsyncError(target != 0 ? target : comm, async);
         if (r != 0) {
           throw fail(what, "ncclCommGetAsyncError failed: " + Native.errorString(r));
         }
@@ -696,9 +874,12 @@ public final class NcclCommunicator implements Communicator {
     if (failure == null) {
       failure = why;
     }
-    long[] both = {comm, parent}; // the collectives' first: aborting the parent first could free what it uses
+    // the collectives' first: aborting the parent first could free what they use
+    long[] both = {zero, comm, parent};
+    zero = 0;
     comm = 0;
     parent = 0;
+    windows.clear(); // aborting frees them
     for (long c : both) {
       if (c != 0) {
         device.makeCurrent();
@@ -741,6 +922,28 @@ public final class NcclCommunicator implements Communicator {
       device.makeCurrent();
       long deadline = System.nanoTime() + timeoutNanos;
       try {
+        long z;
+        synchronized (lock) {
+          z = zero;
+        }
+        if (z != 0) {
+          // Note [copy-engine collectives]: blocking as the collectives' communicator (below), so the queued work
+          // finishes under the watchdog first; the windows left registered go with the communicator.
+          synchronized (lock) {
+            ensureUsable("close");
+            commDone.record(device.commStream());
+            computeDone.record(device.computeStream());
+          }
+          waitFor(commDone, "close: the queued collectives", deadline);
+          waitFor(computeDone, "close: the queued collectives", deadline);
+          synchronized (lock) {
+            ensureUsable("close");
+            windows.clear();
+            zero = 0;
+            Native.check(Native.ncclCommFinalize(z), "ncclCommFinalize (copy-engine collectives)");
+            Native.check(Native.ncclCommDestroy(z), "ncclCommDestroy (copy-engine collectives)");
+          }
+        }
         if (p != 0) {
           // Note [blocking collectives]: the blocking communicator's finalize waits in this thread, so first the
           // work queued on both streams finishes under the watchdog; then nothing is left for it to wait for.

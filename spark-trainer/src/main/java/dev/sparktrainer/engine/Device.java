@@ -178,6 +178,24 @@ public interface Device extends AutoCloseable {
   void adamwStep(Tensor params, Tensor grads, Tensor m, Tensor v, float lr, float beta1, float beta2,
       float eps, float weightDecay, long step);
 
+  /**
+   * Allocates as {@link #allocate}, in memory a communicator may register for collectives without SMs where the
+   * device can (Note [copy-engine collectives] in cuda.NcclCommunicator; CudaDevice#preferRegistrableMemory). The
+   * default: {@link #allocate}.
+   */
+  default Tensor allocateRegistrable(DType dtype, int... shape) {
+    return allocate(dtype, shape);
+  }
+
+  /**
+   * dst[k] = the sum over j &lt; ways of src[j n + k], where n = dst.numel() and src has ways n elements of dst's
+   * dtype: added in fp32 in the order j = 0, 1, ..., rounded once to dst's dtype (an all-to-all's chunks summed:
+   * Note [sharded optimizer] in train.Trainer). For ways = 2 that is the bits of NCCL's two-rank sum.
+   */
+  default void sumSlices(Tensor src, int ways, Tensor dst) {
+    throw new UnsupportedOperationException(getClass().getSimpleName() + " has no sumSlices");
+  }
+
   // ---- fused and asynchronous ops (performance). The defaults compose the ops above, so a backend that
   // ---- does not override them (the CPU engine) computes exactly what the composed calls compute.
 

@@ -47,8 +47,10 @@ public final class ParameterSet {
     this.totalElements = total;
     this.trainableElements = trainable;
     int n = Math.toIntExact(Math.max(total, 1));
-    this.params = device.allocate(DType.FLOAT32, n);
-    this.grads = device.allocate(gradDType, n);
+    // registrable where the device was asked for it: the sharded optimizer's copy-engine collectives read and
+    // write these (Note [copy-engine collectives] in cuda.NcclCommunicator)
+    this.params = device.allocateRegistrable(DType.FLOAT32, n);
+    this.grads = device.allocateRegistrable(gradDType, n);
     this.paramViews = new Tensor[entries.size()];
     this.gradViews = new Tensor[entries.size()];
     for (int k = 0; k < entries.size(); k++) {

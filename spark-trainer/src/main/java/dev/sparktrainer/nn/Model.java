@@ -101,7 +101,8 @@ public final class Model {
     this.fused = fusedPath;
     List<Layer> run = new ArrayList<>();
     if (fused) {
-      mirror = device.allocate(dev.sparktrainer.engine.DType.BFLOAT16, Math.toIntExact(Math.max(1, params.totalElements())));
+      mirror = device.allocateRegistrable(dev.sparktrainer.engine.DType.BFLOAT16,
+          Math.toIntExact(Math.max(1, params.totalElements()))); // Note [copy-engine collectives] (NcclCommunicator)
       device.registerMirror(params.params(), mirror);
       List<Layer> ls = net.layers();
       int ordinal = 0;

@@ -85,6 +85,9 @@ public final class Trainer {
   private Tensor gradsLow; // bf16 copy of the gradients for the all-reduce, or null
   private boolean cudaGraphs = Boolean.getBoolean(CUDA_GRAPHS_PROPERTY);
   private boolean shardOptimizer = Boolean.getBoolean(SHARD_OPTIMIZER_PROPERTY);
+  private boolean copyEngine = Boolean.getBoolean(COPY_ENGINE_PROPERTY);
+  private Tensor shardRecv; // the all-to-all's receive buffer under Note [copy-engine collectives], or null
+  private String copyEngineOff; // why this fit's sharded collectives use SMs although copy engines were asked, or null
   private ShardPlan shards; // this fit's Note [sharded optimizer] plan, or null
   private Tensor shardGather; // what the ranks all-gather after their updates (gatherTarget), with shards
   private boolean shardsStale; // steps since the last consolidateShards left other ranks' slices stale here
@@ -378,11 +381,6 @@ public final class Trainer {
     int gradBytes = grads.dtype() == DType.BFLOAT16 ? 2 : 4;
     overlapBuckets = overlapsAllReduce(allReduceMode, gradBytes * total, comm.allRanksOnOneHost());
     long[] bucketStarts = !bucketed ? null : overlapBuckets ? bucketStarts(total, gradBytes) : new long[] {total, 0};
-    carveNow = resolvedGemmSmCarveout(bucketed);
-    if (carveNow > 0) {
-      device.gemmSmCarveout(carveNow); // checks it against the GPU's SMs before any step
-      device.gemmSmCarveout(0);
-    }
     if (!bf16AllReduce) {
       gradsLow = null; // an earlier fit's hook: this fit all-reduces the gradients as they are
     }
@@ -401,6 +399,28 @@ public final class Trainer {
       } else {
         LOG.log(System.Logger.Level.WARNING, "rank {0}: the optimizer is not sharded: {1}", comm.rank(), shardingOff);
       }
+    }
+    shardRecv = null;
+    copyEngineOff = null;
+    if (shards != null && copyEngine) {
+      // Note [copy-engine collectives] (cuda.NcclCommunicator): the reduce-scatter becomes an all-to-all into
+      // shardRecv, summed by updateShards; the all-gathers read and write shardGather
+      Tensor recv = device.allocateRegistrable(grads.dtype(), Math.toIntExact(grads.numel()));
+      copyEngineOff = comm.registerCopyEngineBuffers(List.of(grads, recv, shardGather));
+      if (copyEngineOff == null) {
+        shardRecv = recv;
+        LOG.log(System.Logger.Level.INFO, "rank {0}: the collectives of the sharded optimizer run on the copy engines",
+            comm.rank());
+      } else {
+        device.free(recv);
+        LOG.log(System.Logger.Level.WARNING, "rank {0}: copy-engine collectives are off: {1}", comm.rank(),
+            copyEngineOff);
+      }
+    }
+    carveNow = resolvedGemmSmCarveout(bucketed);
+    if (carveNow > 0) {
+      device.gemmSmCarveout(carveNow); // checks it against the GPU's SMs before any step
+      device.gemmSmCarveout(0);
     }
 
     if (cudaGraphs && graphsOff == null) {
@@ -638,7 +658,14 @@ public final class Trainer {
         epochListener.accept(es);
       }
       consolidateShards(); // the caller reads the weights and optimizer state (Note [sharded optimizer])
+      releaseCopyEngine(); // every rank gets here: the windows go
     } finally {
+      if (shardRecv != null) {
+        // a failed fit leaves its windows to the communicator's abort or close: a deregistration is a collective the
+        // other ranks may never make. The receive buffer's memory stays mapped by NCCL until then.
+        device.free(shardRecv);
+        shardRecv = null;
+      }
       closeGraphs(graphs);
       if (timeline != null) {
         model.markLayers(null);
@@ -845,6 +872,9 @@ public final class Trainer {
     if (!comm.allRanksOnOneHost()) {
       return 0;
     }
+    if (shardRecv != null) {
+      return COPY_ENGINE_CARVEOUT; // Note [copy-engine collectives]: the bytes move without SMs
+    }
     // bf16 gradients (Note [bf16 gradients] in nn.Model) halve the all-reduce, and it needs fewer SMs beside backward:
     // three quarters of the device's choice (24 SMs on an H100). The benchmark MLP at W = 2 with bf16 gradients, two
     // samples each on 2 H100s (ours only, one call): 746-748k samples/s with 33 SMs, 769-775k with 24.
@@ -973,6 +1003,34 @@ public final class Trainer {
     return this;
   }
 
+  /** -Dsparktrainer.train.copyEngineCollectives=true: the default of {@link #copyEngineCollectives(boolean)}. */
+  public static final String COPY_ENGINE_PROPERTY = "sparktrainer.train.copyEngineCollectives";
+
+  /** The automatic GEMM carve-out beside copy-engine collectives (NCCL's small kernel per collective needs SMs). */
+  static final int COPY_ENGINE_CARVEOUT = 4;
+
+  /**
+   * Runs the sharded optimizer's collectives on the GPUs' copy engines where the communicator can (Note [copy-engine
+   * collectives] in cuda.NcclCommunicator: NCCL 2.28+, ranks on one host, the model built on a CudaDevice that
+   * prefers registrable memory); otherwise the fit keeps NCCL's kernels and each rank logs why
+   * ({@link #copyEngineOffReason()}). Only with {@link #shardOptimizer}. Default:
+   * -Dsparktrainer.train.copyEngineCollectives (false).
+   */
+  public Trainer copyEngineCollectives(boolean on) {
+    this.copyEngine = on;
+    return this;
+  }
+
+  /** Why the last fit's sharded collectives did not run on the copy engines although asked, or null. */
+  public String copyEngineOffReason() {
+    return copyEngineOff;
+  }
+
+  /** Whether the last fit's sharded collectives ran on the copy engines (Note [copy-engine collectives]). */
+  public boolean copyEngineCollectivesUsed() {
+    return copyEngineOff == null && copyEngine && shards != null;
+  }
+
   /** Why the last fit's optimizer was not sharded although {@link #shardOptimizer} asked, or null. */
   public String shardingOffReason() {
     return shardingOff;
@@ -1027,11 +1085,16 @@ public final class Trainer {
     comm.joinAsync();
     long[][] ranges = new long[pending.size()][];
     List<Tensor> gather = new ArrayList<>();
+    Tensor grads = model.parameters().grads();
     for (int k = 0; k < pending.size(); k++) {
       int i = pending.get(k);
       ranges[k] = shards.owned(i);
       if (shards.sharded(i)) {
         gather.add(shards.view(shardGather, i));
+        if (shardRecv != null) { // the all-to-all brought every rank's copy of this rank's slice: their sum
+          long[] r = ranges[k];
+          device.sumSlices(shards.view(shardRecv, i), comm.worldSize(), grads.view(r[0], Math.toIntExact(r[1] - r[0])));
+        }
       }
     }
     optimizer.update(lr, ranges);
@@ -1047,6 +1110,16 @@ public final class Trainer {
   private Tensor gatherTarget() {
     Tensor mirror = model.readsParametersOnlyFromMirror() && device.tracksMirror() ? model.parameterMirror() : null;
     return mirror != null ? mirror : model.parameters().params();
+  }
+
+  /** Deregisters the copy-engine buffers (a collective) and frees the receive buffer, after a fit that ended well. */
+  private void releaseCopyEngine() {
+    if (shardRecv == null) {
+      return;
+    }
+    comm.releaseCopyEngineBuffers();
+    device.free(shardRecv);
+    shardRecv = null;
   }
 
   /** After a step's last {@link #updateShards}: later device work waits for its all-gathers; the mirror is current. */
@@ -1123,7 +1196,11 @@ public final class Trainer {
     long lo = starts[i + 1];
     long hi = starts[i];
     if (shards != null && shards.sharded(i)) { // never with the bf16 hook (shardingIneligibility)
-      comm.reduceScatterSumAsync(shards.view(grads, i)); // Note [sharded optimizer]
+      if (shardRecv != null) {
+        comm.allToAllAsync(shards.view(grads, i), shards.view(shardRecv, i)); // summed by updateShards
+      } else {
+        comm.reduceScatterSumAsync(shards.view(grads, i)); // Note [sharded optimizer]
+      }
       return;
     }
     if (gradsLow != null) {

@@ -37,14 +37,21 @@ class CudaShardedOptimizerTest {
   static final ModelSpec MLP = ModelSpec.mlp(96, new int[] {256, 512, 128}, 10, "relu", 0f);
 
   record Run(float[] params, Map<String, float[]> state, float[] mirror, boolean sharded, String off,
-      List<EpochStats> stats) {}
+      List<EpochStats> stats, boolean copyEngine, String copyEngineOff) {}
 
   static List<Run> onTwoGpus(DType compute, DType grads, OptimizerConfig opt, boolean shard, boolean checkNonFinite) {
+    return onTwoGpus(compute, grads, opt, shard, checkNonFinite, false, 1);
+  }
+
+  /** copyEngine: Note [copy-engine collectives] (registrable memory, the trainer's switch); fits: fit calls. */
+  static List<Run> onTwoGpus(DType compute, DType grads, OptimizerConfig opt, boolean shard, boolean checkNonFinite,
+      boolean copyEngine, int fits) {
     CudaTestSupport.assumeGpus(2);
     CudaTestSupport.assumeJni();
     return LocalLauncher.run(2, Cuda.deviceCount(), 300, ctx -> {
       try (CudaDevice d = new CudaDevice(GpuSelector.select(ctx));
           NcclCommunicator c = NcclCommunicator.create(ctx, d, Duration.ofSeconds(60))) {
+        d.preferRegistrableMemory(copyEngine);
         HeapRowStore store = CudaFusedPathTest.synthetic(2048, 96, 10, 5);
         TrainerConfig cfg = TrainerConfig.builder().epochs(2).batchSize(64).seed(3).optimizer(opt).build();
         Model m = new Model(MLP, d, compute, grads);
@@ -52,17 +59,20 @@ class CudaShardedOptimizerTest {
         // Many buckets: the first (192 elements) does not split into two aligned slices and stays all-reduced.
         Trainer t = new Trainer(m, cfg, c).gradientBuckets(192L * gradBytes, 16384)
             .allReduceMode(Trainer.AllReduceMode.OVERLAPPED).gemmSmCarveout(0).checkNonFinite(checkNonFinite)
-            .shardOptimizer(shard);
+            .shardOptimizer(shard).copyEngineCollectives(copyEngine);
         t.initializeWeights();
         SamplerPlan plan = new SamplerPlan(store.rows(), 2, 64, 3, false);
-        List<EpochStats> st = t.fit(store, plan.rowsOfRank(c.rank()), (int) plan.stepsPerEpoch());
+        List<EpochStats> st = null;
+        for (int f = 0; f < fits; f++) { // a later fit registers the buffers again
+          st = t.fit(store, plan.rowsOfRank(c.rank()), (int) plan.stepsPerEpoch());
+        }
         Map<String, float[]> state = new LinkedHashMap<>();
         for (Map.Entry<String, Tensor> e : t.optimizer().state().entrySet()) {
           state.put(e.getKey(), host(d, e.getValue()));
         }
         Tensor mirror = m.parameterMirror();
         return new Run(m.parametersToHost(), state, mirror == null ? null : host(d, mirror), t.shardedOptimizer(),
-            t.shardingOffReason(), st);
+            t.shardingOffReason(), st, t.copyEngineCollectivesUsed(), t.copyEngineOffReason());
       }
     });
   }
@@ -118,5 +128,133 @@ class CudaShardedOptimizerTest {
     List<Run> checked = onTwoGpus(DType.BFLOAT16, DType.BFLOAT16, sgd, true, true);
     List<Run> plain = onTwoGpus(DType.BFLOAT16, DType.BFLOAT16, sgd, false, false);
     assertSameRuns(checked, plain, "with the per-step non-finite check");
+  }
+
+  /**
+   * Note [copy-engine collectives]: the reduce-scatter as an all-to-all on the copy engines whose chunks the compute
+   * stream sums (at W = 2 one addition, as NCCL's), the mirror gathered on the copy engines: the unsharded bits.
+   */
+  @Test
+  void copyEngineCollectivesGiveTheUnshardedBits() {
+    OptimizerConfig sgd = OptimizerConfig.sgd(0.05).withMomentum(0.9);
+    List<Run> plain = onTwoGpus(DType.BFLOAT16, DType.BFLOAT16, sgd, false, false, false, 2);
+    List<Run> ce = onTwoGpus(DType.BFLOAT16, DType.BFLOAT16, sgd, true, false, true, 2);
+    for (Run r : ce) {
+      assertTrue(r.copyEngine(), "copy-engine collectives were off: " + r.copyEngineOff());
+    }
+    assertSameRuns(ce, plain, "bf16, SGD momentum, copy engines, two fits");
+    List<Run> adamPlain = onTwoGpus(DType.FLOAT32, DType.FLOAT32, OptimizerConfig.adamw(1e-3), false, false, false, 1);
+    List<Run> adamCe = onTwoGpus(DType.FLOAT32, DType.FLOAT32, OptimizerConfig.adamw(1e-3), true, true, true, 1);
+    assertTrue(adamCe.get(0).copyEngine(), "copy-engine collectives were off: " + adamCe.get(0).copyEngineOff());
+    assertSameRuns(adamCe, adamPlain, "fp32, AdamW, copy engines (the fp32 weights gathered), non-finite check");
+    CudaTestLog.note(String.format("copy-engine sharded optimizer, bf16, 2 GPUs: epoch 2 loss %.5f (unsharded %.5f)",
+        ce.get(0).stats().get(1).loss(), plain.get(0).stats().get(1).loss()));
+  }
+
+  /** Without registrable memory the trainer says why and keeps NCCL's kernels (the same bits). */
+  @Test
+  void withoutRegistrableMemoryTheCopyEnginesStayOff() {
+    CudaTestSupport.assumeGpus(2);
+    CudaTestSupport.assumeJni();
+    List<String> why = LocalLauncher.run(2, Cuda.deviceCount(), 120, ctx -> {
+      try (CudaDevice d = new CudaDevice(GpuSelector.select(ctx));
+          NcclCommunicator c = NcclCommunicator.create(ctx, d, Duration.ofSeconds(60))) {
+        Tensor plain = d.allocate(DType.BFLOAT16, 1024);
+        return c.registerCopyEngineBuffers(List.of(plain));
+      }
+    });
+    for (String w : why) {
+      assertNotNull(w);
+      assertTrue(w.contains("registrable"), w);
+    }
+  }
+
+  /** allToAllAsync in registered windows (copy engines) and outside them (NCCL's kernels) moves the same chunks. */
+  @Test
+  void allToAllMovesEachRanksChunk() {
+    CudaTestSupport.assumeGpus(2);
+    CudaTestSupport.assumeJni();
+    int n = 3 * 1024 * 1024; // elements, 2 chunks
+    List<float[][]> got = LocalLauncher.run(2, Cuda.deviceCount(), 120, ctx -> {
+      try (CudaDevice d = new CudaDevice(GpuSelector.select(ctx));
+          NcclCommunicator c = NcclCommunicator.create(ctx, d, Duration.ofSeconds(60))) {
+        d.preferRegistrableMemory(true);
+        float[] mine = new float[n];
+        for (int i = 0; i < n; i++) {
+          mine[i] = Bf16.round(c.rank() * 1000 + (i % 997) * 0.25f);
+        }
+        float[][] out = new float[2][];
+        for (int pass = 0; pass < 2; pass++) {
+          boolean registered = pass == 0;
+          Tensor send = registered ? d.allocateRegistrable(DType.BFLOAT16, n) : d.allocate(DType.BFLOAT16, n);
+          Tensor recv = registered ? d.allocateRegistrable(DType.BFLOAT16, n) : d.allocate(DType.BFLOAT16, n);
+          d.upload(mine, 0, send);
+          if (registered) {
+            assertNull(c.registerCopyEngineBuffers(List.of(send, recv)));
+          }
+          c.allToAllAsync(send.view(n / 2, n / 2), recv.view(n / 2, n / 2)); // views of the windows, same offsets
+          c.allToAllAsync(send.view(0, n / 2), recv.view(0, n / 2));
+          c.awaitAsync();
+          out[pass] = host(d, recv);
+          if (registered) {
+            c.releaseCopyEngineBuffers();
+          }
+          d.free(send);
+          d.free(recv);
+        }
+        return out;
+      }
+    });
+    int half = n / 2;
+    int q = half / 2;
+    for (int r = 0; r < 2; r++) {
+      for (int pass = 0; pass < 2; pass++) {
+        float[] recv = got.get(r)[pass];
+        for (int part = 0; part < 2; part++) { // the two all-to-alls over [0, half) and [half, n)
+          for (int from = 0; from < 2; from++) {
+            for (int k = 0; k < q; k += 4099) {
+              int at = part * half + from * q + k; // chunk `from` of recv: rank from's chunk r of that part
+              int src = part * half + r * q + k;
+              float want = Bf16.round(from * 1000 + (src % 997) * 0.25f);
+              assertEquals(want, recv[at], "rank " + r + (pass == 0 ? " (copy engines)" : " (kernels)") + " at " + at);
+            }
+          }
+        }
+      }
+    }
+  }
+
+  /** Device.sumSlices on the GPU: the CPU engine's bits, bf16 and fp32, vectorised and not. */
+  @Test
+  void sumSlicesMatchesTheCpuEngine() {
+    CudaTestSupport.assumeGpu();
+    try (CudaDevice d = new CudaDevice(0); dev.sparktrainer.cpu.CpuDevice cpu = new dev.sparktrainer.cpu.CpuDevice()) {
+      for (DType t : new DType[] {DType.BFLOAT16, DType.FLOAT32}) {
+        for (int n : new int[] {4096, 4099}) {
+          for (int ways : new int[] {2, 3}) {
+            float[] src = new float[ways * n];
+            java.util.Random rnd = new java.util.Random(n + ways);
+            for (int i = 0; i < src.length; i++) {
+              src[i] = i % 101 == 0 ? -0f : (float) rnd.nextGaussian() * 100;
+              src[i] = t == DType.BFLOAT16 ? Bf16.round(src[i]) : src[i];
+            }
+            Tensor gs = d.allocate(t, ways * n);
+            Tensor gd = d.allocate(t, n);
+            d.upload(src, 0, gs);
+            d.sumSlices(gs, ways, gd);
+            Tensor cs = cpu.allocate(t, ways * n);
+            Tensor cd = cpu.allocate(t, n);
+            cpu.upload(src, 0, cs);
+            cpu.sumSlices(cs, ways, cd);
+            float[] want = host(cpu, cd);
+            float[] have = host(d, gd);
+            for (int k = 0; k < n; k++) {
+              assertEquals(Float.floatToRawIntBits(want[k]), Float.floatToRawIntBits(have[k]), t + " n " + n + " ways "
+                  + ways + " at " + k);
+            }
+          }
+        }
+      }
+    }
   }
 }

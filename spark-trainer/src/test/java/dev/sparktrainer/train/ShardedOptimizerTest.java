@@ -38,8 +38,40 @@ class ShardedOptimizerTest {
 
   /** The async ring of AllReduceModeTest, with the sharded path's collectives. */
   static final class ShardingRing extends AllReduceModeTest.CountingAsyncRing {
+    boolean copyEngine; // accepts registrations (Note [copy-engine collectives]) and does all-to-alls
+
     ShardingRing(dev.sparktrainer.comm.Communicator ring) {
       super(ring, true);
+    }
+
+    @Override
+    public String registerCopyEngineBuffers(List<? extends Tensor> bufs) {
+      if (!copyEngine) {
+        return "the test ring has no copy engines";
+      }
+      calls.merge("register", 1, Integer::sum);
+      return null;
+    }
+
+    @Override
+    public void releaseCopyEngineBuffers() {
+      calls.merge("release", 1, Integer::sum);
+    }
+
+    /** Each rank's send broadcast in turn; this rank keeps its chunk of each. */
+    @Override
+    public void allToAllAsync(Tensor send, Tensor recv) {
+      calls.merge("all-to-all", 1, Integer::sum);
+      Device d = send.device();
+      int n = Math.toIntExact(send.numel());
+      int q = n / worldSize();
+      Tensor tmp = d.allocate(send.dtype(), n);
+      for (int r = 0; r < worldSize(); r++) {
+        d.copy(send, tmp);
+        ring.broadcast(tmp, r);
+        d.copy(tmp.view((long) rank() * q, q), recv.view((long) r * q, q));
+      }
+      d.free(tmp);
     }
 
     @Override
@@ -89,17 +121,23 @@ class ShardedOptimizerTest {
 
   static List<Run> train(int world, OptimizerConfig opt, boolean bf16, boolean shard, boolean checkNonFinite,
       double clipNorm, HeapRowStore store) {
+    return train(world, opt, bf16, shard, checkNonFinite, clipNorm, store, false);
+  }
+
+  static List<Run> train(int world, OptimizerConfig opt, boolean bf16, boolean shard, boolean checkNonFinite,
+      double clipNorm, HeapRowStore store, boolean copyEngine) {
     SamplerPlan plan = new SamplerPlan(store.rows(), world, 16, 5, false);
     return LocalLauncher.run(world, 0, 60, ctx -> {
       TrainerConfig cfg = TrainerConfig.builder().epochs(2).batchSize(16).seed(5).optimizer(opt).clipNorm(clipNorm)
           .build();
       try (CpuDevice cpu = new CpuDevice();
           ShardingRing comm = new ShardingRing(RingCommunicator.create(ctx, Duration.ofSeconds(30)))) {
+        comm.copyEngine = copyEngine;
         Device d = bf16 ? fused(cpu) : cpu;
         Model m = bf16 ? new Model(SPEC, d, DType.BFLOAT16) : new Model(SPEC, d);
         // Buckets of 384 elements (sharded at 2 and 3 ranks) and a first one of 64 (all-reduced).
         Trainer t = new Trainer(m, cfg, comm).gradientBuckets(256, 1536).allReduceMode(Trainer.AllReduceMode.OVERLAPPED)
-            .checkNonFinite(checkNonFinite).shardOptimizer(shard);
+            .checkNonFinite(checkNonFinite).shardOptimizer(shard).copyEngineCollectives(copyEngine);
         // what an epoch listener reads: the optimizer state, gathered whole first
         List<float[]> epochState = new java.util.ArrayList<>();
         t.onEpochEnd(e -> {
@@ -145,6 +183,45 @@ class ShardedOptimizerTest {
             what + ", rank " + r + ": optimizer state seen by the epoch listener #" + k);
       }
     }
+  }
+
+  /**
+   * Note [copy-engine collectives] (cuda.NcclCommunicator): the sharded buckets go as all-to-alls whose chunks the
+   * trainer sums (Device.sumSlices) before the update; at W = 2 that is the all-reduce's sum, so the same bits, on the
+   * fp32 and the fused bf16 path; at W = 3 the sums' order differs from the ring's, so the weights are close.
+   */
+  @Test
+  void copyEngineAllToAllsGiveTheUnshardedWeights() {
+    HeapRowStore data = DataParallelInvariantsTest.data(384);
+    OptimizerConfig sgd = OptimizerConfig.sgd(0.05).withMomentum(0.9);
+    for (boolean bf16 : new boolean[] {false, true}) {
+      List<Run> plain = train(2, sgd, bf16, false, false, 0, data, false);
+      List<Run> ce = train(2, sgd, bf16, true, true, 0, data, true);
+      for (int r = 0; r < 2; r++) {
+        Run c = ce.get(r);
+        String what = (bf16 ? "bf16" : "fp32") + ", rank " + r;
+        assertTrue(c.sharded(), what + ": not sharded: " + c.off());
+        assertTrue(c.calls().getOrDefault("all-to-all", 0) > 0 && !c.calls().containsKey("reduce-scatter")
+            && c.calls().get("register") == 1 && c.calls().get("release") == 1, what + ": " + c.calls());
+        assertArrayEquals(plain.get(r).params(), c.params(), what + ": weights");
+        for (String k : plain.get(r).state().keySet()) {
+          assertArrayEquals(plain.get(r).state().get(k), c.state().get(k), what + ": " + k);
+        }
+      }
+    }
+    List<Run> plain3 = train(3, sgd, false, false, false, 0, data, false);
+    List<Run> ce3 = train(3, sgd, false, true, false, 0, data, true);
+    for (int r = 0; r < 3; r++) {
+      float[] want = plain3.get(r).params();
+      float[] got = ce3.get(r).params();
+      for (int i = 0; i < want.length; i++) {
+        assertEquals(want[i], got[i], 1e-5f + 1e-4f * Math.abs(want[i]), "W=3, rank " + r + " at " + i);
+      }
+      assertArrayEquals(ce3.get(0).params(), got, "W=3: the ranks' weights differ");
+    }
+    // not registered: the reduce-scatters as before
+    List<Run> refused = train(2, sgd, false, true, false, 0, data, false);
+    assertTrue(refused.get(0).calls().containsKey("reduce-scatter"));
   }
 
   @Test
