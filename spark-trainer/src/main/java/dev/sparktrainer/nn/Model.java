@@ -415,6 +415,14 @@ public final class Model {
     return h;
   }
 
+  /**
+   * The offsets {@link #backward(Tensor, Layer.Context, boolean, LongConsumer)} reports gradients final from (each
+   * top-level layer's lowest parameter offset), ascending.
+   */
+  public long[] gradientReadyOffsets() {
+    return java.util.Arrays.stream(stepOffsets).filter(o -> o >= 0).sorted().distinct().toArray();
+  }
+
   /** Accumulates parameter gradients for dOut = dL/d(output) of the last forward. */
   public void backward(Tensor dOut, Layer.Context ctx) {
     backward(dOut, ctx, false, null);

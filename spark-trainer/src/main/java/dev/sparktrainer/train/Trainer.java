@@ -86,6 +86,8 @@ public final class Trainer {
   private boolean cudaGraphs = Boolean.getBoolean(CUDA_GRAPHS_PROPERTY);
   private boolean shardOptimizer = Boolean.getBoolean(SHARD_OPTIMIZER_PROPERTY);
   private boolean copyEngine = Boolean.getBoolean(COPY_ENGINE_PROPERTY);
+  private Boolean layerBuckets = System.getProperty(LAYER_BUCKETS_PROPERTY) == null ? null
+      : Boolean.getBoolean(LAYER_BUCKETS_PROPERTY); // layerAlignedBuckets, or null: under sharding only
   private Tensor shardRecv; // the all-to-all's receive buffer under Note [copy-engine collectives], or null
   private String copyEngineOff; // why this fit's sharded collectives use SMs although copy engines were asked, or null
   private ShardPlan shards; // this fit's Note [sharded optimizer] plan, or null
@@ -380,7 +382,11 @@ public final class Trainer {
     long total = model.parameters().totalElements();
     int gradBytes = grads.dtype() == DType.BFLOAT16 ? 2 : 4;
     overlapBuckets = overlapsAllReduce(allReduceMode, gradBytes * total, comm.allRanksOnOneHost());
-    long[] bucketStarts = !bucketed ? null : overlapBuckets ? bucketStarts(total, gradBytes) : new long[] {total, 0};
+    // Note [sharded optimizer]: its buckets end at layer boundaries (bucketStarts), which shortens the step's tail
+    boolean byLayer = layerBuckets != null ? layerBuckets
+        : shardOptimizer && shardingIneligibility(bucketed && overlapBuckets, accum) == null;
+    long[] bucketStarts = !bucketed ? null : !overlapBuckets ? new long[] {total, 0}
+        : bucketStarts(total, gradBytes, byLayer ? model.gradientReadyOffsets() : new long[0]);
     if (!bf16AllReduce) {
       gradsLow = null; // an earlier fit's hook: this fit all-reduces the gradients as they are
     }
@@ -929,13 +935,56 @@ public final class Trainer {
 
   /** {@link #bucketStarts(long)} for gradients of {@code elementBytes} each (bf16: 2; the sizes are in bytes). */
   long[] bucketStarts(long total, int elementBytes) {
+    return bucketStarts(total, elementBytes, new long[0]);
+  }
+
+  /**
+   * {@link #bucketStarts(long, int)}, where buckets also end at {@code layerStarts} (ascending: the offsets at which
+   * backward reports gradients final, Model#gradientReadyOffsets), as PyTorch DDP's buckets hold whole parameters: a
+   * bucket goes when its layer's backward is done instead of waiting for the layer below. A layer larger than a bucket
+   * is cut into buckets from its top, and a remainder under an eighth of a bucket joins the bucket above (so one
+   * bucket may hold 9/8 of the size); small layers share a bucket, up to the size. The first and last buckets keep
+   * their small size. On the benchmark MLP (sharded: Note [sharded optimizer]) the bucket that held the first layer
+   * and 5.2M of the second layer's 67M parameters waited for the first layer, the last in backward; now only the
+   * first layer (8.4M) is left after backward.
+   */
+  long[] bucketStarts(long total, int elementBytes, long[] layerStarts) {
     List<Long> s = new ArrayList<>();
     s.add(total);
     long hi = total;
     boolean first = true;
     long tail = alignedBucket(firstBucketBytes, elementBytes);
+    long size = alignedBucket(bucketBytes, elementBytes);
+    long minPiece = size / 8;
+    java.util.Set<Long> starts = new java.util.HashSet<>();
+    for (long o : layerStarts) {
+      starts.add(o);
+    }
     while (hi > 0) {
-      long lo = Math.max(0, hi - alignedBucket(first ? firstBucketBytes : bucketBytes, elementBytes));
+      long lo = Math.max(0, hi - (first ? alignedBucket(firstBucketBytes, elementBytes) : size));
+      long o = -1; // the highest layer start inside the bucket
+      for (long x : layerStarts) {
+        if (x > lo && x < hi) {
+          o = Math.max(o, x);
+        }
+      }
+      if (!first && o >= 0) {
+        if (hi - o < minPiece && s.size() > 2 && !starts.contains(hi)) {
+          s.set(s.size() - 1, o); // a layer's small remainder joins the bucket above, of the same layer
+          hi = o;
+          continue;
+        }
+        if (hi - o >= minPiece) {
+          lo = o; // the rest of the layer above
+        } else { // hi starts a small layer: whole small layers together, up to a bucket
+          lo = o;
+          for (long x : layerStarts) {
+            if (x >= hi - size && x < lo) {
+              lo = x;
+            }
+          }
+        }
+      }
       if (lo < tail && hi > tail) {
         lo = tail; // leave a small last bucket
       }
@@ -1000,6 +1049,20 @@ public final class Trainer {
    */
   public Trainer shardOptimizer(boolean on) {
     this.shardOptimizer = on;
+    return this;
+  }
+
+  /** -Dsparktrainer.train.layerAlignedBuckets=true|false: the default of {@link #layerAlignedBuckets(boolean)}. */
+  public static final String LAYER_BUCKETS_PROPERTY = "sparktrainer.train.layerAlignedBuckets";
+
+  /**
+   * Whether overlapped gradient buckets end at layer starts ({@link #bucketStarts(long, int, long[])}), so that a
+   * bucket goes when its layer's backward is done. Default: only when the optimizer is sharded (Note [sharded
+   * optimizer]); the other runs keep buckets of fixed size (the figures in benchmarks/ were measured so). Default:
+   * -Dsparktrainer.train.layerAlignedBuckets when set.
+   */
+  public Trainer layerAlignedBuckets(boolean on) {
+    this.layerBuckets = on;
     return this;
   }
 

@@ -46,6 +46,40 @@ class GradientBucketsTest {
     assertEquals(37, starts(total, MIB, 25 * MIB).length);
   }
 
+  /**
+   * The sharded optimizer's buckets end at layer starts (Trainer#bucketStarts with Model#gradientReadyOffsets): the
+   * benchmark MLP's first layer (8.4M of bf16) is no longer in a bucket with 5.2M of the second layer.
+   */
+  @Test
+  void shardedBucketsEndAtLayerStarts() {
+    TrainerConfig cfg = TrainerConfig.builder().epochs(1).batchSize(2).optimizer(OptimizerConfig.sgd(0.1)).build();
+    long l1 = 8192L * 1024 + 8192;
+    long l2 = 8192L * 8192 + 8192;
+    long l5 = 1000L * 8192 + 1000;
+    long[] layers = {0, l1, l1 + l2, l1 + 2 * l2, l1 + 3 * l2};
+    long total = l1 + 3 * l2 + l5 + 24; // aligned
+    long mib = MIB / 2;
+    try (CpuDevice d = new CpuDevice()) {
+      Trainer t = new Trainer(new Model(ModelSpec.builder().input(2).linear(3).build(), d), cfg,
+          new LocalCommunicator()).gradientBuckets(MIB, 25 * MIB);
+      long[] plain = t.bucketStarts(total, 2);
+      long[] s = t.bucketStarts(total, 2, layers);
+      assertEquals(plain[1], s[1], "the first bucket as before");
+      assertTrue(java.util.Arrays.stream(plain).noneMatch(x -> x == l1), "without layers no bucket starts at " + l1);
+      assertTrue(java.util.Arrays.stream(s).anyMatch(x -> x == l1), "a bucket starts at the second layer");
+      assertEquals(mib, s[s.length - 2], "the last bucket: the first MiB");
+      assertEquals(l1, s[s.length - 3], "before it: the rest of the first layer");
+      for (int i = 1; i < s.length; i++) {
+        assertTrue(s[i] < s[i - 1] && s[i - 1] - s[i] <= 25 * mib + 25 * mib / 8, "bucket " + i);
+        for (long o : layers) {
+          assertFalse(o > s[i] && o < s[i - 1] && s[i - 1] - o >= 25 * mib / 8,
+              "bucket " + i + " [" + s[i] + ", " + s[i - 1] + ") spans the layer start " + o);
+        }
+      }
+      assertArrayEquals(plain, t.bucketStarts(total, 2, new long[0]));
+    }
+  }
+
   @Test
   void resnet50SizedBufferEndsWithASmallBucket() {
     long total = (25_557_032 + 63) / 64 * 64; // ResNet-50's parameters (a flat buffer of aligned entries)

@@ -137,7 +137,8 @@ class ShardedOptimizerTest {
         Model m = bf16 ? new Model(SPEC, d, DType.BFLOAT16) : new Model(SPEC, d);
         // Buckets of 384 elements (sharded at 2 and 3 ranks) and a first one of 64 (all-reduced).
         Trainer t = new Trainer(m, cfg, comm).gradientBuckets(256, 1536).allReduceMode(Trainer.AllReduceMode.OVERLAPPED)
-            .checkNonFinite(checkNonFinite).shardOptimizer(shard).copyEngineCollectives(copyEngine);
+            .checkNonFinite(checkNonFinite).shardOptimizer(shard).copyEngineCollectives(copyEngine)
+            .layerAlignedBuckets(true); // the same buckets sharded or not: the ring's sums in the same order
         // what an epoch listener reads: the optimizer state, gathered whole first
         List<float[]> epochState = new java.util.ArrayList<>();
         t.onEpochEnd(e -> {
