@@ -4,12 +4,30 @@
 #pragma once
 #include "common.cuh"
 
+// Note [summed gradient slices]: every optimizer kernel takes its gradient as gWays slices gStride elements apart
+// (gWays = 1: the gradients themselves). With more, the gradient is their sum, added in fp32 in slice order and
+// rounded once to the gradients' type: the chunks an all-to-all brought (Note [sharded optimizer] in train.Trainer
+// under Note [copy-engine collectives]), the bits Device.sumSlices would have written, read in the update's pass.
+__device__ __forceinline__ float ld_sum(const void* g, int tg, int64_t i, int64_t gStride, int gWays) {
+  float v = ld(g, tg, i);
+  if (gWays > 1) {
+    for (int j = 1; j < gWays; j++) {
+      v += ld(g, tg, i + j * gStride);
+    }
+    if (tg == DT_BF16) {
+      v = bf16_to_f32(f32_to_bf16(v));
+    }
+  }
+  return v;
+}
+
 // torch.optim.SGD, dampening 0. buf may be null when momentum == 0.
 extern "C" __global__ void st_sgd(float* p, const void* g, int tg, float* buf, int64_t n, float lr,
-                                  float momentum, int nesterov, float wd, int firstStep) {
+                                  float momentum, int nesterov, float wd, int firstStep, int64_t gStride,
+                                  int gWays) {
   GRID_STRIDE(i, n) {
     float pv = p[i];
-    float gv = ld(g, tg, i) + wd * pv;
+    float gv = ld_sum(g, tg, i, gStride, gWays) + wd * pv;
     if (buf != nullptr) {
       float bv = firstStep ? gv : momentum * buf[i] + gv;
       buf[i] = bv;
@@ -21,9 +39,10 @@ extern "C" __global__ void st_sgd(float* p, const void* g, int tg, float* buf, i
 
 // torch.optim.AdamW.
 extern "C" __global__ void st_adamw(float* p, const void* g, int tg, float* m, float* v, int64_t n, float lr,
-                                    float beta1, float beta2, float eps, float wd, float bc1, float bc2) {
+                                    float beta1, float beta2, float eps, float wd, float bc1, float bc2,
+                                    int64_t gStride, int gWays) {
   GRID_STRIDE(i, n) {
-    float gv = ld(g, tg, i);
+    float gv = ld_sum(g, tg, i, gStride, gWays);
     float pv = p[i] * (1.0f - lr * wd);
     float mv = beta1 * m[i] + (1.0f - beta1) * gv;
     float vv = beta2 * v[i] + (1.0f - beta2) * gv * gv;
@@ -38,10 +57,11 @@ extern "C" __global__ void st_adamw(float* p, const void* g, int tg, float* m, f
 // nearest even) in the same pass, so the forward needs no separate cast (one read of the fp32 parameters
 // less per step). Same arithmetic as st_sgd / st_adamw, so p gets the same bits.
 extern "C" __global__ void st_sgd_m(float* p, const void* g, int tg, float* buf, int64_t n, float lr,
-                                    float momentum, int nesterov, float wd, int firstStep, uint16_t* mirror) {
+                                    float momentum, int nesterov, float wd, int firstStep, uint16_t* mirror,
+                                    int64_t gStride, int gWays) {
   GRID_STRIDE(i, n) {
     float pv = p[i];
-    float gv = ld(g, tg, i) + wd * pv;
+    float gv = ld_sum(g, tg, i, gStride, gWays) + wd * pv;
     if (buf != nullptr) {
       float bv = firstStep ? gv : momentum * buf[i] + gv;
       buf[i] = bv;
@@ -55,9 +75,9 @@ extern "C" __global__ void st_sgd_m(float* p, const void* g, int tg, float* buf,
 
 extern "C" __global__ void st_adamw_m(float* p, const void* g, int tg, float* m, float* v, int64_t n, float lr,
                                       float beta1, float beta2, float eps, float wd, float bc1, float bc2,
-                                      uint16_t* mirror) {
+                                      uint16_t* mirror, int64_t gStride, int gWays) {
   GRID_STRIDE(i, n) {
-    float gv = ld(g, tg, i);
+    float gv = ld_sum(g, tg, i, gStride, gWays);
     float pv = p[i] * (1.0f - lr * wd);
     float mv = beta1 * m[i] + (1.0f - beta1) * gv;
     float vv = beta2 * v[i] + (1.0f - beta2) * gv * gv;
@@ -72,21 +92,43 @@ extern "C" __global__ void st_adamw_m(float* p, const void* g, int tg, float* m,
 // st_sgd_m over 4 elements per thread (16-byte loads and stores; n % 4 == 0, aligned buffers: the flat buffers
 // are). Gradients fp32 (16-byte loads) or bf16 (8-byte loads: Note [bf16 gradients] in nn.Model). Same arithmetic
 // per element, so the same bits; n counts elements.
+// Four gradients from element 4 q of g (aligned vector loads).
+__device__ __forceinline__ void ld4(const void* g, int tg, int64_t q, float* ga) {
+  if (tg == DT_BF16) {
+    uint2 gb = reinterpret_cast<const uint2*>(g)[q];
+    ga[0] = bf16_to_f32((uint16_t)(gb.x & 0xffffu));
+    ga[1] = bf16_to_f32((uint16_t)(gb.x >> 16));
+    ga[2] = bf16_to_f32((uint16_t)(gb.y & 0xffffu));
+    ga[3] = bf16_to_f32((uint16_t)(gb.y >> 16));
+  } else {
+    float4 gv = reinterpret_cast<const float4*>(g)[q];
+    ga[0] = gv.x; ga[1] = gv.y; ga[2] = gv.z; ga[3] = gv.w;
+  }
+}
+
 extern "C" __global__ void st_sgd_m4(float* p, const void* g, int tg, float* buf, int64_t n, float lr,
-                                     float momentum, int nesterov, float wd, int firstStep, uint16_t* mirror) {
+                                     float momentum, int nesterov, float wd, int firstStep, uint16_t* mirror,
+                                     int64_t gStride, int gWays) {
   int64_t n4 = n / 4;
   GRID_STRIDE(j, n4) {
     float4 pv = reinterpret_cast<float4*>(p)[j];
     float ga[4];
-    if (tg == DT_BF16) {
-      uint2 gb = reinterpret_cast<const uint2*>(g)[j];
-      ga[0] = bf16_to_f32((uint16_t)(gb.x & 0xffffu));
-      ga[1] = bf16_to_f32((uint16_t)(gb.x >> 16));
-      ga[2] = bf16_to_f32((uint16_t)(gb.y & 0xffffu));
-      ga[3] = bf16_to_f32((uint16_t)(gb.y >> 16));
-    } else {
-      float4 gv = reinterpret_cast<const float4*>(g)[j];
-      ga[0] = gv.x; ga[1] = gv.y; ga[2] = gv.z; ga[3] = gv.w;
+    ld4(g, tg, j, ga);
+    if (gWays > 1) { // Note [summed gradient slices] (gStride % 4 == 0)
+      for (int w = 1; w < gWays; w++) {
+        float gb[4];
+        ld4(g, tg, j + w * (gStride / 4), gb);
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          ga[e] += gb[e];
+        }
+      }
+      if (tg == DT_BF16) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          ga[e] = bf16_to_f32(f32_to_bf16(ga[e]));
+        }
+      }
     }
     float pa[4] = {pv.x, pv.y, pv.z, pv.w};
     float ba[4] = {0.0f, 0.0f, 0.0f, 0.0f};

@@ -1875,8 +1875,28 @@ public final class CudaDevice implements Device {
   @Override
   public void sgdStep(Tensor params, Tensor grads, Tensor momentumBuf, float lr, float momentum,
       boolean nesterov, float weightDecay, boolean firstStep) {
+    sgdStep(params, grads, 1, momentumBuf, lr, momentum, nesterov, weightDecay, firstStep);
+  }
+
+  @Override
+  public void adamwStep(Tensor params, Tensor grads, Tensor m, Tensor v, float lr, float beta1, float beta2,
+      float eps, float weightDecay, long step) {
+    adamwStep(params, grads, 1, m, v, lr, beta1, beta2, eps, weightDecay, step);
+  }
+
+  /** Note [summed gradient slices] (optim.cuh): the slices are read, and summed, in the update's pass. */
+  private static void checkSlices(Tensor params, Tensor grads, int ways, String op) {
+    if (ways < 1 || grads.numel() != ways * params.numel()) {
+      throw new IllegalArgumentException(op + ": the gradients must hold " + ways + " slices of the "
+          + params.numel() + " parameters, got " + grads);
+    }
+  }
+
+  @Override
+  public void sgdStep(Tensor params, Tensor grads, int ways, Tensor momentumBuf, float lr, float momentum,
+      boolean nesterov, float weightDecay, boolean firstStep) {
     enter();
-    sameSize(params, grads, "sgdStep");
+    checkSlices(params, grads, ways, "sgdStep");
     CudaTensor p = f32(fl(params), "sgdStep (params)");
     CudaTensor g = fl(grads);
     CudaTensor b = null;
@@ -1891,13 +1911,14 @@ public final class CudaDevice implements Device {
     if (n > 0) {
       boolean vec = mirrored && n % 4 == 0 && p.address() % 16 == 0
           && g.address() % (g.dtype() == DType.BFLOAT16 ? 8 : 16) == 0 && (b == null || b.address() % 16 == 0)
-          && mirrorAt % 8 == 0;
+          && mirrorAt % 8 == 0; // n % 4 == 0 also keeps every slice aligned
       Kernels.Launch k = kernels.launch(vec ? "st_sgd_m4" : mirrored ? "st_sgd_m" : "st_sgd").l(p.address()).l(g.address()).i(code(g))
           .l(b == null ? 0 : b.address()).l(n).f(lr).f(momentum).i(nesterov ? 1 : 0).f(weightDecay)
           .i(firstStep ? 1 : 0);
       if (mirrored) {
         k.l(mirrorAt);
       }
+      k.l(n).i(ways); // the gradient slices' stride and count
       k.run(grid(vec ? n / 4 : n), BLOCK, compute);
     }
     if (isMirrorSource(p)) {
@@ -1909,10 +1930,10 @@ public final class CudaDevice implements Device {
   }
 
   @Override
-  public void adamwStep(Tensor params, Tensor grads, Tensor m, Tensor v, float lr, float beta1, float beta2,
-      float eps, float weightDecay, long step) {
+  public void adamwStep(Tensor params, Tensor grads, int ways, Tensor m, Tensor v, float lr, float beta1,
+      float beta2, float eps, float weightDecay, long step) {
     enter();
-    sameSize(params, grads, "adamwStep");
+    checkSlices(params, grads, ways, "adamwStep");
     sameSize(params, m, "adamwStep");
     sameSize(params, v, "adamwStep");
     CudaTensor p = f32(fl(params), "adamwStep (params)");
@@ -1934,6 +1955,7 @@ public final class CudaDevice implements Device {
       if (mirrored) {
         k.l(mirrorAt);
       }
+      k.l(n).i(ways); // the gradient slices' stride and count
       k.run(grid(n), BLOCK, compute);
     }
     if (isMirrorSource(p)) {

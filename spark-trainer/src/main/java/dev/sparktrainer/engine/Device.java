@@ -179,6 +179,45 @@ public interface Device extends AutoCloseable {
       float eps, float weightDecay, long step);
 
   /**
+   * {@link #sgdStep} whose gradient is the sum of {@code ways} slices of {@code gradSlices} (ways times params' size),
+   * as {@link #sumSlices} would write it (Note [summed gradient slices] in native/kernels/optim.cuh). The default sums
+   * into a temporary tensor first; the CUDA engine reads the slices in the update's pass.
+   */
+  default void sgdStep(Tensor params, Tensor gradSlices, int ways, Tensor momentumBuf, float lr, float momentum,
+      boolean nesterov, float weightDecay, boolean firstStep) {
+    Tensor g = summed(params, gradSlices, ways);
+    try {
+      sgdStep(params, g, momentumBuf, lr, momentum, nesterov, weightDecay, firstStep);
+    } finally {
+      if (g != gradSlices) {
+        free(g);
+      }
+    }
+  }
+
+  /** {@link #adamwStep} over summed gradient slices, as {@link #sgdStep(Tensor, Tensor, int, Tensor, float, float, boolean, float, boolean)}. */
+  default void adamwStep(Tensor params, Tensor gradSlices, int ways, Tensor m, Tensor v, float lr, float beta1,
+      float beta2, float eps, float weightDecay, long step) {
+    Tensor g = summed(params, gradSlices, ways);
+    try {
+      adamwStep(params, g, m, v, lr, beta1, beta2, eps, weightDecay, step);
+    } finally {
+      if (g != gradSlices) {
+        free(g);
+      }
+    }
+  }
+
+  private Tensor summed(Tensor params, Tensor gradSlices, int ways) {
+    if (ways == 1) {
+      return gradSlices;
+    }
+    Tensor g = allocate(gradSlices.dtype(), Math.toIntExact(params.numel()));
+    sumSlices(gradSlices, ways, g);
+    return g;
+  }
+
+  /**
    * Allocates as {@link #allocate}, in memory a communicator may register for collectives without SMs where the
    * device can (Note [copy-engine collectives] in cuda.NcclCommunicator; CudaDevice#preferRegistrableMemory). The
    * default: {@link #allocate}.

@@ -79,25 +79,41 @@ public final class Optimizer {
    * #endStep()} then counts the step.
    */
   public void update(double lr, long[][] ranges) {
+    update(lr, ranges, null, 1);
+  }
+
+  /**
+   * {@link #update(double, long[][])}, where range k's gradient is the sum of {@code ways} slices of {@code
+   * gradSlices[k]} when that is not null (Device#sgdStep over summed slices: Note [copy-engine collectives] in
+   * cuda.NcclCommunicator), else the gradient buffer's.
+   */
+  public void update(double lr, long[][] ranges, Tensor[] gradSlices, int ways) {
     Tensor p = params.trainableParams();
     Tensor g = params.trainableGrads();
+    if (gradSlices != null && gradSlices.length != ranges.length) {
+      throw new IllegalArgumentException(gradSlices.length + " gradient slices for " + ranges.length + " ranges");
+    }
     for (long[] r : ranges) {
       if (r.length != 2 || r[0] < 0 || r[1] < r[0] || r[1] > p.numel()) {
         throw new IllegalArgumentException("range " + java.util.Arrays.toString(r) + " is not within the "
             + p.numel() + " trainable elements");
       }
     }
-    for (long[] r : ranges) {
+    for (int k = 0; k < ranges.length; k++) {
+      long[] r = ranges[k];
       int n = Math.toIntExact(r[1] - r[0]);
       if (n == 0) {
         continue;
       }
+      boolean summed = gradSlices != null && gradSlices[k] != null;
+      Tensor gk = summed ? gradSlices[k] : g.view(r[0], n);
+      int w = summed ? ways : 1;
       if (config.type() == OptimizerConfig.Type.SGD) {
         Tensor mom = state.get("momentum");
-        device.sgdStep(p.view(r[0], n), g.view(r[0], n), mom == null ? null : mom.view(r[0], n), (float) lr,
+        device.sgdStep(p.view(r[0], n), gk, w, mom == null ? null : mom.view(r[0], n), (float) lr,
             (float) config.momentum(), config.nesterov(), (float) config.weightDecay(), steps == 0);
       } else {
-        device.adamwStep(p.view(r[0], n), g.view(r[0], n), state.get("m").view(r[0], n),
+        device.adamwStep(p.view(r[0], n), gk, w, state.get("m").view(r[0], n),
             state.get("v").view(r[0], n), (float) lr, (float) config.beta1(), (float) config.beta2(),
             (float) config.eps(), (float) config.weightDecay(), steps + 1);
       }

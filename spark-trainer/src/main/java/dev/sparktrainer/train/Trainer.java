@@ -1147,20 +1147,19 @@ public final class Trainer {
     }
     comm.joinAsync();
     long[][] ranges = new long[pending.size()][];
+    Tensor[] slices = shardRecv == null ? null : new Tensor[pending.size()];
     List<Tensor> gather = new ArrayList<>();
-    Tensor grads = model.parameters().grads();
     for (int k = 0; k < pending.size(); k++) {
       int i = pending.get(k);
       ranges[k] = shards.owned(i);
       if (shards.sharded(i)) {
         gather.add(shards.view(shardGather, i));
-        if (shardRecv != null) { // the all-to-all brought every rank's copy of this rank's slice: their sum
-          long[] r = ranges[k];
-          device.sumSlices(shards.view(shardRecv, i), comm.worldSize(), grads.view(r[0], Math.toIntExact(r[1] - r[0])));
+        if (slices != null) { // the all-to-all brought every rank's copy of this rank's slice: the update sums them
+          slices[k] = shards.view(shardRecv, i);
         }
       }
     }
-    optimizer.update(lr, ranges);
+    optimizer.update(lr, ranges, slices, comm.worldSize());
     comm.allGatherAsync(gather);
     pending.clear();
   }

@@ -257,4 +257,59 @@ class CudaShardedOptimizerTest {
       }
     }
   }
+
+  /** Note [summed gradient slices]: the optimizers read the slices and sum them as Device.sumSlices, bit for bit. */
+  @Test
+  void optimizersOverSummedSlicesMatchSumThenStep() {
+    CudaTestSupport.assumeGpu();
+    try (CudaDevice d = new CudaDevice(0)) {
+      for (DType t : new DType[] {DType.BFLOAT16, DType.FLOAT32}) {
+        for (int n : new int[] {4096, 4099}) {
+          java.util.Random rnd = new java.util.Random(n);
+          float[] p0 = new float[n];
+          float[] g0 = new float[2 * n];
+          for (int i = 0; i < n; i++) {
+            p0[i] = (float) rnd.nextGaussian();
+          }
+          for (int i = 0; i < 2 * n; i++) {
+            g0[i] = t == DType.BFLOAT16 ? Bf16.round((float) rnd.nextGaussian()) : (float) rnd.nextGaussian();
+          }
+          for (boolean adam : new boolean[] {false, true}) {
+            float[][] out = new float[2][];
+            for (int way = 0; way < 2; way++) {
+              Tensor p = d.allocate(DType.FLOAT32, n);
+              Tensor s1 = d.allocate(DType.FLOAT32, n);
+              Tensor s2 = d.allocate(DType.FLOAT32, n);
+              Tensor slices = d.allocate(t, 2 * n);
+              d.upload(p0, 0, p);
+              d.upload(g0, 0, slices);
+              for (int step = 1; step <= 2; step++) {
+                if (way == 0) { // summed in the update's pass
+                  if (adam) {
+                    d.adamwStep(p, slices, 2, s1, s2, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+                  } else {
+                    d.sgdStep(p, slices, 2, s1, 0.05f, 0.9f, false, 0.01f, step == 1);
+                  }
+                } else { // summed first
+                  Tensor g = d.allocate(t, n);
+                  d.sumSlices(slices, 2, g);
+                  if (adam) {
+                    d.adamwStep(p, g, s1, s2, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+                  } else {
+                    d.sgdStep(p, g, s1, 0.05f, 0.9f, false, 0.01f, step == 1);
+                  }
+                  d.free(g);
+                }
+              }
+              out[way] = host(d, p);
+              for (Tensor x : new Tensor[] {p, s1, s2, slices}) {
+                d.free(x);
+              }
+            }
+            assertArrayEquals(out[1], out[0], t + (adam ? " AdamW" : " SGD") + " n " + n);
+          }
+        }
+      }
+    }
+  }
 }
