@@ -265,8 +265,8 @@ public final class GpuBench {
       }
       t.initializeWeights();
       List<EpochStats> st = t.fit(store, local, steps);
-      long peak = d.arena().peakBytes(); // before the profile, which allocates a second optimizer
-      long steady = d.arena().bytesInUse(); // after the first step nothing more is allocated (Note [step memory plan])
+      long peak = d.peakAllocatedBytes(); // registrable buffers too; before the profile (a second optimizer)
+      long steady = d.allocatedBytes(); // after the first step nothing more is allocated (Note [step memory plan])
       List<Model.PlannedMemory> plans = m.memoryPlans();
       long[] mem = d.memoryInfo();
       Map<String, Double> prof = profile ? profileSteps(d, m, store, local, cfg) : Map.of();

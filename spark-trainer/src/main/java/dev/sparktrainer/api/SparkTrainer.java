@@ -71,6 +71,7 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
   private final BooleanParam cudnnBenchmark;
   private final BooleanParam cudaGraphs;
   private final BooleanParam shardOptimizer;
+  private final BooleanParam copyEngineCollectives;
   private final IntParam gemmSmCarveout;
   private final Param<String> gradientPrecision;
   private final Param<String> allReduceMode;
@@ -142,6 +143,11 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
         "cuda, several GPUs over NCCL: each rank updates its share of the weights and the shares are all-gathered "
             + "during backward (as ZeRO stage 1), the same weights bit for bit; where it cannot (clipNorm, "
             + "nonFinite=skip, accumulation, batch norm, in-order all-reduce) the ranks train unsharded and say why");
+    copyEngineCollectives = new BooleanParam(this, "copyEngineCollectives",
+        "cuda, several GPUs of one host over NCCL 2.28+, with shardOptimizer: the sharded optimizer's collectives run "
+            + "on the GPUs' copy engines (NCCL zero-CTA all-to-all and all-gather over registered buffers), leaving "
+            + "the SMs to backward; the same weights bit for bit at 2 GPUs; where it cannot, NCCL's kernels as before, "
+            + "and each rank says why");
     allReduceMode = new Param<>(this, "allReduceMode",
         "cuda, several GPUs: how the gradient all-reduce runs beside backward: overlapped (on its own stream, as "
             + "PyTorch DDP), in_order (on the compute stream, between backward's kernels) or auto (in_order when all "
@@ -163,6 +169,7 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
     setDefault(cudnnBenchmark, false);
     setDefault(cudaGraphs, false);
     setDefault(shardOptimizer, false);
+    setDefault(copyEngineCollectives, false);
     setDefault(validationIndicatorCol, "");
     setDefault(nonFinite, "fail");
     setDefault(featuresCol, "features");
@@ -293,6 +300,11 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
     return cudaGraphs;
   }
 
+  /** The param of {@link #setCopyEngineCollectives}. */
+  public BooleanParam copyEngineCollectives() {
+    return copyEngineCollectives;
+  }
+
   /** The param of {@link #setShardOptimizer}. */
   public BooleanParam shardOptimizer() {
     return shardOptimizer;
@@ -368,6 +380,19 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
    */
   public SparkTrainer setShardOptimizer(boolean v) {
     set(shardOptimizer, v);
+    return this;
+  }
+
+  /**
+   * cuda, several GPUs of one host, with {@link #setShardOptimizer}: {@code true} runs the sharded optimizer's
+   * collectives on the GPUs' copy engines (Note [copy-engine collectives] in cuda.NcclCommunicator): each rank's
+   * model is built in memory NCCL can register, the reduce-scatter becomes an all-to-all whose sums the update adds,
+   * and the all-gathers move without SMs, so backward's matmuls keep nearly every SM. The benchmark MLP with bf16
+   * gradients scaled 98% from one to two H100s this way, against 88-90% with NCCL's kernels. Needs NCCL 2.28.3 or
+   * later; runs it does not apply to keep NCCL's kernels and each rank logs why. Default false.
+   */
+  public SparkTrainer setCopyEngineCollectives(boolean v) {
+    set(copyEngineCollectives, v);
     return this;
   }
 
@@ -570,6 +595,11 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
 
   public boolean getCudaGraphs() {
     return (Boolean) $(cudaGraphs);
+  }
+
+  /** Whether the sharded optimizer's collectives run on the copy engines (see {@link #setCopyEngineCollectives}). */
+  public boolean getCopyEngineCollectives() {
+    return (Boolean) $(copyEngineCollectives);
   }
 
   /** Whether the optimizer is sharded over the GPUs (see {@link #setShardOptimizer}). */

@@ -110,7 +110,7 @@ public final class JobConfig {
     keys(tr, "training", Set.of("epochs", "batchSize", "numWorkers", "device", "seed", "optimizer", "schedule",
         "loss", "clipNorm", "accumulation", "dropLast", "checkpointPath", "checkpointInterval", "timeoutSeconds",
         "nonFinite", "precision", "cudnnBenchmark", "cudaGraphs", "allReduceMode",
-        "gemmSmCarveout", "gradientPrecision", "shardOptimizer"));
+        "gemmSmCarveout", "gradientPrecision", "shardOptimizer", "copyEngineCollectives"));
     if (tr.has("epochs")) {
       t.setEpochs(integer(tr, "epochs"));
     }
@@ -181,6 +181,9 @@ public final class JobConfig {
     }
     if (tr.has("shardOptimizer")) {
       t.setShardOptimizer(bool(tr, "training", "shardOptimizer"));
+    }
+    if (tr.has("copyEngineCollectives")) {
+      t.setCopyEngineCollectives(bool(tr, "training", "copyEngineCollectives"));
     }
     t.trainerConfig(); // validates the combination now, before Spark starts
     trainer = t;

@@ -564,6 +564,27 @@ public final class CudaDevice implements Device {
     return new CudaTensor(this, b, dtype, shape);
   }
 
+  /**
+   * The most bytes this device's tensors held: the root arena's peak plus the registrable arena's (an upper bound:
+   * the two peaks may come at different times; the registrable buffers live as long as the model).
+   */
+  public long peakAllocatedBytes() {
+    CudaArena a;
+    synchronized (this) {
+      a = registrableArena;
+    }
+    return arena.peakBytes() + (a == null ? 0 : a.peakBytes());
+  }
+
+  /** Bytes held by this device's tensors now, the registrable ones included. */
+  public long allocatedBytes() {
+    CudaArena a;
+    synchronized (this) {
+      a = registrableArena;
+    }
+    return arena.bytesInUse() + (a == null ? 0 : a.bytesInUse());
+  }
+
   /** Whether t lies in memory from {@link #allocateRegistrable} made while registrable memory was preferred. */
   public boolean isRegistrable(CudaTensor t) {
     CudaArena a;

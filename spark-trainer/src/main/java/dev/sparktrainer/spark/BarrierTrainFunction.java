@@ -57,6 +57,7 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
   private boolean cudnnBenchmark; // cuda: timed cuDNN algorithm search (Note [cudnn benchmark per executor JVM])
   private boolean cudaGraphs; // the trainer's CUDA graphs option (Note [CUDA graphs] in Trainer)
   private boolean shardOptimizer; // the trainer's option (Note [sharded optimizer] in Trainer)
+  private boolean copyEngine; // Note [copy-engine collectives] in cuda.NcclCommunicator
   private String allReduceMode = "auto"; // SparkTrainer.setAllReduceMode: auto keeps the trainer's default
   private int gemmSmCarveout = -1; // SparkTrainer.setGemmSmCarveout: -1 keeps the trainer's default
   private String gradientPrecision = "fp32"; // SparkTrainer.setGradientPrecision: fp32 or bf16 (where it applies)
@@ -108,6 +109,12 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
   /** The trainers shard their optimizer where that applies (Note [sharded optimizer] in Trainer). */
   BarrierTrainFunction withShardOptimizer(boolean on) {
     this.shardOptimizer = on;
+    return this;
+  }
+
+  /** The sharded optimizer's collectives on the copy engines (Note [copy-engine collectives]). */
+  BarrierTrainFunction withCopyEngineCollectives(boolean on) {
+    this.copyEngine = on;
     return this;
   }
 
@@ -192,6 +199,9 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
             + trainedIn);
         try {
           ModelSpec spec = ModelSpec.fromJson(specJson);
+          if (copyEngine && shardOptimizer && dev instanceof dev.sparktrainer.cuda.CudaDevice cuda) {
+            cuda.preferRegistrableMemory(true); // the model's buffers, before it is built
+          }
           Model model = new Model(spec, dev, Backends.computeDType(trainedIn),
               gradientPrecision.equals("bf16") ? DType.BFLOAT16 : DType.FLOAT32);
           // The gradient dtype in effect: bf16 applies only on the fused linear path, else the model keeps fp32.
@@ -207,7 +217,8 @@ final class BarrierTrainFunction extends AbstractFunction1<Iterator<Tuple2<Integ
           ValidationPass validation = data.validation() == null ? null
               : new ValidationPass(model, cfg.loss(), comm, data.validation(), cfg.batchSize(), validationRows);
           List<TrainingSummary.Validation> validated = new ArrayList<>();
-          Trainer trainer = new Trainer(model, cfg, comm).cudaGraphs(cudaGraphs).shardOptimizer(shardOptimizer);
+          Trainer trainer = new Trainer(model, cfg, comm).cudaGraphs(cudaGraphs).shardOptimizer(shardOptimizer)
+              .copyEngineCollectives(copyEngine);
           if (!"auto".equals(allReduceMode)) {
             trainer.allReduceMode(Trainer.AllReduceMode.parse(allReduceMode));
           }

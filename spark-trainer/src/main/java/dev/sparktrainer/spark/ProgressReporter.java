@@ -144,7 +144,7 @@ public final class ProgressReporter implements AutoCloseable {
   /** The device's peak memory in bytes as far as this project allocated it, or -1 (CPU). */
   public static long peakMemory(Device device) {
     try {
-      return device instanceof CudaDevice c ? c.arena().peakBytes() : -1;
+      return device instanceof CudaDevice c ? c.peakAllocatedBytes() : -1;
     } catch (RuntimeException | LinkageError e) {
       return -1;
     }

@@ -418,6 +418,7 @@ public final class TrainingJob {
     fn.withPrecision(params.getPrecision(), params.getCudnnBenchmark());
     fn.withCudaGraphs(params.getCudaGraphs());
     fn.withShardOptimizer(params.getShardOptimizer());
+    fn.withCopyEngineCollectives(params.getCopyEngineCollectives());
     fn.withAllReduceMode(params.getAllReduceMode());
     fn.withGemmSmCarveout(params.getGemmSmCarveout());
     fn.withGradientPrecision(params.getGradientPrecision());

@@ -52,6 +52,8 @@ class JobConfigTest {
     assertEquals(true, training("\"cudaGraphs\": true").trainer.getCudaGraphs());
     assertEquals(false, training("").trainer.getShardOptimizer());
     assertEquals(true, training("\"shardOptimizer\": true").trainer.getShardOptimizer());
+    assertEquals(false, training("").trainer.getCopyEngineCollectives());
+    assertEquals(true, training("\"copyEngineCollectives\": true").trainer.getCopyEngineCollectives());
     assertEquals("auto", training("").trainer.getAllReduceMode());
     assertEquals("in_order", training("\"allReduceMode\": \"in_order\"").trainer.getAllReduceMode());
     assertEquals("overlapped", training("\"allReduceMode\": \"overlapped\"").trainer.getAllReduceMode());
@@ -152,7 +154,8 @@ class JobConfigTest {
   @Test
   void unknownTrainingKey() {
     assertEquals("training: unknown key 'epoch' (allowed: [accumulation, allReduceMode, batchSize, checkpointInterval, "
-        + "checkpointPath, clipNorm, cudaGraphs, cudnnBenchmark, device, dropLast, epochs, gemmSmCarveout, "
+        + "checkpointPath, clipNorm, copyEngineCollectives, cudaGraphs, cudnnBenchmark, device, dropLast, epochs, "
+        + "gemmSmCarveout, "
         + "gradientPrecision, loss, nonFinite, numWorkers, optimizer, "
         + "precision, schedule, seed, shardOptimizer, timeoutSeconds])",
         fails("{\"data\": {\"format\": \"parquet\", \"path\": \"x\"}, " + MODEL + ", \"training\": {\"epoch\": 3}}"));

@@ -155,6 +155,9 @@ class SparkTrainerTest {
       // unsharded (each logs why) and the weights are the plain run's.
       SparkTrainerModel sharded = trainer(2).setShardOptimizer(true).fit(df);
       assertArrayEquals(fp32.parameters(), sharded.parameters(), "shardOptimizer on the CPU engine changes nothing");
+      // copyEngineCollectives too: the TCP ring has none, so the ranks keep the plain path (each logs why)
+      SparkTrainerModel ce = trainer(2).setShardOptimizer(true).setCopyEngineCollectives(true).fit(df);
+      assertArrayEquals(fp32.parameters(), ce.parameters(), "copyEngineCollectives on the CPU engine changes nothing");
       SparkTrainer est = trainer(2).setPrecision("bf16").setCudnnBenchmark(true);
       SparkTrainerModel bf16 = est.fit(df);
       // gradientPrecision bf16 reaches the ranks' models; the CPU engine has no fused linear path, so they keep fp32
