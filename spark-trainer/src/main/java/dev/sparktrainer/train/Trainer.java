@@ -1035,9 +1035,20 @@ public final class Trainer {
   // (checkFiniteSharded), so it can only fail the fit. A step makes several joins, so bucketWaitLag 2 acts as 1.
   // Measured: the benchmark MLP with bf16 gradients at W = 2 on 2 H100s, 798k samples/s against 766-768k unsharded in
   // the same call (+4%; ours only, without the per-step non-finite check, which makes the host wait for every step;
-  // benchmarks/README.md). What is left: backward runs 7.1 ms against 5.25 at W = 1 plus the 0.77 ms update inside
-  // it, because the GEMMs leave 24 SMs to NCCL (Note [GEMM SM carve-out]); the last layers' gathers and
-  // reduce-scatters wait 0.7 ms after it.
+  // benchmarks/README.md). What was left: backward ran 7.1 ms against 5.25 at W = 1 plus the 0.77 ms update inside
+  // it, because the GEMMs left 24 SMs to NCCL (Note [GEMM SM carve-out]); the last layers' gathers and
+  // reduce-scatters waited 0.7 ms after it. Two additions took that on:
+  // - copyEngineCollectives (Note [copy-engine collectives] in cuda.NcclCommunicator): each bucket goes by all-to-all
+  //   into shardRecv instead of the in-place reduce-scatter, and the update reads this rank's W chunks and sums them
+  //   in its own pass (Optimizer.update over gradient slices; Note [summed gradient slices] in optim.cuh), so the
+  //   gradient buffer holds only this rank's own gradients; the all-to-alls and all-gathers run on the copy engines
+  //   and the GEMMs leave 4 SMs (COPY_ENGINE_CARVEOUT). At W = 2 the sum is NCCL's one addition: the same bits.
+  //   Only the gradients on this rank are checked by checkFiniteSharded then, so a sum that overflows finite bf16
+  //   gradients goes unseen until the weights show it;
+  // - buckets end at layer starts (bucketStarts with Model#gradientReadyOffsets; layerAlignedBuckets), so only the
+  //   first layer's gradients are left when backward ends.
+  // The benchmark MLP with bf16 gradients: W = 2 scales 98.1% (872-875k samples/s against 444-446k at W = 1; PyTorch
+  // DDP 79%), against 88-90% with NCCL's kernels (results/2026-11-26-h100x2-ce-run{1,2}).
 
   /** -Dsparktrainer.train.shardOptimizer=true: the default of {@link #shardOptimizer(boolean)} (false). */
   public static final String SHARD_OPTIMIZER_PROPERTY = "sparktrainer.train.shardOptimizer";
@@ -1224,8 +1235,9 @@ public final class Trainer {
   /**
    * The per-step non-finite check under Note [sharded optimizer] (nonFinite=fail): the update is already applied, so
    * it can only fail the fit, as the unsharded check does before it. Each rank's gradient buffer holds its own
-   * gradients outside its slices and the sums in them, so a NaN or infinity in any rank's gradients shows on that rank
-   * at least; one all-reduced flag makes every rank decide the same. Returns the nanoseconds.
+   * gradients outside its slices and the sums in them (with copy-engine collectives: only its own), so a NaN or
+   * infinity in any rank's gradients shows on that rank at least; one all-reduced flag makes every rank decide the
+   * same. Returns the nanoseconds.
    */
   private long checkFiniteSharded(int epoch) {
     long c0 = System.nanoTime();
