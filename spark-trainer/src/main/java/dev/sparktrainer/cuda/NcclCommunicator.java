@@ -926,9 +926,9 @@ public final class NcclCommunicator implements Communicator {
         synchronized (lock) {
           z = zero;
         }
-        if (z != 0) {
-          // Note [copy-engine collectives]: blocking as the collectives' communicator (below), so the queued work
-          // finishes under the watchdog first; the windows left registered go with the communicator.
+        if (z != 0 || p != 0) {
+          // Note [blocking collectives]: a blocking communicator's finalize waits in this thread, so first the work
+          // queued on both streams finishes under the watchdog; then nothing is left for it to wait for.
           synchronized (lock) {
             ensureUsable("close");
             commDone.record(device.commStream());
@@ -936,6 +936,8 @@ public final class NcclCommunicator implements Communicator {
           }
           waitFor(commDone, "close: the queued collectives", deadline);
           waitFor(computeDone, "close: the queued collectives", deadline);
+        }
+        if (z != 0) { // Note [copy-engine collectives]: the windows left registered go with the communicator
           synchronized (lock) {
             ensureUsable("close");
             windows.clear();
@@ -945,15 +947,6 @@ public final class NcclCommunicator implements Communicator {
           }
         }
         if (p != 0) {
-          // Note [blocking collectives]: the blocking communicator's finalize waits in this thread, so first the
-          // work queued on both streams finishes under the watchdog; then nothing is left for it to wait for.
-          synchronized (lock) {
-            ensureUsable("close");
-            commDone.record(device.commStream());
-            computeDone.record(device.computeStream());
-          }
-          waitFor(commDone, "close: the queued collectives", deadline);
-          waitFor(computeDone, "close: the queued collectives", deadline);
           synchronized (lock) {
             ensureUsable("close");
             Native.check(Native.ncclCommFinalize(c), "ncclCommFinalize (blocking collectives)");
