@@ -462,16 +462,29 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclMemAlloc(JNIEnv* en
                                                                       jlongArray out) {
   if (bytes <= 0) return jniError(JNI_BAD_ARGUMENT);
   if (out == nullptr || env->GetArrayLength(out) < 1) return jniError(JNI_ARRAY);
+#if NCCL_VERSION_CODE >= 21900
   void* p = nullptr;
   ncclResult_t r = ncclMemAlloc(&p, (size_t)bytes);
   if (r != ncclSuccess) return nccl(r);
   jlong v = toJ(p);
   env->SetLongArrayRegion(out, 0, 1, &v);
   return 0;
+#else
+  return nccl(ncclInvalidUsage);
+#endif
 }
 
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclMemFree(JNIEnv*, jclass, jlong address) {
+#if NCCL_VERSION_CODE >= 21900
   return nccl(ncclMemFree(fromJ<void*>(address)));
+#else
+  return nccl(ncclInvalidUsage);
+#endif
+}
+
+// The NCCL_VERSION_CODE of the headers this library was compiled against (the runtime's is in versions()).
+JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclCompiledVersion(JNIEnv*, jclass) {
+  return NCCL_VERSION_CODE;
 }
 
 // ncclCommWindowRegister(comm, buff, bytes, &win, NCCL_WIN_COLL_SYMMETRIC), a collective of the communicator's

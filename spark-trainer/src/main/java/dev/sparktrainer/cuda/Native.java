@@ -125,6 +125,9 @@ final class Native {
 
   static native int ncclMemFree(long address);
 
+  /** NCCL_VERSION_CODE of the headers the JNI library was compiled against. */
+  static native int ncclCompiledVersion();
+
   /** ncclCommWindowRegister(..., NCCL_WIN_COLL_SYMMETRIC), a collective; out[0] = the window (NCCL 2.27+). */
   static native int ncclCommWindowRegister(long comm, long address, long bytes, long[] out);
 

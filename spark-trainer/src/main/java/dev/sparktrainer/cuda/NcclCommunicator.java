@@ -75,6 +75,7 @@ public final class NcclCommunicator implements Communicator {
   private long parent; // the non-blocking ncclComm_t that comm was split from (Note [blocking collectives]), or 0
   private long zero; // the zero-CTA ncclComm_t of Note [copy-engine collectives], made at the first registration
   private final java.util.ArrayList<Window> windows = new java.util.ArrayList<>(); // registered on zero
+  private boolean copyEngineOn; // the last registerCopyEngineBuffers held on every rank, until the release
   private volatile boolean abortRequested;
   private volatile String failure; // why the communicator is no longer usable
   private int unjoined; // async collectives started since the last joinAsync
@@ -563,30 +564,26 @@ public final class NcclCommunicator implements Communicator {
 
   private record Window(long handle, long address, long bytes) {}
 
-  /** Whether t lies inside a registered window (lock held). */
+  /** Whether t lies inside a registered window while this fit's registration held on every rank (lock held). */
   private boolean inWindow(CudaTensor t) {
-    long lo = t.address();
-    long hi = lo + t.bytes();
-    for (Window w : windows) {
-      if (lo >= w.address() && hi <= w.address() + w.bytes()) {
-        return true;
-      }
-    }
-    return false;
+    return copyEngineOn && covers(t.address(), t.bytes());
   }
 
-  /** Why buffers cannot be registered for copy-engine collectives, or null. */
+  /** Why buffers cannot be registered for copy-engine collectives on this rank, or null. */
   private String copyEngineIneligibility(List<? extends Tensor> bufs) {
-    if (worldSize < 2) {
-      return "one rank";
-    }
     if (!oneHost) {
       return "the ranks are on more than one host (NCCL's copy-engine collectives stay within one NVLink domain)";
     }
     long[] v = new long[4];
     Native.check(Native.versions(v), "versions");
-    if (v[0] < COPY_ENGINE_MIN_NCCL) {
-      return "NCCL " + v[0] + " is older than 2.28.3, the first with copy-engine collectives";
+    long nccl = Math.min(v[0], Native.ncclCompiledVersion()); // the runtime's, and the headers' the JNI was built with
+    if (nccl < COPY_ENGINE_MIN_NCCL) {
+      return "NCCL " + nccl + " (runtime " + v[0] + ", headers " + Native.ncclCompiledVersion() + ") is older than"
+          + " 2.28.3, the first with copy-engine collectives";
+    }
+    if (worldSize == 2 && nccl < COPY_ENGINE_TWO_RANK_FIX && !"0".equals(System.getenv("NCCL_NVLS_ENABLE"))) {
+      return "NCCL " + nccl + " can hang the first copy-engine collective of two ranks where NVLink multicast is on"
+          + " (NVIDIA/nccl pull request 2290); set NCCL_NVLS_ENABLE=0 or use NCCL 2.31.2+";
     }
     for (Tensor t : bufs) {
       CudaTensor c = tensor(t, "registerCopyEngineBuffers");
@@ -601,22 +598,61 @@ public final class NcclCommunicator implements Communicator {
   /** NCCL 2.28.3: the first version with copy-engine collectives (NCCL_VERSION_CODE). */
   static final long COPY_ENGINE_MIN_NCCL = 22803;
 
+  /** NCCL 2.31.2: two-rank copy-engine collectives synchronise without multicast (NVIDIA/nccl PR 2290). */
+  static final long COPY_ENGINE_TWO_RANK_FIX = 23102;
+
   /**
    * Registers the whole allocations of {@code bufs} as symmetric windows of the zero-CTA communicator (made at the
-   * first call), a collective (Note [copy-engine collectives]). Returns null, or why not (then nothing is
-   * registered and no rank has made a collective call: the reasons are the same on every rank of one job).
+   * first call), a collective (Note [copy-engine collectives]). First the ranks agree, by an all-reduce under the
+   * watchdog, that every one of them can and has the same number of allocations to register (none where an earlier
+   * fit that failed left them registered); the blocking registration comes only then, so a rank that cannot does not
+   * leave the others waiting in it. Returns null when every rank's buffers are registered, else why not (then this
+   * fit's collectives use NCCL's kernels on every rank).
    */
   @Override
   public String registerCopyEngineBuffers(List<? extends Tensor> bufs) {
+    synchronized (lock) {
+      copyEngineOn = false;
+    }
+    if (worldSize < 2) {
+      return "one rank";
+    }
     String why = copyEngineIneligibility(bufs);
+    List<CudaBuffer> todo = new java.util.ArrayList<>();
+    if (why == null) {
+      synchronized (lock) {
+        for (Tensor t : bufs) {
+          CudaTensor c = (CudaTensor) t;
+          CudaBuffer b = c.buffer();
+          if (!todo.contains(b) && !covers(b.address(), b.bytes())) {
+            todo.add(b);
+          }
+        }
+      }
+    }
+    Tensor vote = device.allocate(DType.FLOAT32, 2); // {ranks that can, allocations to register}
+    float[] agreed = new float[2];
+    try {
+      device.upload(new float[] {why == null ? 1f : 0f, why == null ? todo.size() : 0f}, 0, vote);
+      allReduceSum(vote);
+      device.download(vote, agreed, 0);
+    } finally {
+      device.free(vote);
+    }
     if (why != null) {
       return why;
+    }
+    if (agreed[0] != worldSize) {
+      return "another rank cannot register its buffers (its log says why)";
+    }
+    if (agreed[1] != (float) todo.size() * worldSize) {
+      return "the ranks' registered buffers differ (a fit that failed on some ranks only left them registered)";
     }
     long z;
     synchronized (lock) {
       z = zero;
     }
-    if (z == 0) {
+    if (z == 0 && !todo.isEmpty()) {
       z = split(Native.NCCL_CTA_POLICY_ZERO, "ncclCommSplit (copy-engine collectives, world " + worldSize + ", "
           + device.name() + ")");
       synchronized (lock) {
@@ -628,29 +664,41 @@ public final class NcclCommunicator implements Communicator {
       }
     }
     device.makeCurrent();
-    java.util.Set<CudaBuffer> seen = new java.util.HashSet<>();
-    synchronized (lock) {
-      for (Tensor t : bufs) {
-        CudaBuffer b = ((CudaTensor) t).buffer();
-        if (!seen.add(b)) {
-          continue;
-        }
+    for (CudaBuffer b : todo) {
+      // Outside the lock: a blocking collective, which abort() (from another thread) must be able to end.
+      long[] out = new long[1];
+      int st = Native.ncclCommWindowRegister(z, b.address(), b.bytes(), out);
+      if (st != 0) {
+        throw fail("ncclCommWindowRegister of " + b, Native.errorString(st) + lastError());
+      }
+      synchronized (lock) {
         ensureUsable("registerCopyEngineBuffers");
-        long[] out = new long[1];
-        int st = Native.ncclCommWindowRegister(zero, b.address(), b.bytes(), out);
-        if (st != 0) {
-          throw fail("ncclCommWindowRegister of " + t, Native.errorString(st) + lastError());
-        }
         windows.add(new Window(out[0], b.address(), b.bytes()));
       }
     }
+    synchronized (lock) {
+      copyEngineOn = true;
+    }
     return null;
+  }
+
+  /** Whether [address, address + bytes) lies inside a registered window (lock held). */
+  private boolean covers(long address, long bytes) {
+    for (Window w : windows) {
+      if (address >= w.address() && address + bytes <= w.address() + w.bytes()) {
+        return true;
+      }
+    }
+    return false;
   }
 
   /** Deregisters every window (a collective), after the queued work that may use them. */
   @Override
   public void releaseCopyEngineBuffers() {
+    long z;
+    List<Window> gone;
     synchronized (lock) {
+      copyEngineOn = false;
       if (windows.isEmpty()) {
         return;
       }
@@ -665,12 +713,14 @@ public final class NcclCommunicator implements Communicator {
     device.makeCurrent();
     synchronized (lock) {
       ensureUsable("releaseCopyEngineBuffers");
-      while (!windows.isEmpty()) {
-        Window w = windows.remove(windows.size() - 1);
-        int st = Native.ncclCommWindowDeregister(zero, w.handle());
-        if (st != 0) {
-          throw fail("ncclCommWindowDeregister", Native.errorString(st) + lastError());
-        }
+      z = zero;
+      gone = new java.util.ArrayList<>(windows);
+      windows.clear();
+    }
+    for (int i = gone.size() - 1; i >= 0; i--) {
+      int st = Native.ncclCommWindowDeregister(z, gone.get(i).handle()); // outside the lock, as registering
+      if (st != 0) {
+        throw fail("ncclCommWindowDeregister", Native.errorString(st) + lastError());
       }
     }
   }
@@ -793,16 +843,24 @@ public final class NcclCommunicator implements Communicator {
         if (finished) {
           return;
         }
-        int r = Native.ncclCommGetAsyncError(comm, async);
-        if (r != 0) {
-          throw fail(what, "ncclCommGetAsyncError failed: " + Native.errorString(r));
-        }
-        if (async[0] != 0 && async[0] != Native.NCCL_IN_PROGRESS) {
-          throw fail(what, "NCCL reported " + Native.errorString((Native.LIB_NCCL << 24) | async[0]) + lastError());
+        checkAsyncError(comm, what, async);
+        if (zero != 0) {
+          checkAsyncError(zero, what, async); // Note [copy-engine collectives]
         }
       }
       checkDeadline(what, deadline);
       pause(start);
+    }
+  }
+
+  /** Fails (aborting) when NCCL reports an error on communicator c (lock held). */
+  private void checkAsyncError(long c, String what, int[] async) {
+    int r = Native.ncclCommGetAsyncError(c, async);
+    if (r != 0) {
+      throw fail(what, "ncclCommGetAsyncError failed: " + Native.errorString(r));
+    }
+    if (async[0] != 0 && async[0] != Native.NCCL_IN_PROGRESS) {
+      throw fail(what, "NCCL reported " + Native.errorString((Native.LIB_NCCL << 24) | async[0]) + lastError());
     }
   }
 
@@ -880,6 +938,7 @@ public final class NcclCommunicator implements Communicator {
     comm = 0;
     parent = 0;
     windows.clear(); // aborting frees them
+    copyEngineOn = false;
     for (long c : both) {
       if (c != 0) {
         device.makeCurrent();
@@ -940,10 +999,11 @@ public final class NcclCommunicator implements Communicator {
         if (z != 0) { // Note [copy-engine collectives]: the windows left registered go with the communicator
           synchronized (lock) {
             ensureUsable("close");
-            windows.clear();
-            zero = 0;
             Native.check(Native.ncclCommFinalize(z), "ncclCommFinalize (copy-engine collectives)");
             Native.check(Native.ncclCommDestroy(z), "ncclCommDestroy (copy-engine collectives)");
+            zero = 0; // only now: a failure above aborts it (the catch below)
+            windows.clear();
+            copyEngineOn = false;
           }
         }
         if (p != 0) {

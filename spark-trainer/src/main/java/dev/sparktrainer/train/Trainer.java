@@ -89,6 +89,7 @@ public final class Trainer {
   private Boolean layerBuckets = System.getProperty(LAYER_BUCKETS_PROPERTY) == null ? null
       : Boolean.getBoolean(LAYER_BUCKETS_PROPERTY); // layerAlignedBuckets, or null: under sharding only
   private Tensor shardRecv; // the all-to-all's receive buffer under Note [copy-engine collectives], or null
+  private boolean copyEngineNow; // this fit's sharded collectives go by all-to-all into shardRecv
   private String copyEngineOff; // why this fit's sharded collectives use SMs although copy engines were asked, or null
   private ShardPlan shards; // this fit's Note [sharded optimizer] plan, or null
   private Tensor shardGather; // what the ranks all-gather after their updates (gatherTarget), with shards
@@ -406,19 +407,25 @@ public final class Trainer {
         LOG.log(System.Logger.Level.WARNING, "rank {0}: the optimizer is not sharded: {1}", comm.rank(), shardingOff);
       }
     }
-    shardRecv = null;
+    if (gemmSmCarveout > 0) {
+      device.gemmSmCarveout(gemmSmCarveout); // a bad value fails here, before any collective
+      device.gemmSmCarveout(0);
+    }
     copyEngineOff = null;
+    copyEngineNow = false;
     if (shards != null && copyEngine) {
       // Note [copy-engine collectives] (cuda.NcclCommunicator): the reduce-scatter becomes an all-to-all into
-      // shardRecv, summed by updateShards; the all-gathers read and write shardGather
-      Tensor recv = device.allocateRegistrable(grads.dtype(), Math.toIntExact(grads.numel()));
-      copyEngineOff = comm.registerCopyEngineBuffers(List.of(grads, recv, shardGather));
-      if (copyEngineOff == null) {
-        shardRecv = recv;
+      // shardRecv, summed by updateShards; the all-gathers read and write shardGather. A fit that failed left its
+      // receive buffer registered: this one uses it again (the communicator then registers nothing new).
+      if (shardRecv == null) {
+        shardRecv = device.allocateRegistrable(grads.dtype(), Math.toIntExact(grads.numel()));
+      }
+      copyEngineOff = comm.registerCopyEngineBuffers(List.of(grads, shardRecv, shardGather));
+      copyEngineNow = copyEngineOff == null;
+      if (copyEngineNow) {
         LOG.log(System.Logger.Level.INFO, "rank {0}: the collectives of the sharded optimizer run on the copy engines",
             comm.rank());
       } else {
-        device.free(recv);
         LOG.log(System.Logger.Level.WARNING, "rank {0}: copy-engine collectives are off: {1}", comm.rank(),
             copyEngineOff);
       }
@@ -666,12 +673,11 @@ public final class Trainer {
       consolidateShards(); // the caller reads the weights and optimizer state (Note [sharded optimizer])
       releaseCopyEngine(); // every rank gets here: the windows go
     } finally {
-      if (shardRecv != null) {
-        // a failed fit leaves its windows to the communicator's abort or close: a deregistration is a collective the
-        // other ranks may never make. The receive buffer's memory stays mapped by NCCL until then.
-        device.free(shardRecv);
-        shardRecv = null;
-      }
+      // A fit that failed keeps its receive buffer and windows (releaseCopyEngine did not run): a deregistration is a
+      // collective the other ranks may never make, and freeing registered memory would leave NCCL a window on it.
+      // The next fit uses them again; the communicator's abort or close gives the windows back, the device's close
+      // the memory.
+      copyEngineNow = false;
       closeGraphs(graphs);
       if (timeline != null) {
         model.markLayers(null);
@@ -878,7 +884,7 @@ public final class Trainer {
     if (!comm.allRanksOnOneHost()) {
       return 0;
     }
-    if (shardRecv != null) {
+    if (copyEngineNow) {
       return COPY_ENGINE_CARVEOUT; // Note [copy-engine collectives]: the bytes move without SMs
     }
     // bf16 gradients (Note [bf16 gradients] in nn.Model) halve the all-reduce, and it needs fewer SMs beside backward:
@@ -1158,7 +1164,7 @@ public final class Trainer {
     }
     comm.joinAsync();
     long[][] ranges = new long[pending.size()][];
-    Tensor[] slices = shardRecv == null ? null : new Tensor[pending.size()];
+    Tensor[] slices = copyEngineNow ? new Tensor[pending.size()] : null;
     List<Tensor> gather = new ArrayList<>();
     for (int k = 0; k < pending.size(); k++) {
       int i = pending.get(k);
@@ -1187,10 +1193,10 @@ public final class Trainer {
 
   /** Deregisters the copy-engine buffers (a collective) and frees the receive buffer, after a fit that ended well. */
   private void releaseCopyEngine() {
-    if (shardRecv == null) {
-      return;
+    if (shardRecv == null || !copyEngineNow) {
+      return; // a refused registration (the ranks disagreed) leaves what an earlier fit left, as it found it
     }
-    comm.releaseCopyEngineBuffers();
+    comm.releaseCopyEngineBuffers(); // every rank: the registration held on all of them
     device.free(shardRecv);
     shardRecv = null;
   }
@@ -1270,7 +1276,7 @@ public final class Trainer {
     long lo = starts[i + 1];
     long hi = starts[i];
     if (shards != null && shards.sharded(i)) { // never with the bf16 hook (shardingIneligibility)
-      if (shardRecv != null) {
+      if (copyEngineNow) {
         comm.allToAllAsync(shards.view(grads, i), shards.view(shardRecv, i)); // summed by updateShards
       } else {
         comm.reduceScatterSumAsync(shards.view(grads, i)); // Note [sharded optimizer]

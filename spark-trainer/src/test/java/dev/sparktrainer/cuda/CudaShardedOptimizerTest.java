@@ -312,4 +312,59 @@ class CudaShardedOptimizerTest {
       }
     }
   }
+
+  /**
+   * A fit that fails (here its epoch listener throws after the first epoch, on both ranks) keeps its copy-engine
+   * buffers registered; the next fit on the same trainer uses them again (the ranks agree there is nothing to
+   * register) and ends where an uninterrupted fit does.
+   */
+  @Test
+  void aFitAfterAFailedOneUsesTheRegisteredBuffersAgain() {
+    OptimizerConfig sgd = OptimizerConfig.sgd(0.05).withMomentum(0.9);
+    List<Run> plain = onTwoGpus(DType.BFLOAT16, DType.BFLOAT16, sgd, false, false, false, 1);
+    List<Run> resumed = LocalLauncher.run(2, Cuda.deviceCount(), 300, ctx -> {
+      try (CudaDevice d = new CudaDevice(GpuSelector.select(ctx));
+          NcclCommunicator c = NcclCommunicator.create(ctx, d, Duration.ofSeconds(60))) {
+        d.preferRegistrableMemory(true);
+        HeapRowStore store = CudaFusedPathTest.synthetic(2048, 96, 10, 5);
+        TrainerConfig cfg = TrainerConfig.builder().epochs(2).batchSize(64).seed(3).optimizer(sgd).build();
+        Model m = new Model(MLP, d, DType.BFLOAT16, DType.BFLOAT16);
+        Trainer t = new Trainer(m, cfg, c).gradientBuckets(192L * 2, 16384)
+            .allReduceMode(Trainer.AllReduceMode.OVERLAPPED).gemmSmCarveout(0).shardOptimizer(true)
+            .copyEngineCollectives(true).layerAlignedBuckets(true);
+        boolean[] failed = {false};
+        t.onEpochEnd(e -> {
+          if (!failed[0]) {
+            failed[0] = true;
+            throw new IllegalStateException("the listener fails once");
+          }
+        });
+        t.initializeWeights();
+        SamplerPlan plan = new SamplerPlan(store.rows(), 2, 64, 3, false);
+        List<EpochStats> st = new java.util.ArrayList<>();
+        try {
+          t.fit(store, plan.rowsOfRank(c.rank()), (int) plan.stepsPerEpoch());
+          throw new AssertionError("the first fit should have failed");
+        } catch (IllegalStateException expected) {
+          assertTrue(t.copyEngineCollectivesUsed(), "first fit: " + t.copyEngineOffReason());
+        }
+        st.addAll(t.fit(store, plan.rowsOfRank(c.rank()), (int) plan.stepsPerEpoch()));
+        Map<String, float[]> state = new LinkedHashMap<>();
+        for (Map.Entry<String, Tensor> e : t.optimizer().state().entrySet()) {
+          state.put(e.getKey(), host(d, e.getValue()));
+        }
+        return new Run(m.parametersToHost(), state, host(d, m.parameterMirror()), t.shardedOptimizer(),
+            t.shardingOffReason(), st, t.copyEngineCollectivesUsed(), t.copyEngineOffReason());
+      }
+    });
+    for (int r = 0; r < 2; r++) {
+      Run x = resumed.get(r);
+      assertTrue(x.copyEngine(), "rank " + r + ", the second fit: " + x.copyEngineOff());
+      assertEquals(1, x.stats().size(), "the second fit ran the second epoch");
+      assertArrayEquals(plain.get(r).params(), x.params(), "rank " + r + ": weights after the interrupted fits");
+      for (String k : plain.get(r).state().keySet()) {
+        assertArrayEquals(plain.get(r).state().get(k), x.state().get(k), "rank " + r + ": " + k);
+      }
+    }
+  }
 }
