@@ -225,6 +225,61 @@ class ShardedOptimizerTest {
     assertTrue(refused.get(0).calls().containsKey("reduce-scatter"));
   }
 
+  /**
+   * A fit that fails after registering (its epoch listener throws once, on every rank) releases nothing; the next fit
+   * on the same trainer registers again (the communicator finds its buffers registered) and releases once, at its
+   * end, with the weights of an uninterrupted fit.
+   */
+  @Test
+  void aFitAfterAFailedOneReleasesOnceAndEndsAsAnUninterruptedOne() {
+    HeapRowStore store = DataParallelInvariantsTest.data(384);
+    OptimizerConfig sgd = OptimizerConfig.sgd(0.05).withMomentum(0.9);
+    List<Run> plain = train(2, sgd, false, false, false, 0, store, false);
+    SamplerPlan plan = new SamplerPlan(store.rows(), 2, 16, 5, false);
+    List<Map<String, Object>> got = LocalLauncher.run(2, 0, 60, ctx -> {
+      TrainerConfig cfg = TrainerConfig.builder().epochs(2).batchSize(16).seed(5).optimizer(sgd).build();
+      try (CpuDevice cpu = new CpuDevice();
+          ShardingRing comm = new ShardingRing(RingCommunicator.create(ctx, Duration.ofSeconds(30)))) {
+        comm.copyEngine = true;
+        Model m = new Model(SPEC, cpu);
+        Trainer t = new Trainer(m, cfg, comm).gradientBuckets(256, 1536).allReduceMode(Trainer.AllReduceMode.OVERLAPPED)
+            .shardOptimizer(true).copyEngineCollectives(true).layerAlignedBuckets(true);
+        boolean[] failed = {false};
+        t.onEpochEnd(e -> {
+          if (!failed[0]) {
+            failed[0] = true;
+            throw new IllegalStateException("the listener fails once");
+          }
+        });
+        t.initializeWeights();
+        Map<String, Object> out = new LinkedHashMap<>();
+        try {
+          t.fit(store, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch());
+        } catch (IllegalStateException expected) {
+          out.put("after the failed fit", new java.util.TreeMap<>(comm.calls));
+        }
+        t.fit(store, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch());
+        out.put("calls", new java.util.TreeMap<>(comm.calls));
+        out.put("params", m.parametersToHost());
+        out.put("used", t.copyEngineCollectivesUsed());
+        return out;
+      }
+    });
+    for (int r = 0; r < 2; r++) {
+      Map<String, Object> g = got.get(r);
+      @SuppressWarnings("unchecked")
+      Map<String, Integer> before = (Map<String, Integer>) g.get("after the failed fit");
+      @SuppressWarnings("unchecked")
+      Map<String, Integer> calls = (Map<String, Integer>) g.get("calls");
+      assertEquals(1, before.get("register"), "rank " + r + ": " + before);
+      assertNull(before.get("release"), "rank " + r + ": the failed fit released: " + before);
+      assertEquals(2, calls.get("register"), "rank " + r + ": " + calls);
+      assertEquals(1, calls.get("release"), "rank " + r + ": " + calls);
+      assertTrue((Boolean) g.get("used"));
+      assertArrayEquals(plain.get(r).params(), (float[]) g.get("params"), "rank " + r + ": weights");
+    }
+  }
+
   @Test
   void sgdMomentumOnTwoAndThreeRanks() {
     OptimizerConfig sgd = OptimizerConfig.sgd(0.05).withMomentum(0.9);
