@@ -407,13 +407,13 @@ public final class Trainer {
         LOG.log(System.Logger.Level.WARNING, "rank {0}: the optimizer is not sharded: {1}", comm.rank(), shardingOff);
       }
     }
-    if (gemmSmCarveout > 0) {
-      device.gemmSmCarveout(gemmSmCarveout); // a bad value fails here, before any collective
-      device.gemmSmCarveout(0);
-    }
     copyEngineOff = null;
     copyEngineNow = false;
     if (shards != null && copyEngine) {
+      if (gemmSmCarveout > 0) {
+        device.gemmSmCarveout(gemmSmCarveout); // a bad value fails here, before the registration's collectives
+        device.gemmSmCarveout(0);
+      }
       // Note [copy-engine collectives] (cuda.NcclCommunicator): the reduce-scatter becomes an all-to-all into
       // shardRecv, summed by updateShards; the all-gathers read and write shardGather. A fit that failed left its
       // receive buffer registered: this one uses it again (the communicator then registers nothing new).
