@@ -407,8 +407,13 @@ public final class Trainer {
         LOG.log(System.Logger.Level.WARNING, "rank {0}: the optimizer is not sharded: {1}", comm.rank(), shardingOff);
       }
     }
-    copyEngineOff = null;
+    copyEngineOff = !copyEngine || shards != null ? null
+        : shardOptimizer ? "the optimizer is not sharded: " + shardingOff : "they serve the sharded optimizer only"
+            + " (shardOptimizer)";
     copyEngineNow = false;
+    if (copyEngineOff != null && comm.worldSize() > 1) {
+      LOG.log(System.Logger.Level.WARNING, "rank {0}: copy-engine collectives are off: {1}", comm.rank(), copyEngineOff);
+    }
     if (shards != null && copyEngine) {
       if (gemmSmCarveout > 0) {
         device.gemmSmCarveout(gemmSmCarveout); // a bad value fails here, before the registration's collectives
@@ -1109,6 +1114,11 @@ public final class Trainer {
   /** Whether the last fit's sharded collectives ran on the copy engines (Note [copy-engine collectives]). */
   public boolean copyEngineCollectivesUsed() {
     return copyEngineOff == null && copyEngine && shards != null;
+  }
+
+  /** Whether {@link #copyEngineCollectives} asked for them (the default included). */
+  public boolean copyEngineCollectivesAsked() {
+    return copyEngine;
   }
 
   /** Why the last fit's optimizer was not sharded although {@link #shardOptimizer} asked, or null. */

@@ -223,6 +223,23 @@ class ShardedOptimizerTest {
     // not registered: the reduce-scatters as before
     List<Run> refused = train(2, sgd, false, true, false, 0, data, false);
     assertTrue(refused.get(0).calls().containsKey("reduce-scatter"));
+    // asked for without sharding: off, and the trainer says why
+    List<String> why = LocalLauncher.run(2, 0, 60, ctx -> {
+      TrainerConfig cfg = TrainerConfig.builder().epochs(1).batchSize(16).seed(5).optimizer(sgd).build();
+      try (CpuDevice cpu = new CpuDevice();
+          ShardingRing comm = new ShardingRing(RingCommunicator.create(ctx, Duration.ofSeconds(30)))) {
+        comm.copyEngine = true;
+        Trainer t = new Trainer(new Model(SPEC, cpu), cfg, comm).gradientBuckets(256, 1536)
+            .allReduceMode(Trainer.AllReduceMode.OVERLAPPED).copyEngineCollectives(true);
+        t.initializeWeights();
+        SamplerPlan plan = new SamplerPlan(data.rows(), 2, 16, 5, false);
+        t.fit(data, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch());
+        assertTrue(!t.copyEngineCollectivesUsed() && t.copyEngineCollectivesAsked());
+        assertTrue(!comm.calls.containsKey("register"), "registered without sharding: " + comm.calls);
+        return t.copyEngineOffReason();
+      }
+    });
+    assertTrue(why.get(0) != null && why.get(0).contains("shardOptimizer"), String.valueOf(why.get(0)));
   }
 
   /**
