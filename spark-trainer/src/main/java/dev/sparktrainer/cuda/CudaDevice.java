@@ -569,29 +569,25 @@ public final class CudaDevice implements Device {
    * the two peaks may come at different times; the registrable buffers live as long as the model).
    */
   public long peakAllocatedBytes() {
-    CudaArena a;
-    synchronized (this) {
-      a = registrableArena;
-    }
+    CudaArena a = registrableArena();
     return arena.peakBytes() + (a == null ? 0 : a.peakBytes());
   }
 
   /** Bytes held by this device's tensors now, the registrable ones included. */
   public long allocatedBytes() {
-    CudaArena a;
-    synchronized (this) {
-      a = registrableArena;
-    }
+    CudaArena a = registrableArena();
     return arena.bytesInUse() + (a == null ? 0 : a.bytesInUse());
   }
 
   /** Whether t lies in memory from {@link #allocateRegistrable} made while registrable memory was preferred. */
   public boolean isRegistrable(CudaTensor t) {
-    CudaArena a;
-    synchronized (this) {
-      a = registrableArena;
-    }
+    CudaArena a = registrableArena();
     return a != null && t.buffer().arena() == a;
+  }
+
+  /** The registrable arena, or null before the first registrable allocation. */
+  private synchronized CudaArena registrableArena() {
+    return registrableArena;
   }
 
   /** ncclMemAlloc/ncclMemFree in this device's context. */
@@ -3009,10 +3005,9 @@ public final class CudaDevice implements Device {
     }
     List<AutoCloseable> order = new ArrayList<>(openGraphs); // CUDA graphs first: they use the memory below
     order.add(arena); // tensors first: their memory, the scratch and the cuBLASLt workspace
-    synchronized (this) {
-      if (registrableArena != null) {
-        order.add(registrableArena);
-      }
+    CudaArena registrables = registrableArena();
+    if (registrables != null) {
+      order.add(registrables);
     }
     order.addAll(open);
     for (int i = owned.size() - 1; i >= 0; i--) {

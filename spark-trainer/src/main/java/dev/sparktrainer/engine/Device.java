@@ -185,36 +185,29 @@ public interface Device extends AutoCloseable {
    */
   default void sgdStep(Tensor params, Tensor gradSlices, int ways, Tensor momentumBuf, float lr, float momentum,
       boolean nesterov, float weightDecay, boolean firstStep) {
-    Tensor g = summed(params, gradSlices, ways);
-    try {
-      sgdStep(params, g, momentumBuf, lr, momentum, nesterov, weightDecay, firstStep);
-    } finally {
-      if (g != gradSlices) {
-        free(g);
-      }
-    }
+    withSummed(params, gradSlices, ways, g -> sgdStep(params, g, momentumBuf, lr, momentum, nesterov, weightDecay,
+        firstStep));
   }
 
   /** {@link #adamwStep} over summed gradient slices, as {@link #sgdStep(Tensor, Tensor, int, Tensor, float, float, boolean, float, boolean)}. */
   default void adamwStep(Tensor params, Tensor gradSlices, int ways, Tensor m, Tensor v, float lr, float beta1,
       float beta2, float eps, float weightDecay, long step) {
-    Tensor g = summed(params, gradSlices, ways);
-    try {
-      adamwStep(params, g, m, v, lr, beta1, beta2, eps, weightDecay, step);
-    } finally {
-      if (g != gradSlices) {
-        free(g);
-      }
-    }
+    withSummed(params, gradSlices, ways, g -> adamwStep(params, g, m, v, lr, beta1, beta2, eps, weightDecay, step));
   }
 
-  private Tensor summed(Tensor params, Tensor gradSlices, int ways) {
+  /** Runs step on the gradient: gradSlices itself (ways 1), else their sum in a temporary tensor. */
+  private void withSummed(Tensor params, Tensor gradSlices, int ways, java.util.function.Consumer<Tensor> step) {
     if (ways == 1) {
-      return gradSlices;
+      step.accept(gradSlices);
+      return;
     }
     Tensor g = allocate(gradSlices.dtype(), Math.toIntExact(params.numel()));
-    sumSlices(gradSlices, ways, g);
-    return g;
+    try {
+      sumSlices(gradSlices, ways, g);
+      step.accept(g);
+    } finally {
+      free(g);
+    }
   }
 
   /**

@@ -383,9 +383,9 @@ public final class Trainer {
     long total = model.parameters().totalElements();
     int gradBytes = grads.dtype() == DType.BFLOAT16 ? 2 : 4;
     overlapBuckets = overlapsAllReduce(allReduceMode, gradBytes * total, comm.allRanksOnOneHost());
+    shardingOff = shardOptimizer ? shardingIneligibility(bucketed && overlapBuckets, accum) : null;
     // Note [sharded optimizer]: its buckets end at layer boundaries (bucketStarts), which shortens the step's tail
-    boolean byLayer = layerBuckets != null ? layerBuckets
-        : shardOptimizer && shardingIneligibility(bucketed && overlapBuckets, accum) == null;
+    boolean byLayer = layerBuckets != null ? layerBuckets : shardOptimizer && shardingOff == null;
     long[] bucketStarts = !bucketed ? null : !overlapBuckets ? new long[] {total, 0}
         : bucketStarts(total, gradBytes, byLayer ? model.gradientReadyOffsets() : new long[0]);
     if (!bf16AllReduce) {
@@ -395,9 +395,7 @@ public final class Trainer {
       gradsLow = device.allocate(DType.BFLOAT16, Math.toIntExact(grads.numel()));
     }
     shards = null;
-    shardingOff = null;
     if (shardOptimizer) {
-      shardingOff = shardingIneligibility(bucketed && overlapBuckets, accum);
       if (shardingOff == null) {
         shards = ShardPlan.of(bucketStarts, comm.worldSize(), comm.rank());
         shardGather = gatherTarget();
@@ -411,9 +409,6 @@ public final class Trainer {
         : shardOptimizer ? "the optimizer is not sharded: " + shardingOff : "they serve the sharded optimizer only"
             + " (shardOptimizer)";
     copyEngineNow = false;
-    if (copyEngineOff != null && comm.worldSize() > 1) {
-      LOG.log(System.Logger.Level.WARNING, "rank {0}: copy-engine collectives are off: {1}", comm.rank(), copyEngineOff);
-    }
     if (shards != null && copyEngine) {
       if (gemmSmCarveout > 0) {
         device.gemmSmCarveout(gemmSmCarveout); // a bad value fails here, before the registration's collectives
@@ -427,13 +422,12 @@ public final class Trainer {
       }
       copyEngineOff = comm.registerCopyEngineBuffers(List.of(grads, shardRecv, shardGather));
       copyEngineNow = copyEngineOff == null;
-      if (copyEngineNow) {
-        LOG.log(System.Logger.Level.INFO, "rank {0}: the collectives of the sharded optimizer run on the copy engines",
-            comm.rank());
-      } else {
-        LOG.log(System.Logger.Level.WARNING, "rank {0}: copy-engine collectives are off: {1}", comm.rank(),
-            copyEngineOff);
-      }
+    }
+    if (copyEngineNow) {
+      LOG.log(System.Logger.Level.INFO, "rank {0}: the collectives of the sharded optimizer run on the copy engines",
+          comm.rank());
+    } else if (copyEngineOff != null && comm.worldSize() > 1) {
+      LOG.log(System.Logger.Level.WARNING, "rank {0}: copy-engine collectives are off: {1}", comm.rank(), copyEngineOff);
     }
     carveNow = resolvedGemmSmCarveout(bucketed);
     if (carveNow > 0) {
