@@ -76,7 +76,8 @@ public final class Trainer {
   private AllReduceMode allReduceMode = AllReduceMode.parse(System.getProperty("sparktrainer.train.allReduceMode",
       "AUTO"));
   private final List<Map<String, Double>> timelines = new ArrayList<>();
-  private long bucketBytes = 25L << 20;
+  private long bucketBytesUsed; // the last fit's choice of bucketBytes
+  private long bucketBytes; // gradientBuckets, or 0: DEFAULT_BUCKET_BYTES (COPY_ENGINE_BUCKET_BYTES on copy engines)
   private boolean overlapBuckets = true; // this fit's choice (allReduceMode)
   private int bucketWaitLag = checkLag(Integer.getInteger(BUCKET_WAIT_LAG_PROPERTY, 1)); // Note [bucket wait lag]
   private int gemmSmCarveout = checkCarveout(Integer.getInteger(GEMM_SM_CARVEOUT_PROPERTY, GEMM_SM_CARVEOUT_AUTO));
@@ -384,32 +385,12 @@ public final class Trainer {
     int gradBytes = grads.dtype() == DType.BFLOAT16 ? 2 : 4;
     overlapBuckets = overlapsAllReduce(allReduceMode, gradBytes * total, comm.allRanksOnOneHost());
     shardingOff = shardOptimizer ? shardingIneligibility(bucketed && overlapBuckets, accum) : null;
-    // Note [sharded optimizer]: its buckets end at layer boundaries (bucketStarts), which shortens the step's tail
-    boolean byLayer = layerBuckets != null ? layerBuckets : shardOptimizer && shardingOff == null;
-    long[] bucketStarts = !bucketed ? null : !overlapBuckets ? new long[] {total, 0}
-        : bucketStarts(total, gradBytes, byLayer ? model.gradientReadyOffsets() : new long[0]);
-    if (!bf16AllReduce) {
-      gradsLow = null; // an earlier fit's hook: this fit all-reduces the gradients as they are
-    }
-    if (bucketed && bf16AllReduce && gradsLow == null && grads.dtype() == DType.FLOAT32) {
-      gradsLow = device.allocate(DType.BFLOAT16, Math.toIntExact(grads.numel()));
-    }
-    shards = null;
-    if (shardOptimizer) {
-      if (shardingOff == null) {
-        shards = ShardPlan.of(bucketStarts, comm.worldSize(), comm.rank());
-        shardGather = gatherTarget();
-        LOG.log(System.Logger.Level.INFO, "rank {0}: sharded optimizer over {1} of {2} elements ({3} ranks)",
-            comm.rank(), shards.shardedElements(), total, comm.worldSize());
-      } else {
-        LOG.log(System.Logger.Level.WARNING, "rank {0}: the optimizer is not sharded: {1}", comm.rank(), shardingOff);
-      }
-    }
-    copyEngineOff = !copyEngine || shards != null ? null
+    boolean sharding = shardOptimizer && shardingOff == null;
+    copyEngineOff = !copyEngine || sharding ? null
         : shardOptimizer ? "the optimizer is not sharded: " + shardingOff : "they serve the sharded optimizer only"
             + " (shardOptimizer)";
     copyEngineNow = false;
-    if (shards != null && copyEngine) {
+    if (sharding && copyEngine) {
       if (gemmSmCarveout > 0) {
         device.gemmSmCarveout(gemmSmCarveout); // a bad value fails here, before the registration's collectives
         device.gemmSmCarveout(0);
@@ -420,8 +401,31 @@ public final class Trainer {
       if (shardRecv == null) {
         shardRecv = device.allocateRegistrable(grads.dtype(), Math.toIntExact(grads.numel()));
       }
-      copyEngineOff = comm.registerCopyEngineBuffers(List.of(grads, shardRecv, shardGather));
+      copyEngineOff = comm.registerCopyEngineBuffers(List.of(grads, shardRecv, gatherTarget()));
       copyEngineNow = copyEngineOff == null;
+    }
+    // Note [sharded optimizer]: its buckets end at layer boundaries (bucketStarts), which shortens the step's tail
+    boolean byLayer = layerBuckets != null ? layerBuckets : sharding;
+    long size = bucketBytes > 0 ? bucketBytes : copyEngineNow ? COPY_ENGINE_BUCKET_BYTES : DEFAULT_BUCKET_BYTES;
+    bucketBytesUsed = size;
+    long[] bucketStarts = !bucketed ? null : !overlapBuckets ? new long[] {total, 0}
+        : bucketStarts(total, gradBytes, byLayer ? model.gradientReadyOffsets() : new long[0], size);
+    if (!bf16AllReduce) {
+      gradsLow = null; // an earlier fit's hook: this fit all-reduces the gradients as they are
+    }
+    if (bucketed && bf16AllReduce && gradsLow == null && grads.dtype() == DType.FLOAT32) {
+      gradsLow = device.allocate(DType.BFLOAT16, Math.toIntExact(grads.numel()));
+    }
+    shards = null;
+    if (shardOptimizer) {
+      if (sharding) {
+        shards = ShardPlan.of(bucketStarts, comm.worldSize(), comm.rank());
+        shardGather = gatherTarget();
+        LOG.log(System.Logger.Level.INFO, "rank {0}: sharded optimizer over {1} of {2} elements ({3} ranks)",
+            comm.rank(), shards.shardedElements(), total, comm.worldSize());
+      } else {
+        LOG.log(System.Logger.Level.WARNING, "rank {0}: the optimizer is not sharded: {1}", comm.rank(), shardingOff);
+      }
     }
     if (copyEngineNow) {
       LOG.log(System.Logger.Level.INFO, "rank {0}: the collectives of the sharded optimizer run on the copy engines",
@@ -568,12 +572,23 @@ public final class Trainer {
               }
               try {
                 model.backward(dOut, ctx, overwrite, readyFrom -> {
+                  List<Integer> older = null;
                   if (shards != null) {
-                    updateShards(pending, lr); // those of the layers before: their dx is queued already
+                    if (!pending.isEmpty()) {
+                      comm.joinAsync(); // the older buckets' collectives, before their update
+                    }
+                    older = new ArrayList<>(pending);
+                    pending.clear();
+                    if (!copyEngineNow) {
+                      updateShards(older, lr); // those of the layers before: their dx is queued already
+                    }
                   }
                   while (next[0] < bucketStarts.length - 1 && bucketStarts[next[0] + 1] >= readyFrom) {
                     pending.add(next[0]);
                     launchBucket(grads, bucketStarts, next[0]++);
+                  }
+                  if (shards != null && copyEngineNow) { // Note [copy-engine collectives]: after the new all-to-alls
+                    updateShards(older, lr);
                   }
                 });
               } finally {
@@ -589,6 +604,7 @@ public final class Trainer {
               joinBuckets(grads);
               mark(timeline, "all-reduce wait (buckets)");
               if (shards != null) {
+                comm.joinAsync();
                 updateShards(pending, lr);
               }
             } else {
@@ -954,6 +970,11 @@ public final class Trainer {
    * first layer (8.4M) is left after backward.
    */
   long[] bucketStarts(long total, int elementBytes, long[] layerStarts) {
+    return bucketStarts(total, elementBytes, layerStarts, bucketBytes > 0 ? bucketBytes : DEFAULT_BUCKET_BYTES);
+  }
+
+  /** {@link #bucketStarts(long, int, long[])} with buckets of {@code bucketBytes} (the first keeps its own size). */
+  long[] bucketStarts(long total, int elementBytes, long[] layerStarts, long bucketBytes) {
     List<Long> s = new ArrayList<>();
     s.add(total);
     long hi = total;
@@ -1024,8 +1045,12 @@ public final class Trainer {
   //   collectives, by then done) and their slices all-gathered on the comm stream, as one NCCL group, before the new
   //   layer's reduce-scatters. One signal later, not at once: a layer signals between its dW and its dx, and dx still
   //   reads the weights being updated. The other order (the new reduce-scatters first, which then ran beside the
-  //   update) measured slower: 748-750k samples/s against 798k (benchmark MLP, W = 2, 2 H100s, one call). What
-  //   backward's end leaves (the first layers' buckets) follows it; the next forward waits for the gathers.
+  //   update) measured slower: 748-750k samples/s against 798k (benchmark MLP, W = 2, 2 H100s, one call), because
+  //   NCCL's kernels took SMs from the update. On the copy engines (below) it is the other way round: the new
+  //   layer's all-to-alls go first and overlap the update, where before the communication stream idled through it;
+  //   fp32 gradients 799k samples/s against 786k, bf16 876k against 869k (ours only, one call each way,
+  //   results/2026-11-26-h100x2-ce-buckets). What backward's end leaves (the first layers' buckets) follows it; the
+  //   next forward waits for the gathers.
   // The sums are those of the all-reduce (at W = 2, one addition per element either way), and each slice's update is
   // the same arithmetic on the same elements, so the weights are the same bits as without sharding
   // (CudaShardedOptimizerTest, ShardedOptimizerTest).
@@ -1106,6 +1131,11 @@ public final class Trainer {
   }
 
   /** Whether the last fit's sharded collectives ran on the copy engines (Note [copy-engine collectives]). */
+  /** The size of the last fit's gradient buckets after the first, in bytes (tests). */
+  long bucketBytesUsed() {
+    return bucketBytesUsed;
+  }
+
   public boolean copyEngineCollectivesUsed() {
     return copyEngineOff == null && copyEngine && shards != null;
   }
@@ -1157,8 +1187,8 @@ public final class Trainer {
   }
 
   /**
-   * Note [sharded optimizer]: queues the update of the buckets in {@code pending} (their gradients summed: the compute
-   * stream waits for their collectives first, unless it already does) on this rank's slices, then the all-gather of
+   * Note [sharded optimizer]: queues the update of the buckets in {@code pending} on this rank's slices (their
+   * gradients summed: the caller has made the compute stream wait for their collectives), then the all-gather of
    * their sharded slices of the weights forward reads (the bf16 mirror, or the fp32 weights), as one NCCL group;
    * clears pending.
    */
@@ -1166,7 +1196,6 @@ public final class Trainer {
     if (pending.isEmpty()) {
       return;
     }
-    comm.joinAsync();
     long[][] ranges = new long[pending.size()][];
     Tensor[] slices = copyEngineNow ? new Tensor[pending.size()] : null;
     List<Tensor> gather = new ArrayList<>();
@@ -1304,10 +1333,24 @@ public final class Trainer {
     }
   }
 
+  /** The size of gradient buckets after the first, unless set by {@link #gradientBuckets}: 25 MiB, as PyTorch DDP. */
+  public static final long DEFAULT_BUCKET_BYTES = 25L << 20;
+
+  /**
+   * The bucket size under Note [copy-engine collectives], unless set by {@link #gradientBuckets}: 50 MiB. Each of
+   * those collectives makes two handshakes between the GPUs, and its all-to-all copies this rank's own chunk too,
+   * which with a CUDA driver before 13.1 runs on the SMs that the GEMMs leave free (4), so at ~114 GB/s instead of
+   * ~1.3 TB/s (CUPTI trace of the benchmark MLP, fp32 gradients, 2 H100s); half as many collectives per layer gave
+   * 814-822k samples/s against 790-801k with 25 MiB buckets, and 100 MiB no more (818k; ours only, one call,
+   * benchmarks/results/2026-11-26-h100x2-ce-buckets/README.md).
+   */
+  public static final long COPY_ENGINE_BUCKET_BYTES = 50L << 20;
+
   /**
    * Gradient bucket sizes for NCCL (Note [gradient buckets]): the first bucket (the last parameters, ready
    * first) and the others, in bytes of gradients (fp32, or bf16 under Note [bf16 gradients] in nn.Model: twice the
-   * elements). Defaults 1 MiB and 25 MiB, as PyTorch DDP.
+   * elements). Defaults 1 MiB and {@link #DEFAULT_BUCKET_BYTES}, as PyTorch DDP ({@link #COPY_ENGINE_BUCKET_BYTES}
+   * when the sharded optimizer's collectives run on the copy engines).
    */
   public Trainer gradientBuckets(long firstBytes, long bytes) {
     if (firstBytes <= 0 || bytes <= 0) {

@@ -39,6 +39,7 @@ class ShardedOptimizerTest {
   /** The async ring of AllReduceModeTest, with the sharded path's collectives. */
   static final class ShardingRing extends AllReduceModeTest.CountingAsyncRing {
     boolean copyEngine; // accepts registrations (Note [copy-engine collectives]) and does all-to-alls
+    final List<String> order = new java.util.ArrayList<>(); // the sharded collectives in the order queued
 
     ShardingRing(dev.sparktrainer.comm.Communicator ring) {
       super(ring, true);
@@ -62,6 +63,7 @@ class ShardedOptimizerTest {
     @Override
     public void allToAllAsync(Tensor send, Tensor recv) {
       calls.merge("all-to-all", 1, Integer::sum);
+      order.add("all-to-all");
       Device d = send.device();
       int n = Math.toIntExact(send.numel());
       int q = n / worldSize();
@@ -83,6 +85,7 @@ class ShardedOptimizerTest {
     @Override
     public void allGatherAsync(Tensor buf) {
       calls.merge("all-gather", 1, Integer::sum);
+      order.add("all-gather");
       int n = Math.toIntExact(buf.numel() / worldSize());
       for (int r = 0; r < worldSize(); r++) {
         ring.broadcast(buf.view((long) r * n, n), r);
@@ -240,6 +243,62 @@ class ShardedOptimizerTest {
       }
     });
     assertTrue(why.get(0) != null && why.get(0).contains("shardOptimizer"), String.valueOf(why.get(0)));
+  }
+
+  /**
+   * On copy engines each layer's all-to-alls are queued before the all-gathers of the layer before (whose update they
+   * then overlap), and buckets are COPY_ENGINE_BUCKET_BYTES unless set; without copy engines DEFAULT_BUCKET_BYTES.
+   */
+  @Test
+  void copyEngineBucketsAndTheirOrder() {
+    HeapRowStore store = DataParallelInvariantsTest.data(64);
+    OptimizerConfig sgd = OptimizerConfig.sgd(0.05);
+    SamplerPlan plan = new SamplerPlan(store.rows(), 2, 16, 5, false);
+    for (boolean ce : new boolean[] {true, false}) {
+      List<Map<String, Object>> got = LocalLauncher.run(2, 0, 60, ctx -> {
+        TrainerConfig cfg = TrainerConfig.builder().epochs(1).batchSize(16).seed(5).optimizer(sgd).build();
+        try (CpuDevice cpu = new CpuDevice();
+            ShardingRing comm = new ShardingRing(RingCommunicator.create(ctx, Duration.ofSeconds(30)))) {
+          comm.copyEngine = ce;
+          Trainer t = new Trainer(new Model(SPEC, cpu), cfg, comm).allReduceMode(Trainer.AllReduceMode.OVERLAPPED)
+              .shardOptimizer(true).copyEngineCollectives(true);
+          t.initializeWeights();
+          t.fit(store, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch());
+          Map<String, Object> out = new LinkedHashMap<>();
+          out.put("size", t.bucketBytesUsed());
+          out.put("order", List.copyOf(comm.order));
+          t.gradientBuckets(256, 1536);
+          t.fit(store, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch());
+          out.put("set", t.bucketBytesUsed());
+          return out;
+        }
+      });
+      for (Map<String, Object> g : got) {
+        assertEquals(ce ? Trainer.COPY_ENGINE_BUCKET_BYTES : Trainer.DEFAULT_BUCKET_BYTES, g.get("size"), "ce " + ce);
+        assertEquals(1536L, g.get("set"));
+      }
+    }
+    // buckets of 384 elements, one per layer part: the second layer's all-to-all before the third layer's gathers
+    List<List<String>> orders = LocalLauncher.run(2, 0, 60, ctx -> {
+      TrainerConfig cfg = TrainerConfig.builder().epochs(1).batchSize(16).seed(5).optimizer(sgd).build();
+      try (CpuDevice cpu = new CpuDevice();
+          ShardingRing comm = new ShardingRing(RingCommunicator.create(ctx, Duration.ofSeconds(30)))) {
+        comm.copyEngine = true;
+        Trainer t = new Trainer(new Model(SPEC, cpu), cfg, comm).gradientBuckets(256, 1536)
+            .allReduceMode(Trainer.AllReduceMode.OVERLAPPED).shardOptimizer(true).copyEngineCollectives(true);
+        t.initializeWeights();
+        t.fit(store, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch());
+        return List.copyOf(comm.order);
+      }
+    });
+    List<String> step = orders.get(0);
+    assertEquals(orders.get(0), orders.get(1));
+    int firstGather = step.indexOf("all-gather");
+    assertTrue(firstGather > 0, String.valueOf(step));
+    // the first gathers (the last layer's) come after an all-to-all of the next layer, not right after their own
+    assertEquals("all-to-all", step.get(firstGather - 1), String.valueOf(step));
+    assertTrue(step.subList(0, firstGather).size() >= 2, "no all-to-all of a later layer before the first gathers: "
+        + step);
   }
 
   /**
