@@ -561,6 +561,14 @@ public final class NcclCommunicator implements Communicator {
   // engines' collectives wait for the GEMMs (NCCL still launches a small kernel per collective). Registration is
   // a collective of the zero-CTA communicator (blocking, as the collectives' communicator: Note [blocking
   // collectives]).
+  // Not every byte avoids the SMs: NCCL's all-to-all also copies each rank's own chunk into its receive buffer, in
+  // the same cudaMemcpyBatchAsync as the copies to the peers, and CUDA moves such copies within one GPU with the
+  // copy engines only from driver 13.1 on (cudaMemcpyFlagPreferOverlapWithCompute). On the device's driver (580,
+  // CUDA 13.0) a trace of the benchmark MLP with fp32 gradients shows these 12.5 MiB copies at ~110 us beside a
+  // GEMM (the 4 SMs it leaves) and ~10 us between GEMMs (benchmarks/gpu/cupti/copies.py;
+  // results/2026-11-26-h100x2-ce-buckets). The symmetric windows put every rank's bytes at the same offsets, so the
+  // exchange cannot skip that copy: a rank's outgoing chunk sits where its peer's incoming one would land. So the
+  // trainer queues fewer, larger all-to-alls (Trainer.COPY_ENGINE_BUCKET_BYTES) ahead of the update.
 
   private record Window(long handle, long address, long bytes) {}
 

@@ -1078,7 +1078,10 @@ public final class Trainer {
   // - buckets end at layer starts (bucketStarts with Model#gradientReadyOffsets; layerAlignedBuckets), so only the
   //   first layer's gradients are left when backward ends.
   // The benchmark MLP with bf16 gradients: W = 2 scales 98.1% (872-875k samples/s against 444-446k at W = 1; PyTorch
-  // DDP 79%), against 88-90% with NCCL's kernels (results/2026-11-26-h100x2-ce-run{1,2}).
+  // DDP 79%), against 88-90% with NCCL's kernels (results/2026-11-26-h100x2-ce-run{1,2}). With fp32 gradients the
+  // all-to-alls move twice the bytes; the all-to-alls queued before the update and 50 MiB buckets
+  // (COPY_ENGINE_BUCKET_BYTES) took it from 89-90% to 94.4% / 95.1% (PyTorch DDP 82-83%;
+  // results/2026-11-26-h100x2-cebuckets-run{1,2}).
 
   /** -Dsparktrainer.train.shardOptimizer=true: the default of {@link #shardOptimizer(boolean)} (false). */
   public static final String SHARD_OPTIMIZER_PROPERTY = "sparktrainer.train.shardOptimizer";
@@ -1339,10 +1342,12 @@ public final class Trainer {
   /**
    * The bucket size under Note [copy-engine collectives], unless set by {@link #gradientBuckets}: 50 MiB. Each of
    * those collectives makes two handshakes between the GPUs, and its all-to-all copies this rank's own chunk too,
-   * which with a CUDA driver before 13.1 runs on the SMs that the GEMMs leave free (4), so at ~114 GB/s instead of
-   * ~1.3 TB/s (CUPTI trace of the benchmark MLP, fp32 gradients, 2 H100s); half as many collectives per layer gave
-   * 814-822k samples/s against 790-801k with 25 MiB buckets, and 100 MiB no more (818k; ours only, one call,
-   * benchmarks/results/2026-11-26-h100x2-ce-buckets/README.md).
+   * which with a CUDA driver before 13.1 runs on the SMs that the GEMMs leave free (4): in a CUPTI trace of the
+   * benchmark MLP with fp32 gradients on 2 H100s, those 12.5 MiB copies took ~110 us beside a GEMM and ~10 us
+   * without one, and the compute stream waited ~1.1 ms per step. Half as many collectives per layer: W = 2 scaled
+   * 95.2-96.1% against 91.3% with 25 MiB buckets set (same call), and 94.4% / 95.1% in the suite with PyTorch in the
+   * same call (its DDP: 82-83%); bf16 gradients 98.9-99.2% against 99.7%. 100 MiB measured the same within noise
+   * (95.6-95.8% against 95.2-95.3%). Ours only except the suite; benchmarks/results/2026-11-26-h100x2-ce-buckets.
    */
   public static final long COPY_ENGINE_BUCKET_BYTES = 50L << 20;
 

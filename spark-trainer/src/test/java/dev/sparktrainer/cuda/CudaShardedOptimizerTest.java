@@ -46,6 +46,15 @@ class CudaShardedOptimizerTest {
   /** copyEngine: Note [copy-engine collectives] (registrable memory, the trainer's switch); fits: fit calls. */
   static List<Run> onTwoGpus(DType compute, DType grads, OptimizerConfig opt, boolean shard, boolean checkNonFinite,
       boolean copyEngine, int fits) {
+    return onTwoGpus(compute, grads, opt, shard, checkNonFinite, copyEngine, fits, false);
+  }
+
+  /**
+   * failFirstFit: the epoch listener throws at the first epoch's end, once, so the first fit fails after its first
+   * epoch (on every rank) and the runs' stats are the later fits'.
+   */
+  static List<Run> onTwoGpus(DType compute, DType grads, OptimizerConfig opt, boolean shard, boolean checkNonFinite,
+      boolean copyEngine, int fits, boolean failFirstFit) {
     CudaTestSupport.assumeGpus(2);
     CudaTestSupport.assumeJni();
     return LocalLauncher.run(2, Cuda.deviceCount(), 300, ctx -> {
@@ -60,11 +69,26 @@ class CudaShardedOptimizerTest {
         Trainer t = new Trainer(m, cfg, c).gradientBuckets(192L * gradBytes, 16384)
             .allReduceMode(Trainer.AllReduceMode.OVERLAPPED).gemmSmCarveout(0).checkNonFinite(checkNonFinite)
             .shardOptimizer(shard).copyEngineCollectives(copyEngine).layerAlignedBuckets(true);
+        if (failFirstFit) { // only then: an epoch listener makes each sharded epoch end consolidated
+          boolean[] failed = {false};
+          t.onEpochEnd(e -> {
+            if (!failed[0]) {
+              failed[0] = true;
+              throw new IllegalStateException("the listener fails once");
+            }
+          });
+        }
         t.initializeWeights();
         SamplerPlan plan = new SamplerPlan(store.rows(), 2, 64, 3, false);
         List<EpochStats> st = new java.util.ArrayList<>();
         for (int f = 0; f < fits; f++) { // a later fit (its epochs done: no steps) registers the buffers again
-          st.addAll(t.fit(store, plan.rowsOfRank(c.rank()), (int) plan.stepsPerEpoch()));
+          try {
+            st.addAll(t.fit(store, plan.rowsOfRank(c.rank()), (int) plan.stepsPerEpoch()));
+            assertFalse(failFirstFit && f == 0, "the first fit should have failed");
+          } catch (IllegalStateException expected) {
+            assertTrue(failFirstFit && f == 0, "fit " + f + " failed: " + expected);
+            assertEquals(copyEngine, t.copyEngineCollectivesUsed(), "the failed fit: " + t.copyEngineOffReason());
+          }
         }
         Map<String, float[]> state = new LinkedHashMap<>();
         for (Map.Entry<String, Tensor> e : t.optimizer().state().entrySet()) {
@@ -322,41 +346,8 @@ class CudaShardedOptimizerTest {
   void aFitAfterAFailedOneUsesTheRegisteredBuffersAgain() {
     OptimizerConfig sgd = OptimizerConfig.sgd(0.05).withMomentum(0.9);
     List<Run> plain = onTwoGpus(DType.BFLOAT16, DType.BFLOAT16, sgd, false, false, false, 1);
-    List<Run> resumed = LocalLauncher.run(2, Cuda.deviceCount(), 300, ctx -> {
-      try (CudaDevice d = new CudaDevice(GpuSelector.select(ctx));
-          NcclCommunicator c = NcclCommunicator.create(ctx, d, Duration.ofSeconds(60))) {
-        d.preferRegistrableMemory(true);
-        HeapRowStore store = CudaFusedPathTest.synthetic(2048, 96, 10, 5);
-        TrainerConfig cfg = TrainerConfig.builder().epochs(2).batchSize(64).seed(3).optimizer(sgd).build();
-        Model m = new Model(MLP, d, DType.BFLOAT16, DType.BFLOAT16);
-        Trainer t = new Trainer(m, cfg, c).gradientBuckets(192L * 2, 16384)
-            .allReduceMode(Trainer.AllReduceMode.OVERLAPPED).gemmSmCarveout(0).shardOptimizer(true)
-            .copyEngineCollectives(true).layerAlignedBuckets(true);
-        boolean[] failed = {false};
-        t.onEpochEnd(e -> {
-          if (!failed[0]) {
-            failed[0] = true;
-            throw new IllegalStateException("the listener fails once");
-          }
-        });
-        t.initializeWeights();
-        SamplerPlan plan = new SamplerPlan(store.rows(), 2, 64, 3, false);
-        List<EpochStats> st = new java.util.ArrayList<>();
-        try {
-          t.fit(store, plan.rowsOfRank(c.rank()), (int) plan.stepsPerEpoch());
-          throw new AssertionError("the first fit should have failed");
-        } catch (IllegalStateException expected) {
-          assertTrue(t.copyEngineCollectivesUsed(), "first fit: " + t.copyEngineOffReason());
-        }
-        st.addAll(t.fit(store, plan.rowsOfRank(c.rank()), (int) plan.stepsPerEpoch()));
-        Map<String, float[]> state = new LinkedHashMap<>();
-        for (Map.Entry<String, Tensor> e : t.optimizer().state().entrySet()) {
-          state.put(e.getKey(), host(d, e.getValue()));
-        }
-        return new Run(m.parametersToHost(), state, host(d, m.parameterMirror()), t.shardedOptimizer(),
-            t.shardingOffReason(), st, t.copyEngineCollectivesUsed(), t.copyEngineOffReason());
-      }
-    });
+    // the non-finite check on, as a fit by default has it
+    List<Run> resumed = onTwoGpus(DType.BFLOAT16, DType.BFLOAT16, sgd, true, true, true, 2, true);
     for (int r = 0; r < 2; r++) {
       Run x = resumed.get(r);
       assertTrue(x.copyEngine(), "rank " + r + ", the second fit: " + x.copyEngineOff());
