@@ -4,7 +4,8 @@
 # one suite per variant, while nvidia-smi samples SM clock, power and clock-event reasons every 100 ms.
 # VARIANTS: ";"-separated "label|worlds|JVM options[|trace[|environment]]" (a 4th field, any word: trace the kernels
 # with benchmarks/gpu/cupti and summarize the traces with its analyze.py into trace-summary.txt; TRACE_DUMP=1 also
-# brings back the traced windows as trace-windows.tar; a 5th: environment assignments for ours, e.g.
+# brings back the traced windows as trace-windows.tar; the raw trace stays in /tmp/trace-<label>.csv, whose copies
+# benchmarks/gpu/cupti/copies.py summarizes; a 5th: environment assignments for ours, e.g.
 # NCCL_MAX_CTAS=16), default: W=1 and W=2 as they are, and W=2 with an idle
 # NCCL communicator beside two ranks that train apart (-Dsparktrainer.bench.commIdle=true). TESTS=1: the GPU
 # tests first. Useful options: -Dsparktrainer.train.timelineLayers=true (the timeline split by layer),
