@@ -386,6 +386,7 @@ public final class Trainer {
     overlapBuckets = overlapsAllReduce(allReduceMode, gradBytes * total, comm.allRanksOnOneHost());
     shardingOff = shardOptimizer ? shardingIneligibility(bucketed && overlapBuckets, accum) : null;
     boolean sharding = shardOptimizer && shardingOff == null;
+    shards = null; // until this fit's plan (below): nothing may take an earlier fit's
     copyEngineOff = !copyEngine || sharding ? null
         : shardOptimizer ? "the optimizer is not sharded: " + shardingOff : "they serve the sharded optimizer only"
             + " (shardOptimizer)";
@@ -1133,12 +1134,12 @@ public final class Trainer {
     return copyEngineOff;
   }
 
-  /** Whether the last fit's sharded collectives ran on the copy engines (Note [copy-engine collectives]). */
   /** The size of the last fit's gradient buckets after the first, in bytes (tests). */
   long bucketBytesUsed() {
     return bucketBytesUsed;
   }
 
+  /** Whether the last fit's sharded collectives ran on the copy engines (Note [copy-engine collectives]). */
   public boolean copyEngineCollectivesUsed() {
     return copyEngineOff == null && copyEngine && shards != null;
   }

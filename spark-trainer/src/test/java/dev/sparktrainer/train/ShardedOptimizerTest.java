@@ -79,6 +79,7 @@ class ShardedOptimizerTest {
     @Override
     public void reduceScatterSumAsync(Tensor buf) {
       calls.merge("reduce-scatter", 1, Integer::sum);
+      order.add("reduce-scatter");
       ring.allReduceSum(buf); // every slice summed, as the all-reduce would
     }
 
@@ -266,7 +267,6 @@ class ShardedOptimizerTest {
           t.fit(store, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch());
           Map<String, Object> out = new LinkedHashMap<>();
           out.put("size", t.bucketBytesUsed());
-          out.put("order", List.copyOf(comm.order));
           t.gradientBuckets(256, 1536);
           t.fit(store, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch());
           out.put("set", t.bucketBytesUsed());
@@ -278,27 +278,41 @@ class ShardedOptimizerTest {
         assertEquals(1536L, g.get("set"));
       }
     }
-    // buckets of 384 elements, one per layer part: the second layer's all-to-all before the third layer's gathers
-    List<List<String>> orders = LocalLauncher.run(2, 0, 60, ctx -> {
-      TrainerConfig cfg = TrainerConfig.builder().epochs(1).batchSize(16).seed(5).optimizer(sgd).build();
-      try (CpuDevice cpu = new CpuDevice();
-          ShardingRing comm = new ShardingRing(RingCommunicator.create(ctx, Duration.ofSeconds(30)))) {
-        comm.copyEngine = true;
-        Trainer t = new Trainer(new Model(SPEC, cpu), cfg, comm).gradientBuckets(256, 1536)
-            .allReduceMode(Trainer.AllReduceMode.OVERLAPPED).shardOptimizer(true).copyEngineCollectives(true);
-        t.initializeWeights();
-        t.fit(store, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch());
-        return List.copyOf(comm.order);
+    // The order of one fit's sharded collectives, with copy engines (all-to-alls) and without (reduce-scatters). At
+    // the second layer's signal the last layer's buckets are updated and gathered: on the copy engines after the
+    // second layer's all-to-alls are queued, on NCCL's kernels before its reduce-scatters. So the first gather
+    // comes later on the copy engines, by the second layer's buckets.
+    int[] firstGather = new int[2];
+    for (int k = 0; k < 2; k++) {
+      boolean ce = k == 0;
+      List<List<String>> orders = LocalLauncher.run(2, 0, 60, ctx -> {
+        TrainerConfig cfg = TrainerConfig.builder().epochs(1).batchSize(16).seed(5).optimizer(sgd).build();
+        try (CpuDevice cpu = new CpuDevice();
+            ShardingRing comm = new ShardingRing(RingCommunicator.create(ctx, Duration.ofSeconds(30)))) {
+          comm.copyEngine = ce;
+          Trainer t = new Trainer(new Model(SPEC, cpu), cfg, comm).gradientBuckets(256, 1536)
+              .allReduceMode(Trainer.AllReduceMode.OVERLAPPED).shardOptimizer(true).copyEngineCollectives(true)
+              .layerAlignedBuckets(true);
+          t.initializeWeights();
+          t.fit(store, plan.rowsOfRank(ctx.rank()), (int) plan.stepsPerEpoch());
+          assertEquals(ce, t.copyEngineCollectivesUsed());
+          return List.copyOf(comm.order);
+        }
+      });
+      List<String> step = orders.get(0);
+      assertEquals(orders.get(0), orders.get(1), "the ranks' collectives differ");
+      String scatter = ce ? "all-to-all" : "reduce-scatter";
+      assertTrue(step.contains(scatter) && !step.contains(ce ? "reduce-scatter" : "all-to-all"), String.valueOf(step));
+      firstGather[k] = step.indexOf("all-gather");
+      assertTrue(firstGather[k] > 0, String.valueOf(step));
+      for (String c : step.subList(0, firstGather[k])) {
+        assertEquals(scatter, c, String.valueOf(step));
       }
-    });
-    List<String> step = orders.get(0);
-    assertEquals(orders.get(0), orders.get(1));
-    int firstGather = step.indexOf("all-gather");
-    assertTrue(firstGather > 0, String.valueOf(step));
-    // the first gathers (the last layer's) come after an all-to-all of the next layer, not right after their own
-    assertEquals("all-to-all", step.get(firstGather - 1), String.valueOf(step));
-    assertTrue(step.subList(0, firstGather).size() >= 2, "no all-to-all of a later layer before the first gathers: "
-        + step);
+      assertEquals(scatter, step.get(firstGather[k] + (int) step.subList(firstGather[k], step.size()).stream()
+          .takeWhile("all-gather"::equals).count()), "after the first gathers: " + step);
+    }
+    assertTrue(firstGather[0] > firstGather[1], "the copy engines' first gathers come after "
+        + firstGather[0] + " all-to-alls, the kernels' after " + firstGather[1] + " reduce-scatters");
   }
 
   /**
