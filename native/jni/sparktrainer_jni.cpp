@@ -461,13 +461,14 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclAlltoAll(JNIEnv*, j
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclMemAlloc(JNIEnv* env, jclass, jlong bytes,
                                                                       jlongArray out) {
   if (bytes <= 0) return jniError(JNI_BAD_ARGUMENT);
-  if (out == nullptr || env->GetArrayLength(out) < 1) return jniError(JNI_ARRAY);
 #if NCCL_VERSION_CODE >= 21900
   void* p = nullptr;
   ncclResult_t r = ncclMemAlloc(&p, (size_t)bytes);
   if (r != ncclSuccess) return nccl(r);
-  jlong v = toJ(p);
-  env->SetLongArrayRegion(out, 0, 1, &v);
+  if (!putLong(env, out, toJ(p))) {
+    ncclMemFree(p);
+    return jniError(JNI_ARRAY);
+  }
   return 0;
 #else
   return nccl(ncclInvalidUsage);
@@ -493,15 +494,14 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclCommWindowRegister(
                                                                                 jlong address, jlong bytes,
                                                                                 jlongArray out) {
   if (comm == 0 || address == 0 || bytes <= 0) return jniError(JNI_BAD_ARGUMENT);
+  // checked before the registration, a collective: a rank must not register and then deregister alone
   if (out == nullptr || env->GetArrayLength(out) < 1) return jniError(JNI_ARRAY);
 #if NCCL_VERSION_CODE >= 22700
   ncclWindow_t win = nullptr;
   ncclResult_t r = ncclCommWindowRegister(fromJ<ncclComm_t>(comm), fromJ<void*>(address), (size_t)bytes, &win,
                                           NCCL_WIN_COLL_SYMMETRIC);
   if (r != ncclSuccess) return nccl(r);
-  jlong v = toJ(win);
-  env->SetLongArrayRegion(out, 0, 1, &v);
-  return 0;
+  return putLong(env, out, toJ(win)) ? 0 : jniError(JNI_ARRAY);
 #else
   return nccl(ncclInvalidUsage);
 #endif

@@ -76,15 +76,8 @@ public final class Optimizer {
    * parameters only ({from, to} pairs; Note [sharded optimizer] in train.Trainer: this rank's slices, as their
    * gradients arrive), one device call per range, each the same arithmetic as {@link #step(double)} on those elements;
    * the rest of the parameters and state are left as they are. A step's ranges may take several calls; {@link
-   * #endStep()} then counts the step.
-   */
-  public void update(double lr, long[][] ranges) {
-    update(lr, ranges, null, 1);
-  }
-
-  /**
-   * {@link #update(double, long[][])}, where range k's gradient is the sum of {@code ways} slices of {@code
-   * gradSlices[k]} when that is not null (Device#sgdStep over summed slices: Note [copy-engine collectives] in
+   * #endStep()} then counts the step. Range k's gradient is the sum of {@code ways} slices of {@code gradSlices[k]}
+   * when gradSlices and it are not null (Device#sgdStep over summed slices: Note [copy-engine collectives] in
    * cuda.NcclCommunicator), else the gradient buffer's.
    */
   public void update(double lr, long[][] ranges, Tensor[] gradSlices, int ways) {
@@ -120,7 +113,7 @@ public final class Optimizer {
     }
   }
 
-  /** Counts a step whose ranges {@link #update(double, long[][])} applied. */
+  /** Counts a step whose ranges {@link #update} applied. */
   public void endStep() {
     steps++;
   }

@@ -417,7 +417,6 @@ public final class Trainer {
     if (bucketed && bf16AllReduce && gradsLow == null && grads.dtype() == DType.FLOAT32) {
       gradsLow = device.allocate(DType.BFLOAT16, Math.toIntExact(grads.numel()));
     }
-    shards = null;
     if (shardOptimizer) {
       if (sharding) {
         shards = ShardPlan.of(bucketStarts, comm.worldSize(), comm.rank());
@@ -602,10 +601,9 @@ public final class Trainer {
                 launchBucket(grads, bucketStarts, next[0]++);
               }
               mark(timeline, "backward");
-              joinBuckets(grads);
+              joinBuckets(grads); // also what updateShards needs: the compute stream waits for every collective
               mark(timeline, "all-reduce wait (buckets)");
               if (shards != null) {
-                comm.joinAsync();
                 updateShards(pending, lr);
               }
             } else {

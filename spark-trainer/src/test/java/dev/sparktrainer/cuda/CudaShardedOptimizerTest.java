@@ -17,6 +17,7 @@ import dev.sparktrainer.engine.Tensor;
 import dev.sparktrainer.nn.Model;
 import dev.sparktrainer.nn.ModelSpec;
 import dev.sparktrainer.optim.OptimizerConfig;
+import dev.sparktrainer.train.EpochListeners;
 import dev.sparktrainer.train.EpochStats;
 import dev.sparktrainer.train.Trainer;
 import dev.sparktrainer.train.TrainerConfig;
@@ -70,13 +71,7 @@ class CudaShardedOptimizerTest {
             .allReduceMode(Trainer.AllReduceMode.OVERLAPPED).gemmSmCarveout(0).checkNonFinite(checkNonFinite)
             .shardOptimizer(shard).copyEngineCollectives(copyEngine).layerAlignedBuckets(true);
         if (failFirstFit) { // only then: an epoch listener makes each sharded epoch end consolidated
-          boolean[] failed = {false};
-          t.onEpochEnd(e -> {
-            if (!failed[0]) {
-              failed[0] = true;
-              throw new IllegalStateException("the listener fails once");
-            }
-          });
+          t.onEpochEnd(EpochListeners.failingOnce());
         }
         t.initializeWeights();
         SamplerPlan plan = new SamplerPlan(store.rows(), 2, 64, 3, false);

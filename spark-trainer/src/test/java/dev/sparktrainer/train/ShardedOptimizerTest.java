@@ -334,13 +334,7 @@ class ShardedOptimizerTest {
         Model m = new Model(SPEC, cpu);
         Trainer t = new Trainer(m, cfg, comm).gradientBuckets(256, 1536).allReduceMode(Trainer.AllReduceMode.OVERLAPPED)
             .shardOptimizer(true).copyEngineCollectives(true).layerAlignedBuckets(true);
-        boolean[] failed = {false};
-        t.onEpochEnd(e -> {
-          if (!failed[0]) {
-            failed[0] = true;
-            throw new IllegalStateException("the listener fails once");
-          }
-        });
+        t.onEpochEnd(EpochListeners.failingOnce());
         t.initializeWeights();
         Map<String, Object> out = new LinkedHashMap<>();
         try {
