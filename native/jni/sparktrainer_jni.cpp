@@ -456,6 +456,22 @@ JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclAlltoAll(JNIEnv*, j
 #endif
 }
 
+// count elements from every rank's sendbuff into root's recvbuff chunk r (NCCL 2.28+); in place on root when
+// sendbuff == recvbuff + root * count.
+JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclGather(JNIEnv*, jclass, jlong send, jlong recv,
+                                                                    jlong count, jint dtype, jint root, jlong comm,
+                                                                    jlong stream) {
+  ncclDataType_t t;
+  ncclRedOp_t o;
+  if (!ncclTypes(dtype, 0, &t, &o) || count < 0 || root < 0) return jniError(JNI_BAD_ARGUMENT);
+#if NCCL_VERSION_CODE >= 22800
+  return nccl(ncclGather(fromJ<const void*>(send), fromJ<void*>(recv), (size_t)count, t, (int)root,
+                         fromJ<ncclComm_t>(comm), fromJ<cudaStream_t>(stream)));
+#else
+  return nccl(ncclInvalidUsage);
+#endif
+}
+
 // Note [copy-engine collectives] (NcclCommunicator.java): memory that NCCL can register as a symmetric window
 // (cuMem, exportable), in the current device's context; out[0] = the address.
 JNIEXPORT jint JNICALL Java_dev_sparktrainer_cuda_Native_ncclMemAlloc(JNIEnv* env, jclass, jlong bytes,

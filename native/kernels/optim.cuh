@@ -5,14 +5,25 @@
 #include "common.cuh"
 
 // Note [summed gradient slices]: every optimizer kernel takes its gradient as gWays slices gStride elements apart
-// (gWays = 1: the gradients themselves). With more, the gradient is their sum, added in fp32 in slice order and
-// rounded once to the gradients' type: the chunks an all-to-all brought (Note [sharded optimizer] in train.Trainer
-// under Note [copy-engine collectives]), the bits Device.sumSlices would have written, read in the update's pass.
-__device__ __forceinline__ float ld_sum(const void* g, int tg, int64_t i, int64_t gStride, int gWays) {
-  float v = ld(g, tg, i);
+// (gWays = 1: the gradients themselves), except slice gOwnWay (-1: none), which is read from gOwn instead. With more
+// than one, the gradient is their sum, added in fp32 in slice order and rounded once to the gradients' type: the
+// chunks an all-to-all brought, and this rank's own chunk where backward left it (Note [sharded optimizer] in
+// train.Trainer under Note [copy-engine collectives]; engine.GradientSlices), the bits Device.sumSlices would have
+// written, read in the update's pass.
+__device__ __forceinline__ const void* slice_at(const void* g, int tg, int64_t gStride, int j, const void* gOwn,
+                                                int gOwnWay) {
+  if (j == gOwnWay) {
+    return gOwn;
+  }
+  return tg == DT_BF16 ? (const void*)((const uint16_t*)g + j * gStride) : (const void*)((const float*)g + j * gStride);
+}
+
+__device__ __forceinline__ float ld_sum(const void* g, int tg, int64_t i, int64_t gStride, int gWays,
+                                        const void* gOwn, int gOwnWay) {
+  float v = ld(slice_at(g, tg, gStride, 0, gOwn, gOwnWay), tg, i);
   if (gWays > 1) {
     for (int j = 1; j < gWays; j++) {
-      v += ld(g, tg, i + j * gStride);
+      v += ld(slice_at(g, tg, gStride, j, gOwn, gOwnWay), tg, i);
     }
     if (tg == DT_BF16) {
       v = bf16_to_f32(f32_to_bf16(v));
@@ -24,10 +35,10 @@ __device__ __forceinline__ float ld_sum(const void* g, int tg, int64_t i, int64_
 // torch.optim.SGD, dampening 0. buf may be null when momentum == 0.
 extern "C" __global__ void st_sgd(float* p, const void* g, int tg, float* buf, int64_t n, float lr,
                                   float momentum, int nesterov, float wd, int firstStep, int64_t gStride,
-                                  int gWays) {
+                                  int gWays, const void* gOwn, int gOwnWay) {
   GRID_STRIDE(i, n) {
     float pv = p[i];
-    float gv = ld_sum(g, tg, i, gStride, gWays) + wd * pv;
+    float gv = ld_sum(g, tg, i, gStride, gWays, gOwn, gOwnWay) + wd * pv;
     if (buf != nullptr) {
       float bv = firstStep ? gv : momentum * buf[i] + gv;
       buf[i] = bv;
@@ -40,9 +51,9 @@ extern "C" __global__ void st_sgd(float* p, const void* g, int tg, float* buf, i
 // torch.optim.AdamW.
 extern "C" __global__ void st_adamw(float* p, const void* g, int tg, float* m, float* v, int64_t n, float lr,
                                     float beta1, float beta2, float eps, float wd, float bc1, float bc2,
-                                    int64_t gStride, int gWays) {
+                                    int64_t gStride, int gWays, const void* gOwn, int gOwnWay) {
   GRID_STRIDE(i, n) {
-    float gv = ld_sum(g, tg, i, gStride, gWays);
+    float gv = ld_sum(g, tg, i, gStride, gWays, gOwn, gOwnWay);
     float pv = p[i] * (1.0f - lr * wd);
     float mv = beta1 * m[i] + (1.0f - beta1) * gv;
     float vv = beta2 * v[i] + (1.0f - beta2) * gv * gv;
@@ -58,10 +69,10 @@ extern "C" __global__ void st_adamw(float* p, const void* g, int tg, float* m, f
 // less per step). Same arithmetic as st_sgd / st_adamw, so p gets the same bits.
 extern "C" __global__ void st_sgd_m(float* p, const void* g, int tg, float* buf, int64_t n, float lr,
                                     float momentum, int nesterov, float wd, int firstStep, uint16_t* mirror,
-                                    int64_t gStride, int gWays) {
+                                    int64_t gStride, int gWays, const void* gOwn, int gOwnWay) {
   GRID_STRIDE(i, n) {
     float pv = p[i];
-    float gv = ld_sum(g, tg, i, gStride, gWays) + wd * pv;
+    float gv = ld_sum(g, tg, i, gStride, gWays, gOwn, gOwnWay) + wd * pv;
     if (buf != nullptr) {
       float bv = firstStep ? gv : momentum * buf[i] + gv;
       buf[i] = bv;
@@ -75,9 +86,9 @@ extern "C" __global__ void st_sgd_m(float* p, const void* g, int tg, float* buf,
 
 extern "C" __global__ void st_adamw_m(float* p, const void* g, int tg, float* m, float* v, int64_t n, float lr,
                                       float beta1, float beta2, float eps, float wd, float bc1, float bc2,
-                                      uint16_t* mirror, int64_t gStride, int gWays) {
+                                      uint16_t* mirror, int64_t gStride, int gWays, const void* gOwn, int gOwnWay) {
   GRID_STRIDE(i, n) {
-    float gv = ld_sum(g, tg, i, gStride, gWays);
+    float gv = ld_sum(g, tg, i, gStride, gWays, gOwn, gOwnWay);
     float pv = p[i] * (1.0f - lr * wd);
     float mv = beta1 * m[i] + (1.0f - beta1) * gv;
     float vv = beta2 * v[i] + (1.0f - beta2) * gv * gv;
@@ -108,16 +119,16 @@ __device__ __forceinline__ void ld4(const void* g, int tg, int64_t q, float* ga)
 
 extern "C" __global__ void st_sgd_m4(float* p, const void* g, int tg, float* buf, int64_t n, float lr,
                                      float momentum, int nesterov, float wd, int firstStep, uint16_t* mirror,
-                                     int64_t gStride, int gWays) {
+                                     int64_t gStride, int gWays, const void* gOwn, int gOwnWay) {
   int64_t n4 = n / 4;
   GRID_STRIDE(j, n4) {
     float4 pv = reinterpret_cast<float4*>(p)[j];
     float ga[4];
-    ld4(g, tg, j, ga);
-    if (gWays > 1) { // Note [summed gradient slices] (gStride % 4 == 0)
+    ld4(slice_at(g, tg, gStride, 0, gOwn, gOwnWay), tg, j, ga);
+    if (gWays > 1) { // Note [summed gradient slices] (every slice 8- or 16-byte aligned)
       for (int w = 1; w < gWays; w++) {
         float gb[4];
-        ld4(g, tg, j + w * (gStride / 4), gb);
+        ld4(slice_at(g, tg, gStride, w, gOwn, gOwnWay), tg, j, gb);
 #pragma unroll
         for (int e = 0; e < 4; e++) {
           ga[e] += gb[e];
@@ -159,10 +170,12 @@ extern "C" __global__ void st_sgd_m4(float* p, const void* g, int tg, float* buf
   }
 }
 
-// dst[k] = sum over j < ways of src[j * n + k], added in fp32 in order j = 0, 1, ..., rounded once to dst's type (the
-// chunks an all-to-all brought, summed: Note [sharded optimizer] in train.Trainer; Device.sumSlices). vec4: n % 4 == 0
-// and both buffers 8-byte (bf16) or 16-byte (fp32) aligned; then 4 elements per thread, the same arithmetic.
-extern "C" __global__ void st_sum_slices(const void* src, void* dst, int t, int64_t n, int ways, int vec4) {
+// dst[k] = sum over j < ways of slice j's element k (src[j * n + k], or own[k] for j == ownWay), added in fp32 in order
+// j = 0, 1, ..., rounded once to dst's type (the chunks an all-to-all brought, summed: Note [summed gradient slices];
+// Device.sumSlices). vec4: n % 4 == 0 and every slice and dst 8-byte (bf16) or 16-byte (fp32) aligned; then 4 elements
+// per thread, the same arithmetic.
+extern "C" __global__ void st_sum_slices(const void* src, void* dst, int t, int64_t n, int ways, int vec4,
+                                         const void* own, int ownWay) {
   if (vec4) {
     int64_t n4 = n / 4;
     GRID_STRIDE(q, n4) {
@@ -170,13 +183,13 @@ extern "C" __global__ void st_sum_slices(const void* src, void* dst, int t, int6
       for (int j = 0; j < ways; j++) {
         float c[4];
         if (t == DT_BF16) {
-          uint2 b = reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(src) + j * n)[q];
+          uint2 b = reinterpret_cast<const uint2*>(slice_at(src, t, n, j, own, ownWay))[q];
           c[0] = bf16_to_f32((uint16_t)(b.x & 0xffffu));
           c[1] = bf16_to_f32((uint16_t)(b.x >> 16));
           c[2] = bf16_to_f32((uint16_t)(b.y & 0xffffu));
           c[3] = bf16_to_f32((uint16_t)(b.y >> 16));
         } else {
-          float4 v = reinterpret_cast<const float4*>(static_cast<const float*>(src) + j * n)[q];
+          float4 v = reinterpret_cast<const float4*>(slice_at(src, t, n, j, own, ownWay))[q];
           c[0] = v.x; c[1] = v.y; c[2] = v.z; c[3] = v.w;
         }
 #pragma unroll
@@ -196,9 +209,9 @@ extern "C" __global__ void st_sum_slices(const void* src, void* dst, int t, int6
     return;
   }
   GRID_STRIDE(k, n) {
-    float v = ld(src, t, k);
+    float v = ld(slice_at(src, t, n, 0, own, ownWay), t, k);
     for (int j = 1; j < ways; j++) {
-      v += ld(src, t, j * n + k);
+      v += ld(slice_at(src, t, n, j, own, ownWay), t, k);
     }
     st(dst, t, k, v);
   }

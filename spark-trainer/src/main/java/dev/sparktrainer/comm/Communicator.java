@@ -76,8 +76,10 @@ public interface Communicator extends AutoCloseable {
   /**
    * Starts the all-to-all of send into recv, ordered and joined as {@link #allReduceSumAsync}: both have n elements,
    * a multiple of the world size; chunk r of send (n / W elements from r n / W) goes to rank r, and chunk r of recv
-   * receives rank r's chunk for this rank. Default: not supported (only communicators with {@link #supportsAsync()}
-   * and registered buffers are asked: Note [copy-engine collectives] in cuda.NcclCommunicator).
+   * receives rank r's chunk for this rank, for every r but this rank: what this rank's own chunk of recv holds
+   * afterwards is unspecified (its own chunk of send is the one to read; a communicator may skip that copy). Default:
+   * not supported (only communicators with {@link #supportsAsync()} and registered buffers are asked: Note
+   * [copy-engine collectives] in cuda.NcclCommunicator).
    */
   default void allToAllAsync(Tensor send, Tensor recv) {
     throw new UnsupportedOperationException(getClass().getSimpleName() + " has no all-to-all");

@@ -5,6 +5,7 @@ import dev.sparktrainer.engine.Bf16;
 import dev.sparktrainer.engine.Conv2dDesc;
 import dev.sparktrainer.engine.DType;
 import dev.sparktrainer.engine.Device;
+import dev.sparktrainer.engine.GradientSlices;
 import dev.sparktrainer.engine.Pool2dDesc;
 import dev.sparktrainer.engine.Rng;
 import dev.sparktrainer.engine.Shape;
@@ -173,21 +174,27 @@ public final class CpuDevice implements Device {
   }
 
   @Override
-  public void sumSlices(Tensor src, int ways, Tensor dst) {
-    CpuTensor s = fl(src);
+  public void sumSlices(GradientSlices src, Tensor dst) {
     CpuTensor d = fl(dst);
     int n = d.size();
-    if (ways < 1 || s.size() != (long) ways * n || src.dtype() != dst.dtype()) {
+    int ways = src.ways();
+    if (src.sliceSize() != n || src.slices().dtype() != dst.dtype()) {
       throw new IllegalArgumentException("sumSlices: src must hold " + ways + " slices of dst's " + n + " elements"
-          + " and dtype, got " + src + " and " + dst);
+          + " and dtype, got " + src.slices() + " and " + dst);
     }
+    CpuTensor[] parts = new CpuTensor[ways];
+    for (int j = 0; j < ways; j++) {
+      parts[j] = fl(src.slice(j));
+    }
+    float[] out = new float[n]; // dst may alias a slice
     for (int k = 0; k < n; k++) {
-      float v = s.f[s.offset + k]; // the first as it is: -0 + -0 stays -0, as NCCL's sum
+      float v = parts[0].f[parts[0].offset + k]; // the first as it is: -0 + -0 stays -0, as NCCL's sum
       for (int j = 1; j < ways; j++) {
-        v += s.f[s.offset + j * n + k];
+        v += parts[j].f[parts[j].offset + k];
       }
-      d.f[d.offset + k] = v;
+      out[k] = v;
     }
+    System.arraycopy(out, 0, d.f, d.offset, n);
     storeRounded(d);
   }
 

@@ -19,6 +19,7 @@ import dev.sparktrainer.engine.Conv2dDesc;
 import dev.sparktrainer.engine.DType;
 import dev.sparktrainer.engine.Pool2dDesc;
 import dev.sparktrainer.engine.Device;
+import dev.sparktrainer.engine.GradientSlices;
 import dev.sparktrainer.engine.Shape;
 import dev.sparktrainer.engine.Tensor;
 import java.nio.ByteBuffer;
@@ -1892,30 +1893,41 @@ public final class CudaDevice implements Device {
   @Override
   public void sgdStep(Tensor params, Tensor grads, Tensor momentumBuf, float lr, float momentum,
       boolean nesterov, float weightDecay, boolean firstStep) {
-    sgdStep(params, grads, 1, momentumBuf, lr, momentum, nesterov, weightDecay, firstStep);
+    sgdStep(params, GradientSlices.of(grads, 1), momentumBuf, lr, momentum, nesterov, weightDecay, firstStep);
   }
 
   @Override
   public void adamwStep(Tensor params, Tensor grads, Tensor m, Tensor v, float lr, float beta1, float beta2,
       float eps, float weightDecay, long step) {
-    adamwStep(params, grads, 1, m, v, lr, beta1, beta2, eps, weightDecay, step);
+    adamwStep(params, GradientSlices.of(grads, 1), m, v, lr, beta1, beta2, eps, weightDecay, step);
   }
 
   /** Note [summed gradient slices] (optim.cuh): the slices are read, and summed, in the update's pass. */
-  private static void checkSlices(Tensor params, Tensor grads, int ways, String op) {
-    if (ways < 1 || grads.numel() != ways * params.numel()) {
-      throw new IllegalArgumentException(op + ": the gradients must hold " + ways + " slices of the "
-          + params.numel() + " parameters, got " + grads);
+  private static void checkSlices(Tensor params, GradientSlices grads, String op) {
+    if (grads.sliceSize() != params.numel()) {
+      throw new IllegalArgumentException(op + ": the gradients must hold " + grads.ways() + " slices of the "
+          + params.numel() + " parameters, got " + grads.slices());
     }
   }
 
+  /** The slice read apart from the others (Note [summed gradient slices]), or null when there is none. */
+  private CudaTensor ownSlice(GradientSlices grads) {
+    return grads.ownSlice() == null ? null : fl(grads.ownSlice());
+  }
+
+  /** Appends the slices' stride, count, own slice and its index: the kernels' last four arguments. */
+  private static void sliceArgs(Kernels.Launch k, long n, GradientSlices grads, CudaTensor own) {
+    k.l(n).i(grads.ways()).l(own == null ? 0 : own.address()).i(grads.own());
+  }
+
   @Override
-  public void sgdStep(Tensor params, Tensor grads, int ways, Tensor momentumBuf, float lr, float momentum,
+  public void sgdStep(Tensor params, GradientSlices grads, Tensor momentumBuf, float lr, float momentum,
       boolean nesterov, float weightDecay, boolean firstStep) {
     enter();
-    checkSlices(params, grads, ways, "sgdStep");
+    checkSlices(params, grads, "sgdStep");
     CudaTensor p = f32(fl(params), "sgdStep (params)");
-    CudaTensor g = fl(grads);
+    CudaTensor g = fl(grads.slices());
+    CudaTensor own = ownSlice(grads);
     CudaTensor b = null;
     if (momentum != 0f) {
       b = f32(fl(momentumBuf), "sgdStep (momentum)");
@@ -1926,8 +1938,9 @@ public final class CudaDevice implements Device {
     boolean mirrored = mirrorAt != 0;
     noteWritten(p);
     if (n > 0) {
-      boolean vec = mirrored && n % 4 == 0 && p.address() % 16 == 0
-          && g.address() % (g.dtype() == DType.BFLOAT16 ? 8 : 16) == 0 && (b == null || b.address() % 16 == 0)
+      int gAlign = g.dtype() == DType.BFLOAT16 ? 8 : 16;
+      boolean vec = mirrored && n % 4 == 0 && p.address() % 16 == 0 && g.address() % gAlign == 0
+          && (own == null || own.address() % gAlign == 0) && (b == null || b.address() % 16 == 0)
           && mirrorAt % 8 == 0; // n % 4 == 0 also keeps every slice aligned
       Kernels.Launch k = kernels.launch(vec ? "st_sgd_m4" : mirrored ? "st_sgd_m" : "st_sgd").l(p.address()).l(g.address()).i(code(g))
           .l(b == null ? 0 : b.address()).l(n).f(lr).f(momentum).i(nesterov ? 1 : 0).f(weightDecay)
@@ -1935,7 +1948,7 @@ public final class CudaDevice implements Device {
       if (mirrored) {
         k.l(mirrorAt);
       }
-      k.l(n).i(ways); // the gradient slices' stride and count
+      sliceArgs(k, n, grads, own);
       k.run(grid(vec ? n / 4 : n), BLOCK, compute);
     }
     if (isMirrorSource(p)) {
@@ -1947,14 +1960,15 @@ public final class CudaDevice implements Device {
   }
 
   @Override
-  public void adamwStep(Tensor params, Tensor grads, int ways, Tensor m, Tensor v, float lr, float beta1,
+  public void adamwStep(Tensor params, GradientSlices grads, Tensor m, Tensor v, float lr, float beta1,
       float beta2, float eps, float weightDecay, long step) {
     enter();
-    checkSlices(params, grads, ways, "adamwStep");
+    checkSlices(params, grads, "adamwStep");
     sameSize(params, m, "adamwStep");
     sameSize(params, v, "adamwStep");
     CudaTensor p = f32(fl(params), "adamwStep (params)");
-    CudaTensor g = fl(grads);
+    CudaTensor g = fl(grads.slices());
+    CudaTensor own = ownSlice(grads);
     CudaTensor cm = f32(fl(m), "adamwStep (m)");
     CudaTensor cv = f32(fl(v), "adamwStep (v)");
     // Bias corrections in double, rounded to float, exactly as CpuDevice.
@@ -1972,7 +1986,7 @@ public final class CudaDevice implements Device {
       if (mirrored) {
         k.l(mirrorAt);
       }
-      k.l(n).i(ways); // the gradient slices' stride and count
+      sliceArgs(k, n, grads, own);
       k.run(grid(n), BLOCK, compute);
     }
     if (isMirrorSource(p)) {
@@ -1981,20 +1995,23 @@ public final class CudaDevice implements Device {
   }
 
   @Override
-  public void sumSlices(Tensor src, int ways, Tensor dst) {
+  public void sumSlices(GradientSlices src, Tensor dst) {
     enter();
-    CudaTensor s = fl(src);
+    CudaTensor s = fl(src.slices());
+    CudaTensor own = ownSlice(src);
     CudaTensor d = fl(dst);
     long n = d.numel();
-    if (ways < 1 || s.numel() != ways * n || s.dtype() != d.dtype()) {
-      throw new IllegalArgumentException("sumSlices: src must hold " + ways + " slices of dst's " + n + " elements"
-          + " and dtype, got " + src + " and " + dst);
+    if (src.sliceSize() != n || s.dtype() != d.dtype()) {
+      throw new IllegalArgumentException("sumSlices: src must hold " + src.ways() + " slices of dst's " + n
+          + " elements and dtype, got " + src.slices() + " and " + dst);
     }
     noteWritten(d);
     if (n > 0) {
       int align = d.dtype() == DType.BFLOAT16 ? 8 : 16;
-      boolean vec = n % 4 == 0 && s.address() % align == 0 && d.address() % align == 0;
-      kernels.launch("st_sum_slices").l(s.address()).l(d.address()).i(code(d)).l(n).i(ways).i(vec ? 1 : 0)
+      boolean vec = n % 4 == 0 && s.address() % align == 0 && d.address() % align == 0
+          && (own == null || own.address() % align == 0);
+      kernels.launch("st_sum_slices").l(s.address()).l(d.address()).i(code(d)).l(n).i(src.ways()).i(vec ? 1 : 0)
+          .l(own == null ? 0 : own.address()).i(src.own())
           .run(grid(vec ? n / 4 : n), BLOCK, compute);
     }
   }

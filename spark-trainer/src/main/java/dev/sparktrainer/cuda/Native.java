@@ -120,6 +120,12 @@ final class Native {
   /** ncclAlltoAll (NCCL 2.28+): count elements of send's chunk r to rank r, rank r's into recv's chunk r. */
   static native int ncclAlltoAll(long send, long recv, long count, int dtype, long comm, long stream);
 
+  /**
+   * ncclGather (NCCL 2.28+): count elements of every rank's send into root's recv chunk r; in place on root when send
+   * is root's recv + root * count.
+   */
+  static native int ncclGather(long send, long recv, long count, int dtype, int root, long comm, long stream);
+
   /** ncclMemAlloc in the current context; out[0] = the address. */
   static native int ncclMemAlloc(long bytes, long[] out);
 

@@ -54,6 +54,11 @@ public final class NcclCommunicator implements Communicator {
   public static final Duration DEFAULT_TIMEOUT = Duration.ofMinutes(5);
   /** -Dsparktrainer.nccl.blockingCollectives=false keeps the collectives on the non-blocking communicator. */
   public static final String BLOCKING_COLLECTIVES_PROPERTY = "sparktrainer.nccl.blockingCollectives";
+  /**
+   * -Dsparktrainer.nccl.gatherExchange=false: all-to-alls in registered windows stay one ncclAlltoAll at every world
+   * size (Note [copy-engine collectives]: otherwise in-place gathers up to {@link #GATHER_EXCHANGE_MAX_RANKS}).
+   */
+  public static final String GATHER_EXCHANGE_PROPERTY = "sparktrainer.nccl.gatherExchange";
   /** Element counts (fp32) of the warm-up all-reduces that connect NCCL's algorithms at creation. */
   static final int[] WARM_UP_COUNTS = {1, 1 << 10, 16 << 10, 256 << 10, 2 << 20};
 
@@ -76,6 +81,7 @@ public final class NcclCommunicator implements Communicator {
   private long zero; // the zero-CTA ncclComm_t of Note [copy-engine collectives], made at the first registration
   private final java.util.ArrayList<Window> windows = new java.util.ArrayList<>(); // registered on zero
   private boolean copyEngineOn; // the last registerCopyEngineBuffers held on every rank, until the release
+  private boolean gatherExchange; // with copyEngineOn: all-to-alls in windows go as gathers (every rank agreed)
   private volatile boolean abortRequested;
   private volatile String failure; // why the communicator is no longer usable
   private int unjoined; // async collectives started since the last joinAsync
@@ -452,7 +458,8 @@ public final class NcclCommunicator implements Communicator {
 
   /**
    * Starts the all-to-all of send into recv (Note [copy-engine collectives]), ordered and joined as {@link
-   * #allReduceSumAsync}; on the copy engines when both lie in registered windows.
+   * #allReduceSumAsync}; on the copy engines when both lie in registered windows, then, up to {@link
+   * #GATHER_EXCHANGE_MAX_RANKS} ranks, as in-place gathers that leave this rank's chunk of recv as it was.
    */
   @Override
   public void allToAllAsync(Tensor send, Tensor recv) {
@@ -528,8 +535,10 @@ public final class NcclCommunicator implements Communicator {
               inWindow(b) ? zero : comm, s.handle());
           case ALL_TO_ALL -> {
             CudaTensor r = bs.get(1);
-            yield Native.ncclAlltoAll(b.address(), r.address(), slice, b.dtype().ordinal(),
-                inWindow(b) && inWindow(r) ? zero : comm, s.handle());
+            boolean windows = inWindow(b) && inWindow(r);
+            yield windows && gatherExchange ? exchangeByGathers(b, r, slice, s)
+                : Native.ncclAlltoAll(b.address(), r.address(), slice, b.dtype().ordinal(), windows ? zero : comm,
+                    s.handle());
           }
         };
       }
@@ -561,14 +570,39 @@ public final class NcclCommunicator implements Communicator {
   // engines' collectives wait for the GEMMs (NCCL still launches a small kernel per collective). Registration is
   // a collective of the zero-CTA communicator (blocking, as the collectives' communicator: Note [blocking
   // collectives]).
-  // Not every byte avoids the SMs: NCCL's all-to-all also copies each rank's own chunk into its receive buffer, in
+  // Not every byte avoided the SMs: NCCL's all-to-all also copies each rank's own chunk into its receive buffer, in
   // the same cudaMemcpyBatchAsync as the copies to the peers, and CUDA moves such copies within one GPU with the
   // copy engines only from driver 13.1 on (cudaMemcpyFlagPreferOverlapWithCompute). On the device's driver (580,
-  // CUDA 13.0) a trace of the benchmark MLP with fp32 gradients shows these 12.5 MiB copies at ~110 us beside a
+  // CUDA 13.0) a trace of the benchmark MLP with fp32 gradients showed these 12.5 MiB copies at ~110 us beside a
   // GEMM (the 4 SMs it leaves) and ~10 us between GEMMs (benchmarks/gpu/cupti/copies.py;
-  // results/2026-11-26-h100x2-ce-buckets). The symmetric windows put every rank's bytes at the same offsets, so the
-  // exchange cannot skip that copy: a rank's outgoing chunk sits where its peer's incoming one would land. So the
-  // trainer queues fewer, larger all-to-alls (Trainer.COPY_ENGINE_BUCKET_BYTES) ahead of the update.
+  // results/2026-11-26-h100x2-ce-buckets). The all-to-all has no in-place form, but NCCL's gather has one (the
+  // root's send is its own chunk of the receive buffer; no copy), so allToAllAsync in windows goes as one gather per
+  // root (exchangeByGathers, up to GATHER_EXCHANGE_MAX_RANKS), and this rank's chunk of recv is left as it was: the
+  // update reads this rank's own chunk where backward wrote it (engine.GradientSlices; Note [summed gradient
+  // slices] in optim.cuh). The trainer also queues fewer, larger exchanges (Trainer.COPY_ENGINE_BUCKET_BYTES) ahead
+  // of the update.
+
+  /**
+   * The largest world size at which {@link #allToAllAsync} in registered windows goes as one in-place gather per rank
+   * ({@link #exchangeByGathers}) rather than one all-to-all: each collective makes two handshakes between all the GPUs,
+   * so the gathers make W times the all-to-all's; measured at 2 ranks only.
+   */
+  static final int GATHER_EXCHANGE_MAX_RANKS = 2;
+
+  /**
+   * Note [copy-engine collectives]: the all-to-all of send into recv without this rank's own chunk, as one gather per
+   * root rank on the zero-CTA communicator. The root gathers in place (its send is its own chunk of recv), so NCCL
+   * copies nothing within the GPU; the others send the root's chunk of send. Returns NCCL's status (lock held).
+   */
+  private int exchangeByGathers(CudaTensor send, CudaTensor recv, long slice, CudaStream s) {
+    long bytes = slice * send.dtype().bytes();
+    int st = 0;
+    for (int root = 0; root < worldSize && (st == 0 || Native.ncclInProgress(st)); root++) {
+      long from = root == rank ? recv.address() + root * bytes : send.address() + root * bytes;
+      st = Native.ncclGather(from, recv.address(), slice, send.dtype().ordinal(), root, zero, s.handle());
+    }
+    return st;
+  }
 
   private record Window(long handle, long address, long bytes) {}
 
@@ -638,10 +672,14 @@ public final class NcclCommunicator implements Communicator {
         }
       }
     }
-    Tensor vote = device.allocate(DType.FLOAT32, 2); // {ranks that can, allocations to register}
-    float[] agreed = new float[2];
+    boolean gathers = worldSize <= GATHER_EXCHANGE_MAX_RANKS
+        && !"false".equalsIgnoreCase(System.getProperty(GATHER_EXCHANGE_PROPERTY));
+    // {ranks that can, allocations to register, ranks that would exchange by gathers}: the collectives' shapes
+    // must be the same on every rank, so the gathers only when all of them would
+    Tensor vote = device.allocate(DType.FLOAT32, 3);
+    float[] agreed = new float[3];
     try {
-      device.upload(new float[] {why == null ? 1f : 0f, why == null ? todo.size() : 0f}, 0, vote);
+      device.upload(new float[] {why == null ? 1f : 0f, why == null ? todo.size() : 0f, gathers ? 1f : 0f}, 0, vote);
       allReduceSum(vote);
       device.download(vote, agreed, 0);
     } finally {
@@ -686,6 +724,7 @@ public final class NcclCommunicator implements Communicator {
     }
     synchronized (lock) {
       copyEngineOn = true;
+      gatherExchange = agreed[2] == worldSize;
     }
     return null;
   }

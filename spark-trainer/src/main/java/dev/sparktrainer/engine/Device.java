@@ -179,31 +179,31 @@ public interface Device extends AutoCloseable {
       float eps, float weightDecay, long step);
 
   /**
-   * {@link #sgdStep} whose gradient is the sum of {@code ways} slices of {@code gradSlices} (ways times params' size),
-   * as {@link #sumSlices} would write it (Note [summed gradient slices] in native/kernels/optim.cuh). The default sums
-   * into a temporary tensor first; the CUDA engine reads the slices in the update's pass.
+   * {@link #sgdStep} whose gradient is the sum of the given slices, as {@link #sumSlices(GradientSlices, Tensor)}
+   * would write it (Note [summed gradient slices] in native/kernels/optim.cuh). The default sums into a temporary
+   * tensor first; the CUDA engine reads the slices in the update's pass.
    */
-  default void sgdStep(Tensor params, Tensor gradSlices, int ways, Tensor momentumBuf, float lr, float momentum,
+  default void sgdStep(Tensor params, GradientSlices grads, Tensor momentumBuf, float lr, float momentum,
       boolean nesterov, float weightDecay, boolean firstStep) {
-    withSummed(params, gradSlices, ways, g -> sgdStep(params, g, momentumBuf, lr, momentum, nesterov, weightDecay,
+    withSummed(params, grads, g -> sgdStep(params, g, momentumBuf, lr, momentum, nesterov, weightDecay,
         firstStep));
   }
 
-  /** {@link #adamwStep} over summed gradient slices, as {@link #sgdStep(Tensor, Tensor, int, Tensor, float, float, boolean, float, boolean)}. */
-  default void adamwStep(Tensor params, Tensor gradSlices, int ways, Tensor m, Tensor v, float lr, float beta1,
+  /** {@link #adamwStep} over summed gradient slices, as {@link #sgdStep(Tensor, GradientSlices, Tensor, float, float, boolean, float, boolean)}. */
+  default void adamwStep(Tensor params, GradientSlices grads, Tensor m, Tensor v, float lr, float beta1,
       float beta2, float eps, float weightDecay, long step) {
-    withSummed(params, gradSlices, ways, g -> adamwStep(params, g, m, v, lr, beta1, beta2, eps, weightDecay, step));
+    withSummed(params, grads, g -> adamwStep(params, g, m, v, lr, beta1, beta2, eps, weightDecay, step));
   }
 
-  /** Runs step on the gradient: gradSlices itself (ways 1), else their sum in a temporary tensor. */
-  private void withSummed(Tensor params, Tensor gradSlices, int ways, java.util.function.Consumer<Tensor> step) {
-    if (ways == 1) {
-      step.accept(gradSlices);
+  /** Runs step on the gradient: the one slice itself (ways 1), else the slices' sum in a temporary tensor. */
+  private void withSummed(Tensor params, GradientSlices grads, java.util.function.Consumer<Tensor> step) {
+    if (grads.ways() == 1) {
+      step.accept(grads.slice(0));
       return;
     }
-    Tensor g = allocate(gradSlices.dtype(), Math.toIntExact(params.numel()));
+    Tensor g = allocate(grads.slices().dtype(), Math.toIntExact(params.numel()));
     try {
-      sumSlices(gradSlices, ways, g);
+      sumSlices(grads, g);
       step.accept(g);
     } finally {
       free(g);
@@ -220,12 +220,17 @@ public interface Device extends AutoCloseable {
   }
 
   /**
-   * dst[k] = the sum over j &lt; ways of src[j n + k], where n = dst.numel() and src has ways n elements of dst's
-   * dtype: added in fp32 in the order j = 0, 1, ..., rounded once to dst's dtype (an all-to-all's chunks summed:
-   * Note [sharded optimizer] in train.Trainer). For ways = 2 that is the bits of NCCL's two-rank sum.
+   * dst = the sum of src's slices, each of dst's size and dtype (Note [summed gradient slices] in
+   * native/kernels/optim.cuh): added in fp32 in the order j = 0, 1, ..., rounded once to dst's dtype (an all-to-all's
+   * chunks summed: Note [sharded optimizer] in train.Trainer). For two slices that is the bits of NCCL's two-rank sum.
    */
-  default void sumSlices(Tensor src, int ways, Tensor dst) {
+  default void sumSlices(GradientSlices src, Tensor dst) {
     throw new UnsupportedOperationException(getClass().getSimpleName() + " has no sumSlices");
+  }
+
+  /** {@link #sumSlices(GradientSlices, Tensor)} of the {@code ways} slices of src, all read from src. */
+  default void sumSlices(Tensor src, int ways, Tensor dst) {
+    sumSlices(GradientSlices.of(src, ways), dst);
   }
 
   // ---- fused and asynchronous ops (performance). The defaults compose the ops above, so a backend that

@@ -2,6 +2,7 @@ package dev.sparktrainer.optim;
 
 import dev.sparktrainer.engine.DType;
 import dev.sparktrainer.engine.Device;
+import dev.sparktrainer.engine.GradientSlices;
 import dev.sparktrainer.engine.ParameterSet;
 import dev.sparktrainer.engine.Tensor;
 import java.util.LinkedHashMap;
@@ -76,11 +77,11 @@ public final class Optimizer {
    * parameters only ({from, to} pairs; Note [sharded optimizer] in train.Trainer: this rank's slices, as their
    * gradients arrive), one device call per range, each the same arithmetic as {@link #step(double)} on those elements;
    * the rest of the parameters and state are left as they are. A step's ranges may take several calls; {@link
-   * #endStep()} then counts the step. Range k's gradient is the sum of {@code ways} slices of {@code gradSlices[k]}
-   * when gradSlices and it are not null (Device#sgdStep over summed slices: Note [copy-engine collectives] in
+   * #endStep()} then counts the step. Range k's gradient is the sum of the slices {@code gradSlices[k]} when
+   * gradSlices and it are not null (Device#sgdStep over summed slices: Note [copy-engine collectives] in
    * cuda.NcclCommunicator), else the gradient buffer's.
    */
-  public void update(double lr, long[][] ranges, Tensor[] gradSlices, int ways) {
+  public void update(double lr, long[][] ranges, GradientSlices[] gradSlices) {
     Tensor p = params.trainableParams();
     Tensor g = params.trainableGrads();
     if (gradSlices != null && gradSlices.length != ranges.length) {
@@ -99,14 +100,13 @@ public final class Optimizer {
         continue;
       }
       boolean summed = gradSlices != null && gradSlices[k] != null;
-      Tensor gk = summed ? gradSlices[k] : g.view(r[0], n);
-      int w = summed ? ways : 1;
+      GradientSlices gk = summed ? gradSlices[k] : GradientSlices.of(g.view(r[0], n), 1);
       if (config.type() == OptimizerConfig.Type.SGD) {
         Tensor mom = state.get("momentum");
-        device.sgdStep(p.view(r[0], n), gk, w, mom == null ? null : mom.view(r[0], n), (float) lr,
+        device.sgdStep(p.view(r[0], n), gk, mom == null ? null : mom.view(r[0], n), (float) lr,
             (float) config.momentum(), config.nesterov(), (float) config.weightDecay(), steps == 0);
       } else {
-        device.adamwStep(p.view(r[0], n), gk, w, state.get("m").view(r[0], n),
+        device.adamwStep(p.view(r[0], n), gk, state.get("m").view(r[0], n),
             state.get("v").view(r[0], n), (float) lr, (float) config.beta1(), (float) config.beta2(),
             (float) config.eps(), (float) config.weightDecay(), steps + 1);
       }

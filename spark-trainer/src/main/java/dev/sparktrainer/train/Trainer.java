@@ -12,6 +12,7 @@ import dev.sparktrainer.data.HostBatch;
 import dev.sparktrainer.data.RowStore;
 import dev.sparktrainer.engine.DType;
 import dev.sparktrainer.engine.Device;
+import dev.sparktrainer.engine.GradientSlices;
 import dev.sparktrainer.engine.GraphCaptureException;
 import dev.sparktrainer.engine.ParameterSet;
 import dev.sparktrainer.engine.Rng;
@@ -1199,19 +1200,22 @@ public final class Trainer {
       return;
     }
     long[][] ranges = new long[pending.size()][];
-    Tensor[] slices = copyEngineNow ? new Tensor[pending.size()] : null;
+    GradientSlices[] slices = copyEngineNow ? new GradientSlices[pending.size()] : null;
     List<Tensor> gather = new ArrayList<>();
+    Tensor grads = model.parameters().trainableGrads();
     for (int k = 0; k < pending.size(); k++) {
       int i = pending.get(k);
       ranges[k] = shards.owned(i);
       if (shards.sharded(i)) {
         gather.add(shards.view(shardGather, i));
-        if (slices != null) { // the all-to-all brought every rank's copy of this rank's slice: the update sums them
-          slices[k] = shards.view(shardRecv, i);
+        if (slices != null) { // the all-to-all brought the other ranks' copies of this rank's slice: the update sums
+          long[] r = ranges[k]; // them with this rank's own, still in the gradient buffer
+          slices[k] = new GradientSlices(shards.view(shardRecv, i), comm.worldSize(), comm.rank(),
+              grads.view(r[0], Math.toIntExact(r[1] - r[0])));
         }
       }
     }
-    optimizer.update(lr, ranges, slices, comm.worldSize());
+    optimizer.update(lr, ranges, slices);
     comm.allGatherAsync(gather);
     pending.clear();
   }

@@ -13,6 +13,7 @@ import dev.sparktrainer.data.HeapRowStore;
 import dev.sparktrainer.data.SamplerPlan;
 import dev.sparktrainer.engine.Bf16;
 import dev.sparktrainer.engine.DType;
+import dev.sparktrainer.engine.GradientSlices;
 import dev.sparktrainer.engine.Tensor;
 import dev.sparktrainer.nn.Model;
 import dev.sparktrainer.nn.ModelSpec;
@@ -188,7 +189,10 @@ class CudaShardedOptimizerTest {
     }
   }
 
-  /** allToAllAsync in registered windows (copy engines) and outside them (NCCL's kernels) moves the same chunks. */
+  /**
+   * allToAllAsync in registered windows (copy engines) and outside them (NCCL's kernels) moves the same chunks; in
+   * windows (two in-place gathers at two ranks) it leaves the rank's own chunk of recv as it was.
+   */
   @Test
   void allToAllMovesEachRanksChunk() {
     CudaTestSupport.assumeGpus(2);
@@ -208,6 +212,7 @@ class CudaShardedOptimizerTest {
           Tensor send = registered ? d.allocateRegistrable(DType.BFLOAT16, n) : d.allocate(DType.BFLOAT16, n);
           Tensor recv = registered ? d.allocateRegistrable(DType.BFLOAT16, n) : d.allocate(DType.BFLOAT16, n);
           d.upload(mine, 0, send);
+          d.fill(recv, -7f);
           if (registered) {
             assertNull(c.registerCopyEngineBuffers(List.of(send, recv)));
           }
@@ -234,7 +239,9 @@ class CudaShardedOptimizerTest {
             for (int k = 0; k < q; k += 4099) {
               int at = part * half + from * q + k; // chunk `from` of recv: rank from's chunk r of that part
               int src = part * half + r * q + k;
-              float want = Bf16.round(from * 1000 + (src % 997) * 0.25f);
+              float want = from != r ? Bf16.round(from * 1000 + (src % 997) * 0.25f)
+                  : pass == 0 ? -7f // the gathers copy nothing within the GPU
+                  : recv[at]; // the kernels' all-to-all copies it: unspecified
               assertEquals(want, recv[at], "rank " + r + (pass == 0 ? " (copy engines)" : " (kernels)") + " at " + at);
             }
           }
@@ -243,7 +250,10 @@ class CudaShardedOptimizerTest {
     }
   }
 
-  /** Device.sumSlices on the GPU: the CPU engine's bits, bf16 and fp32, vectorised and not. */
+  /**
+   * Device.sumSlices on the GPU: the CPU engine's bits, bf16 and fp32, vectorised and not; with one slice read from
+   * its own tensor (GradientSlices; the chunk it replaces holds NaN, unread), the same bits.
+   */
   @Test
   void sumSlicesMatchesTheCpuEngine() {
     CudaTestSupport.assumeGpu();
@@ -257,19 +267,34 @@ class CudaShardedOptimizerTest {
               src[i] = i % 101 == 0 ? -0f : (float) rnd.nextGaussian() * 100;
               src[i] = t == DType.BFLOAT16 ? Bf16.round(src[i]) : src[i];
             }
-            Tensor gs = d.allocate(t, ways * n);
-            Tensor gd = d.allocate(t, n);
-            d.upload(src, 0, gs);
-            d.sumSlices(gs, ways, gd);
             Tensor cs = cpu.allocate(t, ways * n);
             Tensor cd = cpu.allocate(t, n);
             cpu.upload(src, 0, cs);
             cpu.sumSlices(cs, ways, cd);
             float[] want = host(cpu, cd);
-            float[] have = host(d, gd);
-            for (int k = 0; k < n; k++) {
-              assertEquals(Float.floatToRawIntBits(want[k]), Float.floatToRawIntBits(have[k]), t + " n " + n + " ways "
-                  + ways + " at " + k);
+            for (int own = -1; own < ways; own++) {
+              Tensor gs = d.allocate(t, ways * n);
+              Tensor gd = d.allocate(t, n);
+              d.upload(src, 0, gs);
+              GradientSlices slices = GradientSlices.of(gs, ways);
+              Tensor mine = null;
+              if (own >= 0) {
+                mine = d.allocate(t, n);
+                d.copy(gs.view((long) own * n, n), mine);
+                d.fill(gs.view((long) own * n, n), Float.NaN);
+                slices = new GradientSlices(gs, ways, own, mine);
+              }
+              d.sumSlices(slices, gd);
+              float[] have = host(d, gd);
+              for (int k = 0; k < n; k++) {
+                assertEquals(Float.floatToRawIntBits(want[k]), Float.floatToRawIntBits(have[k]), t + " n " + n
+                    + " ways " + ways + " own " + own + " at " + k);
+              }
+              for (Tensor x : new Tensor[] {gs, gd, mine}) {
+                if (x != null) {
+                  d.free(x);
+                }
+              }
             }
           }
         }
@@ -294,20 +319,27 @@ class CudaShardedOptimizerTest {
             g0[i] = t == DType.BFLOAT16 ? Bf16.round((float) rnd.nextGaussian()) : (float) rnd.nextGaussian();
           }
           for (boolean adam : new boolean[] {false, true}) {
-            float[][] out = new float[2][];
-            for (int way = 0; way < 2; way++) {
+            float[][] out = new float[3][];
+            for (int way = 0; way < 3; way++) {
               Tensor p = d.allocate(DType.FLOAT32, n);
               Tensor s1 = d.allocate(DType.FLOAT32, n);
               Tensor s2 = d.allocate(DType.FLOAT32, n);
               Tensor slices = d.allocate(t, 2 * n);
+              Tensor own = d.allocate(t, n);
               d.upload(p0, 0, p);
               d.upload(g0, 0, slices);
+              d.copy(slices.view(n, n), own);
+              GradientSlices gs = GradientSlices.of(slices, 2);
+              if (way == 2) { // slice 1 read from its own tensor; its chunk of slices is not read
+                d.fill(slices.view(n, n), Float.NaN);
+                gs = new GradientSlices(slices, 2, 1, own);
+              }
               for (int step = 1; step <= 2; step++) {
-                if (way == 0) { // summed in the update's pass
+                if (way != 1) { // summed in the update's pass
                   if (adam) {
-                    d.adamwStep(p, slices, 2, s1, s2, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+                    d.adamwStep(p, gs, s1, s2, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
                   } else {
-                    d.sgdStep(p, slices, 2, s1, 0.05f, 0.9f, false, 0.01f, step == 1);
+                    d.sgdStep(p, gs, s1, 0.05f, 0.9f, false, 0.01f, step == 1);
                   }
                 } else { // summed first
                   Tensor g = d.allocate(t, n);
@@ -321,11 +353,12 @@ class CudaShardedOptimizerTest {
                 }
               }
               out[way] = host(d, p);
-              for (Tensor x : new Tensor[] {p, s1, s2, slices}) {
+              for (Tensor x : new Tensor[] {p, s1, s2, slices, own}) {
                 d.free(x);
               }
             }
             assertArrayEquals(out[1], out[0], t + (adam ? " AdamW" : " SGD") + " n " + n);
+            assertArrayEquals(out[1], out[2], t + (adam ? " AdamW" : " SGD") + " n " + n + ", own slice apart");
           }
         }
       }
