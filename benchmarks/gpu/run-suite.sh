@@ -9,7 +9,8 @@
 # Environment: WORLDS (default: 1 .. number of GPUs, powers of two), BENCHES (mlp,fmnist,allreduce; the CNN
 #   benchmarks are selected with BENCHES=small-cnn,resnet50), STEPS (mlp steps per epoch, and small-cnn's
 #   CUDNN_BENCHMARK (ours: time the cuDNN algorithms once per shape, as the PyTorch side does; default true),
-#   when Fashion-MNIST is missing, 50), REPEATS (measured epochs, 3), RESNET_BATCH (resnet50 per-GPU batch,
+#   when Fashion-MNIST is missing, 50), REPEATS (measured epochs, 3), SMALL_CNN_REPEATS (small-cnn's measured
+#   epochs, both engines, 15: an epoch at W=2 lasts ~34 ms), RESNET_BATCH (resnet50 per-GPU batch,
 #   256; lower it when memory forces less), RESNET_STEPS (resnet50 steps per epoch, 20), RUNS (whole suite
 #   repeated, 1), TESTS=1 (run the dev.sparktrainer.cuda tests first; TEST_SELECT picks others, e.g.
 #   "--select-class dev.sparktrainer.cuda.CudaConvOpsTest"), TEST_TIMEOUT (s, 420), BENCH_TIMEOUT (s per engine
@@ -76,13 +77,14 @@ for w in $WORLDS; do
     -Dsparktrainer.cudnn.benchmark="${CUDNN_BENCHMARK:-true}" -cp "$cp" dev.sparktrainer.bench.gpu.GpuBench \
     --world "$w" --benches "$BENCHES" --fmnist /tmp/st-data/fashion-mnist --out "$raw" \
     --steps "${STEPS:-50}" --repeats "${REPEATS:-3}" --resnet-batch "${RESNET_BATCH:-256}" \
-    --resnet-steps "${RESNET_STEPS:-20}" ${PROFILE:+--profile} 2>&1 | grep -v "^\[gpu-bench\] {"
+    --resnet-steps "${RESNET_STEPS:-20}" --small-cnn-repeats "${SMALL_CNN_REPEATS:-15}" ${PROFILE:+--profile} 2>&1 \
+    | grep -v "^\[gpu-bench\] {"
   if [ "${TORCH:-1}" = 1 ]; then
     echo "== run $run W=$w PyTorch"
     timeout "${BENCH_TIMEOUT:-400}" python3 benchmarks/gpu/torch_ref.py --world "$w" --benches "$BENCHES" \
       --fmnist /tmp/st-data/fashion-mnist --out "$raw" --steps "${STEPS:-50}" --repeats "${REPEATS:-3}" \
       --resnet-batch "${RESNET_BATCH:-256}" --resnet-steps "${RESNET_STEPS:-20}" \
-      2>&1 | grep -v "^\[torch-ref\] {" | grep -v Warning
+      --small-cnn-repeats "${SMALL_CNN_REPEATS:-15}" 2>&1 | grep -v "^\[torch-ref\] {" | grep -v Warning
   fi
   echo "== run $run W=$w done after $(( $(date +%s) - t_start )) s"
 done

@@ -45,7 +45,7 @@ import java.util.SplittableRandom;
  * <pre>
  * java -cp ... dev.sparktrainer.bench.gpu.GpuBench --world 2 --benches mlp,fmnist,allreduce \
  *     --fmnist /tmp/st-data/fashion-mnist --out raw.jsonl [--steps 50] [--repeats 3] [--profile] \
- *     [--resnet-batch 256] [--resnet-steps 20]
+ *     [--resnet-batch 256] [--resnet-steps 20] [--small-cnn-repeats 15]
  * </pre>
  *
  * Benchmarks: {@code mlp} (1024-8192x4-1000 ReLU, bf16 mixed precision, SGD momentum 0.9, per-GPU batch
@@ -55,7 +55,9 @@ import java.util.SplittableRandom;
  * not a folder; samples/s), {@code resnet50} ({@link ModelZoo#resnet50(int)}, 1000 classes, synthetic
  * 3x224x224 images, bf16, SGD momentum 0.9, per-GPU batch --resnet-batch (256), --resnet-steps (20) steps
  * per epoch; img/s), {@code allreduce} (NCCL all-reduce of fp32 buffers of 25 MiB, 256 MiB, 1 GiB, bus
- * bandwidth). Every training benchmark runs one warm-up epoch, then {@code repeats} measured epochs; the
+ * bandwidth). Every training benchmark runs one warm-up epoch, then {@code repeats} measured epochs (small-cnn:
+ * {@code --small-cnn-repeats}, default {@code repeats}: its epoch at W = 2 lasts ~34 ms, so one host hiccup in a
+ * median of 3 can halve the figure, as torch_ref.py's --small-cnn-repeats says); the
  * figure is the median over measured epochs of (samples of all ranks) / (slowest rank's epoch seconds). Each
  * result is one JSON line appended to the output file. Peak memory: the largest peak of the ranks' device
  * arenas ({@code peak_mem_bytes}: what the engine allocated through its arena) and, as a second figure, total
@@ -85,6 +87,7 @@ public final class GpuBench {
     Path out = Path.of(a.getOrDefault("out", "gpu-bench.jsonl"));
     int steps = Integer.parseInt(a.getOrDefault("steps", "50"));
     int repeats = Integer.parseInt(a.getOrDefault("repeats", "3"));
+    int cnnRepeats = Integer.parseInt(a.getOrDefault("small-cnn-repeats", String.valueOf(repeats)));
     String variant = a.getOrDefault("variant", "ours");
     int gpus = Cuda.deviceCount();
     if (world > gpus) {
@@ -102,7 +105,7 @@ public final class GpuBench {
         case "fmnist" -> emit(out, fmnist(world, Path.of(a.getOrDefault("fmnist",
             FashionMnist.DEFAULT_DIR.toString())), repeats, card, variant));
         case "small-cnn" -> emit(out, smallCnn(world, Path.of(a.getOrDefault("fmnist",
-            FashionMnist.DEFAULT_DIR.toString())), steps, repeats, card, variant, a.containsKey("profile")));
+            FashionMnist.DEFAULT_DIR.toString())), steps, cnnRepeats, card, variant, a.containsKey("profile")));
         case "resnet50" -> emit(out, resnet50(world, Integer.parseInt(a.getOrDefault("resnet-batch",
             String.valueOf(RESNET_BATCH))), Integer.parseInt(a.getOrDefault("resnet-steps",
             String.valueOf(RESNET_STEPS))), repeats, card, variant, a.containsKey("profile")));
