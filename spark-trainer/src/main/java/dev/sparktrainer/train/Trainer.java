@@ -1070,8 +1070,10 @@ public final class Trainer {
   // reduce-scatters waited 0.7 ms after it. Two additions took that on:
   // - copyEngineCollectives (Note [copy-engine collectives] in cuda.NcclCommunicator): each bucket goes by all-to-all
   //   into shardRecv instead of the in-place reduce-scatter, and the update reads this rank's W chunks and sums them
-  //   in its own pass (Optimizer.update over gradient slices; Note [summed gradient slices] in optim.cuh), so the
-  //   gradient buffer holds only this rank's own gradients; the all-to-alls and all-gathers run on the copy engines
+  //   in its own pass (Optimizer.update over engine.GradientSlices; Note [summed gradient slices] in optim.cuh): the
+  //   other ranks' from shardRecv, its own from the gradient buffer, where backward wrote it, which the exchange
+  //   therefore need not copy (two in-place gathers at W = 2). The gradient buffer holds only this rank's own
+  //   gradients then; the all-to-alls and all-gathers run on the copy engines
   //   and the GEMMs leave 4 SMs (COPY_ENGINE_CARVEOUT). At W = 2 the sum is NCCL's one addition: the same bits.
   //   Only the gradients on this rank are checked by checkFiniteSharded then, so a sum that overflows finite bf16
   //   gradients goes unseen until the weights show it;
@@ -1081,7 +1083,8 @@ public final class Trainer {
   // DDP 79%), against 88-90% with NCCL's kernels (results/2026-11-26-h100x2-ce-run{1,2}). With fp32 gradients the
   // all-to-alls move twice the bytes; the all-to-alls queued before the update and 50 MiB buckets
   // (COPY_ENGINE_BUCKET_BYTES) took it from 89-90% to 94.4% / 95.1% (PyTorch DDP 82-83%;
-  // results/2026-11-26-h100x2-cebuckets-run{1,2}).
+  // results/2026-11-26-h100x2-cebuckets-run{1,2}), and the exchange without the own chunk to 98.5-99.2% in four runs
+  // (bf16 gradients 99.5-102.5%; results/2026-11-26-h100x2-gathers-run{1,2}, -full-run{1,2}).
 
   /** -Dsparktrainer.train.shardOptimizer=true: the default of {@link #shardOptimizer(boolean)} (false). */
   public static final String SHARD_OPTIMIZER_PROPERTY = "sparktrainer.train.shardOptimizer";
@@ -1344,13 +1347,15 @@ public final class Trainer {
 
   /**
    * The bucket size under Note [copy-engine collectives], unless set by {@link #gradientBuckets}: 50 MiB. Each of
-   * those collectives makes two handshakes between the GPUs, and its all-to-all copies this rank's own chunk too,
-   * which with a CUDA driver before 13.1 runs on the SMs that the GEMMs leave free (4): in a CUPTI trace of the
-   * benchmark MLP with fp32 gradients on 2 H100s, those 12.5 MiB copies took ~110 us beside a GEMM and ~10 us
+   * those collectives makes two handshakes between the GPUs, and its all-to-all then also copied this rank's own
+   * chunk, which with a CUDA driver before 13.1 runs on the SMs that the GEMMs leave free (4): in a CUPTI trace of
+   * the benchmark MLP with fp32 gradients on 2 H100s, those 12.5 MiB copies took ~110 us beside a GEMM and ~10 us
    * without one, and the compute stream waited ~1.1 ms per step. Half as many collectives per layer: W = 2 scaled
    * 95.2-96.1% against 91.3% with 25 MiB buckets set (same call), and 94.4% / 95.1% in the suite with PyTorch in the
    * same call (its DDP: 82-83%); bf16 gradients 98.9-99.2% against 99.7%. 100 MiB measured the same within noise
    * (95.6-95.8% against 95.2-95.3%). Ours only except the suite; benchmarks/results/2026-11-26-h100x2-ce-buckets.
+   * (Since then the exchange skips the own chunk at W = 2, cuda.NcclCommunicator#GATHER_EXCHANGE_MAX_RANKS; the
+   * bucket size was not measured again.)
    */
   public static final long COPY_ENGINE_BUCKET_BYTES = 50L << 20;
 
