@@ -14,5 +14,6 @@
 #include "bn_sync.cuh"
 #include "pool.cuh"
 
-// Version tag the Java side checks, so a stale fatbin is reported instead of failing on a missing kernel.
-extern "C" __global__ void st_abi_version(int* out) { out[0] = 1; }
+// Version tag the Java side checks at load (Kernels.ABI_VERSION), so a stale fatbin is reported instead of running
+// kernels whose parameters changed. Raise both together whenever a kernel's parameters change.
+extern "C" __global__ void st_abi_version(int* out) { out[0] = 2; }

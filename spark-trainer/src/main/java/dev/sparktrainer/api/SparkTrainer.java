@@ -145,9 +145,9 @@ public final class SparkTrainer extends Estimator<SparkTrainerModel> implements 
             + "nonFinite=skip, accumulation, batch norm, in-order all-reduce) the ranks train unsharded and say why");
     copyEngineCollectives = new BooleanParam(this, "copyEngineCollectives",
         "cuda, several GPUs of one host over NCCL 2.28+, with shardOptimizer: the sharded optimizer's collectives run "
-            + "on the GPUs' copy engines (NCCL zero-CTA all-to-all and all-gather over registered buffers), leaving "
-            + "the SMs to backward; the same weights bit for bit at 2 GPUs; where it cannot, NCCL's kernels as before, "
-            + "and each rank says why");
+            + "on the GPUs' copy engines (NCCL zero-CTA all-to-all, or gathers at 2 GPUs, and all-gather over registered "
+            + "buffers), leaving the SMs to backward; the same weights bit for bit at 2 GPUs; where it cannot, NCCL's "
+            + "kernels as before, and each rank says why");
     allReduceMode = new Param<>(this, "allReduceMode",
         "cuda, several GPUs: how the gradient all-reduce runs beside backward: overlapped (on its own stream, as "
             + "PyTorch DDP), in_order (on the compute stream, between backward's kernels) or auto (in_order when all "

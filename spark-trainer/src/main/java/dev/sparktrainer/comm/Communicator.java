@@ -89,8 +89,9 @@ public interface Communicator extends AutoCloseable {
    * Registers the allocations that {@code bufs} lie in, so that {@link #allToAllAsync} and {@link #allGatherAsync}
    * between them run without the GPU's SMs (Note [copy-engine collectives] in cuda.NcclCommunicator). A collective:
    * every rank calls it, with buffers of the same sizes in the same order. Returns null when registered on every
-   * rank, else why not (then this rank's later collectives do not use what it may have registered). Default: not
-   * supported (no collective).
+   * rank, else why not (then this rank's later collectives do not use what it may have registered). The ranks also
+   * agree there on any choice that changes which collectives {@link #allToAllAsync} makes. Default: not supported (no
+   * collective).
    */
   default String registerCopyEngineBuffers(java.util.List<? extends Tensor> bufs) {
     return getClass().getSimpleName() + " has no copy-engine collectives";

@@ -1,6 +1,9 @@
 package dev.sparktrainer.cuda;
 
 import static jcuda.driver.JCudaDriver.cuLaunchKernel;
+import static jcuda.driver.JCudaDriver.cuMemAlloc;
+import static jcuda.driver.JCudaDriver.cuMemFree;
+import static jcuda.driver.JCudaDriver.cuMemcpyDtoH;
 import static jcuda.driver.JCudaDriver.cuModuleGetFunction;
 import static jcuda.driver.JCudaDriver.cuModuleLoadData;
 import static jcuda.driver.JCudaDriver.cuModuleUnload;
@@ -10,6 +13,7 @@ import java.util.List;
 import java.util.Map;
 import jcuda.NativePointerObject;
 import jcuda.Pointer;
+import jcuda.driver.CUdeviceptr;
 import jcuda.driver.CUfunction;
 import jcuda.driver.CUmodule;
 import jcuda.driver.CUresult;
@@ -27,13 +31,25 @@ final class Kernels implements AutoCloseable {
       "st_count_correct", "st_sgd", "st_adamw", "st_gemm_ref", "st_bias_act", "st_act_bwd_colsum", "st_gelu_bwd_colsum",
       "st_colsum_final", "st_sgd_m", "st_sgd_m4", "st_sum_slices", "st_adamw_m", "st_channel_bias", "st_layout_convert", "st_add2",
       "st_bn_partials_nchw", "st_bn_partials_nhwc", "st_bn_sums_nhwc", "st_bn_partials_final", "st_bn_finalize", "st_bn_apply",
-      "st_bn_bwd_apply", "st_max_pool_fwd", "st_avg_pool_fwd", "st_max_pool_bwd", "st_avg_pool_bwd");
+      "st_bn_bwd_apply", "st_max_pool_fwd", "st_avg_pool_fwd", "st_max_pool_bwd", "st_avg_pool_bwd", "st_abi_version");
+
+  /**
+   * What st_abi_version (native/kernels/kernels.cu) must write: raised with it whenever a kernel's parameters change,
+   * so that a fatbin built from older sources (-Dsparktrainer.native.dir) fails at load instead of running with
+   * arguments it does not read (2: the optimizers and st_sum_slices take the own gradient slice, engine.GradientSlices).
+   */
+  static final int ABI_VERSION = 2;
 
   private final CUmodule module = new CUmodule();
   private final Map<String, CUfunction> functions = new HashMap<>();
   private boolean closed;
 
   Kernels(byte[] image) {
+    this(image, ABI_VERSION);
+  }
+
+  /** As {@link #Kernels(byte[])}, requiring kernel ABI {@code abiVersion} (tests: the stale-fatbin error). */
+  Kernels(byte[] image, int abiVersion) {
     int r = cuModuleLoadData(module, image);
     if (r != CUresult.CUDA_SUCCESS) {
       String hint = r == CUresult.CUDA_ERROR_NO_BINARY_FOR_GPU || r == CUresult.CUDA_ERROR_INVALID_PTX
@@ -54,9 +70,30 @@ final class Kernels implements AutoCloseable {
         }
         functions.put(n, f);
       }
+      int abi = abiVersion(functions.get("st_abi_version"));
+      if (abi != abiVersion) {
+        throw new CudaException("CUDA driver", CUresult.CUDA_ERROR_INVALID_IMAGE, NativeLoader.KERNELS_FILE
+            + " has kernel ABI " + abi + ", this jar needs " + abiVersion + ": the fatbin was built from other"
+            + " sources; rebuild native/ (native/README.md) or drop -Dsparktrainer.native.dir");
+      }
     } catch (RuntimeException e) {
       cuModuleUnload(module);
       throw e;
+    }
+  }
+
+  /** Runs st_abi_version once (on the null stream; the copy back waits for it) and returns what it wrote. */
+  private static int abiVersion(CUfunction f) {
+    CUdeviceptr out = new CUdeviceptr();
+    Cuda.check(cuMemAlloc(out, 4), "cuMemAlloc (kernel ABI check)");
+    try {
+      Cuda.check(cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, null, Pointer.to(Pointer.to(out)), null),
+          "launch of st_abi_version");
+      int[] v = new int[1];
+      Cuda.check(cuMemcpyDtoH(Pointer.to(v), out, 4), "cuMemcpyDtoH (kernel ABI check)");
+      return v[0];
+    } finally {
+      Cuda.check(cuMemFree(out), "cuMemFree (kernel ABI check)");
     }
   }
 

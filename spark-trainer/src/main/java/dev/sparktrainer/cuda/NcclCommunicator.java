@@ -558,8 +558,8 @@ public final class NcclCommunicator implements Communicator {
   }
 
   // ---- Note [copy-engine collectives]: beside the kernels' communicator, a third one split with
-  // config.CTAPolicy = NCCL_CTA_POLICY_ZERO, on which NCCL (2.28+) runs all-gathers and all-to-alls between GPUs of
-  // one NVLink domain on the copy engines, without SMs, when both buffers lie in windows registered as symmetric
+  // config.CTAPolicy = NCCL_CTA_POLICY_ZERO, on which NCCL (2.28+) runs all-gathers, all-to-alls and gathers between
+  // GPUs of one NVLink domain on the copy engines, without SMs, when both buffers lie in windows registered as symmetric
   // (ncclCommWindowRegister, NCCL_WIN_COLL_SYMMETRIC: every rank uses the same offsets). Such windows need cuMem
   // memory NCCL can export: CudaDevice#allocateRegistrable (ncclMemAlloc). The sharded optimizer uses them (Note
   // [sharded optimizer] in train.Trainer): its reduce-scatter becomes an all-to-all whose sums the compute stream

@@ -1354,8 +1354,8 @@ public final class Trainer {
    * 95.2-96.1% against 91.3% with 25 MiB buckets set (same call), and 94.4% / 95.1% in the suite with PyTorch in the
    * same call (its DDP: 82-83%); bf16 gradients 98.9-99.2% against 99.7%. 100 MiB measured the same within noise
    * (95.6-95.8% against 95.2-95.3%). Ours only except the suite; benchmarks/results/2026-11-26-h100x2-ce-buckets.
-   * (Since then the exchange skips the own chunk at W = 2, cuda.NcclCommunicator#GATHER_EXCHANGE_MAX_RANKS; the
-   * bucket size was not measured again.)
+   * (Since then the exchange skips the own chunk at W = 2, as two gathers, so four handshakes per bucket;
+   * cuda.NcclCommunicator#GATHER_EXCHANGE_MAX_RANKS. The bucket size was not measured again.)
    */
   public static final long COPY_ENGINE_BUCKET_BYTES = 50L << 20;
 

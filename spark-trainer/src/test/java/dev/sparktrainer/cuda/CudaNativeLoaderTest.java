@@ -11,8 +11,28 @@ import java.nio.file.Path;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
-/** Where the loader looks and what it says when something is missing (runs without a GPU). */
+/**
+ * Where the loader looks and what it says when something is missing (without a GPU), and that a fatbin built from
+ * other sources is refused (on a GPU).
+ */
 class CudaNativeLoaderTest {
+  /** A fatbin whose st_abi_version is not Kernels.ABI_VERSION (other sources: -Dsparktrainer.native.dir) is refused. */
+  @Test
+  void aFatbinOfAnotherKernelAbiIsRefusedAtLoad() {
+    CudaTestSupport.assumeGpu();
+    try (CudaDevice d = new CudaDevice(0)) {
+      d.makeCurrent();
+      byte[] image = NativeLoader.kernelImage(Cuda.driverVersion() / 1000);
+      try (Kernels k = new Kernels(image)) { // this build's own
+        assertTrue(k.get("st_abi_version") != null);
+      }
+      CudaException e = assertThrows(CudaException.class, () -> new Kernels(image, Kernels.ABI_VERSION + 1));
+      assertTrue(e.getMessage().contains("kernel ABI " + Kernels.ABI_VERSION + ", this jar needs "
+          + (Kernels.ABI_VERSION + 1)), e.getMessage());
+      assertTrue(e.getMessage().contains("rebuild native/"), e.getMessage());
+    }
+  }
+
   @Test
   void resourcePathsArePerPlatformAndCudaMajor() {
     String p = NativeLoader.resourcePath(13, NativeLoader.KERNELS_FILE);
