@@ -182,16 +182,7 @@ extern "C" __global__ void st_sum_slices(const void* src, void* dst, int t, int6
       float a[4];
       for (int j = 0; j < ways; j++) {
         float c[4];
-        if (t == DT_BF16) {
-          uint2 b = reinterpret_cast<const uint2*>(slice_at(src, t, n, j, own, ownWay))[q];
-          c[0] = bf16_to_f32((uint16_t)(b.x & 0xffffu));
-          c[1] = bf16_to_f32((uint16_t)(b.x >> 16));
-          c[2] = bf16_to_f32((uint16_t)(b.y & 0xffffu));
-          c[3] = bf16_to_f32((uint16_t)(b.y >> 16));
-        } else {
-          float4 v = reinterpret_cast<const float4*>(slice_at(src, t, n, j, own, ownWay))[q];
-          c[0] = v.x; c[1] = v.y; c[2] = v.z; c[3] = v.w;
-        }
+        ld4(slice_at(src, t, n, j, own, ownWay), t, q, c);
 #pragma unroll
         for (int e = 0; e < 4; e++) {
           a[e] = j == 0 ? c[e] : a[e] + c[e];  // the first as it is (so -0 + -0 stays -0, as NCCL's sum)

@@ -186,15 +186,13 @@ public final class CpuDevice implements Device {
     for (int j = 0; j < ways; j++) {
       parts[j] = fl(src.slice(j));
     }
-    float[] out = new float[n]; // dst may alias a slice
     for (int k = 0; k < n; k++) {
       float v = parts[0].f[parts[0].offset + k]; // the first as it is: -0 + -0 stays -0, as NCCL's sum
       for (int j = 1; j < ways; j++) {
         v += parts[j].f[parts[j].offset + k];
       }
-      out[k] = v;
+      d.f[d.offset + k] = v;
     }
-    System.arraycopy(out, 0, d.f, d.offset, n);
     storeRounded(d);
   }
 
